@@ -1,0 +1,187 @@
+//! # stagecraft-sdk — write stagecraft plugins
+//!
+//! A plugin is a shared library (`.so`) that provides adaptation methods (LoRA, IA3,
+//! ...), optimizers (AdamW, Lion, ...) or stage objectives (causal LM, classification,
+//! ...). The host loads it, checks its ABI, and calls it with a table of tensor ops.
+//! Plugins never link candle: they hold opaque [`TensorHandle`]s and ask the host to
+//! compute, so every op runs on the host's device and is recorded by its autograd, and
+//! a plugin keeps working when the host upgrades candle.
+//!
+//! ## A complete plugin
+//!
+//! `Cargo.toml`:
+//! ```toml
+//! [package]
+//! name = "my-scale"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]
+//!
+//! [dependencies]
+//! stagecraft-sdk = "1"
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! `src/lib.rs` — a learned per-channel scale on linear outputs (IA3-like):
+//! ```
+//! use serde::Deserialize;
+//! use stagecraft_sdk::prelude::*;
+//!
+//! #[derive(Debug, Clone, Deserialize, JsonSchema)]
+//! #[schemars(crate = "stagecraft_sdk::schemars")]
+//! #[serde(deny_unknown_fields)]
+//! pub struct ScaleConfig {
+//!     /// Site patterns to attach to (PEFT `target_modules` style).
+//!     pub targets: Vec<String>,
+//! }
+//!
+//! pub struct Scale {
+//!     cfg: ScaleConfig,
+//!     params: std::collections::HashMap<String, TensorHandle>,
+//! }
+//!
+//! impl Plugin for Scale {
+//!     const NAME: &'static str = "scale";
+//!     const DESCRIPTION: &'static str = "learned per-channel scale on linear outputs";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     type Config = ScaleConfig;
+//!     fn new(cfg: ScaleConfig, _host: Host<'_>) -> Result<Self> {
+//!         for t in &cfg.targets { validate_pattern(t)?; }
+//!         Ok(Scale { cfg, params: Default::default() })
+//!     }
+//! }
+//!
+//! impl AdaptationMethod for Scale {
+//!     fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+//!         select_linear_sites(&self.cfg.targets, sites, Hooks::POST)
+//!     }
+//!     fn init_site(&mut self, host: Host<'_>, site: &SiteInfo) -> Result<()> {
+//!         let out = site.dims[1];
+//!         let p = host.new_param(&format!("{}.scale", site.name), &[out], Init::ONES)?;
+//!         self.params.insert(site.name.to_string(), p.handle());
+//!         Ok(())
+//!     }
+//!     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
+//!         y.mul(&host.tensor(self.params[site.name.as_str()]))
+//!     }
+//! }
+//!
+//! stagecraft_sdk::export_plugin! {
+//!     id: my_scale,
+//!     methods: [Scale],
+//!     optimizers: [],
+//!     stages: [],
+//! }
+//! ```
+//!
+//! Build it with `cargo build --release`, put `target/release/libmy_scale.so` in a
+//! directory on `STAGECRAFT_PLUGIN_PATH` (or in `./plugins`), check it with
+//! `stagecraft plugin inspect libmy_scale.so`, and use it in a pipeline:
+//! `adapters = [{ plugin = "scale", targets = ["q_proj"] }]`.
+//!
+//! ## The pieces
+//! - [`Plugin`]: name, version, config type; one per plugin.
+//! - [`AdaptationMethod`], [`Optimizer`], [`Stage`]: the three kinds. Each trait's docs
+//!   list its lifecycle in call order.
+//! - [`Host`] and [`Tensor`]: the op table, with candle-like methods. The full op list
+//!   and what each method family uses is in [`abi::HostOps`].
+//! - [`export_plugin!`]: the one macro that makes a crate a plugin library.
+//!
+//! ## Rules the host enforces
+//! - Handles are checked: a temporary used after the step that made it, or a made-up
+//!   handle, is an error, never undefined behaviour.
+//! - A panic in your code becomes an error naming your plugin and the method; the host
+//!   keeps running.
+//! - An adaptation method's output must have the shape of the site's output.
+//! - Plugins log through [`Host::log`]: a `.so` has its own copy of `tracing`'s
+//!   dispatcher, so `tracing` macros in a plugin go nowhere.
+//!
+//! ## Versioning
+//! The SDK is semver'd by ABI: any host and plugin of the same major version work
+//! together. A minor version only appends ops to [`abi::HostOps`] and methods to the
+//! plugin traits, after the `#[sabi(last_prefix_field)]` item, each with a default body:
+//! a plugin built against an older 1.x loads in a newer host (the host checks layouts
+//! with the roles swapped, see the loader), and a plugin calling an op its host lacks
+//! gets "host lacks op `x`" instead of a crash.
+//!
+//! Loading a `.so` runs its code: load only plugins you trust, and pin their sha256 in
+//! configs you share.
+
+// abi_stable's `#[sabi_trait]` and `StableAbi` derives expand to unsafe code.
+#[allow(unsafe_code)]
+pub mod abi;
+mod error;
+pub mod export;
+mod host;
+mod method;
+mod optimizer;
+mod plugin;
+mod stage;
+// `StableAbi` derives expand to unsafe code.
+#[allow(unsafe_code)]
+mod types;
+#[allow(unsafe_code)]
+mod version;
+
+pub use error::{from_abi, to_abi, AbiResult, Error, Result};
+pub use host::{Host, Tensor};
+pub use method::{site_matches, validate_pattern, AdaptationMethod};
+pub use optimizer::Optimizer;
+pub use plugin::Plugin;
+pub use stage::{Loss, Named, Stage};
+pub use types::{
+    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, Metric,
+    ModelInfo, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, StepInfo,
+    TensorHandle, UnaryOp,
+};
+pub use version::{SdkVersion, SDK_VERSION};
+
+/// The JSON Schema derive plugins use for their configs.
+pub use schemars;
+pub use schemars::JsonSchema;
+
+/// Crates the export macro expands to; not part of the API.
+#[doc(hidden)]
+pub mod reexports {
+    pub use abi_stable;
+    pub use inventory;
+}
+
+/// Attaches to every linear site matched by one of `targets`, with `hooks`; an error
+/// names a pattern that matches no linear site.
+pub fn select_linear_sites(targets: &[String], sites: &[SiteInfo], hooks: Hooks) -> Result<Vec<Attachment>> {
+    let mut out = Vec::new();
+    let mut used = vec![false; targets.len()];
+    for (i, s) in sites.iter().enumerate() {
+        if s.kind != SiteKind::LINEAR {
+            continue;
+        }
+        let mut hit = false;
+        for (t, u) in targets.iter().zip(used.iter_mut()) {
+            if site_matches(t, &s.name) {
+                *u = true;
+                hit = true;
+            }
+        }
+        if hit {
+            out.push(Attachment { site: i as u32, hooks });
+        }
+    }
+    if let Some((t, _)) = targets.iter().zip(&used).find(|(_, u)| !**u) {
+        let examples: Vec<&str> = sites.iter().filter(|s| s.kind == SiteKind::LINEAR).map(|s| s.short_name()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        bail!("target pattern `{t}` matches no linear site (linear sites end in: {})", examples.join(", "));
+    }
+    Ok(out)
+}
+
+/// Everything a plugin usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        bail, select_linear_sites, site_matches, validate_pattern, AdaptationMethod, Attachment,
+        CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss, Metric,
+        ModelInfo, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind, Stage,
+        StepInfo, Tensor, TensorHandle,
+    };
+}
