@@ -110,7 +110,7 @@
 //! configs you share.
 
 // abi_stable's `#[sabi_trait]` and `StableAbi` derives expand to unsafe code.
-#[allow(unsafe_code)]
+#[allow(unsafe_code, non_local_definitions)]
 pub mod abi;
 mod error;
 pub mod export;

@@ -390,6 +390,8 @@ pub struct ModelInfo {
     pub hidden: usize,
     /// Vocabulary size.
     pub vocab: usize,
+    /// Number of transformer blocks.
+    pub num_layers: usize,
     /// Whether the model is a decoder (causal) or an encoder.
     pub causal: bool,
 }

@@ -1,1 +1,25 @@
-//! core
+//! stagecraft-core: the host runtime.
+//!
+//! - [`plugin`]: the op table plugins call, the handle table, loading `.so` plugins,
+//!   the registry of built-in and loaded plugins.
+//! - [`model`]: models whose linears, embeddings and block outputs are named sites
+//!   where adaptation plugins attach.
+//! - [`train`]: the training step (forward with adapters → stage loss → backward →
+//!   optimizer plugin).
+
+pub mod error;
+pub mod model;
+pub mod plugin;
+pub mod rng;
+pub mod train;
+
+pub use error::{Error, Result};
+
+// Link the first-party plugin crates so their `export_plugin!` entries reach the
+// built-in registry through `inventory`.
+#[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_lora as _;
+#[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_optimizers as _;
+#[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_stages as _;

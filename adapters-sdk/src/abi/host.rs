@@ -16,7 +16,8 @@
 //! | reductions | `sum`, `mean`, `max`, `min`, `argmax` |
 //! | shape | `reshape`, `transpose`, `permute`, `narrow`, `cat`, `index_select`, `gather`, `broadcast_as` |
 //! | nn | `softmax`, `log_softmax`, `dropout`, `cross_entropy` |
-//! | state | `detach`, `assign`, `site_weight`, `release` |
+//! | state | `detach`, `assign` |
+//! | appended (optional) | `site_weight`, `release` |
 //!
 //! What each method family needs: LoRA / rsLoRA (`matmul`, `transpose`, `affine`,
 //! `dropout`, `new_param`); DoRA (+ `site_weight`, `sqr`, `sum`, `sqrt`, `detach`, `div`);
@@ -39,10 +40,11 @@ pub type OpResult<T = TensorHandle> = RResult<T, RString>;
 
 /// The host op table (see the module docs for the list).
 ///
-/// Versioning: methods are only ever appended at the end, after the
-/// `#[sabi(last_prefix_field)]` one, each with a default body that answers
-/// "host lacks op X". A plugin built against a newer SDK that calls an op an older host
-/// does not have gets that error instead of undefined behaviour.
+/// Versioning: the methods up to `assign` (marked `#[sabi(last_prefix_field)]`) are the
+/// prefix every 1.x host has. Methods after it are appended ops, each with a default
+/// body that answers "host lacks op X": a plugin built against a newer SDK that calls
+/// an op an older host does not have gets that error instead of undefined behaviour.
+/// New ops are only ever appended at the very end.
 #[sabi_trait]
 pub trait HostOps {
     // ---- meta -----------------------------------------------------------------
@@ -171,19 +173,33 @@ pub trait HostOps {
     fn detach(&self, x: TensorHandle) -> OpResult;
     /// Overwrites the value of a parameter or buffer `dst` with `src` (same shape),
     /// without recording autograd. This is how optimizers update parameters.
-    fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()>;
-    /// A frozen tensor of a site's base layer: `"weight"` (`[out, in]` for linear sites)
-    /// or `"bias"`.
-    fn site_weight(&self, site: RStr<'_>, tensor: RStr<'_>) -> OpResult;
-    /// Releases a temporary before the end of the step (optional: temporaries are
-    /// released at every step's end anyway). Params and buffers cannot be released.
+    // Fields up to and including this one are the SDK 1.0 prefix: every 1.x host has them.
     #[sabi(last_prefix_field)]
-    fn release(&self, t: TensorHandle) -> OpResult<()>;
-    // SDK 1.1+: append new ops here, each with a default body returning
-    // `lacks("op_name", self.sdk_version())`.
+    fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()>;
+
+    // ---- appended ops ----------------------------------------------------------
+    // Everything below is optional at the ABI level: a plugin may meet a host whose
+    // table ends earlier, and then gets the default body's "host lacks op" error.
+    // New ops go at the very end, always with such a default body.
+
+    /// A frozen tensor of a site's base layer: `"weight"` (`[out, in]` for linear sites)
+    /// or `"bias"`. (Since 1.0, optional.)
+    fn site_weight(&self, site: RStr<'_>, tensor: RStr<'_>) -> OpResult {
+        let _ = (site, tensor);
+        host_lacks("site_weight", self.sdk_version())
+    }
+    /// Releases a temporary before the end of the step (temporaries are released at
+    /// every step's end anyway). Params and buffers cannot be released. (Since 1.0,
+    /// optional.)
+    fn release(&self, t: TensorHandle) -> OpResult<()> {
+        let _ = t;
+        host_lacks("release", self.sdk_version())
+    }
 }
 
 /// The error a default body returns for an op the host was built without.
+// Runs in the plugin (the default body is the plugin's code), so `SDK_VERSION` is the
+// plugin's SDK.
 pub fn host_lacks<T>(op: &str, host: SdkVersion) -> OpResult<T> {
     RResult::RErr(RString::from(format!(
         "host lacks op `{op}` (host built against stagecraft-sdk {host}, plugin against {}): upgrade the host",

@@ -8,6 +8,6 @@ mod plugin;
 pub use host::{host_lacks, HostOps, HostOps_TO, OpResult};
 pub use module::{PluginLib, PluginLibRef, PluginLib_Prefix};
 pub use plugin::{
-    CallResult, HostObj, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerAbi, OptimizerAbi_TO,
+    plugin_lacks, CallResult, HostObj, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerAbi, OptimizerAbi_TO,
     OptimizerBox, StageAbi, StageAbi_TO, StageBox,
 };

@@ -5,9 +5,11 @@
 //! [`Stage`](crate::Stage), and [`export_plugin!`](crate::export_plugin) wraps them
 //! into these objects (catching panics at every entry point). The host calls these.
 //!
-//! Versioning: as for [`HostOps`](super::HostOps), methods are appended after the
-//! `#[sabi(last_prefix_field)]` one, each with a default body returning a "plugin lacks
-//! X" error, so a newer host can drive a plugin built against an older SDK 1.x.
+//! Versioning: as for [`HostOps`](super::HostOps), the methods up to the
+//! `#[sabi(last_prefix_field)]` one are the prefix every 1.x plugin has; the methods
+//! after it are optional, each with a default body (a "plugin lacks X" error, or a
+//! neutral answer), so a newer host can drive a plugin built against an older SDK 1.x.
+//! The default bodies run in the host, on the plugin's behalf.
 
 use super::host::HostOps_TO;
 use crate::types::{
@@ -37,12 +39,19 @@ pub trait MethodAbi {
     /// Creates the parameters for one attached site.
     fn init_site(&mut self, host: HostRef<'_>, site: u32) -> CallResult<()>;
     /// Runs a hook at a site: `output` is [`TensorHandle::NONE`] for a pre-hook.
+    // The SDK 1.0 prefix ends here; methods below are optional (default bodies).
+    #[sabi(last_prefix_field)]
     fn forward(&self, host: HostRef<'_>, site: u32, pre: bool, input: TensorHandle, output: TensorHandle) -> CallResult<TensorHandle>;
     /// The merged weight of a linear site given its base weight.
-    fn merge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle>;
+    fn merge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle> {
+        let _ = (host, site, weight);
+        plugin_lacks("merge")
+    }
     /// The inverse of `merge`.
-    #[sabi(last_prefix_field)]
-    fn unmerge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle>;
+    fn unmerge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle> {
+        let _ = (host, site, weight);
+        plugin_lacks("unmerge")
+    }
 }
 
 /// An optimizer instance (one per stage).
@@ -51,6 +60,7 @@ pub trait OptimizerAbi {
     /// Creates state buffers for these parameters.
     fn init(&mut self, host: HostRef<'_>, params: RSlice<'_, ParamSlot>) -> CallResult<()>;
     /// Applies one update.
+    // The SDK 1.0 prefix ends here.
     #[sabi(last_prefix_field)]
     fn step(&mut self, host: HostRef<'_>, params: RSlice<'_, ParamSlot>, step: u64) -> CallResult<()>;
 }
@@ -65,10 +75,15 @@ pub trait StageAbi {
     /// Loss and metrics for one batch (training and evaluation alike).
     fn compute(&mut self, host: HostRef<'_>, outputs: RSlice<'_, NamedTensor>, batch: RSlice<'_, NamedTensor>) -> CallResult<LossOutput>;
     /// After each optimizer step.
-    fn on_step_end(&mut self, host: HostRef<'_>, info: &StepInfo) -> CallResult<Control>;
-    /// After each evaluation, with the aggregated metrics.
+    // The SDK 1.0 prefix ends here; methods below are optional (default bodies).
     #[sabi(last_prefix_field)]
-    fn on_eval_end(&mut self, host: HostRef<'_>, metrics: RSlice<'_, Metric>) -> CallResult<Control>;
+    fn on_step_end(&mut self, host: HostRef<'_>, info: &StepInfo) -> CallResult<Control>;
+    /// After each evaluation, with the aggregated metrics. A plugin without it
+    /// continues.
+    fn on_eval_end(&mut self, host: HostRef<'_>, metrics: RSlice<'_, Metric>) -> CallResult<Control> {
+        let _ = (host, metrics);
+        RResult::ROk(Control::CONTINUE)
+    }
 }
 
 /// An owned adaptation method instance.
@@ -77,3 +92,11 @@ pub type MethodBox = MethodAbi_TO<'static, RBox<()>>;
 pub type OptimizerBox = OptimizerAbi_TO<'static, RBox<()>>;
 /// An owned stage instance.
 pub type StageBox = StageAbi_TO<'static, RBox<()>>;
+
+/// The error a default body returns for a method the plugin was built without.
+pub fn plugin_lacks<T>(method: &str) -> CallResult<T> {
+    RResult::RErr(RString::from(format!(
+        "plugin lacks `{method}`: it was built against an stagecraft-sdk 1.x that predates it; rebuild it against stagecraft-sdk {}",
+        crate::SDK_VERSION
+    )))
+}

@@ -1,0 +1,85 @@
+//! The host's error type: one enum, lowercase one-line messages naming the file,
+//! plugin, site or field at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor computation failed in candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+
+    /// A plugin library could not be loaded (one line; the host keeps running).
+    #[error("plugin {path}: {msg}")]
+    Load {
+        /// The library file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+
+    /// A plugin returned an error or panicked in one of its entry points.
+    #[error("plugin `{plugin}` failed in `{method}`: {msg}")]
+    Plugin {
+        /// Registered plugin name.
+        plugin: String,
+        /// The entry point (`forward`, `step`, ...), with the site where there is one.
+        method: String,
+        /// The plugin's message.
+        msg: String,
+    },
+
+    /// Two libraries provide a plugin with the same name.
+    #[error("plugin `{name}` is provided by both {first} and {second}")]
+    Duplicate {
+        /// The plugin name.
+        name: String,
+        /// Where it was found first.
+        first: String,
+        /// Where it was found again.
+        second: String,
+    },
+
+    /// No plugin with that name (and kind) is registered.
+    #[error("no {kind} plugin named `{name}` (available: {available})")]
+    UnknownPlugin {
+        /// Plugin kind (`method`, `optimizer`, `stage`).
+        kind: String,
+        /// Requested name.
+        name: String,
+        /// Registered names of that kind.
+        available: String,
+    },
+
+    /// A model, config or value the user gave is not usable.
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// `Result` with the host's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error with a free-form message.
+    pub fn msg(m: impl std::fmt::Display) -> Self {
+        Error::Msg(m.to_string())
+    }
+}
+
+/// Returns early with [`Error::Msg`] built like `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return ::core::result::Result::Err($crate::Error::Msg(::std::format!($($arg)*)))
+    };
+}

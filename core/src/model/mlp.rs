@@ -1,0 +1,113 @@
+//! `MlpLm`: a small residual-MLP language model for tests, benchmarks and examples.
+//!
+//! `embed → [x + down(gelu(up(x)))] × layers → lm_head`, with Hugging Face-style
+//! names (`model.layers.0.mlp.up_proj`), so LoRA and other methods attach to it exactly
+//! as to a Llama. It has no attention (each position is predicted from its own token),
+//! which keeps plugin tests fast and exact.
+
+use super::{Adapters, Model, ModelOutput, SiteTable, Weight};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor};
+use stagecraft_sdk::{ModelInfo, SiteKind};
+
+/// Sizes of an [`MlpLm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpLmConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// MLP inner size.
+    pub intermediate: usize,
+    /// Number of residual blocks.
+    pub layers: usize,
+}
+
+struct Block {
+    up: (usize, Weight),
+    down: (usize, Weight),
+    out_site: usize,
+}
+
+/// The model.
+pub struct MlpLm {
+    cfg: MlpLmConfig,
+    sites: SiteTable,
+    embed: (usize, Weight),
+    blocks: Vec<Block>,
+    head: (usize, Weight),
+}
+
+fn normal(rng: &mut Rng, shape: &[usize], std: f64, dev: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+    Ok(Tensor::from_vec(v, shape, dev)?)
+}
+
+impl MlpLm {
+    /// A freshly initialized model (normal(0, 0.02) weights from `seed`).
+    pub fn new(cfg: MlpLmConfig, seed: u64, device: &Device) -> Result<Self> {
+        if cfg.vocab == 0 || cfg.hidden == 0 || cfg.intermediate == 0 {
+            return Err(Error::msg("mlp model sizes must be > 0"));
+        }
+        let mut rng = Rng::new(seed);
+        let mut sites = SiteTable::default();
+        let (h, i, v) = (cfg.hidden, cfg.intermediate, cfg.vocab);
+        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, &[v, h], None, false), Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?);
+        let mut blocks = Vec::new();
+        for l in 0..cfg.layers {
+            let p = format!("model.layers.{l}");
+            let up = sites.add(&format!("{p}.mlp.up_proj"), SiteKind::LINEAR, &[h, i], Some(l as u32), false);
+            let down = sites.add(&format!("{p}.mlp.down_proj"), SiteKind::LINEAR, &[i, h], Some(l as u32), false);
+            let out_site = sites.add(&p, SiteKind::BLOCK_OUTPUT, &[h], Some(l as u32), false);
+            blocks.push(Block {
+                up: (up, Weight::new(normal(&mut rng, &[i, h], 0.02, device)?)?),
+                down: (down, Weight::new(normal(&mut rng, &[h, i], 0.02, device)?)?),
+                out_site,
+            });
+        }
+        let head = (sites.add("lm_head", SiteKind::LINEAR, &[h, v], None, false), Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?);
+        Ok(MlpLm { cfg, sites, embed, blocks, head })
+    }
+
+    /// Its sizes.
+    pub fn config(&self) -> MlpLmConfig {
+        self.cfg
+    }
+}
+
+impl Model for MlpLm {
+    fn info(&self) -> ModelInfo {
+        ModelInfo { arch: "mlp".into(), hidden: self.cfg.hidden, vocab: self.cfg.vocab, num_layers: self.cfg.layers, causal: true }
+    }
+
+    fn sites(&self) -> &SiteTable {
+        &self.sites
+    }
+
+    fn weights(&self) -> Vec<(String, Weight)> {
+        let mut w = vec![("model.embed_tokens.weight".to_string(), self.embed.1.clone())];
+        for (l, b) in self.blocks.iter().enumerate() {
+            w.push((format!("model.layers.{l}.mlp.up_proj.weight"), b.up.1.clone()));
+            w.push((format!("model.layers.{l}.mlp.down_proj.weight"), b.down.1.clone()));
+        }
+        w.push(("lm_head.weight".to_string(), self.head.1.clone()));
+        w
+    }
+
+    fn forward(&self, input_ids: &Tensor, _attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        let (b, s) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let x = self.embed.1.get().index_select(&ids, 0)?.reshape((b, s, self.cfg.hidden))?;
+        let mut x = adapters.post(self.embed.0, input_ids, x)?;
+        for blk in &self.blocks {
+            let h = adapters.linear(blk.up.0, &x, &blk.up.1.get(), None)?.gelu_erf()?;
+            let h = adapters.linear(blk.down.0, &h, &blk.down.1.get(), None)?;
+            let y = (&x + h)?;
+            x = adapters.post(blk.out_site, &x, y)?;
+        }
+        let logits = adapters.linear(self.head.0, &x, &self.head.1.get(), None)?;
+        Ok(ModelOutput { logits: Some(logits), hidden: x })
+    }
+}

@@ -1,0 +1,132 @@
+//! The site table of a model and the adapters attached to it.
+//!
+//! Models call [`Adapters::linear`] (or [`Adapters::post`]) at every site; with no
+//! adapter there, that is the base computation and nothing else.
+
+use crate::error::{Error, Result};
+use crate::plugin::MethodInstance;
+use candle_core::Tensor;
+use stagecraft_sdk::{Hooks, SiteInfo, SiteKind};
+use std::collections::HashMap;
+
+/// Every site of a model, in model order, by index and by name.
+#[derive(Debug, Clone, Default)]
+pub struct SiteTable {
+    infos: Vec<SiteInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl SiteTable {
+    /// Adds a site and returns its index.
+    pub fn add(&mut self, name: &str, kind: SiteKind, dims: &[usize], layer: Option<u32>, has_bias: bool) -> usize {
+        let i = self.infos.len();
+        self.infos.push(SiteInfo { name: name.into(), kind, dims: dims.to_vec().into(), layer: layer.into(), has_bias });
+        self.by_name.insert(name.to_string(), i);
+        i
+    }
+    /// All sites.
+    pub fn infos(&self) -> &[SiteInfo] {
+        &self.infos
+    }
+    /// Index of a site by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.infos.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.infos.is_empty()
+    }
+}
+
+/// Adaptation method instances attached to a model, with a per-site dispatch list.
+pub struct Adapters {
+    methods: Vec<MethodInstance>,
+    active: Vec<bool>,
+    pre: Vec<Vec<usize>>,
+    post: Vec<Vec<usize>>,
+}
+
+impl Adapters {
+    /// No adapters, for a model with `num_sites` sites.
+    pub fn none(num_sites: usize) -> Self {
+        Adapters { methods: Vec::new(), active: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
+    }
+
+    /// Attaches a method instance: it chooses its sites and creates its parameters.
+    /// Methods run in the order they were attached.
+    pub fn attach(&mut self, mut m: MethodInstance, sites: &SiteTable) -> Result<usize> {
+        if sites.len() != self.pre.len() {
+            return Err(Error::msg("adapter set was built for a different model"));
+        }
+        m.attach(sites.infos())?;
+        let k = self.methods.len();
+        for a in m.attachments() {
+            if a.hooks.contains(Hooks::PRE) {
+                self.pre[a.site as usize].push(k);
+            }
+            if a.hooks.contains(Hooks::POST) {
+                self.post[a.site as usize].push(k);
+            }
+        }
+        self.methods.push(m);
+        self.active.push(true);
+        Ok(k)
+    }
+
+    /// The attached instances.
+    pub fn methods(&self) -> &[MethodInstance] {
+        &self.methods
+    }
+
+    /// Turns one instance off (its hooks are skipped) or on.
+    pub fn set_active(&mut self, k: usize, on: bool) {
+        if let Some(a) = self.active.get_mut(k) {
+            *a = on;
+        }
+    }
+
+    /// Removes every instance and returns them.
+    pub fn take(&mut self) -> Vec<MethodInstance> {
+        for v in self.pre.iter_mut().chain(self.post.iter_mut()) {
+            v.clear();
+        }
+        self.active.clear();
+        std::mem::take(&mut self.methods)
+    }
+
+    /// Runs the pre-hooks at `site` on `x`.
+    pub fn pre(&self, site: usize, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for &k in &self.pre[site] {
+            if self.active[k] {
+                x = self.methods[k].pre(site, &x)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Runs the post-hooks at `site`: the site computed `y` from `x`.
+    pub fn post(&self, site: usize, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let mut y = y;
+        for &k in &self.post[site] {
+            if self.active[k] {
+                y = self.methods[k].post(site, x, &y)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// A linear site: pre-hooks, `x·Wᵀ + b`, post-hooks.
+    pub fn linear(&self, site: usize, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.pre(site, x)?;
+        let mut y = x.broadcast_matmul(&w.t()?)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
+        }
+        self.post(site, &x, y)
+    }
+}

@@ -1,0 +1,181 @@
+//! What the host op table works on: the device, the handle table, the seeded RNG, the
+//! train/eval flag, and the base tensors of the model's sites.
+//!
+//! One [`HostState`] per run, shared by every plugin instance; one [`InstanceStore`]
+//! per instance, holding the parameters and buffers it created (by local name), which
+//! is what checkpoints, adapter files and optimizers see.
+
+use super::table::{Entry, TensorTable};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+use stagecraft_sdk::{Init, InitKind, TensorHandle};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// Shared state behind every plugin call.
+#[derive(Debug)]
+pub struct HostState {
+    /// Where tensors live.
+    pub device: Device,
+    /// Float dtype of parameters.
+    pub dtype: DType,
+    seed: u64,
+    /// The handle table.
+    pub table: RefCell<TensorTable>,
+    /// Init and dropout randomness.
+    pub rng: RefCell<Rng>,
+    training: Cell<bool>,
+    site_tensors: RefCell<HashMap<String, HashMap<String, Tensor>>>,
+}
+
+impl HostState {
+    /// A fresh state.
+    pub fn new(device: Device, dtype: DType, seed: u64) -> Self {
+        HostState {
+            device,
+            dtype,
+            seed,
+            table: RefCell::default(),
+            rng: RefCell::new(Rng::new(seed)),
+            training: Cell::new(true),
+            site_tensors: RefCell::default(),
+        }
+    }
+
+    /// The run's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Training (dropout on) or evaluation mode.
+    pub fn set_training(&self, on: bool) {
+        self.training.set(on);
+    }
+
+    /// Whether in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training.get()
+    }
+
+    /// Makes a base tensor of a site visible to plugins through `site_weight`.
+    pub fn register_site_tensor(&self, site: &str, name: &str, t: Tensor) {
+        self.site_tensors.borrow_mut().entry(site.to_string()).or_default().insert(name.to_string(), t);
+    }
+
+    /// A registered base tensor.
+    pub fn site_tensor(&self, site: &str, name: &str) -> Result<Tensor> {
+        let map = self.site_tensors.borrow();
+        let s = map.get(site).ok_or_else(|| Error::msg(format!("no site named `{site}` with base tensors")))?;
+        s.get(name).cloned().ok_or_else(|| {
+            let mut have: Vec<&str> = s.keys().map(|k| k.as_str()).collect();
+            have.sort();
+            Error::msg(format!("site `{site}` has no base tensor `{name}` (it has: {})", have.join(", ")))
+        })
+    }
+
+    /// Stores a temporary and returns its handle.
+    pub fn temp(&self, t: Tensor) -> TensorHandle {
+        self.table.borrow_mut().temp(t)
+    }
+
+    /// Resolves a handle.
+    pub fn get(&self, h: TensorHandle) -> Result<Tensor> {
+        self.table.borrow().get(h)
+    }
+
+    /// Releases all temporaries: call at the end of every step.
+    pub fn end_step(&self) {
+        self.table.borrow_mut().end_step();
+    }
+
+    /// A tensor drawn from an initializer with the host's RNG.
+    pub fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match init.kind {
+            InitKind::ZEROS => vec![0.0; n],
+            InitKind::ONES => vec![1.0; n],
+            InitKind::CONSTANT => vec![init.a as f32; n],
+            InitKind::UNIFORM => {
+                if init.b < init.a {
+                    return Err(Error::msg(format!("uniform init needs lo <= hi, got [{}, {})", init.a, init.b)));
+                }
+                let mut r = self.rng.borrow_mut();
+                (0..n).map(|_| (init.a + (init.b - init.a) * r.uniform()) as f32).collect()
+            }
+            InitKind::NORMAL => {
+                if init.b < 0.0 {
+                    return Err(Error::msg(format!("normal init needs std >= 0, got {}", init.b)));
+                }
+                let mut r = self.rng.borrow_mut();
+                (0..n).map(|_| (init.a + init.b * r.normal()) as f32).collect()
+            }
+            other => return Err(Error::msg(format!("host does not know initializer {other:?}"))),
+        };
+        Ok(Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+}
+
+/// A named persistent tensor of one instance.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    /// Local name, e.g. `model.layers.0.self_attn.q_proj.lora_A.weight`.
+    pub name: String,
+    /// The value.
+    pub var: Var,
+    /// Its handle in the table.
+    pub handle: TensorHandle,
+}
+
+/// The parameters and buffers one plugin instance created.
+#[derive(Debug, Default)]
+pub struct InstanceStore {
+    params: RefCell<Vec<Owned>>,
+    buffers: RefCell<Vec<Owned>>,
+}
+
+impl InstanceStore {
+    /// Parameters in creation order.
+    pub fn params(&self) -> Vec<Owned> {
+        self.params.borrow().clone()
+    }
+
+    /// Buffers in creation order.
+    pub fn buffers(&self) -> Vec<Owned> {
+        self.buffers.borrow().clone()
+    }
+
+    /// Creates a parameter (error on a duplicate name).
+    pub fn new_param(&self, state: &HostState, name: &str, shape: &[usize], init: Init) -> Result<TensorHandle> {
+        if self.params.borrow().iter().any(|p| p.name == name) {
+            return Err(Error::msg(format!("parameter `{name}` already exists in this instance")));
+        }
+        let var = Var::from_tensor(&state.init_tensor(shape, init)?)?;
+        let handle = state.table.borrow_mut().insert(Entry::Param(var.clone()));
+        self.params.borrow_mut().push(Owned { name: name.to_string(), var, handle });
+        Ok(handle)
+    }
+
+    /// Creates a buffer, or returns the existing one of that name (same shape required).
+    pub fn new_buffer(&self, state: &HostState, name: &str, shape: &[usize], init: Init) -> Result<TensorHandle> {
+        if let Some(b) = self.buffers.borrow().iter().find(|b| b.name == name) {
+            if b.var.dims() != shape {
+                return Err(Error::msg(format!("buffer `{name}` exists with shape {:?}, requested {shape:?}", b.var.dims())));
+            }
+            return Ok(b.handle);
+        }
+        let t = state.init_tensor(shape, init)?;
+        let var = Var::from_tensor(&t)?;
+        let handle = state.table.borrow_mut().insert(Entry::Buffer(var.clone()));
+        self.buffers.borrow_mut().push(Owned { name: name.to_string(), var, handle });
+        Ok(handle)
+    }
+
+    /// Releases this instance's parameters and buffers from the table.
+    pub fn release_all(&self, state: &HostState) {
+        let mut table = state.table.borrow_mut();
+        for o in self.params.borrow_mut().drain(..).chain(self.buffers.borrow_mut().drain(..)) {
+            let _ = table.remove(o.handle);
+        }
+    }
+}

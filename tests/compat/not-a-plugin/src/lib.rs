@@ -1,0 +1,7 @@
+//! Exports an ordinary C function and nothing stagecraft knows.
+
+/// The answer.
+#[unsafe(no_mangle)]
+pub extern "C" fn answer() -> i32 {
+    42
+}

@@ -1,0 +1,92 @@
+//! Misbehaving adaptation methods, one per failure the host must survive:
+//! `panicky` (panics in forward), `wrong_shape` (returns a tensor of the wrong shape),
+//! `forger` (returns a handle it made up), `stale` (returns a temporary from an
+//! earlier step), `bad_config` (rejects its config).
+
+use serde::Deserialize;
+use stagecraft_sdk::prelude::*;
+use std::cell::Cell;
+
+/// Which sites to attach to.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(crate = "stagecraft_sdk::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Site patterns.
+    pub targets: Vec<String>,
+}
+
+macro_rules! faulty {
+    ($ty:ident, $name:literal, |$self_:ident, $host:ident, $x:ident, $y:ident| $body:expr) => {
+        /// A misbehaving method.
+        #[allow(dead_code)]
+        pub struct $ty {
+            targets: Vec<String>,
+            last: Cell<Option<TensorHandle>>,
+        }
+        impl Plugin for $ty {
+            const NAME: &'static str = $name;
+            const DESCRIPTION: &'static str = "misbehaves on purpose";
+            const VERSION: &'static str = "0.1.0";
+            type Config = Targets;
+            fn new(cfg: Targets, _host: Host<'_>) -> Result<Self> {
+                Ok($ty { targets: cfg.targets, last: Cell::new(None) })
+            }
+        }
+        impl AdaptationMethod for $ty {
+            fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+                select_linear_sites(&self.targets, sites, Hooks::POST)
+            }
+            fn init_site(&mut self, _host: Host<'_>, _site: &SiteInfo) -> Result<()> {
+                Ok(())
+            }
+            fn forward<'h>(&$self_, $host: Host<'h>, _site: &SiteInfo, $x: Tensor<'h>, $y: Tensor<'h>) -> Result<Tensor<'h>> {
+                $body
+            }
+        }
+    };
+}
+
+faulty!(Panicky, "panicky", |self, _host, _x, _y| panic!("deliberate panic in forward"));
+faulty!(WrongShape, "wrong_shape", |self, _host, _x, y| y.narrow(2, 0, 1));
+faulty!(Forger, "forger", |self, host, _x, _y| Ok(host.tensor(TensorHandle(0x0000_0007_0000_0003))));
+faulty!(Stale, "stale", |self, host, _x, y| {
+    let out = match self.last.get() {
+        Some(h) => host.tensor(h),
+        None => y,
+    };
+    self.last.set(Some(y.handle()));
+    Ok(out)
+});
+
+/// Rejects every config.
+pub struct BadConfig;
+
+impl Plugin for BadConfig {
+    const NAME: &'static str = "bad_config";
+    const DESCRIPTION: &'static str = "rejects its config";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Targets;
+    fn new(cfg: Targets, _host: Host<'_>) -> Result<Self> {
+        bail!("targets: expected at most 0 patterns, got {}", cfg.targets.len())
+    }
+}
+
+impl AdaptationMethod for BadConfig {
+    fn select_sites(&mut self, _host: Host<'_>, _sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+        Ok(Vec::new())
+    }
+    fn init_site(&mut self, _host: Host<'_>, _site: &SiteInfo) -> Result<()> {
+        Ok(())
+    }
+    fn forward<'h>(&self, _host: Host<'h>, _site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(y)
+    }
+}
+
+stagecraft_sdk::export_plugin! {
+    id: compat_faulty,
+    methods: [Panicky, WrongShape, Forger, Stale, BadConfig],
+    optimizers: [],
+    stages: [],
+}
