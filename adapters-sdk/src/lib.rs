@@ -74,6 +74,7 @@
 //!     optimizers: [],
 //!     stages: [],
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! Build it with `cargo build --release`, put `target/release/libmy_scale.so` in a
