@@ -1,7 +1,7 @@
 //! `stagecraft plugin list | inspect`.
 
 use clap::Subcommand;
-use stagecraft_core::plugin::{search_path, Compat, Library, Registry, Source};
+use stagecraft_core::plugin::{loader::sha256_file, search_path, Compat, Library, Registry, Source};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -64,10 +64,10 @@ fn list(mut dirs: Vec<PathBuf>) -> anyhow::Result<()> {
 fn inspect(file: &std::path::Path) -> anyhow::Result<()> {
     let mut reg = Registry::empty(super::report_dir());
     let lib = reg.load_file(file)?;
-    let Source::File { path, sha256 } = &lib.source else { anyhow::bail!("not a file library") };
+    let Source::File { path } = &lib.source else { anyhow::bail!("not a file library") };
     println!("library   {}", lib.id);
     println!("file      {}", path.display());
-    println!("sha256    {sha256}");
+    println!("sha256    {}", sha256_file(path)?);
     println!("sdk       {} (host {}){}", lib.sdk, stagecraft_sdk::SDK_VERSION, compat_note(lib));
     for p in &lib.plugins {
         println!();

@@ -45,8 +45,6 @@ pub struct LoadedLibrary {
     pub id: String,
     /// The file.
     pub path: PathBuf,
-    /// sha256 of the file, hex.
-    pub sha256: String,
     /// SDK version it was built against.
     pub sdk: SdkVersion,
     /// How its ABI was accepted.
@@ -55,9 +53,10 @@ pub struct LoadedLibrary {
     pub lib: PluginLibRef,
 }
 
-/// sha256 of a file's bytes, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of a file, hex (for provenance: `plugin inspect`, run records, pinning).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn load_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -144,7 +143,6 @@ pub fn first_mismatch(report: &str) -> String {
 /// layouts are incompatible.
 pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
     let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
-    let sha256 = sha256_hex(&bytes);
     let ids = exported_ids(path, &bytes)?;
     let id = match ids.as_slice() {
         [] => return Err(load_err(path, format!("not a stagecraft plugin: it exports no `{SYMBOL_PREFIX}<id>` symbol"))),
@@ -176,7 +174,7 @@ pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
     }
 
     match header.init_root_module::<PluginLibRef>() {
-        Ok(lib) => Ok(LoadedLibrary { id, path: path.to_path_buf(), sha256, sdk, compat: Compat::Checked, lib }),
+        Ok(lib) => Ok(LoadedLibrary { id, path: path.to_path_buf(), sdk, compat: Compat::Checked, lib }),
         Err(LibraryError::AbiInstability(report)) => {
             let plugin_layout = header.layout().ok_or_else(|| load_err(path, "library has no layout information"))?;
             match check_layout_compatibility(plugin_layout, <PluginLibRef as StableAbi>::LAYOUT) {
@@ -187,7 +185,7 @@ pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
                     // absent (prefix types) or falls back to default bodies (sabi_trait).
                     let lib = unsafe { header.init_root_module_with_unchecked_layout::<PluginLibRef>() }
                         .map_err(|e| load_err(path, one_line(&e.to_string())))?;
-                    Ok(LoadedLibrary { id, path: path.to_path_buf(), sha256, sdk, compat: Compat::OlderSdk, lib })
+                    Ok(LoadedLibrary { id, path: path.to_path_buf(), sdk, compat: Compat::OlderSdk, lib })
                 }
                 Err(swapped) => {
                     let full = format!("{report}\n\n---- with roles swapped (plugin as interface) ----\n\n{swapped}");

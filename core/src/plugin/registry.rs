@@ -26,8 +26,6 @@ pub enum Source {
     File {
         /// The file.
         path: PathBuf,
-        /// Its sha256, hex.
-        sha256: String,
     },
 }
 
@@ -124,11 +122,14 @@ impl Registry {
             }
         }
         let index = self.libs.len();
+        let mut replaced = Vec::new();
         for (i, p) in plugins.iter().enumerate() {
-            if let Some(&(l, _)) = self.by_name.get(p.name.as_str()) {
-                tracing::info!("plugin `{}` from {} replaces the built-in one ({})", p.name, source, self.libs[l].id);
+            if self.by_name.insert(p.name.to_string(), (index, i)).is_some() {
+                replaced.push(p.name.as_str());
             }
-            self.by_name.insert(p.name.to_string(), (index, i));
+        }
+        if !replaced.is_empty() {
+            tracing::debug!("{source} replaces built-in plugins {}", replaced.join(", "));
         }
         self.libs.push(Library { id, source, sdk, compat, plugins, lib });
         Ok(index)
@@ -137,11 +138,11 @@ impl Registry {
     /// Loads one library file. Loading the same file twice is a no-op.
     pub fn load_file(&mut self, path: &Path) -> Result<&Library> {
         let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(i) = self.libs.iter().position(|l| matches!(&l.source, Source::File { path: p, .. } if *p == canon)) {
+        if let Some(i) = self.libs.iter().position(|l| matches!(&l.source, Source::File { path: p } if *p == canon)) {
             return Ok(&self.libs[i]);
         }
         let loaded = load_library(&canon, &self.report_dir)?;
-        let source = Source::File { path: canon, sha256: loaded.sha256.clone() };
+        let source = Source::File { path: canon };
         let i = self.add(loaded.id, source, loaded.sdk, Some(loaded.compat), loaded.lib)?;
         Ok(&self.libs[i])
     }
