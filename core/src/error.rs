@@ -61,6 +61,15 @@ pub enum Error {
         available: String,
     },
 
+    /// A model file (config.json, safetensors, index) is missing something or malformed.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or field (one line).
+        msg: String,
+    },
+
     /// A model, config or value the user gave is not usable.
     #[error("{0}")]
     Msg(String),
@@ -73,6 +82,14 @@ impl Error {
     /// An error with a free-form message.
     pub fn msg(m: impl std::fmt::Display) -> Self {
         Error::Msg(m.to_string())
+    }
+
+    /// An error about a file: `msg` is kept to its first line, so that a wrapped
+    /// error's backtrace or context never spreads the message over several lines.
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        let msg = msg.to_string();
+        let first = msg.lines().next().unwrap_or("").trim_end().to_string();
+        Error::File { path: path.into(), msg: first }
     }
 }
 

@@ -1,0 +1,75 @@
+//! Weights bound to their site: the linear and norm layers the host models are made of.
+//!
+//! Each `forward` reads its weights through [`Weight::get`] (so frozen weights enter the
+//! graph detached) and runs the site's adapters.
+
+use super::builder::WeightBuilder;
+use super::layers::{layer_norm, rms_norm};
+use super::{Adapters, SiteTable, Weight};
+use crate::error::Result;
+use candle_core::Tensor;
+use stagecraft_sdk::SiteKind;
+
+/// A linear layer at a `LINEAR` site: `y = x·Wᵀ + b`, `W` is `[out, in]`.
+#[derive(Debug, Clone)]
+pub(crate) struct SiteLinear {
+    pub site: usize,
+    pub weight: Weight,
+    pub bias: Option<Weight>,
+}
+
+impl SiteLinear {
+    /// Adds site `name` (`dims = [in, out]`) and makes `name.weight` (and `name.bias`).
+    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, name: &str, (d_in, d_out): (usize, usize), bias: bool, layer: Option<usize>) -> Result<Self> {
+        let site = sites.add(name, SiteKind::LINEAR, &[d_in, d_out], layer.map(|l| l as u32), bias);
+        let weight = b.normal(&format!("{name}.weight"), &[d_out, d_in])?;
+        let bias = if bias { Some(b.zeros(&format!("{name}.bias"), &[d_out])?) } else { None };
+        Ok(SiteLinear { site, weight, bias })
+    }
+
+    /// The layer with its adapters.
+    pub fn forward(&self, adapters: &Adapters, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(Weight::get);
+        adapters.linear(self.site, x, &self.weight.get(), b.as_ref())
+    }
+}
+
+/// Which normalization a [`SiteNorm`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NormKind {
+    /// RMSNorm (scale only).
+    Rms,
+    /// LayerNorm (scale and bias).
+    Layer,
+}
+
+/// A normalization layer at a `NORM` site.
+#[derive(Debug, Clone)]
+pub(crate) struct SiteNorm {
+    pub site: usize,
+    pub kind: NormKind,
+    pub weight: Weight,
+    pub bias: Option<Weight>,
+    pub eps: f64,
+}
+
+impl SiteNorm {
+    /// Adds site `name` (`dims = [dim]`) and makes `name.weight` (and `name.bias` for
+    /// LayerNorm).
+    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, name: &str, kind: NormKind, dim: usize, eps: f64, layer: Option<usize>) -> Result<Self> {
+        let has_bias = kind == NormKind::Layer;
+        let site = sites.add(name, SiteKind::NORM, &[dim], layer.map(|l| l as u32), has_bias);
+        let weight = b.ones(&format!("{name}.weight"), &[dim])?;
+        let bias = if has_bias { Some(b.zeros(&format!("{name}.bias"), &[dim])?) } else { None };
+        Ok(SiteNorm { site, kind, weight, bias, eps })
+    }
+
+    /// The norm, then the site's post-hooks.
+    pub fn forward(&self, adapters: &Adapters, x: &Tensor) -> Result<Tensor> {
+        let y = match (self.kind, &self.bias) {
+            (NormKind::Layer, Some(b)) => layer_norm(x, &self.weight.get(), &b.get(), self.eps)?,
+            _ => rms_norm(x, &self.weight.get(), self.eps)?,
+        };
+        adapters.post(self.site, x, y)
+    }
+}
