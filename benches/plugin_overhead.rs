@@ -14,7 +14,6 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use stagecraft_core::model::{Adapters, MlpLm, MlpLmConfig, Model};
 use stagecraft_core::plugin::{host_for, HostState, InstanceStore, Registry};
 use stagecraft_core::train::{Batch, Trainer};
-use stagecraft_sdk::abi::HostOps;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;

@@ -1,5 +1,7 @@
 //! stagecraft-core: the host runtime.
 //!
+//! - [`adapter`]: PEFT adapter directories, merging adapters into the base.
+//! - [`data`]: tokenizers.
 //! - [`plugin`]: the op table plugins call, the handle table, loading `.so` plugins,
 //!   the registry of built-in and loaded plugins.
 //! - [`model`]: models whose linears, embeddings and block outputs are named sites
@@ -7,7 +9,11 @@
 //! - [`train`]: the training step (forward with adapters → stage loss → backward →
 //!   optimizer plugin).
 
+pub mod adapter;
+pub mod bench;
+pub mod data;
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod plugin;
 pub mod rng;

@@ -1,5 +1,7 @@
 //! Subcommands.
 
+mod bench;
+mod model;
 mod plugin;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +20,26 @@ enum Command {
     /// List, inspect and check plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCmd),
+    /// Inspect models.
+    #[command(subcommand)]
+    Model(model::ModelCmd),
+    /// Run a model (with adapters) on token ids from a safetensors file; write the
+    /// logits (or last hidden state) to another.
+    Forward(model::ForwardArgs),
+    /// Continue a prompt with a decoder (greedy, or temperature / top-p sampling).
+    Generate(model::GenerateArgs),
+    /// Time training steps of a standard workload; prints one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Model(cmd) => model::sites(cmd),
+        Command::Forward(args) => model::forward(args),
+        Command::Generate(args) => model::generate_cmd(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }
 

@@ -108,6 +108,6 @@ impl Model for MlpLm {
             x = adapters.post(blk.out_site, &x, y)?;
         }
         let logits = adapters.linear(self.head.0, &x, &self.head.1.get(), None)?;
-        Ok(ModelOutput { logits: Some(logits), hidden: x })
+        Ok(ModelOutput { logits: Some(logits), hidden: x, pooled: None })
     }
 }

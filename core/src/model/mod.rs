@@ -5,10 +5,26 @@
 //! trainable is a flag read at each forward: frozen weights enter the graph detached,
 //! so backward computes no gradient for them. Plugins see the site list through the
 //! SDK ([`SiteInfo`]) and attach through [`Adapters`].
+//!
+//! Models: [`MlpLm`] (tests and examples), [`Llama`] (decoder) and [`Bert`] (encoder),
+//! built fresh from a config or loaded from a Hugging Face directory ([`load_model`]).
 
+mod bert;
+mod bert_config;
+mod builder;
+pub mod hf;
+pub mod layers;
+mod llama;
+mod llama_config;
 mod mlp;
+mod parts;
 mod sites;
 
+pub use bert::Bert;
+pub use bert_config::BertConfig;
+pub use hf::{load_model, load_model_as};
+pub use llama::Llama;
+pub use llama_config::LlamaConfig;
 pub use mlp::{MlpLm, MlpLmConfig};
 pub use sites::{Adapters, SiteTable};
 
@@ -59,6 +75,8 @@ pub struct ModelOutput {
     pub logits: Option<Tensor>,
     /// Last hidden states `[batch, seq, hidden]`.
     pub hidden: Tensor,
+    /// Pooled sequence representation `[batch, hidden]`, for encoders with a pooler.
+    pub pooled: Option<Tensor>,
 }
 
 /// A model with named sites.

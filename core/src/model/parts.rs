@@ -13,8 +13,11 @@ use stagecraft_sdk::SiteKind;
 /// A linear layer at a `LINEAR` site: `y = x·Wᵀ + b`, `W` is `[out, in]`.
 #[derive(Debug, Clone)]
 pub(crate) struct SiteLinear {
+    /// Index in the model's [`SiteTable`].
     pub site: usize,
+    /// `[out, in]`.
     pub weight: Weight,
+    /// `[out]`, when the layer has one.
     pub bias: Option<Weight>,
 }
 
@@ -46,10 +49,15 @@ pub(crate) enum NormKind {
 /// A normalization layer at a `NORM` site.
 #[derive(Debug, Clone)]
 pub(crate) struct SiteNorm {
+    /// Index in the model's [`SiteTable`].
     pub site: usize,
+    /// RMSNorm or LayerNorm.
     pub kind: NormKind,
+    /// The scale `[dim]`.
     pub weight: Weight,
+    /// The shift `[dim]` (LayerNorm).
     pub bias: Option<Weight>,
+    /// Added to the variance inside the square root.
     pub eps: f64,
 }
 
@@ -67,8 +75,12 @@ impl SiteNorm {
     /// The norm, then the site's post-hooks.
     pub fn forward(&self, adapters: &Adapters, x: &Tensor) -> Result<Tensor> {
         let y = match (self.kind, &self.bias) {
+            (NormKind::Rms, _) => rms_norm(x, &self.weight.get(), self.eps)?,
             (NormKind::Layer, Some(b)) => layer_norm(x, &self.weight.get(), &b.get(), self.eps)?,
-            _ => rms_norm(x, &self.weight.get(), self.eps)?,
+            (NormKind::Layer, None) => {
+                let zeros = self.weight.get().zeros_like()?;
+                layer_norm(x, &self.weight.get(), &zeros, self.eps)?
+            }
         };
         adapters.post(self.site, x, y)
     }

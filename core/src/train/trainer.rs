@@ -66,6 +66,9 @@ impl Trainer {
         if let Some(l) = &out.logits {
             outputs.push(("logits", l));
         }
+        if let Some(p) = &out.pooled {
+            outputs.push(("pooled", p));
+        }
         self.stage.compute(&outputs, &batch.named())
     }
 

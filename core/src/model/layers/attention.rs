@@ -60,6 +60,23 @@ pub fn attention_mask(padding: Option<&Tensor>, batch: usize, q_len: usize, kv_l
     Ok(Some(Tensor::from_vec(out, (batch, 1, q_len, kv_len), device)?))
 }
 
+/// The padding mask for `len` positions: `mask` (`[batch, seq]`, non-zero for real
+/// tokens) with `len - seq` ones in front, for virtual tokens or prefix keys that are
+/// always attended to. `None` stays `None`.
+pub fn extend_mask(mask: Option<&Tensor>, batch: usize, len: usize) -> Result<Option<Tensor>> {
+    let Some(m) = mask else { return Ok(None) };
+    let (b, seq) = m.dims2()?;
+    if b != batch || seq > len {
+        candle_core::bail!("attention mask is [{b}, {seq}] for a batch of {batch} with {len} positions")
+    }
+    let m = m.to_dtype(DType::F32)?;
+    if seq == len {
+        return Ok(Some(m));
+    }
+    let ones = Tensor::ones((batch, len - seq), DType::F32, m.device())?;
+    Ok(Some(Tensor::cat(&[&ones, &m], 1)?))
+}
+
 /// Repeats each of the `kv_heads` heads `n_rep` times in place:
 /// `[b, kv_heads, t, d] → [b, kv_heads · n_rep, t, d]` (head `h` uses kv head `h / n_rep`).
 pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {

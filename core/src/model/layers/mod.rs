@@ -9,6 +9,6 @@ mod attention;
 mod norm;
 mod rope;
 
-pub use attention::{attention, attention_mask, repeat_kv, MASK_VALUE};
+pub use attention::{attention, attention_mask, extend_mask, repeat_kv, MASK_VALUE};
 pub use norm::{layer_norm, rms_norm};
-pub use rope::Rope;
+pub use rope::{Rope, RopeTables};

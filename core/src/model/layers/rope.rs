@@ -17,7 +17,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Rotary embedding for one head size and base.
 #[derive(Debug, Clone)]
@@ -37,9 +37,9 @@ impl Rope {
         Ok(Rope { head_dim, inv_freq })
     }
 
-    /// `cos` and `sin` tables `[seq, head_dim]` for positions `start..start + seq`.
-    fn tables(&self, start: usize, seq: usize, dtype: DType, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
-        let half = self.head_dim / 2;
+    /// The `cos` and `sin` tables for positions `start..start + seq`, computed once per
+    /// forward and shared by every layer.
+    pub fn tables(&self, start: usize, seq: usize, dtype: DType, dev: &Device) -> Result<RopeTables> {
         let mut cos = Vec::with_capacity(seq * self.head_dim);
         let mut sin = Vec::with_capacity(seq * self.head_dim);
         for p in start..start + seq {
@@ -50,24 +50,36 @@ impl Rope {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        debug_assert_eq!(cos.len(), seq * 2 * half);
         let cos = Tensor::from_vec(cos, (seq, self.head_dim), dev)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (seq, self.head_dim), dev)?.to_dtype(dtype)?;
-        Ok((cos, sin))
+        Ok(RopeTables { cos, sin })
     }
 
     /// Rotates `x` `[batch, heads, seq, head_dim]` for positions `start..start + seq`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        self.tables(start, x.dim(2)?, x.dtype(), x.device())?.apply(x)
+    }
+}
+
+/// `cos` and `sin` `[seq, head_dim]` for a run of positions.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTables {
+    /// Rotates `x` `[batch, heads, seq, head_dim]`: `x · cos + rotate_half(x) · sin`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, seq, d) = x.dims4()?;
-        if d != self.head_dim {
-            candle_core::bail!("rope built for head_dim {}, got a tensor with last dim {d}", self.head_dim)
+        if (seq, d) != self.cos.dims2()? {
+            candle_core::bail!("rope tables are {:?}, applied to a tensor with seq {seq} and head_dim {d}", self.cos.dims())
         }
-        let (cos, sin) = self.tables(start, seq, x.dtype(), x.device())?;
         let half = d / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
     }
 }
 

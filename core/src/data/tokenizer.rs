@@ -1,0 +1,142 @@
+//! Tokenizers: a Hugging Face `tokenizer.json` (through the `tokenizers` crate), or the
+//! built-in byte-level tokenizer for embedded data.
+//!
+//! The byte tokenizer maps each UTF-8 byte to its value (vocabulary 256, no special
+//! tokens); `\n` (10) serves as end of text.
+//!
+//! ```
+//! use stagecraft_core::data::Tokenizer;
+//! let t = Tokenizer::bytes();
+//! let ids = t.encode("hi").unwrap();
+//! assert_eq!(ids, vec![104, 105]);
+//! assert_eq!(t.decode(&ids).unwrap(), "hi");
+//! ```
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// A tokenizer.
+pub enum Tokenizer {
+    /// Bytes as tokens.
+    Bytes,
+    /// A Hugging Face tokenizer.
+    Hf {
+        /// Where it was loaded from.
+        path: PathBuf,
+        /// The tokenizer.
+        inner: Box<tokenizers::Tokenizer>,
+    },
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tokenizer::Bytes => f.write_str("Tokenizer::Bytes"),
+            Tokenizer::Hf { path, .. } => write!(f, "Tokenizer::Hf({})", path.display()),
+        }
+    }
+}
+
+impl Tokenizer {
+    /// The byte-level tokenizer.
+    pub fn bytes() -> Self {
+        Tokenizer::Bytes
+    }
+
+    /// A `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::msg(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        Ok(Tokenizer::Hf { path: path.to_path_buf(), inner: Box::new(inner) })
+    }
+
+    /// `"bytes"`, or a path to a `tokenizer.json`.
+    pub fn from_spec(spec: &str) -> Result<Self> {
+        if spec == "bytes" {
+            Ok(Tokenizer::Bytes)
+        } else {
+            Tokenizer::from_file(Path::new(spec))
+        }
+    }
+
+    /// The tokenizer of a Hugging Face model directory: its `tokenizer.json` if there is
+    /// one, else `None`.
+    pub fn for_model_dir(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join("tokenizer.json");
+        if p.exists() {
+            Ok(Some(Tokenizer::from_file(&p)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Token ids of `text` (with the tokenizer's special tokens, as `add_special_tokens`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Hf { path, inner } => inner
+                .encode(text, true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| Error::msg(format!("{}: cannot encode: {e}", path.display()))),
+        }
+    }
+
+    /// Text of `ids` (special tokens skipped; invalid UTF-8 replaced).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Tokenizer::Bytes => {
+                let bytes: Vec<u8> = ids.iter().map(|&i| u8::try_from(i).map_err(|_| Error::msg(format!("token id {i} is not a byte")))).collect::<Result<_>>()?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Tokenizer::Hf { path, inner } => inner.decode(ids, true).map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display()))),
+        }
+    }
+
+    /// Vocabulary size (with added tokens).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => 256,
+            Tokenizer::Hf { inner, .. } => inner.get_vocab_size(true),
+        }
+    }
+
+    /// The end-of-text token, if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => Some(b'\n' as u32),
+            Tokenizer::Hf { inner, .. } => ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]"].iter().find_map(|t| inner.token_to_id(t)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_utf8() {
+        let t = Tokenizer::bytes();
+        let s = "naïve → ok\n";
+        assert_eq!(t.decode(&t.encode(s).unwrap_or_default()).unwrap_or_default(), s);
+        assert!(t.decode(&[300]).is_err());
+        assert_eq!(t.eos_id(), Some(10));
+    }
+
+    #[test]
+    fn tokenizer_json_loads_and_round_trips() {
+        // A word-level tokenizer.json, as `tokenizers` writes it.
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0,"hello":1,"world":2},"unk_token":"[UNK]"}}"#;
+        let dir = std::env::temp_dir().join(format!("stagecraft-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let p = dir.join("tokenizer.json");
+        std::fs::write(&p, json).unwrap_or_default();
+        let t = Tokenizer::from_file(&p).expect("loads");
+        assert_eq!(t.encode("hello world").unwrap_or_default(), vec![1, 2]);
+        assert_eq!(t.vocab_size(), 3);
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{").unwrap_or_default();
+        let err = Tokenizer::from_file(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("bad.json") && !err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,107 @@
+//! Text generation: greedy or temperature / top-p sampling from a decoder, with the
+//! host's seeded RNG (the same seed gives the same text).
+//!
+//! Each new token runs the model on the whole sequence (no KV cache): generation here
+//! serves checks and demos of small models, not serving.
+
+use crate::error::{Error, Result};
+use crate::model::{Adapters, Model};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy; otherwise logits are divided by it before the softmax.
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches
+    /// `top_p` (1 = keep all).
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// Picks a token id from one row of logits.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
+    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) / s.temperature).exp())).collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0.0;
+    let mut cut = probs.len();
+    for (k, p) in probs.iter().enumerate() {
+        kept += p.1;
+        if kept >= s.top_p {
+            cut = k + 1;
+            break;
+        }
+    }
+    let probs = &probs[..cut];
+    let mass: f64 = probs.iter().map(|p| p.1).sum();
+    let mut u = rng.uniform() * mass;
+    for p in probs {
+        u -= p.1;
+        if u <= 0.0 {
+            return p.0;
+        }
+    }
+    probs.last().map_or_else(argmax, |p| p.0)
+}
+
+/// Extends `prompt` by up to `max_tokens` tokens, stopping after `eos`.
+pub fn generate(model: &dyn Model, adapters: &Adapters, prompt: &[u32], max_tokens: usize, sampling: &Sampling, eos: Option<u32>, device: &Device) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::msg("the prompt is empty"));
+    }
+    if !model.info().causal {
+        return Err(Error::msg(format!("cannot generate with `{}`: it is an encoder", model.info().arch)));
+    }
+    let vocab = model.info().vocab;
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::msg(format!("prompt token {bad} is outside the model's vocabulary of {vocab}")));
+    }
+    let mut rng = Rng::new(sampling.seed);
+    let mut ids = prompt.to_vec();
+    for _ in 0..max_tokens {
+        let input = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
+        let out = model.forward(&input, None, adapters)?;
+        let logits = out.logits.ok_or_else(|| Error::msg("model returned no logits"))?;
+        let last = logits.narrow(1, ids.len() - 1, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let next = sample(&last, sampling, &mut rng) as u32;
+        ids.push(next);
+        if Some(next) == eos {
+            break;
+        }
+    }
+    Ok(ids[prompt.len()..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax_and_top_p_keeps_the_nucleus() {
+        let logits = [0.0f32, 5.0, 1.0, 4.9];
+        let mut rng = Rng::new(1);
+        assert_eq!(sample(&logits, &Sampling::default(), &mut rng), 1);
+        // With a tiny top_p only the most likely token survives.
+        let s = Sampling { temperature: 1.0, top_p: 0.01, seed: 0 };
+        assert!((0..50).all(|_| sample(&logits, &s, &mut rng) == 1));
+        // With temperature and top_p 1, the two likely tokens both appear.
+        let s = Sampling { temperature: 1.0, top_p: 1.0, seed: 0 };
+        let picks: Vec<usize> = (0..200).map(|_| sample(&logits, &s, &mut rng)).collect();
+        assert!(picks.contains(&1) && picks.contains(&3));
+    }
+}

@@ -1,0 +1,221 @@
+//! [`Llama`]: a trainable Llama-style decoder with a named site at every linear.
+//!
+//! `embed → [x + attn(rms(x))] → [x + mlp(rms(x))] × layers → rms → lm_head`, with
+//! RoPE (`rotate_half` convention), grouped-query attention, a SwiGLU MLP
+//! (`down(silu(gate(x)) · up(x))`) and a tied or separate head. Sites, in order, with
+//! Hugging Face names: `model.embed_tokens` (embedding), `model.input_embeds` (input
+//! embeddings; a longer output prepends virtual tokens), then per layer `i`
+//! `model.layers.{i}.input_layernorm`, `.self_attn.{q,k,v}_proj`,
+//! `.self_attn.key_states` / `.value_states` (after RoPE; a longer output prepends
+//! prefix keys/values), `.self_attn.o_proj`, `.post_attention_layernorm`,
+//! `.mlp.{gate,up,down}_proj`, `model.layers.{i}` (block output); then `model.norm`
+//! and `lm_head`.
+//!
+//! Real tokens take positions `0..seq` after any virtual tokens, and keys prepended at
+//! `key_states` carry no position of their own.
+//!
+//! ```
+//! # use candle_core::{Device, Tensor};
+//! # use stagecraft_core::model::{Adapters, Llama, LlamaConfig, Model};
+//! let cfg: LlamaConfig = serde_json::from_str(r#"{"vocab_size": 32, "hidden_size": 16,
+//!     "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2}"#).expect("config");
+//! let model = Llama::new(&cfg, 0, &Device::Cpu)?;
+//! let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;
+//! let out = model.forward(&ids, None, &Adapters::none(model.sites().len()))?;
+//! assert_eq!(out.logits.expect("logits").dims(), &[1, 3, 32]);
+//! # Ok::<(), stagecraft_core::Error>(())
+//! ```
+
+use super::builder::WeightBuilder;
+use super::hf::{WeightStore, CONFIG_FILE};
+use super::layers::{attention, attention_mask, extend_mask, Rope, RopeTables};
+use super::parts::{NormKind, SiteLinear, SiteNorm};
+use super::{Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
+use crate::error::{Error, Result};
+use crate::plugin::HostState;
+use candle_core::{DType, Device, Tensor};
+use stagecraft_sdk::{ModelInfo, SiteKind};
+use std::path::Path;
+
+/// One decoder block.
+struct Layer {
+    input_norm: SiteNorm,
+    q: SiteLinear,
+    k: SiteLinear,
+    v: SiteLinear,
+    key_site: usize,
+    value_site: usize,
+    o: SiteLinear,
+    post_norm: SiteNorm,
+    gate: SiteLinear,
+    up: SiteLinear,
+    down: SiteLinear,
+    out_site: usize,
+}
+
+/// The decoder.
+pub struct Llama {
+    cfg: LlamaConfig,
+    sites: SiteTable,
+    weights: Vec<(String, Weight)>,
+    embed: (usize, Weight),
+    input_site: usize,
+    layers: Vec<Layer>,
+    norm: SiteNorm,
+    head: SiteLinear,
+    rope: Rope,
+}
+
+impl Layer {
+    fn build(b: &mut WeightBuilder, sites: &mut SiteTable, cfg: &LlamaConfig, l: usize) -> Result<Self> {
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim(), cfg.kv_heads() * cfg.head_dim());
+        let p = format!("model.layers.{l}");
+        let (ab, mb, at) = (cfg.attention_bias, cfg.mlp_bias, Some(l));
+        let kv_dims = [cfg.kv_heads(), cfg.head_dim()];
+        Ok(Layer {
+            input_norm: SiteNorm::build(b, sites, &format!("{p}.input_layernorm"), NormKind::Rms, h, eps, at)?,
+            q: SiteLinear::build(b, sites, &format!("{p}.self_attn.q_proj"), (h, q_out), ab, at)?,
+            k: SiteLinear::build(b, sites, &format!("{p}.self_attn.k_proj"), (h, kv_out), ab, at)?,
+            v: SiteLinear::build(b, sites, &format!("{p}.self_attn.v_proj"), (h, kv_out), ab, at)?,
+            key_site: sites.add(&format!("{p}.self_attn.key_states"), SiteKind::ATTN_KEY, &kv_dims, Some(l as u32), false),
+            value_site: sites.add(&format!("{p}.self_attn.value_states"), SiteKind::ATTN_VALUE, &kv_dims, Some(l as u32), false),
+            o: SiteLinear::build(b, sites, &format!("{p}.self_attn.o_proj"), (q_out, h), ab, at)?,
+            post_norm: SiteNorm::build(b, sites, &format!("{p}.post_attention_layernorm"), NormKind::Rms, h, eps, at)?,
+            gate: SiteLinear::build(b, sites, &format!("{p}.mlp.gate_proj"), (h, i), mb, at)?,
+            up: SiteLinear::build(b, sites, &format!("{p}.mlp.up_proj"), (h, i), mb, at)?,
+            down: SiteLinear::build(b, sites, &format!("{p}.mlp.down_proj"), (i, h), mb, at)?,
+            out_site: sites.add(&p, SiteKind::BLOCK_OUTPUT, &[h], Some(l as u32), false),
+        })
+    }
+
+    fn linears(&self) -> [&SiteLinear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+
+    /// `x` is `[b, seq, hidden]`; `pad` the `[b, seq]` padding mask (if any) and `mask`
+    /// the additive causal mask for `seq` keys.
+    fn forward(&self, cfg: &LlamaConfig, rope: &RopeTables, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+        let h = self.input_norm.forward(a, x)?;
+        let x1 = (x + self.attention(cfg, rope, &h, pad, mask, a)?)?;
+        let h = self.post_norm.forward(a, &x1)?;
+        let m = (self.gate.forward(a, &h)?.silu()? * self.up.forward(a, &h)?)?;
+        let y = (&x1 + self.down.forward(a, &m)?)?;
+        a.post(self.out_site, x, y)
+    }
+
+    fn attention(&self, cfg: &LlamaConfig, rope: &RopeTables, h: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+        let (b, s, _) = h.dims3()?;
+        let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2);
+        let q = rope.apply(&heads(self.q.forward(a, h)?, nh)?)?;
+        let k = rope.apply(&heads(self.k.forward(a, h)?, kvh)?)?;
+        let v = heads(self.v.forward(a, h)?, kvh)?.contiguous()?;
+        let k = a.post(self.key_site, &k, k.clone())?;
+        let v = a.post(self.value_site, &v, v.clone())?;
+        let kv_len = k.dim(2)?;
+        let prefixed;
+        let mask = if kv_len == s {
+            mask
+        } else {
+            let pad = extend_mask(pad, b, kv_len)?;
+            prefixed = attention_mask(pad.as_ref(), b, s, kv_len, true, h.device())?;
+            prefixed.as_ref()
+        };
+        let o = attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
+        self.o.forward(a, &o.transpose(1, 2)?.reshape((b, s, nh * hd))?)
+    }
+}
+
+impl Llama {
+    /// A freshly initialized f32 model: matrices `normal(0, initializer_range)` drawn
+    /// from `seed`, norm scales ones, biases zeros.
+    pub fn new(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        Self::build(cfg, WeightBuilder::fresh(seed, cfg.initializer_range, DType::F32, device))
+    }
+
+    /// Loads a Hugging Face checkpoint directory (`config.json`, `model.safetensors` or
+    /// a sharded index) with weights in `dtype`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = LlamaConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
+        let store = WeightStore::open(dir)?;
+        Self::build(&cfg, WeightBuilder::from_store(&store, "", dtype, device))
+    }
+
+    fn build(cfg: &LlamaConfig, mut b: WeightBuilder) -> Result<Self> {
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let mut sites = SiteTable::default();
+        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, &[v, h], None, false), b.normal("model.embed_tokens.weight", &[v, h])?);
+        let input_site = sites.add("model.input_embeds", SiteKind::INPUT_EMBEDS, &[h], None, false);
+        let layers = (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
+        let norm = SiteNorm::build(&mut b, &mut sites, "model.norm", NormKind::Rms, h, cfg.rms_norm_eps, None)?;
+        let head = if cfg.tie_word_embeddings {
+            let site = sites.add("lm_head", SiteKind::LINEAR, &[h, v], None, false);
+            SiteLinear { site, weight: embed.1.clone(), bias: None }
+        } else {
+            SiteLinear::build(&mut b, &mut sites, "lm_head", (h, v), false, None)?
+        };
+        let rope = Rope::new(cfg.head_dim(), cfg.rope_theta)?;
+        Ok(Llama { cfg: cfg.clone(), sites, weights: b.finish(), embed, input_site, layers, norm, head, rope })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Forward from input embeddings `[batch, len, hidden]` (after the
+    /// `model.input_embeds` site). `attention_mask` is `[batch, seq]` with `seq <= len`:
+    /// the `len - seq` leading positions are virtual tokens, always attended to.
+    pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        let (b, len, _) = embeds.dims3()?;
+        let pad = extend_mask(attention_mask, b, len)?;
+        let mask = super::layers::attention_mask(pad.as_ref(), b, len, len, true, embeds.device())?;
+        let rope = self.rope.tables(0, len, embeds.dtype(), embeds.device())?;
+        let mut x = embeds.clone();
+        for layer in &self.layers {
+            x = layer.forward(&self.cfg, &rope, &x, pad.as_ref(), mask.as_ref(), adapters)?;
+        }
+        let hidden = self.norm.forward(adapters, &x)?;
+        let logits = self.head.forward(adapters, &hidden)?;
+        Ok(ModelOutput { logits: Some(logits), hidden, pooled: None })
+    }
+}
+
+impl Model for Llama {
+    fn info(&self) -> ModelInfo {
+        ModelInfo { arch: "llama".into(), hidden: self.cfg.hidden_size, vocab: self.cfg.vocab_size, num_layers: self.cfg.num_hidden_layers, causal: true }
+    }
+
+    fn sites(&self) -> &SiteTable {
+        &self.sites
+    }
+
+    fn weights(&self) -> Vec<(String, Weight)> {
+        self.weights.clone()
+    }
+
+    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        let (b, s) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let x = self.embed.1.get().index_select(&ids, 0)?.reshape((b, s, self.cfg.hidden_size))?;
+        let x = adapters.post(self.embed.0, input_ids, x)?;
+        let x = adapters.post(self.input_site, &x, x.clone())?;
+        if x.dim(1)? < s {
+            return Err(Error::msg(format!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
+        }
+        self.forward_embeds(&x, attention_mask, adapters)
+    }
+
+    fn register_site_tensors(&self, state: &HostState) {
+        let linears = self.layers.iter().flat_map(Layer::linears).chain([&self.head]);
+        for l in linears {
+            let name = &self.sites.infos()[l.site].name;
+            state.register_site_tensor(name, "weight", l.weight.var().as_tensor().clone());
+            if let Some(b) = &l.bias {
+                state.register_site_tensor(name, "bias", b.var().as_tensor().clone());
+            }
+        }
+    }
+}
