@@ -7,7 +7,10 @@ use support::{compat, first_party, scratch};
 
 fn stagecraft(args: &[&str], plugin_path: Option<&std::path::Path>) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
-    cmd.args(args).current_dir(scratch("cli-cwd")).env_remove("STAGECRAFT_PLUGIN_PATH");
+    // An empty working directory (no ./plugins), shared by the tests: never removed.
+    let cwd = support::root().join("target/test-scratch/cli-cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    cmd.args(args).current_dir(&cwd).env_remove("STAGECRAFT_PLUGIN_PATH");
     if let Some(p) = plugin_path {
         cmd.env("STAGECRAFT_PLUGIN_PATH", p);
     }
@@ -54,4 +57,72 @@ fn plugin_inspect_shows_schema_and_sha256() {
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no-such.so") && err.contains("cannot read"), "{err}");
+}
+
+fn fixtures(p: &str) -> std::path::PathBuf {
+    support::root().join("tests/fixtures").join(p)
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("f").max(0).expect("max").to_scalar::<f32>().expect("s")
+}
+
+#[test]
+fn forward_writes_logits_that_match_transformers_and_peft() {
+    let dev = candle_core::Device::Cpu;
+    let refs = candle_core::safetensors::load(fixtures("llama-tiny/reference.safetensors"), &dev).expect("reference");
+    let dir = scratch("cli-forward");
+    let input = dir.join("in.safetensors");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("input_ids".to_string(), refs["input_ids"].clone())]), &input).expect("save");
+    let base = fixtures("llama-tiny/base");
+    let lora = fixtures("llama-tiny/lora");
+    let out = dir.join("out.safetensors");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    for (extra, want) in [(vec![], "logits"), (vec!["--adapter".to_string(), path(&lora)], "logits_lora"), (vec!["--adapter".to_string(), path(&lora), "--merge".to_string()], "logits_lora_merged")] {
+        let mut args = vec!["forward".to_string(), "--model".into(), path(&base), "--input".into(), path(&input), "--out".into(), path(&out)];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = stagecraft(&args, None);
+        assert!(ok, "{err}");
+        let got = candle_core::safetensors::load(&out, &dev).expect("out");
+        let d = max_abs_diff(&got["logits"], &refs[want]);
+        assert!(d <= 1e-4, "{want}: {d}");
+    }
+
+    // An encoder writes last_hidden_state, with the attention mask applied.
+    let brefs = candle_core::safetensors::load(fixtures("bert-tiny/reference.safetensors"), &dev).expect("reference");
+    let binput = dir.join("bert-in.safetensors");
+    let map = std::collections::HashMap::from([("input_ids".to_string(), brefs["input_ids"].clone()), ("attention_mask".to_string(), brefs["attention_mask"].clone())]);
+    candle_core::safetensors::save(&map, &binput).expect("save");
+    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&fixtures("bert-tiny/base")), "--input", &path(&binput), "--out", &path(&out)], None);
+    assert!(ok, "{err}");
+    let got = candle_core::safetensors::load(&out, &dev).expect("out");
+    assert!(max_abs_diff(&got["last_hidden_state"], &brefs["last_hidden_state"]) <= 1e-4);
+
+    // Bad input: one line, non-zero exit.
+    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&dir), "--input", &path(&input), "--out", &path(&out)], None);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn generate_is_deterministic_for_a_seed_and_model_sites_lists_sites() {
+    let base = fixtures("llama-tiny/base");
+    let base = base.to_str().expect("utf-8");
+    let run = |seed: &str| stagecraft(&["generate", "--model", base, "--prompt", "ab", "--max-tokens", "6", "--temperature", "0.8", "--top-p", "0.9", "--seed", seed], None);
+    let (ok, a, err) = run("3");
+    assert!(ok, "{err}");
+    let (_, b, _) = run("3");
+    assert_eq!(a, b);
+    assert!(a.starts_with("ab"));
+    let (ok, greedy, err) = stagecraft(&["generate", "--model", base, "--prompt", "ab", "--max-tokens", "4"], None);
+    assert!(ok, "{err}");
+    assert!(greedy.starts_with("ab"));
+
+    let (ok, sites, err) = stagecraft(&["model", "sites", "--model", base], None);
+    assert!(ok, "{err}");
+    let q = sites.lines().find(|l| l.starts_with("model.layers.1.self_attn.q_proj ")).expect("q_proj site");
+    assert!(q.contains("linear") && q.contains("[64, 64]"), "{q}");
+    assert!(sites.lines().any(|l| l.starts_with("model.layers.0.self_attn.key_states ") && l.contains("attn_key")));
 }
