@@ -1,0 +1,118 @@
+//! The pipeline config: one TOML file declaring the run, the model and the stages.
+//!
+//! Parsing is strict (an unknown key is an error) and every error names the file, line
+//! and column: `pipeline.toml:12:9: unknown field `max_step`, expected one of ...`.
+//! [`PipelineConfig::from_file`] reads, applies `--set key=value` overrides and checks
+//! the rules across fields ([`validate`](PipelineConfig::validate)) before any
+//! training starts.
+//!
+//! ```
+//! use stagecraft_core::config::PipelineConfig;
+//! let cfg = PipelineConfig::from_str(r#"
+//! [run]
+//! name = "demo"
+//! [model]
+//! arch = "llama"
+//! hidden_size = 32
+//! num_layers = 1
+//! num_heads = 2
+//! [[stages]]
+//! name = "pretrain"
+//! objective = "causal_lm"
+//! data = { train = "synthetic:arith_text?n=100" }
+//! optimizer = { name = "adamw", lr = 1e-3 }
+//! max_steps = 10
+//! "#, "demo.toml", &[])?;
+//! assert_eq!(cfg.stages[0].max_steps, Some(10));
+//! # Ok::<(), stagecraft_core::Error>(())
+//! ```
+
+mod model;
+mod overrides;
+mod run;
+mod stage;
+mod validate;
+
+pub use model::ModelConfig;
+pub use overrides::apply_override;
+pub use run::RunConfig;
+pub use stage::{
+    AdapterConfig, AdapterHandoff, AnomalyConfig, DataConfig, Decay, ExitConfig, GateAction, GatesConfig, HandoffConfig, Objective,
+    OptimizerConfig, OptimizerHandoff, Order, ReplayConfig, RetentionGate, ScheduleConfig, StageConfig, TrainConfig, Unfreeze,
+};
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run-wide settings.
+    #[serde(default)]
+    pub run: RunConfig,
+    /// The model the first stage starts from.
+    pub model: ModelConfig,
+    /// The stages, run in order.
+    pub stages: Vec<StageConfig>,
+    /// The file it was read from (set by the loader).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, col)
+}
+
+fn located(file: &str, text: &str, e: &toml::de::Error) -> Error {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            Error::msg(format!("{file}:{line}:{col}: {msg}"))
+        }
+        None => Error::msg(format!("{file}: {msg}")),
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file, with `key=value` overrides applied.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::msg(format!("{}: cannot read: {e}", path.display())))?;
+        let mut cfg = Self::from_str(&text, &path.display().to_string(), overrides)?;
+        cfg.source = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        let cfg: PipelineConfig = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| located(file, text, &e))?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| located(file, text, &e))?;
+            for o in overrides {
+                apply_override(&mut table, o)?;
+            }
+            let rewritten = toml::to_string(&table).map_err(|e| Error::msg(format!("{file}: {e}")))?;
+            toml::from_str(&rewritten).map_err(|e| Error::msg(format!("{file} (with --set overrides): {}", e.message().trim().replace('\n', " "))))?
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The directory relative paths in the config resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.source.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// The stage called `name`, with its index.
+    pub fn stage(&self, name: &str) -> Option<(usize, &StageConfig)> {
+        self.stages.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+}

@@ -1,0 +1,40 @@
+//! `[run]`: name, seed, device, where runs go.
+
+use serde::{Deserialize, Serialize};
+
+fn default_name() -> String {
+    "run".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_out_dir() -> String {
+    "runs".into()
+}
+
+/// Run-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name; the run directory is `<out_dir>/<name>/<timestamp>/`. Default `run`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed of every random choice (init, data order, dropout). Default 42.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `cpu` or `cuda:N`. Default `cpu`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Parent directory of run directories. Default `runs`.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { name: default_name(), seed: default_seed(), device: default_device(), out_dir: default_out_dir() }
+    }
+}

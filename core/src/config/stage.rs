@@ -1,0 +1,389 @@
+//! `[[stages]]`: one stage of the pipeline — objective, data, optimizer, schedule,
+//! training controls, adapters, handoff, exit criteria and gates.
+
+use serde::{Deserialize, Serialize};
+
+fn default_batch_size() -> usize {
+    16
+}
+fn default_seq_len() -> usize {
+    128
+}
+fn one() -> usize {
+    1
+}
+fn default_optimizer() -> String {
+    "adamw".into()
+}
+
+/// One stage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Unique name; other stages refer to it (replay, gates, `from`).
+    pub name: String,
+    /// The objective plugin: a name (`"causal_lm"`) or a table with `name` and the
+    /// plugin's config (`{ name = "classification", num_classes = 2 }`).
+    pub objective: Objective,
+    /// Training and evaluation data.
+    pub data: DataConfig,
+    /// The optimizer plugin and its config. Default: AdamW with its defaults (needs `lr`).
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule. Default: constant, no warm-up.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Stop after this many optimizer steps (at least one of `max_steps`, `epochs`).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Stop after this many passes over the training data.
+    #[serde(default)]
+    pub epochs: Option<u32>,
+    /// Examples per optimizer step (before accumulation). Default 16.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest example in tokens; longer ones are cut. Default 128.
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Evaluate every this many steps (and always at the end). Default: only at the end.
+    #[serde(default)]
+    pub eval_every: Option<u64>,
+    /// Clip the global gradient norm to this. Default: no clipping.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Micro-batches accumulated per optimizer step. Default 1.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Which base weights train.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Adaptation-method plugins trained in this stage.
+    #[serde(default)]
+    pub adapters: Vec<AdapterConfig>,
+    /// What happens to adapters and optimizer state when this stage starts.
+    #[serde(default)]
+    pub handoff: HandoffConfig,
+    /// Start from a named earlier stage's result, or a Hugging Face directory, instead of
+    /// the previous stage.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Early exit on a metric.
+    #[serde(default)]
+    pub exit: Option<ExitConfig>,
+    /// Forgetting gates on earlier stages' eval sets.
+    #[serde(default)]
+    pub gates: GatesConfig,
+    /// NaN / loss-spike recovery.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
+}
+
+/// An objective plugin reference.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Objective {
+    /// Just the plugin name.
+    Name(String),
+    /// The plugin name and its config.
+    Table {
+        /// Plugin name.
+        name: String,
+        /// The plugin's config (checked by the plugin).
+        #[serde(flatten)]
+        config: toml::Table,
+    },
+}
+
+impl Objective {
+    /// The plugin name.
+    pub fn name(&self) -> &str {
+        match self {
+            Objective::Name(n) | Objective::Table { name: n, .. } => n,
+        }
+    }
+    /// The plugin's config as JSON.
+    pub fn config_json(&self) -> String {
+        match self {
+            Objective::Name(_) => "{}".into(),
+            Objective::Table { config, .. } => serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// Order of the training data.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Shuffled every epoch (default).
+    #[default]
+    Shuffled,
+    /// Curriculum: the first epoch from easy to hard (difficulty field, else length).
+    Curriculum,
+}
+
+/// `data = { train = ..., eval = ..., replay = ..., order = ... }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training source: `synthetic:<task>?n=..&seed=..`, a `.txt` or a `.jsonl` path.
+    pub train: String,
+    /// Evaluation source (same forms). Default: none (no eval metrics for this stage).
+    #[serde(default)]
+    pub eval: Option<String>,
+    /// Mix in earlier stages' training data.
+    #[serde(default)]
+    pub replay: Option<ReplayConfig>,
+    /// Data order. Default shuffled.
+    #[serde(default)]
+    pub order: Order,
+}
+
+/// `replay = { from = "stage" | ["a", "b"], ratio = 0.1 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Earlier stages whose training data is replayed.
+    #[serde(with = "one_or_many")]
+    pub from: Vec<String>,
+    /// Fraction of each batch drawn from them, in (0, 1).
+    pub ratio: f64,
+}
+
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+}
+
+/// `optimizer = { name = "adamw", lr = 3e-3, ... }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OptimizerConfig {
+    /// Plugin name. Default `adamw`.
+    #[serde(default = "default_optimizer")]
+    pub name: String,
+    /// Base learning rate (the schedule scales it).
+    pub lr: f64,
+    /// The rest of the plugin's config (checked by the plugin).
+    #[serde(flatten)]
+    pub config: toml::Table,
+}
+
+impl OptimizerConfig {
+    /// The plugin's config as JSON (with `lr`).
+    pub fn config_json(&self) -> String {
+        let mut t = self.config.clone();
+        t.insert("lr".into(), toml::Value::Float(self.lr));
+        serde_json::to_string(&t).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// How the learning rate decays after warm-up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    /// Flat.
+    #[default]
+    Constant,
+    /// Linearly to `min_lr_ratio · lr` at the last step.
+    Linear,
+    /// Half a cosine to `min_lr_ratio · lr` at the last step.
+    Cosine,
+}
+
+/// `schedule = { warmup_steps = 50, decay = "cosine", min_lr_ratio = 0.1 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Linear warm-up from 0 over this many steps. Default 0.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Decay after warm-up. Default constant.
+    #[serde(default)]
+    pub decay: Decay,
+    /// Final LR as a fraction of `lr`. Default 0.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+}
+
+/// `unfreeze = [{ at_step = 200, modules = ["model.layers.0"] }]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Unfreeze {
+    /// The step after which the modules train.
+    pub at_step: u64,
+    /// Weight-name prefixes or patterns.
+    pub modules: Vec<String>,
+}
+
+/// `train = { freeze = [...], unfreeze = [...], layer_lr_decay = 0.8 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Base weights that do not train (name prefixes or patterns, `"*"` for all).
+    /// Default: none, unless the stage has adapters, whose base is frozen.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Weights that start training at a step.
+    #[serde(default)]
+    pub unfreeze: Vec<Unfreeze>,
+    /// Layer-wise LR decay: layer `l` of `L` trains at `lr · factor^(L - l)` (the top
+    /// layer and the head at `lr`, embeddings at `lr · factor^(L+1)`). Default: none.
+    #[serde(default)]
+    pub layer_lr_decay: Option<f64>,
+}
+
+/// `adapters = [{ plugin = "lora", targets = [...], r = 8 }]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdapterConfig {
+    /// Adaptation-method plugin name.
+    pub plugin: String,
+    /// The plugin's config (checked by the plugin).
+    #[serde(flatten)]
+    pub config: toml::Table,
+}
+
+impl AdapterConfig {
+    /// The plugin's config as JSON.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// What happens to the previous stage's adapters.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterHandoff {
+    /// Fold them into the base weights (default).
+    #[default]
+    Merge,
+    /// Freeze them and keep applying them under the new ones.
+    Stack,
+    /// Keep training them.
+    Continue,
+    /// Discard them.
+    Drop,
+}
+
+/// What happens to the previous stage's optimizer state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerHandoff {
+    /// Fresh state (default).
+    #[default]
+    Reset,
+    /// Keep the state of parameters that still train.
+    Carry,
+}
+
+/// `handoff = { adapters = "merge", optimizer = "reset" }`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffConfig {
+    /// Default merge.
+    #[serde(default)]
+    pub adapters: AdapterHandoff,
+    /// Default reset.
+    #[serde(default)]
+    pub optimizer: OptimizerHandoff,
+}
+
+/// `exit = { metric = "eval.loss", below = 1.2, patience = 3 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExitConfig {
+    /// `eval.<metric>` of this stage's eval set (or `train.loss`).
+    pub metric: String,
+    /// Stop when the metric is below this.
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// Stop when the metric is above this.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// Early stopping: stop after this many evaluations without improvement, and restore
+    /// the best checkpoint.
+    #[serde(default)]
+    pub patience: Option<u32>,
+}
+
+/// What a failed gate does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GateAction {
+    /// Restore this stage's best checkpoint that passed the gate (default).
+    #[default]
+    Rollback,
+    /// End the pipeline.
+    Stop,
+}
+
+/// `retention = { stage = "finetune_add", max_drop = 0.02, on_fail = "rollback" }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionGate {
+    /// The earlier stage whose eval set is watched.
+    pub stage: String,
+    /// Largest allowed drop of its score from the end of its own stage.
+    pub max_drop: f64,
+    /// The score (default: exact_match, accuracy or token_accuracy, whichever the
+    /// watched stage's objective reports, else -loss).
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Default rollback.
+    #[serde(default)]
+    pub on_fail: GateAction,
+}
+
+/// `gates = { retention = {...} }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GatesConfig {
+    /// Forgetting gate.
+    #[serde(default)]
+    pub retention: Option<RetentionGate>,
+}
+
+fn default_spike() -> f64 {
+    4.0
+}
+fn default_recoveries() -> u32 {
+    3
+}
+fn default_lr_scale() -> f64 {
+    0.5
+}
+
+/// `anomaly = { spike_factor = 4.0, max_recoveries = 3, lr_scale = 0.5 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// A loss above this factor × the running mean is a spike. Default 4.
+    #[serde(default = "default_spike")]
+    pub spike_factor: f64,
+    /// Recoveries (restore last good checkpoint, scale LR) before the stage fails. Default 3.
+    #[serde(default = "default_recoveries")]
+    pub max_recoveries: u32,
+    /// LR multiplier after each recovery. Default 0.5.
+    #[serde(default = "default_lr_scale")]
+    pub lr_scale: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig { spike_factor: default_spike(), max_recoveries: default_recoveries(), lr_scale: default_lr_scale() }
+    }
+}

@@ -1,0 +1,220 @@
+//! Rules across fields, checked before training starts. Plugin-level checks (unknown
+//! plugin, a target matching no site, a plugin rejecting its config) happen when the
+//! pipeline instantiates its plugins, also before the first step.
+
+use super::{ExitConfig, PipelineConfig, StageConfig};
+use crate::error::{Error, Result};
+
+/// Metrics the first-party objectives report on eval sets (`eval.<name>`).
+pub fn objective_metrics(objective: &str) -> Option<&'static [&'static str]> {
+    const LM: &[&str] = &["loss", "perplexity", "token_accuracy", "loss_p50", "loss_p90", "loss_p99"];
+    const COMPLETION: &[&str] = &["loss", "perplexity", "token_accuracy", "exact_match", "loss_p50", "loss_p90", "loss_p99"];
+    const CLASSIFICATION: &[&str] = &["loss", "accuracy", "loss_p50", "loss_p90", "loss_p99"];
+    match objective {
+        "causal_lm" => Some(LM),
+        "completion" => Some(COMPLETION),
+        "classification" => Some(CLASSIFICATION),
+        _ => None,
+    }
+}
+
+fn check_exit(file: &str, s: &StageConfig, exit: &ExitConfig) -> Result<()> {
+    let bad = |m: String| Error::msg(format!("{file}: stage `{}`: exit: {m}", s.name));
+    match (exit.below, exit.above, exit.patience) {
+        (Some(_), Some(_), _) => return Err(bad("give `below` or `above`, not both".into())),
+        (None, None, None) => return Err(bad("give `below`, `above` or `patience`".into())),
+        _ => {}
+    }
+    let (split, metric) = exit.metric.split_once('.').ok_or_else(|| bad(format!("metric `{}` must be `eval.<name>` or `train.loss`", exit.metric)))?;
+    match split {
+        "train" if metric == "loss" => Ok(()),
+        "train" => Err(bad(format!("metric `{}`: only `train.loss` is tracked on training batches", exit.metric))),
+        "eval" => {
+            if s.data.eval.is_none() {
+                return Err(bad(format!("metric `{}` needs `data.eval`", exit.metric)));
+            }
+            match objective_metrics(s.objective.name()) {
+                Some(known) if !known.contains(&metric) => Err(bad(format!("unknown metric `{}` for objective `{}` (known: {})", exit.metric, s.objective.name(), known.join(", ")))),
+                _ => Ok(()),
+            }
+        }
+        _ => Err(bad(format!("metric `{}` must start with `eval.` or `train.`", exit.metric))),
+    }
+}
+
+fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> Result<()> {
+    let bad = |m: String| Error::msg(format!("{file}: stage `{}`: {m}", s.name));
+    let earlier = |name: &str| cfg.stages[..i].iter().any(|e| e.name == name);
+    if s.max_steps.is_none() && s.epochs.is_none() {
+        return Err(bad("give `max_steps` or `epochs`".into()));
+    }
+    if s.max_steps == Some(0) || s.epochs == Some(0) {
+        return Err(bad("`max_steps` and `epochs` must be > 0".into()));
+    }
+    if !(s.optimizer.lr > 0.0 && s.optimizer.lr.is_finite()) {
+        return Err(bad(format!("optimizer.lr must be > 0, got {}", s.optimizer.lr)));
+    }
+    for (name, v) in [("batch_size", s.batch_size), ("seq_len", s.seq_len), ("grad_accum", s.grad_accum)] {
+        if v == 0 {
+            return Err(bad(format!("`{name}` must be > 0")));
+        }
+    }
+    if s.seq_len < 2 {
+        return Err(bad("`seq_len` must be at least 2".into()));
+    }
+    if let Some(c) = s.grad_clip {
+        if !(c > 0.0) {
+            return Err(bad(format!("`grad_clip` must be > 0, got {c}")));
+        }
+    }
+    if let (Some(max), w) = (s.max_steps, s.schedule.warmup_steps) {
+        if w > max {
+            return Err(bad(format!("schedule.warmup_steps {w} exceeds max_steps {max}")));
+        }
+    }
+    if !(0.0..=1.0).contains(&s.schedule.min_lr_ratio) {
+        return Err(bad(format!("schedule.min_lr_ratio must be in [0, 1], got {}", s.schedule.min_lr_ratio)));
+    }
+    if let Some(f) = s.train.layer_lr_decay {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(bad(format!("train.layer_lr_decay must be in (0, 1], got {f}")));
+        }
+    }
+    if let Some(r) = &s.data.replay {
+        if !(r.ratio > 0.0 && r.ratio < 1.0) {
+            return Err(bad(format!("data.replay.ratio must be in (0, 1), got {}", r.ratio)));
+        }
+        if let Some(f) = r.from.iter().find(|f| !earlier(f)) {
+            return Err(bad(format!("data.replay.from `{f}` is not an earlier stage")));
+        }
+    }
+    if let Some(g) = &s.gates.retention {
+        if !earlier(&g.stage) {
+            return Err(bad(format!("gates.retention.stage `{}` is not an earlier stage", g.stage)));
+        }
+        if !(g.max_drop >= 0.0) {
+            return Err(bad(format!("gates.retention.max_drop must be >= 0, got {}", g.max_drop)));
+        }
+        let watched = &cfg.stages[cfg.stage(&g.stage).map_or(0, |(k, _)| k)];
+        if watched.data.eval.is_none() {
+            return Err(bad(format!("gates.retention watches `{}`, which has no `data.eval`", g.stage)));
+        }
+    }
+    if let Some(from) = &s.from {
+        if !earlier(from) && !cfg.base_dir().join(from).join("config.json").exists() && !std::path::Path::new(from).join("config.json").exists() {
+            return Err(bad(format!("from `{from}` is neither an earlier stage nor a model directory with a config.json")));
+        }
+    }
+    if let Some(exit) = &s.exit {
+        check_exit(file, s, exit)?;
+    }
+    if s.anomaly.spike_factor <= 1.0 || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0) {
+        return Err(bad("anomaly.spike_factor must be > 1 and anomaly.lr_scale in (0, 1]".into()));
+    }
+    Ok(())
+}
+
+impl PipelineConfig {
+    /// Checks the rules across fields; errors name the file and the stage.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let m = &self.model;
+        match (&m.arch, &m.from) {
+            (Some(_), Some(_)) => return Err(Error::msg(format!("{file}: model: give `arch` or `from`, not both"))),
+            (None, None) => return Err(Error::msg(format!("{file}: model: give `arch` (a fresh model) or `from` (a Hugging Face directory)"))),
+            (Some(arch), None) => {
+                if !["llama", "bert"].contains(&arch.as_str()) {
+                    return Err(Error::msg(format!("{file}: model.arch `{arch}` is not supported (supported: llama, bert)")));
+                }
+                for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)] {
+                    if v.unwrap_or(0) == 0 {
+                        return Err(Error::msg(format!("{file}: model.{k} is required (> 0) for a fresh `{arch}`")));
+                    }
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if self.stages.is_empty() {
+            return Err(Error::msg(format!("{file}: no [[stages]]")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            if s.name.is_empty() || !seen.insert(s.name.as_str()) {
+                return Err(Error::msg(format!("{file}: stage {}: name `{}` is empty or used twice", i + 1, s.name)));
+            }
+            check_stage(file, self, i, s)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::PipelineConfig;
+
+    const BASE: &str = r#"
+[run]
+name = "t"
+
+[model]
+arch = "llama"
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+
+[[stages]]
+name = "pretrain"
+objective = "causal_lm"
+data = { train = "synthetic:arith_text?n=100", eval = "synthetic:arith_text?n=10&seed=1" }
+optimizer = { name = "adamw", lr = 1e-3 }
+max_steps = 10
+
+[[stages]]
+name = "ft"
+objective = "completion"
+data = { train = "synthetic:add?n=100", eval = "synthetic:add?n=10", replay = { from = "pretrain", ratio = 0.1 } }
+optimizer = { lr = 1e-3, weight_decay = 0.0 }
+max_steps = 10
+exit = { metric = "eval.exact_match", above = 0.9 }
+gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
+"#;
+
+    fn err(text: &str) -> String {
+        PipelineConfig::from_str(text, "p.toml", &[]).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_valid_config_parses() {
+        let c = PipelineConfig::from_str(BASE, "p.toml", &[]).expect("valid");
+        assert_eq!(c.stages.len(), 2);
+        assert_eq!(c.stages[1].optimizer.name, "adamw");
+        assert!(c.stages[1].optimizer.config_json().contains("weight_decay"));
+    }
+
+    #[test]
+    fn unknown_keys_and_type_errors_have_file_line_column() {
+        let e = err(&BASE.replace("max_steps = 10\n\n[[stages]]", "max_step = 10\n\n[[stages]]"));
+        assert!(e.starts_with("p.toml:16:1:") && e.contains("unknown field `max_step`"), "{e}");
+        let e = err(&BASE.replace("hidden_size = 32", "hidden_size = \"big\""));
+        assert!(e.starts_with("p.toml:7:15:") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn rules_across_fields_name_the_stage() {
+        let e = err(&BASE.replace("eval.exact_match", "eval.exactness"));
+        assert!(e.contains("stage `ft`") && e.contains("unknown metric `eval.exactness`"), "{e}");
+        let e = err(&BASE.replace("from = \"pretrain\", ratio", "from = \"later\", ratio"));
+        assert!(e.contains("replay.from `later` is not an earlier stage"), "{e}");
+        let e = err(&BASE.replace("stage = \"pretrain\", max_drop", "stage = \"ft\", max_drop"));
+        assert!(e.contains("gates.retention.stage `ft`"), "{e}");
+        let e = err(&BASE.replace("max_steps = 10\nexit", "exit"));
+        assert!(e.contains("give `max_steps` or `epochs`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_before_validation() {
+        let c = PipelineConfig::from_str(BASE, "p.toml", &["stages.ft.max_steps=3".into(), "run.seed=9".into()]).expect("valid");
+        assert_eq!((c.stages[1].max_steps, c.run.seed), (Some(3), 9));
+        let e = PipelineConfig::from_str(BASE, "p.toml", &["stages.0.batch_size=0".into()]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("`batch_size` must be > 0"), "{e}");
+    }
+}
