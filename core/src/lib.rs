@@ -11,6 +11,7 @@
 
 pub mod adapter;
 pub mod bench;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
