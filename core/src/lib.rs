@@ -1,7 +1,9 @@
 //! stagecraft-core: the host runtime.
 //!
 //! - [`adapter`]: PEFT adapter directories, merging adapters into the base.
-//! - [`data`]: tokenizers.
+//! - [`data`]: tokenizers, data sources (files, synthetic tasks), sampling, replay
+//!   mixtures, collation.
+//! - [`config`]: the pipeline config.
 //! - [`plugin`]: the op table plugins call, the handle table, loading `.so` plugins,
 //!   the registry of built-in and loaded plugins.
 //! - [`model`]: models whose linears, embeddings and block outputs are named sites
@@ -11,12 +13,14 @@
 
 pub mod adapter;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
 pub mod plugin;
+pub mod report;
 pub mod rng;
 pub mod train;
 

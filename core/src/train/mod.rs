@@ -2,7 +2,11 @@
 //! and an optimizer together.
 
 mod batch;
+mod params;
+mod schedule;
 mod trainer;
 
 pub use batch::Batch;
+pub use params::{decays, layer_of, lr_multiplier, module_matches};
+pub use schedule::lr_at;
 pub use trainer::{StepOutput, Trainer};

@@ -1,5 +1,6 @@
 //! One training stage's inner loop: forward (with adapter hooks) → the stage plugin's
-//! loss → backward → the optimizer plugin's update → release the step's temporaries.
+//! loss → backward (summed over accumulated micro-batches) → global-norm clipping →
+//! the optimizer plugin's update → release the step's temporaries.
 
 use super::Batch;
 use crate::error::{Error, Result};
@@ -11,8 +12,10 @@ use std::rc::Rc;
 /// What one step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutput {
-    /// The loss before the update.
+    /// The loss before the update (mean over the micro-batches).
     pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
 }
 
 /// A model, its adapters, a stage objective and an optimizer.
@@ -31,6 +34,8 @@ pub struct Trainer {
     pub params: Vec<TrainParam>,
     /// Optimizer steps taken.
     pub step: u64,
+    /// Clip the global gradient norm to this.
+    pub grad_clip: Option<f64>,
 }
 
 impl Trainer {
@@ -57,7 +62,7 @@ impl Trainer {
             return Err(Error::msg("nothing to train: every weight is frozen and no adapter has parameters"));
         }
         optimizer.init(&params)?;
-        Ok(Trainer { state, model, adapters, stage, optimizer, params, step: 0 })
+        Ok(Trainer { state, model, adapters, stage, optimizer, params, step: 0, grad_clip: None })
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<StageLoss> {
@@ -74,23 +79,58 @@ impl Trainer {
 
     /// One optimizer step on `batch` at learning rate `lr`.
     pub fn train_step(&mut self, batch: &Batch, lr: f64) -> Result<StepOutput> {
+        self.train_step_accum(std::slice::from_ref(batch), lr)
+    }
+
+    /// One optimizer step over several micro-batches (gradient accumulation): the
+    /// gradient is the mean of the micro-batches' gradients.
+    pub fn train_step_accum(&mut self, micro: &[Batch], lr: f64) -> Result<StepOutput> {
         self.state.set_training(true);
-        let r = self.train_step_inner(batch, lr);
+        let r = self.train_step_inner(micro, lr);
         self.state.end_step();
         r
     }
 
-    fn train_step_inner(&mut self, batch: &Batch, lr: f64) -> Result<StepOutput> {
-        let l = self.loss(batch)?;
-        let loss = l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::msg(format!("loss is {loss} at step {}", self.step + 1)));
+    fn train_step_inner(&mut self, micro: &[Batch], lr: f64) -> Result<StepOutput> {
+        if micro.is_empty() {
+            return Err(Error::msg("a step needs at least one batch"));
         }
-        let grads = l.loss.backward()?;
-        let g: Vec<Option<Tensor>> = self.params.iter().map(|p| grads.get(p.var.as_tensor()).cloned()).collect();
+        let scale = 1.0 / micro.len() as f64;
+        let mut sum: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut loss_sum = 0.0;
+        for batch in micro {
+            let l = self.loss(batch)?;
+            let loss = l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(Error::msg(format!("loss is {loss} at step {}", self.step + 1)));
+            }
+            loss_sum += loss;
+            let grads = l.loss.affine(scale, 0.0)?.backward()?;
+            for (acc, p) in sum.iter_mut().zip(&self.params) {
+                if let Some(g) = grads.get(p.var.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        let norm_sq = sum.iter().flatten().map(|g| g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()).collect::<candle_core::Result<Vec<f32>>>()?;
+        let grad_norm = norm_sq.iter().map(|&x| x as f64).sum::<f64>().sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::msg(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
+        }
+        if let Some(max) = self.grad_clip {
+            if grad_norm > max {
+                let f = max / (grad_norm + 1e-6);
+                for g in sum.iter_mut().flatten() {
+                    *g = g.affine(f, 0.0)?;
+                }
+            }
+        }
         self.step += 1;
-        self.optimizer.step(&self.params, &g, lr, self.step)?;
-        Ok(StepOutput { loss })
+        self.optimizer.step(&self.params, &sum, lr, self.step)?;
+        Ok(StepOutput { loss: loss_sum * scale, grad_norm })
     }
 
     /// Loss and metrics on `batch` in evaluation mode (no update).

@@ -1,0 +1,206 @@
+//! Tokenized examples and datasets: what every data source produces.
+//!
+//! An [`Example`] is token ids plus, for completion data, one target per token (`-100`
+//! on prompt tokens, where no loss is taken) and, for classification data, a class
+//! index. A [`Dataset`] holds the examples of one source with their [`DataKind`] and,
+//! for file sources, the sha256 of the bytes read.
+//!
+//! Length rule, `max_len` tokens at most per example:
+//! - text (and classification text) is cut at the end;
+//! - completion data keeps the whole completion and cuts the start of the prompt; a
+//!   completion that alone is longer than `max_len` is an error.
+//!
+//! ```
+//! use stagecraft_core::data::{Example, Tokenizer};
+//! let t = Tokenizer::bytes();
+//! let ex = Example::completion(&t, "1+2=", "3\n", 16).unwrap();
+//! assert_eq!(ex.ids, vec![49, 43, 50, 61, 51, 10]);
+//! assert_eq!(ex.labels.as_deref(), Some(&[-100, -100, -100, -100, 51, 10][..]));
+//! let cut = Example::completion(&t, "1+2=", "3\n", 4).unwrap();
+//! assert_eq!(t.decode(&cut.ids).unwrap(), "2=3\n");
+//! ```
+
+use super::Tokenizer;
+use crate::error::{Error, Result};
+
+/// The target value of tokens that take no loss.
+pub const IGNORE: i64 = -100;
+
+/// What a dataset's examples carry, and so which objective can train on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// Plain text: the causal-LM objective predicts every token.
+    Text,
+    /// Prompt + completion: only completion tokens are targets.
+    Completion,
+    /// Text + class label.
+    Classification,
+}
+
+impl std::fmt::Display for DataKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataKind::Text => "text",
+            DataKind::Completion => "completion",
+            DataKind::Classification => "classification",
+        })
+    }
+}
+
+/// One tokenized example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Token ids, at most `max_len` of them, never empty.
+    pub ids: Vec<u32>,
+    /// Completion data: one target per id, [`IGNORE`] (-100) on prompt tokens and the
+    /// token id itself on completion tokens. `None` for text, where every token is one.
+    pub labels: Option<Vec<i64>>,
+    /// Classification data: the class index (>= 0).
+    pub class_label: Option<i64>,
+    /// Curriculum key, lower is easier: the source's `difficulty` field where it has
+    /// one, else the number of tokens.
+    pub difficulty: f64,
+}
+
+impl Example {
+    /// Plain text, cut at the end to `max_len` tokens. Errors if it has no tokens.
+    pub fn text(tokenizer: &Tokenizer, text: &str, max_len: usize) -> Result<Example> {
+        check_max_len(max_len)?;
+        let mut ids = tokenizer.encode(text)?;
+        if ids.is_empty() {
+            return Err(Error::msg("text has no tokens"));
+        }
+        ids.truncate(max_len);
+        Ok(Example::from_ids(ids))
+    }
+
+    /// Text tokens as they are (the caller keeps them within its length limit).
+    pub fn from_ids(ids: Vec<u32>) -> Example {
+        let difficulty = ids.len() as f64;
+        Example { ids, labels: None, class_label: None, difficulty }
+    }
+
+    /// Text with a class index, cut at the end to `max_len` tokens.
+    pub fn classified(tokenizer: &Tokenizer, text: &str, class: i64, max_len: usize) -> Result<Example> {
+        if class < 0 {
+            return Err(Error::msg(format!("class label {class} is negative")));
+        }
+        Ok(Example { class_label: Some(class), ..Example::text(tokenizer, text, max_len)? })
+    }
+
+    /// A prompt and its completion. The text is tokenized whole; prompt tokens are the
+    /// longest common prefix of the prompt's tokens and the whole text's (exact for the
+    /// byte tokenizer; with a subword tokenizer a token that straddles the boundary
+    /// counts as completion). If the result is longer than `max_len`, the start of the
+    /// prompt is cut.
+    pub fn completion(tokenizer: &Tokenizer, prompt: &str, completion: &str, max_len: usize) -> Result<Example> {
+        check_max_len(max_len)?;
+        let full = tokenizer.encode(&format!("{prompt}{completion}"))?;
+        let prompt_ids = tokenizer.encode(prompt)?;
+        let boundary = full.iter().zip(&prompt_ids).take_while(|(a, b)| a == b).count();
+        let targets = full.len() - boundary;
+        if targets == 0 {
+            return Err(Error::msg("completion has no tokens"));
+        }
+        if targets > max_len {
+            return Err(Error::msg(format!("completion is {targets} tokens, more than max_len {max_len}")));
+        }
+        let cut = full.len().saturating_sub(max_len);
+        let labels = full.iter().enumerate().skip(cut).map(|(i, &id)| if i < boundary { IGNORE } else { i64::from(id) }).collect();
+        let ids: Vec<u32> = full[cut..].to_vec();
+        let difficulty = ids.len() as f64;
+        Ok(Example { ids, labels: Some(labels), class_label: None, difficulty })
+    }
+
+    /// The same example with another curriculum key.
+    pub fn with_difficulty(self, difficulty: f64) -> Example {
+        Example { difficulty, ..self }
+    }
+
+    /// The kind of data this example is.
+    pub fn kind(&self) -> DataKind {
+        match (&self.labels, self.class_label) {
+            (_, Some(_)) => DataKind::Classification,
+            (Some(_), None) => DataKind::Completion,
+            (None, None) => DataKind::Text,
+        }
+    }
+}
+
+fn check_max_len(max_len: usize) -> Result<()> {
+    if max_len == 0 {
+        return Err(Error::msg("max_len must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The examples of one source.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// The source spec as written in the config (`synthetic:add?n=100`, `data/train.jsonl`).
+    pub name: String,
+    /// What the examples carry; all examples are of this kind.
+    pub kind: DataKind,
+    /// The examples, in source order; never empty.
+    pub examples: Vec<Example>,
+    /// Hex sha256 of the source file's bytes; `None` for synthetic data.
+    pub sha256: Option<String>,
+    /// Classification with string labels: the label of each class index, in order of
+    /// first appearance. Empty for integer labels and other kinds.
+    pub label_names: Vec<String>,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Whether there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// The curriculum key of each example, in order.
+    pub fn difficulties(&self) -> Vec<f64> {
+        self.examples.iter().map(|e| e.difficulty).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_masks_prompt_and_keeps_completion_when_cut() -> Result<()> {
+        let t = Tokenizer::bytes();
+        let ex = Example::completion(&t, "reverse ab=", "ba\n", 64)?;
+        assert_eq!(ex.kind(), DataKind::Completion);
+        let labels = ex.labels.clone().unwrap_or_default();
+        assert_eq!(labels.iter().filter(|&&l| l != IGNORE).count(), 3);
+        assert_eq!(&labels[11..], &[98, 97, 10]);
+        let cut = Example::completion(&t, "reverse ab=", "ba\n", 5)?;
+        assert_eq!(t.decode(&cut.ids)?, "b=ba\n");
+        assert_eq!(cut.labels, Some(vec![IGNORE, IGNORE, 98, 97, 10]));
+        let e = Example::completion(&t, "p", "long\n", 4).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(e, "completion is 5 tokens, more than max_len 4");
+        assert!(Example::completion(&t, "p", "", 4).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn text_is_cut_at_the_end_and_difficulty_is_token_count() -> Result<()> {
+        let t = Tokenizer::bytes();
+        let ex = Example::text(&t, "abcdef", 4)?;
+        assert_eq!(t.decode(&ex.ids)?, "abcd");
+        assert_eq!(ex.difficulty, 4.0);
+        assert_eq!(ex.kind(), DataKind::Text);
+        assert!(Example::text(&t, "", 4).is_err());
+        assert!(Example::text(&t, "a", 0).is_err());
+        let c = Example::classified(&t, "good", 1, 8)?;
+        assert_eq!((c.kind(), c.class_label), (DataKind::Classification, Some(1)));
+        assert!(Example::classified(&t, "bad", -1, 8).is_err());
+        Ok(())
+    }
+}
