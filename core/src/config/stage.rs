@@ -241,8 +241,8 @@ pub struct TrainConfig {
     /// Weights that start training at a step.
     #[serde(default)]
     pub unfreeze: Vec<Unfreeze>,
-    /// Layer-wise LR decay: layer `l` of `L` trains at `lr · factor^(L - l)` (the top
-    /// layer and the head at `lr`, embeddings at `lr · factor^(L+1)`). Default: none.
+    /// Layer-wise LR decay: block `l` of `L` trains at `lr · factor^(L-1-l)` (the top
+    /// block and the head at `lr`, embeddings at `lr · factor^L`). Default: none.
     #[serde(default)]
     pub layer_lr_decay: Option<f64>,
 }
