@@ -19,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod pipeline;
 pub mod plugin;
 pub mod report;
 pub mod rng;

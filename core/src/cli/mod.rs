@@ -3,6 +3,7 @@
 mod bench;
 mod model;
 mod plugin;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a multi-stage pipeline from its TOML file.
+    Run(run::RunArgs),
     /// List, inspect and check plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCmd),
@@ -35,6 +38,7 @@ enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Model(cmd) => model::sites(cmd),
         Command::Forward(args) => model::forward(args),

@@ -46,6 +46,7 @@ impl SiteTable {
 pub struct Adapters {
     methods: Vec<MethodInstance>,
     active: Vec<bool>,
+    frozen: Vec<bool>,
     pre: Vec<Vec<usize>>,
     post: Vec<Vec<usize>>,
 }
@@ -53,7 +54,7 @@ pub struct Adapters {
 impl Adapters {
     /// No adapters, for a model with `num_sites` sites.
     pub fn none(num_sites: usize) -> Self {
-        Adapters { methods: Vec::new(), active: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
+        Adapters { methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
     }
 
     /// Attaches a method instance: it chooses its sites and creates its parameters.
@@ -74,6 +75,7 @@ impl Adapters {
         }
         self.methods.push(m);
         self.active.push(true);
+        self.frozen.push(false);
         Ok(k)
     }
 
@@ -89,12 +91,26 @@ impl Adapters {
         }
     }
 
+    /// Freezes one instance (it keeps applying, but its parameters no longer train) or
+    /// unfreezes it.
+    pub fn set_frozen(&mut self, k: usize, on: bool) {
+        if let Some(f) = self.frozen.get_mut(k) {
+            *f = on;
+        }
+    }
+
+    /// Whether an instance is frozen.
+    pub fn is_frozen(&self, k: usize) -> bool {
+        self.frozen.get(k).copied().unwrap_or(false)
+    }
+
     /// Removes every instance and returns them.
     pub fn take(&mut self) -> Vec<MethodInstance> {
         for v in self.pre.iter_mut().chain(self.post.iter_mut()) {
             v.clear();
         }
         self.active.clear();
+        self.frozen.clear();
         std::mem::take(&mut self.methods)
     }
 

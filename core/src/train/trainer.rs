@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{Entry, HostState, OptimizerInstance, StageInstance, StageLoss, TrainParam};
 use candle_core::Tensor;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// What one step reports.
@@ -16,6 +17,19 @@ pub struct StepOutput {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+}
+
+/// Runs the model (with adapters) on a batch and the objective on its outputs.
+pub fn forward_loss(model: &dyn Model, adapters: &Adapters, stage: &mut StageInstance, batch: &Batch) -> Result<StageLoss> {
+    let out = model.forward(&batch.input_ids, batch.attention_mask.as_ref(), adapters)?;
+    let mut outputs: Vec<(&str, &Tensor)> = vec![("hidden", &out.hidden)];
+    if let Some(l) = &out.logits {
+        outputs.push(("logits", l));
+    }
+    if let Some(p) = &out.pooled {
+        outputs.push(("pooled", p));
+    }
+    stage.compute(&outputs, &batch.named())
 }
 
 /// A model, its adapters, a stage objective and an optimizer.
@@ -36,45 +50,64 @@ pub struct Trainer {
     pub step: u64,
     /// Clip the global gradient norm to this.
     pub grad_clip: Option<f64>,
+    weight_handles: HashMap<String, stagecraft_sdk::TensorHandle>,
 }
 
 impl Trainer {
     /// Collects the trainable parameters (trainable base weights, then adapter
     /// parameters, then stage head parameters) and lets the optimizer create its state.
-    pub fn new(state: Rc<HostState>, model: Box<dyn Model>, adapters: Adapters, mut stage: StageInstance, mut optimizer: OptimizerInstance) -> Result<Self> {
+    pub fn new(state: Rc<HostState>, model: Box<dyn Model>, adapters: Adapters, mut stage: StageInstance, optimizer: OptimizerInstance) -> Result<Self> {
         stage.init(&model.info())?;
+        let mut t = Trainer { state, model, adapters, stage, optimizer, params: Vec::new(), step: 0, grad_clip: None, weight_handles: HashMap::new() };
+        t.refresh_params()?;
+        Ok(t)
+    }
+
+    /// Collects the parameters again after the trainable set changed (unfreezing, a
+    /// frozen or new adapter), keeping per-parameter multipliers, and lets the optimizer
+    /// create state for the new ones.
+    pub fn refresh_params(&mut self) -> Result<()> {
+        let old: HashMap<String, (f64, f64)> = self.params.iter().map(|p| (p.name.clone(), (p.lr_mul, p.decay_mul))).collect();
         let mut params = Vec::new();
-        for (name, w) in model.weights() {
+        for (name, w) in self.model.weights() {
             if w.is_trainable() {
-                let handle = state.table.borrow_mut().insert(Entry::Param(w.var().clone()));
+                let handle = *self.weight_handles.entry(name.clone()).or_insert_with(|| self.state.table.borrow_mut().insert(Entry::Param(w.var().clone())));
                 params.push(TrainParam { name, var: w.var().clone(), handle, lr_mul: 1.0, decay_mul: 1.0 });
             }
         }
-        for m in adapters.methods() {
+        for (k, m) in self.adapters.methods().iter().enumerate() {
+            if self.adapters.is_frozen(k) {
+                continue;
+            }
             for p in m.params() {
                 params.push(TrainParam { name: p.name, var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
             }
         }
-        for p in stage.params() {
+        for p in self.stage.params() {
             params.push(TrainParam { name: p.name, var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
         }
         if params.is_empty() {
             return Err(Error::msg("nothing to train: every weight is frozen and no adapter has parameters"));
         }
-        optimizer.init(&params)?;
-        Ok(Trainer { state, model, adapters, stage, optimizer, params, step: 0, grad_clip: None })
+        for p in params.iter_mut() {
+            if let Some(&(l, d)) = old.get(&p.name) {
+                p.lr_mul = l;
+                p.decay_mul = d;
+            }
+        }
+        self.optimizer.init(&params)?;
+        self.params = params;
+        Ok(())
+    }
+
+    /// Takes the trainer apart: model, adapters, objective, optimizer (for the next
+    /// stage's handoff).
+    pub fn into_parts(self) -> (Box<dyn Model>, Adapters, StageInstance, OptimizerInstance) {
+        (self.model, self.adapters, self.stage, self.optimizer)
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<StageLoss> {
-        let out = self.model.forward(&batch.input_ids, batch.attention_mask.as_ref(), &self.adapters)?;
-        let mut outputs: Vec<(&str, &Tensor)> = vec![("hidden", &out.hidden)];
-        if let Some(l) = &out.logits {
-            outputs.push(("logits", l));
-        }
-        if let Some(p) = &out.pooled {
-            outputs.push(("pooled", p));
-        }
-        self.stage.compute(&outputs, &batch.named())
+        forward_loss(self.model.as_ref(), &self.adapters, &mut self.stage, batch)
     }
 
     /// One optimizer step on `batch` at learning rate `lr`.

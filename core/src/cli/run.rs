@@ -1,0 +1,43 @@
+//! `stagecraft run PIPELINE.toml [--set key=value]...`.
+
+use clap::Args;
+use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::pipeline::Pipeline;
+use stagecraft_core::plugin::{search_path, Registry};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Override a config value: `--set stages.finetune.max_steps=100`.
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    /// Write the run here instead of `<run.out_dir>/<run.name>/<timestamp>/`.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Fewer progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = PipelineConfig::from_file(&args.pipeline, &args.overrides)?;
+    let mut registry = Registry::with_builtins(super::report_dir())?;
+    for e in registry.load_dirs(&search_path()) {
+        tracing::warn!("{e}");
+    }
+    let run_dir = args.run_dir.unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name).join(stamp.to_string())
+    });
+    let t = std::time::Instant::now();
+    let (pipeline, _tokenizer) = Pipeline::new(cfg, registry, &run_dir, args.quiet)?;
+    let summary = pipeline.run()?;
+    for (name, steps, end) in &summary.stages {
+        println!("stage {name}: {steps} steps, ended by {end:?}");
+    }
+    println!("{}", summary.retention.to_table());
+    println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());
+    Ok(())
+}

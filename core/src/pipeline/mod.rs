@@ -1,0 +1,268 @@
+//! The multi-stage pipeline: each stage trains from the previous stage's result, hands
+//! its adapters and optimizer state over as configured, evaluates its own and every
+//! earlier stage's eval set (the retention matrix), and stops on its exit criteria or a
+//! forgetting gate.
+//!
+//! Everything lands in the run directory: `config.toml` (resolved), `data.json`
+//! (sources and sha256 of files), `metrics.jsonl`, `retention.json`, `report.html`,
+//! and `checkpoints/<stage>/` at the end of each stage.
+
+mod build;
+mod eval;
+mod snapshot;
+mod stage;
+
+pub use eval::{evaluate, quantile, Metrics};
+pub use snapshot::Snapshot;
+pub use stage::StageEnd;
+
+use crate::adapter::merge_into_base;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{AdapterHandoff, OptimizerHandoff, PipelineConfig, StageConfig};
+use crate::data::{load_source, Dataset, Mixture, Order, Tokenizer};
+use crate::error::{Error, Result};
+use crate::model::{Adapters, Model};
+use crate::plugin::{HostState, OptimizerInstance, Registry, StageInstance};
+use crate::report::{write_html, MetricRow, MetricsLog, RetentionMatrix};
+use crate::train::{decays, lr_multiplier, module_matches, Trainer};
+use candle_core::{DType, Device};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// How each stage ended, and the final retention matrix.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// `(stage, steps, end)` per stage that ran.
+    pub stages: Vec<(String, u64, StageEnd)>,
+    /// Stages × eval sets, on each set's main score.
+    pub retention: RetentionMatrix,
+}
+
+/// A pipeline being run.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    registry: Registry,
+    device: Device,
+    state: Rc<HostState>,
+    train_data: Vec<Arc<Dataset>>,
+    eval_data: Vec<Option<Arc<Dataset>>>,
+    objectives: Vec<Option<StageInstance>>,
+    own_scores: BTreeMap<String, Metrics>,
+    stage_start: Option<Snapshot>,
+    current: usize,
+    run_dir: PathBuf,
+    log: MetricsLog,
+    rows: Vec<MetricRow>,
+    quiet: bool,
+}
+
+fn resolve_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        other => Err(Error::msg(format!("run.device `{other}`: this build supports `cpu` only (build with the cuda feature for GPUs)"))),
+    }
+}
+
+impl Pipeline {
+    /// Loads every data set and checks every plugin config before any training.
+    pub fn new(cfg: PipelineConfig, registry: Registry, run_dir: &Path, quiet: bool) -> Result<(Self, Tokenizer)> {
+        let device = resolve_device(&cfg.run.device)?;
+        let base = cfg.base_dir();
+        let tokenizer = build::tokenizer(&cfg.model, &base)?;
+        let mut train_data = Vec::new();
+        let mut eval_data = Vec::new();
+        for s in &cfg.stages {
+            let load = |spec: &str| load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)));
+            train_data.push(load(&s.data.train)?);
+            eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
+        }
+        let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+        // Instantiate each stage's plugins once now, so a bad plugin name or config fails
+        // before the first step.
+        for s in &cfg.stages {
+            let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+            registry.new_stage(s.objective.name(), &s.objective.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
+            registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
+            for a in &s.adapters {
+                registry.new_method(&a.plugin, &a.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            }
+        }
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::Io { path: run_dir.to_path_buf(), source: e })?;
+        let resolved = toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
+        std::fs::write(run_dir.join("config.toml"), resolved).map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
+        let data_json: Vec<_> = train_data.iter().chain(eval_data.iter().flatten()).map(|d| serde_json::json!({"source": d.name, "examples": d.len(), "sha256": d.sha256})).collect();
+        std::fs::write(run_dir.join("data.json"), serde_json::to_string_pretty(&data_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("data.json"), source: e })?;
+        let log = MetricsLog::open(run_dir)?;
+        let n = cfg.stages.len();
+        let p = Pipeline {
+            cfg,
+            registry,
+            device,
+            state,
+            train_data,
+            eval_data,
+            objectives: (0..n).map(|_| None).collect(),
+            own_scores: BTreeMap::new(),
+            stage_start: None,
+            current: 0,
+            run_dir: run_dir.to_path_buf(),
+            log,
+            rows: Vec::new(),
+            quiet,
+        };
+        Ok((p, tokenizer))
+    }
+
+    fn progress(&self, stage: &str, step: u64, total: u64, loss: f64) {
+        if !self.quiet && (step % 50 == 0 || step == total) {
+            eprintln!("[{stage}] step {step}/{total} loss {loss:.4}");
+        }
+    }
+
+    /// Freezes base weights for stage `s`: its `train.freeze` patterns, or every base
+    /// weight when the stage trains adapters and names no patterns.
+    fn freeze(&self, model: &dyn Model, s: &StageConfig, adapters_train: bool) {
+        for (name, w) in model.weights() {
+            let frozen = if s.train.freeze.is_empty() { adapters_train } else { s.train.freeze.iter().any(|p| module_matches(p, &name)) };
+            let unfrozen_now = s.train.unfreeze.iter().any(|u| u.at_step == 0 && u.modules.iter().any(|p| module_matches(p, &name)));
+            w.set_trainable(!frozen || unfrozen_now);
+        }
+    }
+
+    fn apply_unfreeze(&mut self, trainer: &mut Trainer, s: &StageConfig, step: u64) -> Result<()> {
+        let due: Vec<&String> = s.train.unfreeze.iter().filter(|u| u.at_step + 1 == step && u.at_step > 0).flat_map(|u| &u.modules).collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for (name, w) in trainer.model.weights() {
+            if due.iter().any(|p| module_matches(p, &name)) {
+                w.set_trainable(true);
+            }
+        }
+        self.set_lr_multipliers(trainer, s)
+    }
+
+    fn set_lr_multipliers(&self, trainer: &mut Trainer, s: &StageConfig) -> Result<()> {
+        trainer.refresh_params()?;
+        let layers = trainer.model.info().num_layers;
+        for p in trainer.params.iter_mut() {
+            p.lr_mul = lr_multiplier(&p.name, layers, s.train.layer_lr_decay);
+            p.decay_mul = if decays(p.var.dims()) { 1.0 } else { 0.0 };
+        }
+        Ok(())
+    }
+
+    fn handoff(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
+        match s.handoff.adapters {
+            AdapterHandoff::Merge => merge_into_base(model, adapters)?,
+            AdapterHandoff::Drop => drop(adapters.take()),
+            AdapterHandoff::Stack => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, true)),
+            AdapterHandoff::Continue => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, false)),
+        }
+        for a in &s.adapters {
+            let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
+            adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, trainer: &Trainer, name: &str) -> Result<()> {
+        let mut tensors = BTreeMap::new();
+        for (n, w) in trainer.model.weights() {
+            tensors.insert(format!("model.{n}"), w.var().as_tensor().clone());
+        }
+        for (k, m) in trainer.adapters.methods().iter().enumerate() {
+            for p in m.params() {
+                tensors.insert(format!("adapter.{k}.{}.{}", m.core.plugin, p.name), p.var.as_tensor().clone());
+            }
+        }
+        for b in trainer.optimizer.buffers() {
+            tensors.insert(format!("optimizer.{}", b.name), b.var.as_tensor().clone());
+        }
+        let meta = serde_json::json!({ "stage": name, "step": trainer.step, "rng": self.state.rng.borrow().state() });
+        checkpoint::save(&self.run_dir.join("checkpoints"), name, &Checkpoint { tensors, meta })?;
+        Ok(())
+    }
+
+    /// Runs every stage.
+    pub fn run(mut self) -> Result<RunSummary> {
+        let vocab = build::tokenizer(&self.cfg.model, &self.cfg.base_dir())?.vocab_size();
+        let mut model = build::model(&self.cfg.model, vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
+        model.register_site_tensors(&self.state);
+        let mut adapters = Adapters::none(model.sites().len());
+        let mut optimizer: Option<OptimizerInstance> = None;
+        let mut summary = Vec::new();
+        for i in 0..self.cfg.stages.len() {
+            self.current = i;
+            let s = self.cfg.stages[i].clone();
+            if let Some(from) = &s.from {
+                if self.cfg.stage(from).is_none() {
+                    model = crate::model::load_model(&self.cfg.base_dir().join(from), &self.device)?;
+                    model.register_site_tensors(&self.state);
+                    adapters = Adapters::none(model.sites().len());
+                }
+            }
+            if i > 0 || !s.adapters.is_empty() {
+                self.handoff(model.as_ref(), &mut adapters, &s)?;
+            }
+            let adapters_train = (0..adapters.methods().len()).any(|k| !adapters.is_frozen(k));
+            self.freeze(model.as_ref(), &s, adapters_train);
+            let stage_obj = self.registry.new_stage(s.objective.name(), &s.objective.config_json(), &self.state)?;
+            let opt = match (s.handoff.optimizer, optimizer.take()) {
+                (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
+                _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,
+            };
+            let mut trainer = Trainer::new(self.state.clone(), model, adapters, stage_obj, opt)?;
+            self.set_lr_multipliers(&mut trainer, &s)?;
+            let replay: Vec<_> = s.data.replay.iter().flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64))).filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio))).collect();
+            let order = match s.data.order {
+                crate::config::Order::Shuffled => Order::Shuffled,
+                crate::config::Order::Curriculum => Order::ByDifficulty,
+            };
+            let mut mixture = Mixture::new(self.train_data[i].clone(), replay, self.cfg.run.seed.wrapping_add(i as u64), order)?;
+            self.stage_start = Some(Snapshot::take(&trainer)?);
+            let end = self.train_stage(&mut trainer, &mut mixture)?;
+            // The retention row: every stage's eval set so far, at the end of this stage.
+            if let Some(m) = self.eval_own(&mut trainer)? {
+                self.own_scores.insert(s.name.clone(), m.clone());
+                let row = MetricRow::eval(&s.name, trainer.step, &s.name, m);
+                self.log.append(&row)?;
+                self.rows.push(row);
+            }
+            for k in 0..i {
+                if let Some(m) = self.eval_set(&trainer, k)? {
+                    let row = MetricRow::eval(&s.name, trainer.step, &self.cfg.stages[k].name, m);
+                    self.log.append(&row)?;
+                    self.rows.push(row);
+                }
+            }
+            self.checkpoint(&trainer, &s.name)?;
+            summary.push((s.name.clone(), trainer.step, end.clone()));
+            let (m, a, obj, o) = trainer.into_parts();
+            model = m;
+            adapters = a;
+            optimizer = Some(o);
+            self.objectives[i] = Some(obj);
+            if end == StageEnd::GateStop {
+                break;
+            }
+        }
+        let metric = self.main_metric();
+        let retention = RetentionMatrix::from_rows(&self.rows, &metric);
+        retention.write_json(&self.run_dir)?;
+        let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
+        write_html(&self.run_dir, &self.cfg.run.name, &self.rows, Some(&retention), &extra)?;
+        Ok(RunSummary { run_dir: self.run_dir.clone(), stages: summary, retention })
+    }
+
+    /// The retention matrix's score: exact match when every eval set is a completion
+    /// set, accuracy for classification, else loss.
+    fn main_metric(&self) -> String {
+        let has = |k: &str| self.own_scores.values().all(|m| m.contains_key(k)) && !self.own_scores.is_empty();
+        ["exact_match", "accuracy"].iter().find(|k| has(k)).map_or("loss".into(), |k| k.to_string())
+    }
+}

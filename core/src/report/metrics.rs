@@ -1,0 +1,270 @@
+//! `metrics.jsonl`: one JSON object per line, appended as training goes.
+//!
+//! Training rows carry `loss`, `lr` and `grad_norm`; eval rows name the eval `set` and
+//! carry a `metrics` object. Non-finite numbers are written as `null` and read back
+//! as NaN ([`super::num`]); keys this module does not know are kept in `extra`.
+//!
+//! ```
+//! use stagecraft_core::report::{MetricRow, MetricsLog};
+//! let dir = std::env::temp_dir().join(format!("metrics-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let mut log = MetricsLog::open(&dir)?;
+//! log.append(&MetricRow::train("pretrain", 120, 1.93, 0.0028, Some(0.7)))?;
+//! let metrics = [("loss".to_string(), 1.2), ("exact_match".to_string(), 0.5)].into();
+//! log.append(&MetricRow::eval("pretrain", 120, "pretrain", metrics))?;
+//! let rows = MetricsLog::read(log.path())?;
+//! assert_eq!(rows.len(), 2);
+//! assert_eq!(rows[1].metrics["exact_match"], 0.5);
+//! std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::num;
+use crate::{Error, Result};
+
+/// Which kind of row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// A training step: `loss`, `lr`, `grad_norm`.
+    Train,
+    /// An evaluation of one eval set: `set`, `metrics`.
+    Eval,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    /// The stage's name.
+    pub stage: String,
+    /// The optimizer step the row was taken at.
+    pub step: u64,
+    /// Training or evaluation.
+    pub split: Split,
+    /// Eval rows: the eval set (usually named after the stage that owns it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+    /// Train rows: the training loss (NaN if it diverged).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub loss: Option<f64>,
+    /// Train rows: the learning rate used for this step.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub lr: Option<f64>,
+    /// Train rows: the gradient norm before clipping, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub grad_norm: Option<f64>,
+    /// Eval rows: metric name → value (`loss`, `exact_match`, `loss_p50`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "num::map")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Any other keys (throughput, wall time...), kept as written.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl MetricRow {
+    /// A training row.
+    pub fn train(stage: &str, step: u64, loss: f64, lr: f64, grad_norm: Option<f64>) -> Self {
+        MetricRow {
+            stage: stage.to_string(),
+            step,
+            split: Split::Train,
+            set: None,
+            loss: Some(loss),
+            lr: Some(lr),
+            grad_norm,
+            metrics: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// An eval row for eval set `set`.
+    pub fn eval(stage: &str, step: u64, set: &str, metrics: BTreeMap<String, f64>) -> Self {
+        MetricRow {
+            stage: stage.to_string(),
+            step,
+            split: Split::Eval,
+            set: Some(set.to_string()),
+            loss: None,
+            lr: None,
+            grad_norm: None,
+            metrics,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// An open `metrics.jsonl`, appended one line (one `write`) per row.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// The log's file name inside the run directory.
+    pub const FILE_NAME: &'static str = "metrics.jsonl";
+
+    /// Opens (creating if needed) `<run_dir>/metrics.jsonl` for appending. A last line
+    /// without its newline (a process killed mid-write) is cut off first, so new rows
+    /// never join onto it.
+    pub fn open(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(Self::FILE_NAME);
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut text = Vec::new();
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.read_to_end(&mut text).map_err(io)?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            file.set_len(keep as u64).map_err(io)?;
+            tracing::warn!("{}: dropped an unfinished last line", path.display());
+        }
+        Ok(MetricsLog { path, file })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `row` as one line and hands it to the OS at once.
+    pub fn append(&mut self, row: &MetricRow) -> Result<()> {
+        let mut line = serde_json::to_string(row)
+            .map_err(|e| Error::file(&self.path, format!("cannot serialize row ({e})")))?;
+        line.push('\n');
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(line.as_bytes()).map_err(io)?;
+        self.file.flush().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Reads every row of a `metrics.jsonl`. A malformed line is an error
+    /// `FILE:LINE: ...`; blank lines are skipped, and so is an unparsable last line
+    /// without its newline (a write cut short by a kill).
+    pub fn read(path: &Path) -> Result<Vec<MetricRow>> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let mut rows = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(line) {
+                Ok(row) => rows.push(row),
+                Err(_) if torn && i + 1 == lines.len() => {}
+                Err(e) => {
+                    return Err(Error::msg(format!(
+                        "{}:{}: malformed metrics row ({e})",
+                        path.display(),
+                        i + 1
+                    )))
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<MetricRow> {
+        let mut eval = MetricRow::eval(
+            "finetune_add",
+            200,
+            "finetune_add",
+            [
+                ("loss".to_string(), 0.4),
+                ("exact_match".to_string(), f64::NAN),
+            ]
+            .into(),
+        );
+        eval.extra.insert("wall_s".into(), serde_json::json!(12.5));
+        vec![
+            MetricRow::train("pretrain", 120, 1.93, 0.0028, Some(0.7)),
+            MetricRow::train("pretrain", 121, f64::INFINITY, 0.0028, None),
+            eval,
+        ]
+    }
+
+    #[test]
+    fn rows_round_trip_through_the_file() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let mut log = MetricsLog::open(tmp.path())?;
+        for row in rows() {
+            log.append(&row)?;
+        }
+        let text = std::fs::read_to_string(log.path())?;
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            r#"{"stage":"pretrain","step":120,"split":"train","loss":1.93,"lr":0.0028,"grad_norm":0.7}"#
+        );
+        let back = MetricsLog::read(log.path())?;
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0], rows()[0]);
+        assert!(back[1].loss.is_some_and(f64::is_nan));
+        assert_eq!(back[1].grad_norm, None);
+        assert_eq!(back[2].set.as_deref(), Some("finetune_add"));
+        assert_eq!(back[2].metrics["loss"], 0.4);
+        assert!(back[2].metrics["exact_match"].is_nan());
+        assert_eq!(back[2].extra["wall_s"], 12.5);
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_line_is_reported_with_file_and_line() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join(MetricsLog::FILE_NAME);
+        let good = serde_json::to_string(&rows()[0])?;
+        std::fs::write(&path, format!("{good}\n\n{{\"stage\": 3}}\n{good}\n"))?;
+        let err = MetricsLog::read(&path).expect_err("malformed");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}:3: malformed", path.display())),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_cut_before_appending() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join(MetricsLog::FILE_NAME);
+        let good = serde_json::to_string(&rows()[0])?;
+        std::fs::write(&path, format!("{good}\n{{\"stage\":\"pre"))?;
+        assert_eq!(MetricsLog::read(&path)?.len(), 1);
+        let mut log = MetricsLog::open(tmp.path())?;
+        log.append(&rows()[2])?;
+        let back = MetricsLog::read(&path)?;
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].stage, "finetune_add");
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! The run's metrics log and its report.
+//!
+//! - [`MetricsLog`]: `<run_dir>/metrics.jsonl`, one [`MetricRow`] per line, training
+//!   rows (`loss`, `lr`, `grad_norm`) and eval rows (`set`, `metrics`);
+//! - [`RetentionMatrix`]: a metric of every eval set after every stage, the forgetting
+//!   it shows, a terminal table, `<run_dir>/retention.json`;
+//! - [`write_html`]: `<run_dir>/report.html`, a self-contained page without JavaScript:
+//!   a summary table, the retention matrix colored by forgetting, per-stage SVG plots
+//!   ([`svg`]) of training loss, learning rate, gradient norm and every eval metric,
+//!   and the run details (resolved config, data and plugin hashes).
+//!
+//! ```
+//! use stagecraft_core::report::{write_html, MetricRow, MetricsLog, RetentionMatrix};
+//! let run_dir = std::env::temp_dir().join(format!("report-mod-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&run_dir)?;
+//! let mut log = MetricsLog::open(&run_dir)?;
+//! log.append(&MetricRow::train("pretrain", 1, 2.3, 3e-3, Some(0.9)))?;
+//! log.append(&MetricRow::eval("pretrain", 1, "pretrain", [("loss".to_string(), 2.1)].into()))?;
+//! let rows = MetricsLog::read(log.path())?;
+//! let retention = RetentionMatrix::from_rows(&rows, "loss");
+//! retention.write_json(&run_dir)?;
+//! print!("{}", retention.to_table());
+//! let page = write_html(&run_dir, "arith", &rows, Some(&retention), &serde_json::json!({}))?;
+//! assert!(page.ends_with("report.html"));
+//! std::fs::remove_dir_all(&run_dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod escape;
+mod html;
+mod metrics;
+pub mod num;
+pub mod plots;
+mod retention;
+pub mod svg;
+pub mod tables;
+pub mod ticks;
+
+pub use escape::escape;
+pub use html::{render_html, write_html, REPORT_FILE};
+pub use metrics::{MetricRow, MetricsLog, Split};
+pub use retention::{lower_is_better, RetentionMatrix, RETENTION_FILE};
