@@ -1,0 +1,138 @@
+//! The multi-stage runner: handoff policies change exactly what they should, a bad
+//! plugin name fails before training, and the run directory holds its records.
+
+mod support;
+
+use candle_core::Device;
+use stagecraft_core::checkpoint;
+use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::pipeline::Pipeline;
+use stagecraft_core::plugin::Registry;
+use std::collections::BTreeMap;
+use std::path::Path;
+use support::scratch;
+
+fn config(handoff: &str, third_adapters: &str) -> String {
+    format!(
+        r#"
+[run]
+name = "t"
+seed = 3
+
+[model]
+arch = "llama"
+hidden_size = 16
+num_layers = 1
+num_heads = 2
+
+[[stages]]
+name = "pretrain"
+objective = "causal_lm"
+data = {{ train = "synthetic:arith_text?n=64&digits=1", eval = "synthetic:arith_text?n=8&digits=1&seed=1" }}
+optimizer = {{ lr = 3e-3 }}
+max_steps = 3
+batch_size = 8
+seq_len = 24
+
+[[stages]]
+name = "adapt_add"
+objective = "completion"
+data = {{ train = "synthetic:add?n=64&digits=1", eval = "synthetic:add?n=8&digits=1&seed=2" }}
+optimizer = {{ lr = 1e-2 }}
+adapters = [{{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 2, alpha = 4, init = "gaussian" }}]
+max_steps = 3
+batch_size = 8
+seq_len = 12
+
+[[stages]]
+name = "adapt_sub"
+objective = "completion"
+data = {{ train = "synthetic:sub?n=64&digits=1", eval = "synthetic:sub?n=8&digits=1&seed=3", replay = {{ from = "adapt_add", ratio = 0.25 }} }}
+optimizer = {{ lr = 1e-2 }}
+handoff = {{ adapters = "{handoff}" }}
+{third_adapters}
+max_steps = 3
+batch_size = 8
+seq_len = 12
+"#
+    )
+}
+
+fn run(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = scratch(name);
+    let cfg = PipelineConfig::from_str(text, "t.toml", &[]).expect("valid config");
+    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    let summary = p.run().expect("run");
+    assert_eq!(summary.stages.len(), 3);
+    dir.join("run")
+}
+
+fn tensors(run: &Path, stage: &str) -> BTreeMap<String, Vec<f32>> {
+    let c = checkpoint::load(&run.join("checkpoints").join(stage), &Device::Cpu).expect("checkpoint");
+    c.tensors.into_iter().filter(|(k, _)| !k.starts_with("optimizer.")).map(|(k, t)| (k, t.flatten_all().expect("f").to_vec1::<f32>().expect("v"))).collect()
+}
+
+fn adapters(t: &BTreeMap<String, Vec<f32>>) -> Vec<&String> {
+    t.keys().filter(|k| k.starts_with("adapter.")).collect()
+}
+
+#[test]
+fn merge_folds_the_adapter_into_the_base() {
+    let run = run("pipe-merge", &config("merge", ""));
+    let (before, after) = (tensors(&run, "adapt_add"), tensors(&run, "adapt_sub"));
+    assert_eq!(adapters(&before).len(), 4);
+    assert!(adapters(&after).is_empty(), "adapter gone after merge");
+    let q = "model.model.layers.0.self_attn.q_proj.weight";
+    assert_ne!(before[q], after[q], "base weight changed by the merge");
+    for f in ["config.toml", "data.json", "metrics.jsonl", "retention.json", "report.html"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn stack_freezes_the_old_adapter_and_keeps_applying_it() {
+    let run = run("pipe-stack", &config("stack", r#"adapters = [{ plugin = "lora", targets = ["up_proj"], r = 2, alpha = 4 }]"#));
+    let (before, after) = (tensors(&run, "adapt_add"), tensors(&run, "adapt_sub"));
+    let old: Vec<_> = adapters(&before).into_iter().cloned().collect();
+    for k in &old {
+        assert_eq!(before[k], after[k], "{k}: a stacked adapter must not train");
+    }
+    assert_eq!(adapters(&after).len(), old.len() + 2, "the new adapter is added");
+    let q = "model.model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(before[q], after[q], "the base stays frozen");
+}
+
+#[test]
+fn continue_keeps_training_the_same_adapter_and_drop_removes_it() {
+    let dir = run("pipe-continue", &config("continue", ""));
+    let (before, after) = (tensors(&dir, "adapt_add"), tensors(&dir, "adapt_sub"));
+    let keys: Vec<_> = adapters(&before).into_iter().cloned().collect();
+    assert_eq!(keys, adapters(&after).into_iter().cloned().collect::<Vec<_>>());
+    assert!(keys.iter().any(|k| before[k] != after[k]), "the continued adapter trains");
+
+    let dir = run("pipe-drop", &config("drop", r#"adapters = [{ plugin = "lora", targets = ["up_proj"], r = 2, alpha = 4 }]"#));
+    let (before, after) = (tensors(&dir, "adapt_add"), tensors(&dir, "adapt_sub"));
+    let left = adapters(&after);
+    assert_eq!(left.len(), 2, "only the new adapter: {left:?}");
+    assert!(left.iter().all(|k| k.contains("up_proj")));
+    let q = "model.model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(before[q], after[q], "drop does not merge into the base");
+}
+
+#[test]
+fn a_bad_plugin_fails_before_training() {
+    let dir = scratch("pipe-bad");
+    for (text, want) in [
+        (config("merge", "").replace(r#"plugin = "lora""#, r#"plugin = "loraa""#), "no method plugin named `loraa`"),
+        (config("merge", "").replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"q_proj\"], rank = 4"), "unknown field `rank`"),
+        (config("merge", "").replace("optimizer = { lr = 3e-3 }", "optimizer = { name = \"adamz\", lr = 3e-3 }"), "no optimizer plugin named `adamz`"),
+        (config("merge", "").replace("synthetic:add?n=64", "synthetic:addd?n=64"), "addd"),
+    ] {
+        let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("parses");
+        let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+        let err = Pipeline::new(cfg, reg, &dir.join("run"), true).err().expect("must fail").to_string();
+        assert!(err.contains(want) && !err.contains('\n'), "{err}");
+        assert!(!dir.join("run/metrics.jsonl").exists(), "nothing trained");
+    }
+}
