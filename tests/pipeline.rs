@@ -136,3 +136,98 @@ fn a_bad_plugin_fails_before_training() {
         assert!(!dir.join("run/metrics.jsonl").exists(), "nothing trained");
     }
 }
+
+fn one_stage(lr: f64, extra: &str) -> String {
+    format!(
+        r#"
+[run]
+seed = 5
+[model]
+arch = "llama"
+hidden_size = 16
+num_layers = 2
+num_heads = 2
+[[stages]]
+name = "ft"
+objective = "causal_lm"
+data = {{ train = "synthetic:arith_text?n=32&digits=1" }}
+optimizer = {{ name = "sgd", lr = {lr}, momentum = 0.0 }}
+max_steps = {steps}
+batch_size = 8
+seq_len = 16
+{extra}
+"#,
+        steps = if extra.contains("unfreeze") { 4 } else { 1 }
+    )
+}
+
+fn stage_weights(name: &str, text: &str) -> BTreeMap<String, Vec<f32>> {
+    let dir = scratch(name);
+    let cfg = PipelineConfig::from_str(text, "t.toml", &[]).expect("valid config");
+    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    p.run().expect("run");
+    tensors(&dir.join("run"), "ft")
+}
+
+#[test]
+fn layerwise_lr_decay_scales_each_layers_update() {
+    // One SGD step from the same start: W = W0 - lr·m·g, with m the layer's multiplier.
+    let a = stage_weights("llrd-a", &one_stage(0.1, ""));
+    let c = stage_weights("llrd-c", &one_stage(0.2, ""));
+    let b = stage_weights("llrd-b", &one_stage(0.1, "train = { layer_lr_decay = 0.5 }"));
+    let ratio = |name: &str| -> f64 {
+        let (wa, wb, wc) = (&a[name], &b[name], &c[name]);
+        // W0 = 2·W_A − W_C; the ratio of updates is (W_B − W0) / (W_A − W0).
+        let (mut num, mut den) = (0.0, 0.0);
+        for i in 0..wa.len() {
+            let w0 = 2.0 * wa[i] as f64 - wc[i] as f64;
+            num += (wb[i] as f64 - w0) * (wa[i] as f64 - w0);
+            den += (wa[i] as f64 - w0).powi(2);
+        }
+        num / den
+    };
+    for (name, want) in [
+        ("model.lm_head.weight", 1.0),
+        ("model.model.layers.1.mlp.up_proj.weight", 1.0),
+        ("model.model.layers.0.mlp.up_proj.weight", 0.5),
+        ("model.model.embed_tokens.weight", 0.25),
+    ] {
+        let got = ratio(name);
+        assert!((got - want).abs() < 1e-2, "{name}: update ratio {got}, expected {want}");
+    }
+}
+
+#[test]
+fn unfreezing_starts_training_at_the_given_step() {
+    let frozen = stage_weights("unfreeze-never", &one_stage(0.1, r#"train = { freeze = ["model.layers.0"] }"#).replace("max_steps = 1", "max_steps = 4"));
+    let late = stage_weights("unfreeze-2", &one_stage(0.1, r#"train = { freeze = ["model.layers.0"], unfreeze = [{ at_step = 2, modules = ["model.layers.0"] }] }"#));
+    let early = stage_weights("unfreeze-0", &one_stage(0.1, r#"train = { freeze = ["model.layers.0"], unfreeze = [{ at_step = 0, modules = ["model.layers.0"] }] }"#));
+    let free = stage_weights("unfreeze-none", &one_stage(0.1, "train = { freeze = [] }").replace("max_steps = 1", "max_steps = 4"));
+    let l0 = "model.model.layers.0.mlp.up_proj.weight";
+    let l1 = "model.model.layers.1.mlp.up_proj.weight";
+    // Unfrozen from the start = never frozen; unfrozen after step 2 differs from both.
+    assert_eq!(early[l0], free[l0]);
+    assert_ne!(late[l0], frozen[l0], "layer 0 trains after step 2");
+    assert_ne!(late[l0], free[l0], "but not in steps 1-2");
+    assert_ne!(frozen[l1], free[l1], "layer 1 sees different inputs once layer 0 moves");
+}
+
+#[test]
+fn a_failing_retention_gate_rolls_back() {
+    let text = config("merge", "").replace(
+        "handoff = { adapters = \"merge\" }",
+        "handoff = { adapters = \"merge\" }\nadapters = [{ plugin = \"lora\", targets = [\"q_proj\", \"v_proj\", \"up_proj\", \"down_proj\"], r = 4, alpha = 64 }]\ngates = { retention = { stage = \"adapt_add\", max_drop = 0.0, metric = \"loss\", on_fail = \"rollback\" } }\neval_every = 1",
+    ).replace("optimizer = { lr = 1e-2 }\nhandoff", "optimizer = { lr = 0.5 }\nhandoff");
+    let dir = scratch("gate");
+    let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("valid");
+    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    let summary = p.run().expect("run");
+    assert_eq!(summary.stages[2].2, stagecraft_core::pipeline::StageEnd::GateRollback, "{:?}", summary.stages);
+    // Rolled back to before any update that failed the gate: B matrices still zero.
+    let t = tensors(&dir.join("run"), "adapt_sub");
+    let b: Vec<_> = t.iter().filter(|(k, _)| k.starts_with("adapter.") && k.ends_with("lora_B.weight")).collect();
+    assert!(!b.is_empty());
+    assert!(b.iter().all(|(_, v)| v.iter().all(|x| *x == 0.0)), "rollback restores the stage start");
+}
