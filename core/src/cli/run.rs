@@ -6,10 +6,13 @@ use stagecraft_core::pipeline::Pipeline;
 use stagecraft_core::plugin::{search_path, Registry};
 use std::path::PathBuf;
 
+/// The default pipeline, built into the binary so `stagecraft run` works anywhere.
+const DEFAULT_PIPELINE: &str = include_str!("../../../examples/pipelines/default.toml");
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The pipeline file.
-    pipeline: PathBuf,
+    /// The pipeline file (default: the built-in `examples/pipelines/default.toml`).
+    pipeline: Option<PathBuf>,
     /// Override a config value: `--set stages.finetune.max_steps=100`.
     #[arg(long = "set")]
     overrides: Vec<String>,
@@ -22,7 +25,10 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = PipelineConfig::from_file(&args.pipeline, &args.overrides)?;
+    let cfg = match &args.pipeline {
+        Some(path) => PipelineConfig::from_file(path, &args.overrides)?,
+        None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &args.overrides)?,
+    };
     let mut registry = Registry::with_builtins(super::report_dir())?;
     for e in registry.load_dirs(&search_path()) {
         tracing::warn!("{e}");
