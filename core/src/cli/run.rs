@@ -22,9 +22,22 @@ pub struct RunArgs {
     /// Fewer progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Continue an interrupted run from its newest good checkpoint (its own config is
+    /// used; PIPELINE and --set are not allowed).
+    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir"])]
+    resume: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.resume {
+        let mut registry = Registry::with_builtins(super::report_dir())?;
+        for e in registry.load_dirs(&search_path()) {
+            tracing::warn!("{e}");
+        }
+        let t = std::time::Instant::now();
+        let (pipeline, _) = Pipeline::resume(dir, registry, args.quiet)?;
+        return finish(pipeline, t);
+    }
     let cfg = match &args.pipeline {
         Some(path) => PipelineConfig::from_file(path, &args.overrides)?,
         None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &args.overrides)?,
@@ -39,6 +52,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let t = std::time::Instant::now();
     let (pipeline, _tokenizer) = Pipeline::new(cfg, registry, &run_dir, args.quiet)?;
+    finish(pipeline, t)
+}
+
+fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
     for (name, steps, end) in &summary.stages {
         println!("stage {name}: {steps} steps, ended by {end:?}");

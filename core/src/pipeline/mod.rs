@@ -9,15 +9,17 @@
 
 mod build;
 mod eval;
+mod resume;
 mod snapshot;
 mod stage;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use snapshot::Snapshot;
-pub use stage::StageEnd;
+pub use resume::ResumeMeta;
+pub use stage::{Progress, StageEnd};
 
 use crate::adapter::merge_into_base;
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::config::{AdapterHandoff, OptimizerHandoff, PipelineConfig, StageConfig};
 use crate::data::{load_source, Dataset, Mixture, Order, Tokenizer};
 use crate::error::{Error, Result};
@@ -58,6 +60,7 @@ pub struct Pipeline {
     log: MetricsLog,
     rows: Vec<MetricRow>,
     quiet: bool,
+    resume: Option<(Checkpoint, ResumeMeta)>,
 }
 
 fn resolve_device(spec: &str) -> Result<Device> {
@@ -96,6 +99,9 @@ impl Pipeline {
         std::fs::write(run_dir.join("config.toml"), resolved).map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
         let data_json: Vec<_> = train_data.iter().chain(eval_data.iter().flatten()).map(|d| serde_json::json!({"source": d.name, "examples": d.len(), "sha256": d.sha256})).collect();
         std::fs::write(run_dir.join("data.json"), serde_json::to_string_pretty(&data_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("data.json"), source: e })?;
+        let source = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
+        let run_json = serde_json::json!({ "config_source": source, "base_dir": std::fs::canonicalize(cfg.base_dir()).unwrap_or_else(|_| cfg.base_dir()) });
+        std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&run_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("run.json"), source: e })?;
         let log = MetricsLog::open(run_dir)?;
         let n = cfg.stages.len();
         let p = Pipeline {
@@ -113,8 +119,31 @@ impl Pipeline {
             log,
             rows: Vec::new(),
             quiet,
+            resume: None,
         };
         Ok((p, tokenizer))
+    }
+
+    /// Reopens an interrupted run: its resolved config, its newest good checkpoint, and
+    /// its metrics up to that checkpoint.
+    pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
+        let cfg_path = run_dir.join("config.toml");
+        let mut cfg = PipelineConfig::from_file(&cfg_path, &[])?;
+        let run_json: serde_json::Value = std::fs::read_to_string(run_dir.join("run.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        if let Some(src) = run_json.get("config_source").and_then(|v| v.as_str()) {
+            cfg.source = PathBuf::from(src);
+        }
+        let (ckpt, meta) = resume::latest(run_dir, &resolve_device(&cfg.run.device)?)?;
+        let metrics = run_dir.join("metrics.jsonl");
+        let mut rows = if metrics.exists() { crate::report::MetricsLog::read(&metrics)? } else { Vec::new() };
+        rows.truncate(meta.rows);
+        let text: String = rows.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|l| l + "\n").collect();
+        std::fs::write(&metrics, text).map_err(|e| Error::Io { path: metrics.clone(), source: e })?;
+        let (mut p, tok) = Pipeline::new(cfg, registry, run_dir, quiet)?;
+        p.rows = rows;
+        p.own_scores = meta.own_scores.clone();
+        p.resume = Some((ckpt, meta));
+        Ok((p, tok))
     }
 
     fn progress(&self, stage: &str, step: u64, total: u64, loss: f64) {
@@ -170,24 +199,6 @@ impl Pipeline {
         Ok(())
     }
 
-    fn checkpoint(&self, trainer: &Trainer, name: &str) -> Result<()> {
-        let mut tensors = BTreeMap::new();
-        for (n, w) in trainer.model.weights() {
-            tensors.insert(format!("model.{n}"), w.var().as_tensor().clone());
-        }
-        for (k, m) in trainer.adapters.methods().iter().enumerate() {
-            for p in m.params() {
-                tensors.insert(format!("adapter.{k}.{}.{}", m.core.plugin, p.name), p.var.as_tensor().clone());
-            }
-        }
-        for b in trainer.optimizer.buffers() {
-            tensors.insert(format!("optimizer.{}", b.name), b.var.as_tensor().clone());
-        }
-        let meta = serde_json::json!({ "stage": name, "step": trainer.step, "rng": self.state.rng.borrow().state() });
-        checkpoint::save(&self.run_dir.join("checkpoints"), name, &Checkpoint { tensors, meta })?;
-        Ok(())
-    }
-
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
         let vocab = build::tokenizer(&self.cfg.model, &self.cfg.base_dir())?.vocab_size();
@@ -224,8 +235,50 @@ impl Pipeline {
                 crate::config::Order::Curriculum => Order::ByDifficulty,
             };
             let mut mixture = Mixture::new(self.train_data[i].clone(), replay, self.cfg.run.seed.wrapping_add(i as u64), order)?;
+            // On resume: stages before the checkpoint's only rebuild their structure; the
+            // checkpoint's stage gets every value back and continues where it stopped.
+            let target = self.resume.as_ref().map(|(_, m)| (m.stage, m.stage_done));
+            if let Some((t, _)) = target {
+                if i < t {
+                    let (m, a, obj, o) = trainer.into_parts();
+                    model = m;
+                    adapters = a;
+                    optimizer = Some(o);
+                    self.objectives[i] = Some(obj);
+                    continue;
+                }
+            }
+            let mut progress = Progress::default();
+            if let Some((ckpt, meta)) = self.resume.take() {
+                for u in s.train.unfreeze.iter().filter(|u| u.at_step > 0 && u.at_step < meta.step) {
+                    for (name, w) in trainer.model.weights() {
+                        if u.modules.iter().any(|p| module_matches(p, &name)) {
+                            w.set_trainable(true);
+                        }
+                    }
+                }
+                self.set_lr_multipliers(&mut trainer, &s)?;
+                resume::load_values(&ckpt, &trainer, &self.objectives, i)?;
+                self.state.rng.borrow_mut().set_state(meta.rng);
+                trainer.step = meta.step;
+                if meta.stage_done {
+                    summary.push((s.name.clone(), trainer.step, StageEnd::Budget));
+                    let (m, a, obj, o) = trainer.into_parts();
+                    model = m;
+                    adapters = a;
+                    optimizer = Some(o);
+                    self.objectives[i] = Some(obj);
+                    continue;
+                }
+                if let Some(ms) = &meta.mixture {
+                    let replay: Vec<_> = s.data.replay.iter().flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64))).filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio))).collect();
+                    mixture = Mixture::restore(self.train_data[i].clone(), replay, ms)?;
+                }
+                progress = Progress { lr_scale: meta.lr_scale, recoveries: meta.recoveries, running: meta.running_bits.map(f64::from_bits) };
+                tracing::info!("resuming stage `{}` at step {}", s.name, meta.step);
+            }
             self.stage_start = Some(Snapshot::take(&trainer)?);
-            let end = self.train_stage(&mut trainer, &mut mixture)?;
+            let end = self.train_stage(&mut trainer, &mut mixture, progress)?;
             // The retention row: every stage's eval set so far, at the end of this stage.
             if let Some(m) = self.eval_own(&mut trainer)? {
                 self.own_scores.insert(s.name.clone(), m.clone());
@@ -240,7 +293,19 @@ impl Pipeline {
                     self.rows.push(row);
                 }
             }
-            self.checkpoint(&trainer, &s.name)?;
+            let meta = ResumeMeta {
+                stage: i,
+                stage_done: true,
+                step: trainer.step,
+                rng: self.state.rng.borrow().state(),
+                mixture: None,
+                lr_scale: 1.0,
+                recoveries: 0,
+                running_bits: None,
+                own_scores: self.own_scores.clone(),
+                rows: self.rows.len(),
+            };
+            resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta)?;
             summary.push((s.name.clone(), trainer.step, end.clone()));
             let (m, a, obj, o) = trainer.into_parts();
             model = m;

@@ -2,6 +2,7 @@
 //! criteria, the retention gate and the anomaly guard.
 
 use super::eval::{evaluate, Metrics};
+use super::resume::ResumeMeta;
 use super::snapshot::Snapshot;
 use super::Pipeline;
 use crate::config::{GateAction, StageConfig};
@@ -9,6 +10,23 @@ use crate::data::{collate, Mixture};
 use crate::error::{Error, Result};
 use crate::report::MetricRow;
 use crate::train::{lr_at, Trainer};
+
+/// The anomaly guard's state, carried across a resume.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// LR multiplier from recoveries.
+    pub lr_scale: f64,
+    /// Recoveries so far.
+    pub recoveries: u32,
+    /// Running mean of the training loss.
+    pub running: Option<f64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { lr_scale: 1.0, recoveries: 0, running: None }
+    }
+}
 
 /// Why a stage ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,8 +75,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Trains stage `self.current` to its end.
-    pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture) -> Result<StageEnd> {
+    /// Trains stage `self.current` to its end, from `trainer.step` (non-zero on resume).
+    pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture, progress: Progress) -> Result<StageEnd> {
         let s: StageConfig = self.cfg.stages[self.current].clone();
         let per_epoch = mixture.primary().len().div_ceil(s.batch_size * s.grad_accum) as u64;
         let total = match (s.max_steps, s.epochs) {
@@ -68,9 +86,7 @@ impl Pipeline {
             (None, None) => return Err(Error::msg(format!("stage `{}`: no step budget", s.name))),
         };
         trainer.grad_clip = s.grad_clip;
-        let mut lr_scale = 1.0;
-        let mut recoveries = 0;
-        let mut running = None::<f64>;
+        let Progress { mut lr_scale, mut recoveries, mut running } = progress;
         let mut last_good = Snapshot::take(trainer)?;
         let mut best: Option<(f64, Snapshot)> = None;
         let mut since_best = 0u32;
@@ -120,6 +136,21 @@ impl Pipeline {
             }
             if let Some(end) = self.evaluate_and_decide(trainer, &s, &mut best, &mut since_best, &mut passing)? {
                 return Ok(end);
+            }
+            if trainer.step < total {
+                let meta = ResumeMeta {
+                    stage: self.current,
+                    stage_done: false,
+                    step: trainer.step,
+                    rng: self.state.rng.borrow().state(),
+                    mixture: Some(mixture.state()),
+                    lr_scale,
+                    recoveries,
+                    running_bits: running.map(f64::to_bits),
+                    own_scores: self.own_scores.clone(),
+                    rows: self.rows.len(),
+                };
+                super::resume::save(&self.run_dir, "resume", trainer, &self.objectives, self.current, &meta)?;
             }
         }
         Ok(StageEnd::Budget)
