@@ -231,3 +231,35 @@ fn a_failing_retention_gate_rolls_back() {
     assert!(!b.is_empty());
     assert!(b.iter().all(|(_, v)| v.iter().all(|x| *x == 0.0)), "rollback restores the stage start");
 }
+
+#[test]
+fn an_injected_nan_restores_the_last_good_state_and_continues() {
+    let text = one_stage(0.05, "").replace("objective = \"causal_lm\"", "objective = { name = \"nan_loss\", nan_at = [14] }").replace("max_steps = 1", "max_steps = 30");
+    let dir = scratch("nan");
+    let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("valid");
+    let mut reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    reg.load_file(&support::compat().faulty).expect("faulty plugins");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    let summary = p.run().expect("recovers and finishes");
+    assert_eq!(summary.stages[0].1, 30);
+    let rows = stagecraft_core::report::MetricsLog::read(&dir.join("run/metrics.jsonl")).expect("metrics");
+    let nan_rows = rows.iter().filter(|r| r.loss.is_some_and(f64::is_nan)).count();
+    assert_eq!(nan_rows, 1, "the NaN step is logged once");
+    // Restored to step 10 (the last good state) and retrained from there at half the LR.
+    let lrs: Vec<f64> = rows.iter().filter(|r| r.step == 12 && r.loss.is_some_and(f64::is_finite)).filter_map(|r| r.lr).collect();
+    assert_eq!(lrs.len(), 2, "step 12 ran twice: {lrs:?}");
+    assert!((lrs[1] - lrs[0] * 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn a_target_matching_no_site_fails_before_training() {
+    let text = config("merge", "").replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"qq_proj\"]");
+    let dir = scratch("pipe-target");
+    let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("parses");
+    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    let err = p.run().err().expect("must fail").to_string();
+    assert!(err.contains("stage `adapt_add`") && err.contains("`qq_proj` matches no linear site"), "{err}");
+    let rows = stagecraft_core::report::MetricsLog::read(&dir.join("run/metrics.jsonl")).expect("metrics");
+    assert!(rows.is_empty(), "nothing trained");
+}

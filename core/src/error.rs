@@ -73,6 +73,10 @@ pub enum Error {
     /// A model, config or value the user gave is not usable.
     #[error("{0}")]
     Msg(String),
+
+    /// Training produced a NaN or infinite loss or gradient (the anomaly guard recovers).
+    #[error("{0}")]
+    NonFinite(String),
 }
 
 /// `Result` with the host's [`Error`].

@@ -199,11 +199,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Attaches every stage's adapters to a throwaway copy of the site list, so a target
+    /// pattern that matches no site fails before the first step, not at its stage.
+    fn check_adapter_targets(&self, model: &dyn Model) -> Result<()> {
+        for s in &self.cfg.stages {
+            if s.from.as_ref().is_some_and(|f| self.cfg.stage(f).is_none()) {
+                continue; // a different model: checked when the stage starts
+            }
+            for a in &s.adapters {
+                let scratch = Rc::new(HostState::new(self.device.clone(), DType::F32, 0));
+                let mut m = self.registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
+                m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
         let vocab = build::tokenizer(&self.cfg.model, &self.cfg.base_dir())?.vocab_size();
         let mut model = build::model(&self.cfg.model, vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
         model.register_site_tensors(&self.state);
+        self.check_adapter_targets(model.as_ref())?;
         let mut adapters = Adapters::none(model.sites().len());
         let mut optimizer: Option<OptimizerInstance> = None;
         let mut summary = Vec::new();

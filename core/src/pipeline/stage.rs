@@ -105,6 +105,11 @@ impl Pipeline {
                 (Ok(o), Some(mean)) => o.loss > s.anomaly.spike_factor * mean && step > 10,
                 _ => false,
             };
+            if let Err(e) = &out {
+                if !matches!(e, Error::NonFinite(_)) {
+                    return Err(Error::msg(format!("stage `{}` step {step}: {e}", s.name)));
+                }
+            }
             if out.is_err() || spike {
                 let why = match &out {
                     Err(e) => e.to_string(),

@@ -135,7 +135,7 @@ impl Trainer {
             let l = self.loss(batch)?;
             let loss = l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
-                return Err(Error::msg(format!("loss is {loss} at step {}", self.step + 1)));
+                return Err(Error::NonFinite(format!("loss is {loss} at step {}", self.step + 1)));
             }
             loss_sum += loss;
             let grads = l.loss.affine(scale, 0.0)?.backward()?;
@@ -151,7 +151,7 @@ impl Trainer {
         let norm_sq = sum.iter().flatten().map(|g| g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()).collect::<candle_core::Result<Vec<f32>>>()?;
         let grad_norm = norm_sq.iter().map(|&x| x as f64).sum::<f64>().sqrt();
         if !grad_norm.is_finite() {
-            return Err(Error::msg(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
+            return Err(Error::NonFinite(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
         }
         if let Some(max) = self.grad_clip {
             if grad_norm > max {

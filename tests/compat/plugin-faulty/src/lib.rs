@@ -1,7 +1,8 @@
 //! Misbehaving adaptation methods, one per failure the host must survive:
 //! `panicky` (panics in forward), `wrong_shape` (returns a tensor of the wrong shape),
 //! `forger` (returns a handle it made up), `stale` (returns a temporary from an
-//! earlier step), `bad_config` (rejects its config).
+//! earlier step), `bad_config` (rejects its config); and `nan_loss`, an objective whose
+//! loss turns NaN on chosen steps.
 
 use serde::Deserialize;
 use stagecraft_sdk::prelude::*;
@@ -84,9 +85,57 @@ impl AdaptationMethod for BadConfig {
     }
 }
 
+
+/// When to return a NaN loss.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(crate = "stagecraft_sdk::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct NanConfig {
+    /// 1-based training calls of `compute` that return NaN.
+    pub nan_at: Vec<u64>,
+}
+
+/// A next-token loss that turns NaN on chosen training calls (the anomaly guard's test).
+pub struct NanLoss {
+    cfg: NanConfig,
+    calls: u64,
+}
+
+impl Plugin for NanLoss {
+    const NAME: &'static str = "nan_loss";
+    const DESCRIPTION: &'static str = "next-token loss with injected NaNs";
+    const VERSION: &'static str = "0.1.0";
+    type Config = NanConfig;
+    fn new(cfg: NanConfig, _host: Host<'_>) -> Result<Self> {
+        Ok(NanLoss { cfg, calls: 0 })
+    }
+}
+
+impl Stage for NanLoss {
+    fn compute<'h>(&mut self, host: Host<'h>, outputs: Named<'h>, batch: Named<'h>) -> Result<Loss<'h>> {
+        let logits = outputs.get("logits")?;
+        let ids = batch.get("input_ids")?;
+        let (b, s, v) = match logits.shape()?.as_slice() {
+            &[b, s, v] => (b, s, v),
+            d => bail!("logits have shape {d:?}"),
+        };
+        let n = b * (s - 1);
+        let pred = logits.narrow(1, 0, s - 1)?.reshape(&[n, v])?;
+        let tgt = ids.narrow(1, 1, s - 1)?.reshape(&[n])?;
+        let mut loss = pred.cross_entropy(&tgt, -100)?.mean_all()?;
+        if host.is_training() {
+            self.calls += 1;
+            if self.cfg.nan_at.contains(&self.calls) {
+                loss = loss.affine(f64::NAN, 0.0)?;
+            }
+        }
+        Ok(Loss { loss, per_example: None, metrics: Vec::new() })
+    }
+}
+
 stagecraft_sdk::export_plugin! {
     id: compat_faulty,
     methods: [Panicky, WrongShape, Forger, Stale, BadConfig],
     optimizers: [],
-    stages: [],
+    stages: [NanLoss],
 }
