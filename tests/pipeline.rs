@@ -85,7 +85,7 @@ fn merge_folds_the_adapter_into_the_base() {
     assert!(adapters(&after).is_empty(), "adapter gone after merge");
     let q = "model.model.layers.0.self_attn.q_proj.weight";
     assert_ne!(before[q], after[q], "base weight changed by the merge");
-    for f in ["config.toml", "data.json", "metrics.jsonl", "retention.json", "report.html"] {
+    for f in ["config.toml", "data.json", "plugins.json", "run.json", "metrics.jsonl", "retention.json", "report.html"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
 }

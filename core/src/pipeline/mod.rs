@@ -4,8 +4,10 @@
 //! forgetting gate.
 //!
 //! Everything lands in the run directory: `config.toml` (resolved), `data.json`
-//! (sources and sha256 of files), `metrics.jsonl`, `retention.json`, `report.html`,
-//! and `checkpoints/<stage>/` at the end of each stage.
+//! (sources and sha256 of files), `plugins.json` (libraries, their SDK versions and the
+//! sha256 of plugin files), `metrics.jsonl`, `retention.json`, `report.html`,
+//! `checkpoints/<stage>/` at the end of each stage and `checkpoints/resume/` at each
+//! evaluation (see [`Pipeline::resume`]).
 
 mod build;
 mod eval;
@@ -102,6 +104,19 @@ impl Pipeline {
         let source = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
         let run_json = serde_json::json!({ "config_source": source, "base_dir": std::fs::canonicalize(cfg.base_dir()).unwrap_or_else(|_| cfg.base_dir()) });
         std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&run_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("run.json"), source: e })?;
+        let plugins: Vec<_> = registry
+            .libraries()
+            .iter()
+            .map(|l| {
+                let sha256 = match &l.source {
+                    crate::plugin::Source::File { path } => crate::plugin::loader::sha256_file(path).ok(),
+                    crate::plugin::Source::Builtin => None,
+                };
+                let names: Vec<&str> = l.plugins.iter().map(|p| p.name.as_str()).collect();
+                serde_json::json!({ "library": l.id, "source": l.source.to_string(), "sdk": l.sdk.to_string(), "plugins": names, "sha256": sha256 })
+            })
+            .collect();
+        std::fs::write(run_dir.join("plugins.json"), serde_json::to_string_pretty(&plugins).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("plugins.json"), source: e })?;
         let log = MetricsLog::open(run_dir)?;
         let n = cfg.stages.len();
         let p = Pipeline {
