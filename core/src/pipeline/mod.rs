@@ -230,6 +230,24 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Earlier stages' training data replayed in stage `s`, with each one's share.
+    fn replay_sources(&self, s: &StageConfig) -> Vec<(Arc<Dataset>, f64)> {
+        s.data
+            .replay
+            .iter()
+            .flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64)))
+            .filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio)))
+            .collect()
+    }
+
+    /// Takes a finished stage's trainer apart: keeps its objective (for evaluating its
+    /// eval set later) and hands the rest to the next stage.
+    fn absorb(&mut self, trainer: Trainer, i: usize) -> (Box<dyn Model>, Adapters, Option<OptimizerInstance>) {
+        let (m, a, obj, o) = trainer.into_parts();
+        self.objectives[i] = Some(obj);
+        (m, a, Some(o))
+    }
+
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
         let vocab = build::tokenizer(&self.cfg.model, &self.cfg.base_dir())?.vocab_size();
@@ -261,7 +279,7 @@ impl Pipeline {
             };
             let mut trainer = Trainer::new(self.state.clone(), model, adapters, stage_obj, opt)?;
             self.set_lr_multipliers(&mut trainer, &s)?;
-            let replay: Vec<_> = s.data.replay.iter().flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64))).filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio))).collect();
+            let replay = self.replay_sources(&s);
             let order = match s.data.order {
                 crate::config::Order::Shuffled => Order::Shuffled,
                 crate::config::Order::Curriculum => Order::ByDifficulty,
@@ -272,11 +290,7 @@ impl Pipeline {
             let target = self.resume.as_ref().map(|(_, m)| (m.stage, m.stage_done));
             if let Some((t, _)) = target {
                 if i < t {
-                    let (m, a, obj, o) = trainer.into_parts();
-                    model = m;
-                    adapters = a;
-                    optimizer = Some(o);
-                    self.objectives[i] = Some(obj);
+                    (model, adapters, optimizer) = self.absorb(trainer, i);
                     continue;
                 }
             }
@@ -295,15 +309,11 @@ impl Pipeline {
                 trainer.step = meta.step;
                 if meta.stage_done {
                     summary.push((s.name.clone(), trainer.step, StageEnd::Budget));
-                    let (m, a, obj, o) = trainer.into_parts();
-                    model = m;
-                    adapters = a;
-                    optimizer = Some(o);
-                    self.objectives[i] = Some(obj);
+                    (model, adapters, optimizer) = self.absorb(trainer, i);
                     continue;
                 }
                 if let Some(ms) = &meta.mixture {
-                    let replay: Vec<_> = s.data.replay.iter().flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64))).filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio))).collect();
+                    let replay = self.replay_sources(&s);
                     mixture = Mixture::restore(self.train_data[i].clone(), replay, ms)?;
                 }
                 progress = Progress { lr_scale: meta.lr_scale, recoveries: meta.recoveries, running: meta.running_bits.map(f64::from_bits) };
@@ -339,11 +349,7 @@ impl Pipeline {
             };
             resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta)?;
             summary.push((s.name.clone(), trainer.step, end.clone()));
-            let (m, a, obj, o) = trainer.into_parts();
-            model = m;
-            adapters = a;
-            optimizer = Some(o);
-            self.objectives[i] = Some(obj);
+            (model, adapters, optimizer) = self.absorb(trainer, i);
             if end == StageEnd::GateStop {
                 break;
             }
