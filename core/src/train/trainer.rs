@@ -148,8 +148,16 @@ impl Trainer {
                 }
             }
         }
-        let norm_sq = sum.iter().flatten().map(|g| g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()).collect::<candle_core::Result<Vec<f32>>>()?;
-        let grad_norm = norm_sq.iter().map(|&x| x as f64).sum::<f64>().sqrt();
+        // One device-to-host read for the whole norm, not one per parameter.
+        let mut norm_sq: Option<Tensor> = None;
+        for g in sum.iter().flatten() {
+            let sq = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
+            norm_sq = Some(match norm_sq {
+                Some(acc) => (acc + sq)?,
+                None => sq,
+            });
+        }
+        let grad_norm = norm_sq.map_or(Ok(0.0), |n| n.to_scalar::<f32>().map(|x| (x as f64).sqrt()))?;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
         }
