@@ -4,7 +4,7 @@
 //! A model owns its base weights as candle [`Var`]s ([`Weight`]); whether a weight is
 //! trainable is a flag read at each forward: frozen weights enter the graph detached,
 //! so backward computes no gradient for them. Plugins see the site list through the
-//! SDK ([`SiteInfo`]) and attach through [`Adapters`].
+//! SDK ([`SiteInfo`](stagecraft_sdk::SiteInfo)) and attach through [`Adapters`].
 //!
 //! Models: [`MlpLm`] (tests and examples), [`Llama`] (decoder) and [`Bert`] (encoder),
 //! built fresh from a config or loaded from a Hugging Face directory ([`load_model`]).
@@ -31,7 +31,7 @@ pub use sites::{Adapters, SiteTable};
 use crate::error::Result;
 use crate::plugin::HostState;
 use candle_core::{Tensor, Var};
-use stagecraft_sdk::{ModelInfo, SiteInfo};
+use stagecraft_sdk::ModelInfo;
 use std::cell::Cell;
 
 /// A base weight: a var plus a trainable flag.
@@ -102,9 +102,4 @@ pub trait Model {
             }
         }
     }
-}
-
-/// Sites as the SDK describes them, for plugins.
-pub fn site_infos(m: &dyn Model) -> Vec<SiteInfo> {
-    m.sites().infos().to_vec()
 }

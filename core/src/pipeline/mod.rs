@@ -63,6 +63,7 @@ pub struct Pipeline {
     rows: Vec<MetricRow>,
     quiet: bool,
     resume: Option<(Checkpoint, ResumeMeta)>,
+    vocab: usize,
 }
 
 fn resolve_device(spec: &str) -> Result<Device> {
@@ -135,6 +136,7 @@ impl Pipeline {
             rows: Vec::new(),
             quiet,
             resume: None,
+            vocab: tokenizer.vocab_size(),
         };
         Ok((p, tokenizer))
     }
@@ -250,8 +252,7 @@ impl Pipeline {
 
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
-        let vocab = build::tokenizer(&self.cfg.model, &self.cfg.base_dir())?.vocab_size();
-        let mut model = build::model(&self.cfg.model, vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
+        let mut model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
         model.register_site_tensors(&self.state);
         self.check_adapter_targets(model.as_ref())?;
         let mut adapters = Adapters::none(model.sites().len());
