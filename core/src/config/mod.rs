@@ -70,7 +70,13 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn located(file: &str, text: &str, e: &toml::de::Error) -> Error {
+    at_path(file, text, e, "")
+}
+
+/// `file:line:col: path.to.key: message`.
+fn at_path(file: &str, text: &str, e: &toml::de::Error, path: &str) -> Error {
     let msg = e.message().trim().replace('\n', " ");
+    let msg = if path.is_empty() || path == "." { msg } else { format!("{path}: {msg}") };
     match e.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
@@ -93,7 +99,8 @@ impl PipelineConfig {
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
         let cfg: PipelineConfig = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| located(file, text, &e))?
+            let de = toml::Deserializer::parse(text).map_err(|e| located(file, text, &e))?;
+            serde_path_to_error::deserialize(de).map_err(|e| at_path(file, text, e.inner(), &e.path().to_string()))?
         } else {
             let mut table: toml::Table = toml::from_str(text).map_err(|e| located(file, text, &e))?;
             for o in overrides {

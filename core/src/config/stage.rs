@@ -241,6 +241,10 @@ pub struct TrainConfig {
     /// Weights that start training at a step.
     #[serde(default)]
     pub unfreeze: Vec<Unfreeze>,
+    /// Model dropout probability while training: embeddings and each block's attention
+    /// and MLP outputs. Default 0.
+    #[serde(default)]
+    pub dropout: f64,
     /// Layer-wise LR decay: block `l` of `L` trains at `lr · factor^(L-1-l)` (the top
     /// block and the head at `lr`, embeddings at `lr · factor^L`). Default: none.
     #[serde(default)]
@@ -346,6 +350,11 @@ pub struct RetentionGate {
     /// Default rollback.
     #[serde(default)]
     pub on_fail: GateAction,
+    /// Failing evaluations tolerated in a row before `on_fail` acts (a transient dip
+    /// while the new task is being learned); the stage's last evaluation always acts.
+    /// A failing checkpoint is never the one a rollback restores. Default 0.
+    #[serde(default)]
+    pub patience: u32,
 }
 
 /// `gates = { retention = {...} }`.
@@ -366,14 +375,21 @@ fn default_recoveries() -> u32 {
 fn default_lr_scale() -> f64 {
     0.5
 }
+fn default_spike_margin() -> f64 {
+    0.5
+}
 
-/// `anomaly = { spike_factor = 4.0, max_recoveries = 3, lr_scale = 0.5 }`.
+/// `anomaly = { spike_factor = 4.0, spike_margin = 0.5, max_recoveries = 3, lr_scale = 0.5 }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyConfig {
     /// A loss above this factor × the running mean is a spike. Default 4.
     #[serde(default = "default_spike")]
     pub spike_factor: f64,
+    /// ...and only if it is also this much above the running mean, so that noise on a
+    /// loss near zero (0.005 → 0.05) is not taken for a blow-up. Default 0.5.
+    #[serde(default = "default_spike_margin")]
+    pub spike_margin: f64,
     /// Recoveries (restore last good checkpoint, scale LR) before the stage fails. Default 3.
     #[serde(default = "default_recoveries")]
     pub max_recoveries: u32,
@@ -384,6 +400,6 @@ pub struct AnomalyConfig {
 
 impl Default for AnomalyConfig {
     fn default() -> Self {
-        AnomalyConfig { spike_factor: default_spike(), max_recoveries: default_recoveries(), lr_scale: default_lr_scale() }
+        AnomalyConfig { spike_factor: default_spike(), spike_margin: default_spike_margin(), max_recoveries: default_recoveries(), lr_scale: default_lr_scale() }
     }
 }

@@ -105,11 +105,14 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             return Err(bad(format!("from `{from}` is neither an earlier stage nor a model directory with a config.json")));
         }
     }
+    if !(0.0..1.0).contains(&s.train.dropout) {
+        return Err(bad(format!("train.dropout must be in [0, 1), got {}", s.train.dropout)));
+    }
     if let Some(exit) = &s.exit {
         check_exit(file, s, exit)?;
     }
-    if s.anomaly.spike_factor <= 1.0 || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0) {
-        return Err(bad("anomaly.spike_factor must be > 1 and anomaly.lr_scale in (0, 1]".into()));
+    if s.anomaly.spike_factor <= 1.0 || s.anomaly.spike_margin < 0.0 || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0) {
+        return Err(bad("anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()));
     }
     Ok(())
 }

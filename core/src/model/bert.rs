@@ -92,9 +92,9 @@ impl Layer {
     /// additive form.
     fn forward(&self, cfg: &BertConfig, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
         let ctx = self.attention(cfg, x, pad, mask, a)?;
-        let h = self.attn_norm.forward(a, &(self.attn_out.forward(a, &ctx)? + x)?)?;
+        let h = self.attn_norm.forward(a, &(a.dropout(&self.attn_out.forward(a, &ctx)?)? + x)?)?;
         let inner = self.up.forward(a, &h)?.gelu_erf()?;
-        let y = self.out_norm.forward(a, &(self.down.forward(a, &inner)? + &h)?)?;
+        let y = self.out_norm.forward(a, &(a.dropout(&self.down.forward(a, &inner)?)? + &h)?)?;
         a.post(self.out_site, x, y)
     }
 
@@ -170,7 +170,7 @@ impl Bert {
         }
         let x = embeds.broadcast_add(&self.token_type.get().narrow(0, 0, 1)?)?;
         let x = x.broadcast_add(&self.position.get().narrow(0, 0, len)?)?;
-        let mut x = self.embed_norm.forward(adapters, &x)?;
+        let mut x = adapters.dropout(&self.embed_norm.forward(adapters, &x)?)?;
         let pad = extend_mask(attention_mask, b, len)?;
         let mask = super::layers::attention_mask(pad.as_ref(), b, len, len, false, embeds.device())?;
         for layer in &self.layers {

@@ -97,10 +97,10 @@ impl Layer {
     /// the additive causal mask for `seq` keys.
     fn forward(&self, cfg: &LlamaConfig, rope: &RopeTables, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
         let h = self.input_norm.forward(a, x)?;
-        let x1 = (x + self.attention(cfg, rope, &h, pad, mask, a)?)?;
+        let x1 = (x + a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?)?;
         let h = self.post_norm.forward(a, &x1)?;
         let m = (self.gate.forward(a, &h)?.silu()? * self.up.forward(a, &h)?)?;
-        let y = (&x1 + self.down.forward(a, &m)?)?;
+        let y = (&x1 + a.dropout(&self.down.forward(a, &m)?)?)?;
         a.post(self.out_site, x, y)
     }
 
@@ -202,6 +202,7 @@ impl Model for Llama {
         let x = self.embed.1.get().index_select(&ids, 0)?.reshape((b, s, self.cfg.hidden_size))?;
         let x = adapters.post(self.embed.0, input_ids, x)?;
         let x = adapters.post(self.input_site, &x, x.clone())?;
+        let x = adapters.dropout(&x)?;
         if x.dim(1)? < s {
             return Err(Error::msg(format!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
         }

@@ -4,10 +4,11 @@
 //! adapter there, that is the base computation and nothing else.
 
 use crate::error::{Error, Result};
-use crate::plugin::MethodInstance;
+use crate::plugin::{HostState, MethodInstance};
 use candle_core::Tensor;
 use stagecraft_sdk::{Hooks, SiteInfo, SiteKind};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Every site of a model, in model order, by index and by name.
 #[derive(Debug, Clone, Default)]
@@ -42,8 +43,11 @@ impl SiteTable {
     }
 }
 
-/// Adaptation method instances attached to a model, with a per-site dispatch list.
+/// Adaptation method instances attached to a model, with a per-site dispatch list, and
+/// the model dropout of the stage that trains it: what a forward pass reads besides
+/// its inputs.
 pub struct Adapters {
+    dropout: Option<(f64, Rc<HostState>)>,
     methods: Vec<MethodInstance>,
     active: Vec<bool>,
     frozen: Vec<bool>,
@@ -54,7 +58,7 @@ pub struct Adapters {
 impl Adapters {
     /// No adapters, for a model with `num_sites` sites.
     pub fn none(num_sites: usize) -> Self {
-        Adapters { methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
+        Adapters { dropout: None, methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
     }
 
     /// Attaches a method instance: it chooses its sites and creates its parameters.
@@ -77,6 +81,21 @@ impl Adapters {
         self.active.push(true);
         self.frozen.push(false);
         Ok(k)
+    }
+
+    /// Sets the model dropout: embeddings and each block's attention and MLP outputs
+    /// (before their residual add) are dropped with probability `p` in training mode,
+    /// with masks from `state`'s seeded RNG.
+    pub fn set_dropout(&mut self, p: f64, state: Rc<HostState>) {
+        self.dropout = (p > 0.0).then_some((p, state));
+    }
+
+    /// Applies the model dropout (identity when none is set or in evaluation mode).
+    pub fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.dropout {
+            Some((p, state)) => state.dropout(x, *p),
+            None => Ok(x.clone()),
+        }
     }
 
     /// The attached instances.

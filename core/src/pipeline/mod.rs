@@ -10,6 +10,7 @@
 //! evaluation (see [`Pipeline::resume`]).
 
 mod build;
+mod console;
 mod eval;
 mod resume;
 mod snapshot;
@@ -18,7 +19,7 @@ mod stage;
 pub use eval::{evaluate, quantile, Metrics};
 pub use snapshot::Snapshot;
 pub use resume::ResumeMeta;
-pub use stage::{Progress, StageEnd};
+pub use stage::{MarkSteps, Marks, Progress, StageEnd};
 
 use crate::adapter::merge_into_base;
 use crate::checkpoint::Checkpoint;
@@ -61,8 +62,13 @@ pub struct Pipeline {
     run_dir: PathBuf,
     log: MetricsLog,
     rows: Vec<MetricRow>,
-    quiet: bool,
+    console: console::Console,
     resume: Option<(Checkpoint, ResumeMeta)>,
+    /// The adapters attached now, in order: `(plugin, config JSON)`.
+    lineage: Vec<(String, String)>,
+    /// Each finished stage's adapters (with their frozen flags), for stages that start
+    /// `from` it.
+    ended: Vec<Option<Vec<(String, String, bool)>>>,
     vocab: usize,
 }
 
@@ -134,8 +140,10 @@ impl Pipeline {
             run_dir: run_dir.to_path_buf(),
             log,
             rows: Vec::new(),
-            quiet,
+            console: console::Console::new(quiet),
             resume: None,
+            lineage: Vec::new(),
+            ended: (0..n).map(|_| None).collect(),
             vocab: tokenizer.vocab_size(),
         };
         Ok((p, tokenizer))
@@ -161,12 +169,6 @@ impl Pipeline {
         p.own_scores = meta.own_scores.clone();
         p.resume = Some((ckpt, meta));
         Ok((p, tok))
-    }
-
-    fn progress(&self, stage: &str, step: u64, total: u64, loss: f64) {
-        if !self.quiet && (step % 50 == 0 || step == total) {
-            eprintln!("[{stage}] step {step}/{total} loss {loss:.4}");
-        }
     }
 
     /// Freezes base weights for stage `s`: its `train.freeze` patterns, or every base
@@ -204,16 +206,43 @@ impl Pipeline {
 
     fn handoff(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
         match s.handoff.adapters {
-            AdapterHandoff::Merge => merge_into_base(model, adapters)?,
-            AdapterHandoff::Drop => drop(adapters.take()),
+            AdapterHandoff::Merge => {
+                merge_into_base(model, adapters)?;
+                self.lineage.clear();
+            }
+            AdapterHandoff::Drop => {
+                drop(adapters.take());
+                self.lineage.clear();
+            }
             AdapterHandoff::Stack => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, true)),
             AdapterHandoff::Continue => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, false)),
         }
         for a in &s.adapters {
             let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
             adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            self.lineage.push((a.plugin.clone(), a.config_json()));
         }
         Ok(())
+    }
+
+    /// Stage `k`'s result, for a stage that starts `from` it: a fresh model with the
+    /// adapters stage `k` ended with, every value read from its end-of-stage checkpoint.
+    fn branch(&mut self, k: usize) -> Result<(Box<dyn Model>, Adapters)> {
+        let name = self.cfg.stages[k].name.clone();
+        let structure = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
+        let model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
+        model.register_site_tensors(&self.state);
+        let mut adapters = Adapters::none(model.sites().len());
+        for (plugin, config, frozen) in &structure {
+            let m = self.registry.new_method(plugin, config, &self.state)?;
+            let idx = adapters.attach(m, model.sites())?;
+            adapters.set_frozen(idx, *frozen);
+        }
+        let path = self.run_dir.join("checkpoints").join(&name);
+        let ckpt = crate::checkpoint::load(&path, &self.device)?;
+        resume::load_result(&ckpt, model.as_ref(), &adapters)?;
+        self.lineage = structure.into_iter().map(|(p, c, _)| (p, c)).collect();
+        Ok((model, adapters))
     }
 
     /// Attaches every stage's adapters to a throwaway copy of the site list, so a target
@@ -242,6 +271,11 @@ impl Pipeline {
             .collect()
     }
 
+    /// The attached adapters with their frozen flags.
+    fn structure(&self, adapters: &Adapters) -> Vec<(String, String, bool)> {
+        self.lineage.iter().enumerate().map(|(k, (p, c))| (p.clone(), c.clone(), adapters.is_frozen(k))).collect()
+    }
+
     /// Takes a finished stage's trainer apart: keeps its objective (for evaluating its
     /// eval set later) and hands the rest to the next stage.
     fn absorb(&mut self, trainer: Trainer, i: usize) -> (Box<dyn Model>, Adapters, Option<OptimizerInstance>) {
@@ -261,12 +295,19 @@ impl Pipeline {
         for i in 0..self.cfg.stages.len() {
             self.current = i;
             let s = self.cfg.stages[i].clone();
-            if let Some(from) = &s.from {
-                if self.cfg.stage(from).is_none() {
-                    model = crate::model::load_model(&self.cfg.base_dir().join(from), &self.device)?;
+            match s.from.as_ref().map(|f| (f, self.cfg.stage(f).map(|(k, _)| k))) {
+                Some((dir, None)) => {
+                    model = crate::model::load_model(&self.cfg.base_dir().join(dir), &self.device)?;
                     model.register_site_tensors(&self.state);
                     adapters = Adapters::none(model.sites().len());
+                    self.lineage.clear();
+                    optimizer = None;
                 }
+                Some((_, Some(k))) if k + 1 != i => {
+                    (model, adapters) = self.branch(k)?;
+                    optimizer = None;
+                }
+                _ => {}
             }
             if i > 0 || !s.adapters.is_empty() {
                 self.handoff(model.as_ref(), &mut adapters, &s)?;
@@ -291,11 +332,13 @@ impl Pipeline {
             let target = self.resume.as_ref().map(|(_, m)| (m.stage, m.stage_done));
             if let Some((t, _)) = target {
                 if i < t {
+                    self.ended[i] = Some(self.structure(&trainer.adapters));
                     (model, adapters, optimizer) = self.absorb(trainer, i);
                     continue;
                 }
             }
             let mut progress = Progress::default();
+            let mut marks = None;
             if let Some((ckpt, meta)) = self.resume.take() {
                 for u in s.train.unfreeze.iter().filter(|u| u.at_step > 0 && u.at_step < meta.step) {
                     for (name, w) in trainer.model.weights() {
@@ -308,7 +351,9 @@ impl Pipeline {
                 resume::load_values(&ckpt, &trainer, &self.objectives, i)?;
                 self.state.rng.borrow_mut().set_state(meta.rng);
                 trainer.step = meta.step;
+                trainer.optimizer.updates = meta.optimizer_updates;
                 if meta.stage_done {
+                    self.ended[i] = Some(self.structure(&trainer.adapters));
                     summary.push((s.name.clone(), trainer.step, StageEnd::Budget));
                     (model, adapters, optimizer) = self.absorb(trainer, i);
                     continue;
@@ -317,11 +362,12 @@ impl Pipeline {
                     let replay = self.replay_sources(&s);
                     mixture = Mixture::restore(self.train_data[i].clone(), replay, ms)?;
                 }
-                progress = Progress { lr_scale: meta.lr_scale, recoveries: meta.recoveries, running: meta.running_bits.map(f64::from_bits) };
+                marks = Some(Marks::load(&ckpt, &meta.marks, &meta.progress, &trainer)?);
+                progress = meta.progress.clone();
                 tracing::info!("resuming stage `{}` at step {}", s.name, meta.step);
             }
             self.stage_start = Some(Snapshot::take(&trainer)?);
-            let end = self.train_stage(&mut trainer, &mut mixture, progress)?;
+            let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
             // The retention row: every stage's eval set so far, at the end of this stage.
             if let Some(m) = self.eval_own(&mut trainer)? {
                 self.own_scores.insert(s.name.clone(), m.clone());
@@ -342,31 +388,24 @@ impl Pipeline {
                 step: trainer.step,
                 rng: self.state.rng.borrow().state(),
                 mixture: None,
-                lr_scale: 1.0,
-                recoveries: 0,
-                running_bits: None,
+                progress: Progress::default(),
+                optimizer_updates: trainer.optimizer.updates,
+                marks: MarkSteps::default(),
                 own_scores: self.own_scores.clone(),
                 rows: self.rows.len(),
             };
-            resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta)?;
+            resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta, BTreeMap::new())?;
+            self.ended[i] = Some(self.structure(&trainer.adapters));
             summary.push((s.name.clone(), trainer.step, end.clone()));
             (model, adapters, optimizer) = self.absorb(trainer, i);
             if end == StageEnd::GateStop {
                 break;
             }
         }
-        let metric = self.main_metric();
-        let retention = RetentionMatrix::from_rows(&self.rows, &metric);
+        let retention = RetentionMatrix::from_rows_main(&self.rows, &["exact_match", "accuracy", "loss"]);
         retention.write_json(&self.run_dir)?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
         write_html(&self.run_dir, &self.cfg.run.name, &self.rows, Some(&retention), &extra)?;
         Ok(RunSummary { run_dir: self.run_dir.clone(), stages: summary, retention })
-    }
-
-    /// The retention matrix's score: exact match when every eval set is a completion
-    /// set, accuracy for classification, else loss.
-    fn main_metric(&self) -> String {
-        let has = |k: &str| self.own_scores.values().all(|m| m.contains_key(k)) && !self.own_scores.is_empty();
-        ["exact_match", "accuracy"].iter().find(|k| has(k)).map_or("loss".into(), |k| k.to_string())
     }
 }

@@ -4,12 +4,15 @@
 //! A checkpoint (at every evaluation and at the end of every stage) holds all model
 //! weights, every adapter's parameters, the optimizer's state buffers, every objective's
 //! parameters (classification heads), and in its meta the stage index and step, the
-//! host RNG state (dropout), the data mixture's sampler states, the anomaly guard's
-//! state and how many metric rows were logged. Resuming rebuilds the stage structure
+//! host RNG state (dropout), the data mixture's sampler states, the anomaly guard's,
+//! early stopping's and the retention gate's state with their snapshots, and how many
+//! metric rows were logged. Resuming rebuilds the stage structure
 //! (handoffs, adapters, frozen sets) by replaying the config, then overwrites every
 //! value from the checkpoint, so training continues bit-identically.
 
 use super::eval::Metrics;
+use super::stage::{MarkSteps, Progress};
+use crate::model::{Adapters, Model};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::MixtureState;
 use crate::error::{Error, Result};
@@ -33,21 +36,22 @@ pub struct ResumeMeta {
     pub rng: u64,
     /// Data sampler states (absent at a stage end).
     pub mixture: Option<MixtureState>,
-    /// LR multiplier from anomaly recoveries, and how many happened.
-    pub lr_scale: f64,
-    /// Recoveries so far in the stage.
-    pub recoveries: u32,
-    /// Running mean of the training loss (spike detection), as f64 bits.
-    pub running_bits: Option<u64>,
+    /// The anomaly guard, early stopping and retention gate state.
+    pub progress: Progress,
+    /// The optimizer's update count (continues across stages that carry it).
+    pub optimizer_updates: u64,
+    /// Steps of the snapshots saved with the checkpoint (last good, best, best passing).
+    pub marks: MarkSteps,
     /// Each finished stage's final metrics on its own eval set.
     pub own_scores: BTreeMap<String, Metrics>,
     /// Rows in metrics.jsonl at the time.
     pub rows: usize,
 }
 
-/// Saves a resume checkpoint named `name` under `<run_dir>/checkpoints`.
-pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize, meta: &ResumeMeta) -> Result<()> {
-    let mut tensors = BTreeMap::new();
+/// Saves a resume checkpoint named `name` under `<run_dir>/checkpoints`, with `extra`
+/// tensors (the stage's snapshots).
+pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize, meta: &ResumeMeta, extra: BTreeMap<String, Tensor>) -> Result<()> {
+    let mut tensors = extra;
     for (n, w) in trainer.model.weights() {
         tensors.insert(format!("model.{n}"), w.var().as_tensor().clone());
     }
@@ -94,16 +98,22 @@ fn set(name: &str, var: &candle_core::Var, ckpt: &Checkpoint) -> Result<()> {
     Ok(var.set(t)?)
 }
 
-/// Overwrites every value the checkpoint holds for the running stage.
-pub fn load_values(ckpt: &Checkpoint, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize) -> Result<()> {
-    for (n, w) in trainer.model.weights() {
+/// Overwrites a model's weights and its adapters' parameters with a stage's result.
+pub fn load_result(ckpt: &Checkpoint, model: &dyn Model, adapters: &Adapters) -> Result<()> {
+    for (n, w) in model.weights() {
         set(&format!("model.{n}"), w.var(), ckpt)?;
     }
-    for (k, m) in trainer.adapters.methods().iter().enumerate() {
+    for (k, m) in adapters.methods().iter().enumerate() {
         for p in m.params() {
             set(&format!("adapter.{k}.{}.{}", m.core.plugin, p.name), &p.var, ckpt)?;
         }
     }
+    Ok(())
+}
+
+/// Overwrites every value the checkpoint holds for the running stage.
+pub fn load_values(ckpt: &Checkpoint, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize) -> Result<()> {
+    load_result(ckpt, trainer.model.as_ref(), &trainer.adapters)?;
     for b in trainer.optimizer.buffers() {
         set(&format!("optimizer.{}", b.name), &b.var, ckpt)?;
     }

@@ -5,27 +5,122 @@ use super::eval::{evaluate, Metrics};
 use super::resume::ResumeMeta;
 use super::snapshot::Snapshot;
 use super::Pipeline;
+use crate::checkpoint::Checkpoint;
 use crate::config::{GateAction, StageConfig};
 use crate::data::{collate, Mixture};
 use crate::error::{Error, Result};
 use crate::report::MetricRow;
 use crate::train::{lr_at, Trainer};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// The anomaly guard's state, carried across a resume.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A stage's bookkeeping besides the trainer: the anomaly guard, early stopping and
+/// the retention gate. It goes into every resume checkpoint (floats as bits, so a
+/// resumed run decides exactly as an uninterrupted one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// LR multiplier from recoveries.
+    #[serde(with = "bits")]
     pub lr_scale: f64,
     /// Recoveries so far.
     pub recoveries: u32,
     /// Running mean of the training loss.
+    #[serde(with = "opt_bits")]
     pub running: Option<f64>,
+    /// Early stopping: the best score so far and evaluations since it.
+    #[serde(with = "opt_bits")]
+    pub best: Option<f64>,
+    /// Evaluations without improvement.
+    pub since_best: u32,
+    /// The retention gate: the best own score among evaluations that passed it.
+    #[serde(with = "opt_bits")]
+    pub passing: Option<f64>,
+    /// Failing evaluations in a row.
+    pub gate_fails: u32,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { lr_scale: 1.0, recoveries: 0, running: None }
+        Progress { lr_scale: 1.0, recoveries: 0, running: None, best: None, since_best: 0, passing: None, gate_fails: 0 }
     }
+}
+
+mod bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
+mod opt_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&v.to_bits()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<u64>::deserialize(d).map(|v| v.map(f64::from_bits))
+    }
+}
+
+/// The states a stage may go back to: the last good one (anomaly guard, every 10
+/// steps), the best one (early stopping) and the best one that passed the retention
+/// gate. Saved with each resume checkpoint.
+pub struct Marks {
+    /// Where the anomaly guard restores to.
+    pub last_good: Snapshot,
+    /// Early stopping's best.
+    pub best: Option<Snapshot>,
+    /// The best state that passed the retention gate.
+    pub passing: Option<Snapshot>,
+}
+
+impl Marks {
+    /// Every snapshot's tensors, named for a checkpoint.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (role, snap) in [("last_good", Some(&self.last_good)), ("best", self.best.as_ref()), ("passing", self.passing.as_ref())] {
+            if let Some(snap) = snap {
+                out.extend(snap.tensors(role));
+            }
+        }
+        out
+    }
+
+    /// The snapshots a checkpoint holds (`progress` says which exist).
+    pub fn load(ckpt: &Checkpoint, steps: &MarkSteps, progress: &Progress, trainer: &Trainer) -> Result<Marks> {
+        let [lg, b, p] = steps.updates;
+        let last_good = Snapshot::load(ckpt, "last_good", steps.last_good, lg, trainer)?;
+        let best = progress.best.map(|_| Snapshot::load(ckpt, "best", steps.best, b, trainer)).transpose()?;
+        let passing = progress.passing.map(|_| Snapshot::load(ckpt, "passing", steps.passing, p, trainer)).transpose()?;
+        Ok(Marks { last_good, best, passing })
+    }
+
+    /// The steps the snapshots were taken at.
+    pub fn steps(&self) -> MarkSteps {
+        let of = |s: Option<&Snapshot>| s.map_or((0, 0), |s| (s.step, s.updates()));
+        let (lg, b, p) = (of(Some(&self.last_good)), of(self.best.as_ref()), of(self.passing.as_ref()));
+        MarkSteps { last_good: lg.0, best: b.0, passing: p.0, updates: [lg.1, b.1, p.1] }
+    }
+}
+
+/// The steps of a [`Marks`]' snapshots, for the checkpoint meta.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MarkSteps {
+    /// Of `last_good`.
+    pub last_good: u64,
+    /// Of `best`.
+    pub best: u64,
+    /// Of `passing`.
+    pub passing: u64,
+    /// The optimizer's update counts at the three.
+    pub updates: [u64; 3],
 }
 
 /// Why a stage ended.
@@ -41,6 +136,18 @@ pub enum StageEnd {
     GateRollback,
     /// The retention gate failed and stops the pipeline.
     GateStop,
+}
+
+impl std::fmt::Display for StageEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StageEnd::Budget => "its step budget",
+            StageEnd::Exit => "its exit criterion",
+            StageEnd::Patience => "patience (best checkpoint restored)",
+            StageEnd::GateRollback => "the retention gate (rolled back to the best state that passed)",
+            StageEnd::GateStop => "the retention gate (pipeline stopped)",
+        })
+    }
 }
 
 /// The score a gate watches on an earlier stage's eval set (higher is better).
@@ -75,8 +182,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Trains stage `self.current` to its end, from `trainer.step` (non-zero on resume).
-    pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture, progress: Progress) -> Result<StageEnd> {
+    /// Trains stage `self.current` to its end, from `trainer.step` (non-zero on resume,
+    /// where `marks` come from the checkpoint).
+    pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture, mut progress: Progress, marks: Option<Marks>) -> Result<StageEnd> {
         let s: StageConfig = self.cfg.stages[self.current].clone();
         let per_epoch = mixture.primary().len().div_ceil(s.batch_size * s.grad_accum) as u64;
         let total = match (s.max_steps, s.epochs) {
@@ -86,11 +194,12 @@ impl Pipeline {
             (None, None) => return Err(Error::msg(format!("stage `{}`: no step budget", s.name))),
         };
         trainer.grad_clip = s.grad_clip;
-        let Progress { mut lr_scale, mut recoveries, mut running } = progress;
-        let mut last_good = Snapshot::take(trainer)?;
-        let mut best: Option<(f64, Snapshot)> = None;
-        let mut since_best = 0u32;
-        let mut passing: Option<Snapshot> = None;
+        trainer.adapters.set_dropout(s.train.dropout, trainer.state.clone());
+        let mut marks = match marks {
+            Some(m) => m,
+            None => Marks { last_good: Snapshot::take(trainer)?, best: None, passing: None },
+        };
+        self.console.stage_start(&s.name, trainer.step, total);
         while trainer.step < total {
             let step = trainer.step + 1;
             self.apply_unfreeze(trainer, &s, step)?;
@@ -99,10 +208,10 @@ impl Pipeline {
                 let ex = mixture.next_batch(s.batch_size)?;
                 micro.push(collate(&ex, 0, &self.device)?);
             }
-            let lr = lr_at(&s.schedule, s.optimizer.lr, step, total) * lr_scale;
+            let lr = lr_at(&s.schedule, s.optimizer.lr, step, total) * progress.lr_scale;
             let out = trainer.train_step_accum(&micro, lr);
-            let spike = match (&out, running) {
-                (Ok(o), Some(mean)) => o.loss > s.anomaly.spike_factor * mean && step > 10,
+            let spike = match (&out, progress.running) {
+                (Ok(o), Some(mean)) => step > 10 && o.loss > s.anomaly.spike_factor * mean && o.loss - mean > s.anomaly.spike_margin,
                 _ => false,
             };
             if let Err(e) = &out {
@@ -113,33 +222,34 @@ impl Pipeline {
             if out.is_err() || spike {
                 let why = match &out {
                     Err(e) => e.to_string(),
-                    Ok(o) => format!("loss spike {:.4} > {} x running mean {:.4}", o.loss, s.anomaly.spike_factor, running.unwrap_or(0.0)),
+                    Ok(o) => format!("loss spike {:.4} > {} x running mean {:.4}", o.loss, s.anomaly.spike_factor, progress.running.unwrap_or(0.0)),
                 };
-                if recoveries >= s.anomaly.max_recoveries {
-                    return Err(Error::msg(format!("stage `{}` step {step}: {why}; gave up after {recoveries} recoveries", s.name)));
+                if progress.recoveries >= s.anomaly.max_recoveries {
+                    return Err(Error::msg(format!("stage `{}` step {step}: {why}; gave up after {} recoveries", s.name, progress.recoveries)));
                 }
-                recoveries += 1;
-                lr_scale *= s.anomaly.lr_scale;
-                last_good.restore(trainer)?;
-                trainer.step = last_good.step;
-                tracing::warn!("stage `{}` step {step}: {why}; restored step {} and scaled the LR to x{lr_scale}", s.name, last_good.step);
+                progress.recoveries += 1;
+                progress.lr_scale *= s.anomaly.lr_scale;
+                marks.last_good.restore(trainer)?;
+                trainer.step = marks.last_good.step;
+                self.console.warn(&format!("stage `{}` step {step}: {why}; restored step {} and scaled the LR to x{}", s.name, marks.last_good.step, progress.lr_scale));
                 self.log.append(&MetricRow::train(&s.name, step, f64::NAN, lr, None))?;
                 continue;
             }
             let o = out?;
-            running = Some(running.map_or(o.loss, |m| 0.9 * m + 0.1 * o.loss));
+            progress.running = Some(progress.running.map_or(o.loss, |m| 0.9 * m + 0.1 * o.loss));
             let row = MetricRow::train(&s.name, trainer.step, o.loss, lr, Some(o.grad_norm));
             self.log.append(&row)?;
             self.rows.push(row);
-            self.progress(&s.name, trainer.step, total, o.loss);
+            self.console.step(&s.name, trainer.step, total, o.loss);
             if trainer.step % 10 == 0 {
-                last_good = Snapshot::take(trainer)?;
+                marks.last_good = Snapshot::take(trainer)?;
             }
             let eval_now = s.eval_every.is_some_and(|e| trainer.step % e == 0) || trainer.step == total;
             if !eval_now {
                 continue;
             }
-            if let Some(end) = self.evaluate_and_decide(trainer, &s, &mut best, &mut since_best, &mut passing)? {
+            if let Some(end) = self.evaluate_and_decide(trainer, &s, total, &mut progress, &mut marks)? {
+                self.console.stage_end();
                 return Ok(end);
             }
             if trainer.step < total {
@@ -149,46 +259,83 @@ impl Pipeline {
                     step: trainer.step,
                     rng: self.state.rng.borrow().state(),
                     mixture: Some(mixture.state()),
-                    lr_scale,
-                    recoveries,
-                    running_bits: running.map(f64::to_bits),
+                    progress: progress.clone(),
+                    optimizer_updates: trainer.optimizer.updates,
+                    marks: marks.steps(),
                     own_scores: self.own_scores.clone(),
                     rows: self.rows.len(),
                 };
-                super::resume::save(&self.run_dir, "resume", trainer, &self.objectives, self.current, &meta)?;
+                super::resume::save(&self.run_dir, "resume", trainer, &self.objectives, self.current, &meta, marks.tensors())?;
             }
         }
+        self.console.stage_end();
         Ok(StageEnd::Budget)
     }
 
-    fn evaluate_and_decide(&mut self, trainer: &mut Trainer, s: &StageConfig, best: &mut Option<(f64, Snapshot)>, since_best: &mut u32, passing: &mut Option<Snapshot>) -> Result<Option<StageEnd>> {
+    /// The stage's own score on an evaluation (higher is better): its exit metric when
+    /// it has one, else what a gate would read.
+    fn own_score(s: &StageConfig, own: Option<&Metrics>) -> Option<f64> {
+        let own = own?;
+        match s.exit.as_ref().and_then(|e| e.metric.strip_prefix("eval.")) {
+            Some(name) => gate_score(own, Some(name)),
+            None => gate_score(own, None),
+        }
+    }
+
+    fn evaluate_and_decide(&mut self, trainer: &mut Trainer, s: &StageConfig, total: u64, progress: &mut Progress, marks: &mut Marks) -> Result<Option<StageEnd>> {
         let step = trainer.step;
         let own = self.eval_own(trainer)?;
         if let Some(m) = &own {
             self.log_eval(&s.name, step, &s.name, m)?;
+            self.console.eval(&s.name, step, &s.name, m);
         }
+        let mut gate_failing = false;
         if let Some(g) = &s.gates.retention {
             let (k, _) = self.cfg.stage(&g.stage).ok_or_else(|| Error::msg(format!("no stage `{}`", g.stage)))?;
             if let Some(m) = self.eval_set(trainer, k)? {
                 self.log_eval(&s.name, step, &g.stage, &m)?;
+                self.console.eval(&s.name, step, &g.stage, &m);
                 let now = gate_score(&m, g.metric.as_deref());
                 let base = self.own_scores.get(&g.stage).and_then(|b| gate_score(b, g.metric.as_deref()));
                 if let (Some(now), Some(base)) = (now, base) {
                     if base - now > g.max_drop {
-                        tracing::warn!("stage `{}` step {step}: retention gate on `{}` failed (drop {:.4} > {})", s.name, g.stage, base - now, g.max_drop);
-                        return Ok(Some(match g.on_fail {
-                            GateAction::Stop => StageEnd::GateStop,
-                            GateAction::Rollback => {
-                                if let Some(p) = passing.as_ref() {
-                                    p.restore(trainer)?;
-                                } else {
-                                    self.stage_start.as_ref().ok_or_else(|| Error::msg("no start snapshot"))?.restore(trainer)?;
+                        gate_failing = true;
+                        progress.gate_fails += 1;
+                        let last = step == total;
+                        if progress.gate_fails <= g.patience && !last {
+                            self.console.warn(&format!("stage `{}` step {step}: retention gate on `{}` failing (drop {:.4} > {}), {}/{} tolerated", s.name, g.stage, base - now, g.max_drop, progress.gate_fails, g.patience));
+                        } else {
+                            let back = marks.passing.as_ref().map_or(0, |p| p.step);
+                            self.console.warn(&format!(
+                                "stage `{}` step {step}: retention gate on `{}` failed (drop {:.4} > {}); {}",
+                                s.name,
+                                g.stage,
+                                base - now,
+                                g.max_drop,
+                                match g.on_fail {
+                                    GateAction::Stop => "stopping the pipeline".to_string(),
+                                    GateAction::Rollback => format!("rolled back to step {back}, the best state that passed"),
                                 }
-                                StageEnd::GateRollback
-                            }
-                        }));
+                            ));
+                            return Ok(Some(match g.on_fail {
+                                GateAction::Stop => StageEnd::GateStop,
+                                GateAction::Rollback => {
+                                    match marks.passing.as_ref() {
+                                        Some(p) => p.restore(trainer)?,
+                                        None => self.stage_start.as_ref().ok_or_else(|| Error::msg("no start snapshot"))?.restore(trainer)?,
+                                    }
+                                    StageEnd::GateRollback
+                                }
+                            }));
+                        }
+                    } else {
+                        progress.gate_fails = 0;
+                        let score = Self::own_score(s, own.as_ref()).unwrap_or(f64::NEG_INFINITY);
+                        if progress.passing.is_none_or(|b| score >= b) {
+                            progress.passing = Some(score);
+                            marks.passing = Some(Snapshot::take(trainer)?);
+                        }
                     }
-                    *passing = Some(Snapshot::take(trainer)?);
                 }
             }
         }
@@ -199,18 +346,19 @@ impl Pipeline {
             None => None,
         };
         let Some(v) = value else { return Ok(None) };
-        if exit.below.is_some_and(|t| v < t) || exit.above.is_some_and(|t| v > t) {
+        if !gate_failing && (exit.below.is_some_and(|t| v < t) || exit.above.is_some_and(|t| v > t)) {
             return Ok(Some(StageEnd::Exit));
         }
         if let Some(patience) = exit.patience {
             let score = if crate::report::lower_is_better(exit.metric.rsplit('.').next().unwrap_or("")) { -v } else { v };
-            if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                *best = Some((score, Snapshot::take(trainer)?));
-                *since_best = 0;
+            if progress.best.is_none_or(|b| score > b) {
+                progress.best = Some(score);
+                progress.since_best = 0;
+                marks.best = Some(Snapshot::take(trainer)?);
             } else {
-                *since_best += 1;
-                if *since_best >= patience {
-                    if let Some((_, snap)) = best.as_ref() {
+                progress.since_best += 1;
+                if progress.since_best >= patience {
+                    if let Some(snap) = marks.best.as_ref() {
                         snap.restore(trainer)?;
                     }
                     return Ok(Some(StageEnd::Patience));

@@ -193,12 +193,15 @@ pub struct OptimizerInstance {
     /// Common parts.
     pub core: InstanceCore,
     obj: OptimizerBox,
+    /// Updates applied over its life: the step count it sees continues across stages
+    /// when a stage carries the optimizer over.
+    pub updates: u64,
 }
 
 impl OptimizerInstance {
     /// Wraps a freshly created plugin object.
     pub fn new(core: InstanceCore, obj: OptimizerBox) -> Self {
-        OptimizerInstance { core, obj }
+        OptimizerInstance { core, obj, updates: 0 }
     }
 
     fn slots(params: &[TrainParam], grads: Option<&[Option<Tensor>]>, lr: f64, state: &HostState) -> Vec<ParamSlot> {

@@ -352,22 +352,7 @@ impl HostOps for HostCtx {
         self.op("log_softmax", || Ok(log_softmax(&self.t(x)?, dim)?))
     }
     fn dropout(&self, x: TensorHandle, p: f64) -> OpResult {
-        self.op("dropout", || {
-            let x = self.t(x)?;
-            if !(0.0..1.0).contains(&p) {
-                return Err(Error::msg(format!("dropout probability must be in [0, 1), got {p}")));
-            }
-            if !self.state.is_training() || p == 0.0 {
-                return Ok(x);
-            }
-            let scale = (1.0 / (1.0 - p)) as f32;
-            let mask: Vec<f32> = {
-                let mut rng = self.state.rng.borrow_mut();
-                (0..x.elem_count()).map(|_| if rng.uniform() >= p { scale } else { 0.0 }).collect()
-            };
-            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-            Ok(x.mul(&mask)?)
-        })
+        self.op("dropout", || self.state.dropout(&self.t(x)?, p))
     }
     fn cross_entropy(&self, logits: TensorHandle, targets: TensorHandle, ignore_index: i64) -> OpResult {
         self.op("cross_entropy", || cross_entropy(&self.t(logits)?, &self.t(targets)?, ignore_index))

@@ -58,6 +58,24 @@ impl HostState {
         self.training.get()
     }
 
+    /// Inverted dropout with drop probability `p` in training mode (masks drawn from
+    /// the seeded RNG, so runs and resumes repeat exactly); identity in evaluation mode.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::msg(format!("dropout probability must be in [0, 1), got {p}")));
+        }
+        if !self.is_training() || p == 0.0 {
+            return Ok(x.clone());
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.borrow_mut();
+            (0..x.elem_count()).map(|_| if rng.uniform() >= p { scale } else { 0.0 }).collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+
     /// Makes a base tensor of a site visible to plugins through `site_weight`.
     pub fn register_site_tensor(&self, site: &str, name: &str, t: Tensor) {
         self.site_tensors.borrow_mut().entry(site.to_string()).or_default().insert(name.to_string(), t);

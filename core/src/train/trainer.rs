@@ -170,7 +170,9 @@ impl Trainer {
             }
         }
         self.step += 1;
-        self.optimizer.step(&self.params, &sum, lr, self.step)?;
+        let update = self.optimizer.updates + 1;
+        self.optimizer.step(&self.params, &sum, lr, update)?;
+        self.optimizer.updates = update;
         Ok(StepOutput { loss: loss_sum * scale, grad_norm })
     }
 
