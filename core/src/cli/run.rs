@@ -47,20 +47,46 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("{e}");
     }
     let run_dir = args.run_dir.unwrap_or_else(|| {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name).join(stamp.to_string())
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name).join(timestamp(secs))
     });
     let t = std::time::Instant::now();
     let (pipeline, _tokenizer) = Pipeline::new(cfg, registry, &run_dir, args.quiet)?;
     finish(pipeline, t)
 }
 
+/// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
+fn timestamp(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
     for (name, steps, end) in &summary.stages {
-        println!("stage {name}: {steps} steps, ended by {end:?}");
+        println!("stage {name}: {steps} steps, ended by {end}");
     }
     println!("{}", summary.retention.to_table());
     println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_utc_calendar_times() {
+        assert_eq!(super::timestamp(0), "19700101-000000");
+        assert_eq!(super::timestamp(951_782_400 + 3_661), "20000229-010101");
+        assert_eq!(super::timestamp(1_795_883_705), "20261128-163505");
+    }
 }

@@ -13,6 +13,7 @@
 //!     stages: vec!["add".into(), "sub".into()],
 //!     sets: vec!["add".into(), "sub".into()],
 //!     metric: "exact_match".into(),
+//!     metrics: vec![],
 //!     values: vec![vec![Some(0.97), None], vec![Some(0.90), Some(0.95)]],
 //! };
 //! let f = m.forgetting();
@@ -39,8 +40,13 @@ pub struct RetentionMatrix {
     pub stages: Vec<String>,
     /// Column labels: the eval sets.
     pub sets: Vec<String>,
-    /// The metric (`exact_match`, `loss`, ...).
+    /// The metric (`exact_match`, `loss`, ...), for every set without its own entry in
+    /// `metrics`.
     pub metric: String,
+    /// Per-set metrics (each set's main score), parallel to `sets`; empty when every
+    /// set uses `metric`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
     /// `values[row][col]`; `None` where the set was not evaluated (yet).
     pub values: Vec<Vec<Option<f64>>>,
 }
@@ -89,8 +95,42 @@ impl RetentionMatrix {
             stages,
             sets,
             metric: metric.to_string(),
+            metrics: Vec::new(),
             values,
         }
+    }
+
+    /// The matrix with each set on its main score: the first of `preference` that the
+    /// set's evaluations report (say `exact_match`, then `accuracy`, then `loss`).
+    pub fn from_rows_main(rows: &[MetricRow], preference: &[&str]) -> Self {
+        let fallback = preference.last().copied().unwrap_or("loss");
+        let mut m = Self::from_rows(rows, fallback);
+        let per_set: Vec<String> = m
+            .sets
+            .iter()
+            .map(|set| {
+                let reports = |k: &str| rows.iter().any(|r| r.split == Split::Eval && r.set.as_deref() == Some(set.as_str()) && r.metrics.contains_key(k));
+                preference.iter().find(|k| reports(k)).unwrap_or(&fallback).to_string()
+            })
+            .collect();
+        for (j, metric) in per_set.iter().enumerate() {
+            let col = Self::from_rows(rows, metric);
+            for (i, row) in m.values.iter_mut().enumerate() {
+                row[j] = col.sets.iter().position(|s| *s == m.sets[j]).and_then(|c| col.value(i, c));
+            }
+        }
+        if per_set.iter().any(|k| *k != per_set[0]) {
+            m.metric = "main score".into();
+            m.metrics = per_set;
+        } else if let Some(k) = per_set.first() {
+            m.metric = k.clone();
+        }
+        m
+    }
+
+    /// The metric of set `col`.
+    pub fn metric_of(&self, col: usize) -> &str {
+        self.metrics.get(col).unwrap_or(&self.metric)
     }
 
     /// `values[row][col]`, `None` when missing or out of range.
@@ -117,7 +157,7 @@ impl RetentionMatrix {
             return None;
         }
         let (reference, now) = (self.value(own, col)?, self.value(row, col)?);
-        Some(if lower_is_better(&self.metric) {
+        Some(if lower_is_better(self.metric_of(col)) {
             now - reference
         } else {
             reference - now
@@ -144,7 +184,7 @@ impl RetentionMatrix {
     pub fn to_table(&self) -> String {
         let mut grid: Vec<Vec<String>> = Vec::new();
         let mut header = vec![self.metric.clone()];
-        header.extend(self.sets.iter().cloned());
+        header.extend(self.sets.iter().enumerate().map(|(j, s)| if self.metrics.is_empty() { s.clone() } else { format!("{s} ({})", self.metric_of(j)) }));
         grid.push(header);
         for (i, stage) in self.stages.iter().enumerate() {
             let mut line = vec![stage.clone()];
@@ -284,11 +324,27 @@ mod tests {
     }
 
     #[test]
+    fn each_set_gets_its_main_score() {
+        let eval = |stage: &str, set: &str, kv: &[(&str, f64)]| MetricRow::eval(stage, 1, set, kv.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+        let rows = vec![
+            eval("lm", "lm", &[("loss", 1.0)]),
+            eval("add", "add", &[("loss", 0.1), ("exact_match", 0.9)]),
+            eval("add", "lm", &[("loss", 3.0)]),
+        ];
+        let m = RetentionMatrix::from_rows_main(&rows, &["exact_match", "accuracy", "loss"]);
+        assert_eq!(m.metrics, vec!["loss".to_string(), "exact_match".to_string()]);
+        assert_eq!(m.value(1, 1), Some(0.9));
+        assert!(close(m.forgetting()[0], 2.0), "a loss that rose is forgetting");
+        assert!(m.to_table().contains("lm (loss)"));
+    }
+
+    #[test]
     fn own_row_falls_back_to_the_first_value() {
         let m = RetentionMatrix {
             stages: vec!["a".into(), "b".into()],
             sets: vec!["held_out".into()],
             metric: "exact_match".into(),
+            metrics: vec![],
             values: vec![vec![Some(0.8)], vec![Some(0.5)]],
         };
         assert_eq!(m.own_row(0), Some(0));

@@ -99,8 +99,12 @@ pub fn retention_table(m: &RetentionMatrix) -> String {
         "<table class=\"retention\"><tr><th>{} after ↓ / set →</th>",
         escape(&m.metric)
     );
-    for set in &m.sets {
-        let _ = write!(s, "<th>{}</th>", escape(set));
+    for (j, set) in m.sets.iter().enumerate() {
+        if m.metrics.is_empty() {
+            let _ = write!(s, "<th>{}</th>", escape(set));
+        } else {
+            let _ = write!(s, "<th>{}<br><small>{}</small></th>", escape(set), escape(m.metric_of(j)));
+        }
     }
     s.push_str("</tr>\n");
     for (i, stage) in m.stages.iter().enumerate() {
@@ -172,6 +176,7 @@ mod tests {
             stages: vec!["a".into(), "b<".into()],
             sets: vec!["a".into(), "b<".into()],
             metric: "exact_match".into(),
+            metrics: vec![],
             values: vec![vec![Some(0.9), None], vec![Some(0.6), Some(0.8)]],
         };
         let t = retention_table(&m);
