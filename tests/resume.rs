@@ -1,5 +1,7 @@
 //! SIGKILL in the middle of a stage, then `stagecraft run --resume`: the final weights
-//! equal an uninterrupted run's, bit for bit.
+//! equal an uninterrupted run's, bit for bit. The interrupted stage uses model and
+//! adapter dropout (RNG state), a retention gate and early stopping (their snapshots),
+//! so all of that must come back from the checkpoint.
 
 mod support;
 
@@ -37,6 +39,9 @@ objective = "completion"
 data = { train = "synthetic:add?n=128&digits=1", eval = "synthetic:add?n=8&digits=1&seed=2", replay = { from = "pretrain", ratio = 0.25 } }
 optimizer = { lr = 1e-2 }
 adapters = [{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 4, alpha = 8, dropout = 0.1 }]
+train = { dropout = 0.1 }
+gates = { retention = { stage = "pretrain", max_drop = 100.0, metric = "loss" } }
+exit = { metric = "eval.loss", patience = 1000 }
 max_steps = 400
 eval_every = 20
 batch_size = 8
