@@ -1,4 +1,5 @@
-//! The `stagecraft` binary: `plugin list` and `plugin inspect`, and one-line errors.
+//! The `stagecraft` binary: `plugin list` and `plugin inspect`, `run` on the example
+//! pipelines, and one-line errors.
 
 mod support;
 
@@ -125,4 +126,42 @@ fn generate_is_deterministic_for_a_seed_and_model_sites_lists_sites() {
     let q = sites.lines().find(|l| l.starts_with("model.layers.1.self_attn.q_proj ")).expect("q_proj site");
     assert!(q.contains("linear") && q.contains("[64, 64]"), "{q}");
     assert!(sites.lines().any(|l| l.starts_with("model.layers.0.self_attn.key_states ") && l.contains("attn_key")));
+}
+
+#[test]
+fn the_example_pipelines_run_and_print_the_retention_table() {
+    for name in ["tiny", "reference"] {
+        let file = support::root().join(format!("examples/pipelines/{name}.toml"));
+        let dir = scratch(&format!("cli-run-{name}"));
+        let run_dir = dir.join("run");
+        let (ok, out, err) = stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"], None);
+        assert!(ok, "{name}: {err}");
+        assert!(out.contains("main score") && out.contains("forgetting"), "{name}: {out}");
+        for f in ["config.toml", "metrics.jsonl", "retention.json", "report.html", "plugins.json", "data.json"] {
+            assert!(run_dir.join(f).exists(), "{name}: {f} missing");
+        }
+    }
+    // A type error names the file, the position and the key.
+    let bad = scratch("cli-run-bad").join("bad.toml");
+    let text = std::fs::read_to_string(support::root().join("examples/pipelines/tiny.toml")).expect("read").replacen("batch_size = 16", "batch_size = \"16\"", 1);
+    std::fs::write(&bad, text).expect("write");
+    let (ok, _, err) = stagecraft(&["run", &bad.to_string_lossy()], None);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("bad.toml:21:14: stages[0].batch_size: invalid type: string \"16\""), "{err}");
+}
+
+#[test]
+fn the_default_pipeline_learns_both_tasks() {
+    let run_dir = scratch("cli-run-default").join("run");
+    let (ok, out, err) = stagecraft(&["run", "--run-dir", &run_dir.to_string_lossy(), "--quiet"], None);
+    assert!(ok, "{err}");
+    let m = stagecraft_core::report::RetentionMatrix::read_json(&run_dir.join("retention.json")).expect("retention.json");
+    let last = m.stages.len() - 1;
+    assert_eq!(m.stages, ["pretrain", "finetune_add", "adapt_sub"], "{out}");
+    for set in ["finetune_add", "adapt_sub"] {
+        let j = m.sets.iter().position(|s| s == set).expect("set");
+        assert_eq!(m.metric_of(j), "exact_match");
+        let em = m.value(last, j).expect("final score");
+        assert!(em >= 0.9, "{set}: exact match {em} after the last stage\n{out}");
+    }
 }

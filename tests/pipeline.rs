@@ -128,6 +128,7 @@ fn a_bad_plugin_fails_before_training() {
         (config("merge", "").replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"q_proj\"], rank = 4"), "unknown field `rank`"),
         (config("merge", "").replace("optimizer = { lr = 3e-3 }", "optimizer = { name = \"adamz\", lr = 3e-3 }"), "no optimizer plugin named `adamz`"),
         (config("merge", "").replace("synthetic:add?n=64", "synthetic:addd?n=64"), "addd"),
+        (config("merge", "").replace("synthetic:add?n=64&digits=1", "nowhere/missing.jsonl"), "data source `nowhere/missing.jsonl`: no such file"),
     ] {
         let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("parses");
         let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
