@@ -57,7 +57,6 @@ pub struct Pipeline {
     eval_data: Vec<Option<Arc<Dataset>>>,
     objectives: Vec<Option<StageInstance>>,
     own_scores: BTreeMap<String, Metrics>,
-    stage_start: Option<Snapshot>,
     current: usize,
     run_dir: PathBuf,
     log: MetricsLog,
@@ -135,7 +134,6 @@ impl Pipeline {
             eval_data,
             objectives: (0..n).map(|_| None).collect(),
             own_scores: BTreeMap::new(),
-            stage_start: None,
             current: 0,
             run_dir: run_dir.to_path_buf(),
             log,
@@ -366,7 +364,6 @@ impl Pipeline {
                 progress = meta.progress.clone();
                 tracing::info!("resuming stage `{}` at step {}", s.name, meta.step);
             }
-            self.stage_start = Some(Snapshot::take(&trainer)?);
             let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
             // The retention row: every stage's eval set so far, at the end of this stage.
             if let Some(m) = self.eval_own(&mut trainer)? {

@@ -33,7 +33,8 @@ pub struct Progress {
     pub best: Option<f64>,
     /// Evaluations without improvement.
     pub since_best: u32,
-    /// The retention gate: the best own score among evaluations that passed it.
+    /// The retention gate: the best own score among evaluations that passed it (the
+    /// stage start counts as passing, with score -inf).
     #[serde(with = "opt_bits")]
     pub passing: Option<f64>,
     /// Failing evaluations in a row.
@@ -197,7 +198,18 @@ impl Pipeline {
         trainer.adapters.set_dropout(s.train.dropout, trainer.state.clone());
         let mut marks = match marks {
             Some(m) => m,
-            None => Marks { last_good: Snapshot::take(trainer)?, best: None, passing: None },
+            None => {
+                // A gated stage's start passes by definition: the rollback target until
+                // an evaluation passes with a better score.
+                let passing = match s.gates.retention {
+                    Some(_) => {
+                        progress.passing = Some(f64::NEG_INFINITY);
+                        Some(Snapshot::take(trainer)?)
+                    }
+                    None => None,
+                };
+                Marks { last_good: Snapshot::take(trainer)?, best: None, passing }
+            }
         };
         self.console.stage_start(&s.name, trainer.step, total);
         while trainer.step < total {
@@ -320,10 +332,7 @@ impl Pipeline {
                             return Ok(Some(match g.on_fail {
                                 GateAction::Stop => StageEnd::GateStop,
                                 GateAction::Rollback => {
-                                    match marks.passing.as_ref() {
-                                        Some(p) => p.restore(trainer)?,
-                                        None => self.stage_start.as_ref().ok_or_else(|| Error::msg("no start snapshot"))?.restore(trainer)?,
-                                    }
+                                    marks.passing.as_ref().ok_or_else(|| Error::msg(format!("stage `{}`: no state to roll back to", s.name)))?.restore(trainer)?;
                                     StageEnd::GateRollback
                                 }
                             }));
