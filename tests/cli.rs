@@ -165,3 +165,15 @@ fn the_default_pipeline_learns_both_tasks() {
         assert!(em >= 0.9, "{set}: exact match {em} after the last stage\n{out}");
     }
 }
+
+#[test]
+fn check_prints_the_plan_without_training() {
+    let file = support::root().join("examples/pipelines/tiny.toml");
+    let (ok, out, err) = stagecraft(&["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.max_steps=7"], None);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("model: llama (2 layers, hidden 32, vocab 256)"), "{out}");
+    assert!(out.contains("3. adapt_sub [completion] 7 steps x 16 examples") && out.contains("adapter lora on 8 sites"), "{out}");
+    assert!(!support::root().join("target/test-scratch/cli-cwd/runs").exists(), "nothing written");
+    let (ok, _, err) = stagecraft(&["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.adapters.0.targets=[\"nope\"]"], None);
+    assert!(!ok && err.contains("stage `adapt_sub`: adapter `lora`") && err.contains("`nope` matches no linear site"), "{err}");
+}

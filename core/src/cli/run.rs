@@ -1,4 +1,5 @@
-//! `stagecraft run PIPELINE.toml [--set key=value]...`.
+//! `stagecraft run [PIPELINE.toml] [--set key=value]... [--check]`, and
+//! `stagecraft run --resume RUN_DIR`.
 
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
@@ -22,6 +23,10 @@ pub struct RunArgs {
     /// Fewer progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Check everything a run checks before training (config, data, plugins, adapter
+    /// targets) and print the plan, without training or writing anything.
+    #[arg(long, conflicts_with = "resume")]
+    check: bool,
     /// Continue an interrupted run from its newest good checkpoint (its own config is
     /// used; PIPELINE and --set are not allowed).
     #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir"])]
@@ -45,6 +50,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = Registry::with_builtins(super::report_dir())?;
     for e in registry.load_dirs(&search_path()) {
         tracing::warn!("{e}");
+    }
+    if args.check {
+        print!("{}", Pipeline::plan(&cfg, &registry)?);
+        return Ok(());
     }
     let run_dir = args.run_dir.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

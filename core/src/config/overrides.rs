@@ -1,7 +1,8 @@
 //! `--set key=value` overrides, applied to the parsed TOML before it is checked.
 //!
-//! Keys are dotted paths; a stage is named by index or by name:
-//! `run.seed=7`, `stages.0.max_steps=50`, `stages.finetune_add.optimizer.lr=1e-3`.
+//! Keys are dotted paths; list elements (stages, adapters) are named by index or by
+//! their `name`: `run.seed=7`, `stages.0.max_steps=50`,
+//! `stages.finetune_add.optimizer.lr=1e-3`, `stages.adapt.adapters.0.r=16`.
 //! Values are TOML (`50`, `1e-3`, `true`, `"text"`, `[1, 2]`); anything that is not
 //! valid TOML is taken as a string.
 
@@ -20,50 +21,46 @@ pub fn apply_override(table: &mut Table, kv: &str) -> Result<()> {
         return Err(Error::msg(format!("--set `{kv}`: empty key component")));
     }
     let value = parse_value(raw.trim());
-    let mut cur: &mut Table = table;
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if *part == "stages" && !last {
-            let stages = cur.get_mut("stages").and_then(Value::as_array_mut).ok_or_else(|| Error::msg(format!("--set `{kv}`: the config has no stages")))?;
-            let sel = parts[i + 1];
-            let idx = match sel.parse::<usize>() {
-                Ok(n) => n,
-                Err(_) => stages
-                    .iter()
-                    .position(|s| s.get("name").and_then(Value::as_str) == Some(sel))
-                    .ok_or_else(|| Error::msg(format!("--set `{kv}`: no stage named `{sel}`")))?,
-            };
-            let len = stages.len();
-            let stage = stages.get_mut(idx).and_then(Value::as_table_mut).ok_or_else(|| Error::msg(format!("--set `{kv}`: stage index {idx} out of range ({len} stages)")))?;
-            return set_path(stage, &parts[i + 2..], value, kv);
-        }
-        if last {
-            cur.insert(part.to_string(), value);
-            return Ok(());
-        }
-        cur = cur
-            .entry(part.to_string())
-            .or_insert_with(|| Value::Table(Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::msg(format!("--set `{kv}`: `{part}` is not a table")))?;
+    let mut root = Value::Table(std::mem::take(table));
+    let result = set(&mut root, &parts, value, kv);
+    if let Value::Table(t) = root {
+        *table = t;
     }
-    Ok(())
+    result
 }
 
-fn set_path(table: &mut Table, rest: &[&str], value: Value, kv: &str) -> Result<()> {
-    let Some((last, init)) = rest.split_last() else {
-        return Err(Error::msg(format!("--set `{kv}`: give a key inside the stage")));
+/// Sets `path` inside `node`: tables by key (created when missing), arrays (stages,
+/// adapters) by index or by the `name` of an element.
+fn set(node: &mut Value, path: &[&str], value: Value, kv: &str) -> Result<()> {
+    let Some((part, rest)) = path.split_first() else {
+        *node = value;
+        return Ok(());
     };
-    let mut cur = table;
-    for part in init {
-        cur = cur
-            .entry(part.to_string())
-            .or_insert_with(|| Value::Table(Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::msg(format!("--set `{kv}`: `{part}` is not a table")))?;
+    let child = match node {
+        Value::Table(t) if rest.is_empty() => {
+            t.insert(part.to_string(), value);
+            return Ok(());
+        }
+        Value::Table(t) => t.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new())),
+        Value::Array(items) => {
+            let len = items.len();
+            let idx = match part.parse::<usize>() {
+                Ok(n) if n < len => n,
+                Ok(n) => return Err(Error::msg(format!("--set `{kv}`: index {n} out of range ({len} elements)"))),
+                Err(_) => items
+                    .iter()
+                    .position(|s| s.get("name").and_then(Value::as_str) == Some(part))
+                    .ok_or_else(|| Error::msg(format!("--set `{kv}`: no element named `{part}`")))?,
+            };
+            &mut items[idx]
+        }
+        _ => return Err(Error::msg(format!("--set `{kv}`: cannot set `{part}` inside a value that is not a table or a list"))),
+    };
+    if rest.is_empty() {
+        *child = value;
+        return Ok(());
     }
-    cur.insert(last.to_string(), value);
-    Ok(())
+    set(child, rest, value, kv)
 }
 
 #[cfg(test)]
@@ -84,5 +81,9 @@ mod tests {
         assert!(apply_override(&mut t, "stages.zz.max_steps=1").is_err());
         assert!(apply_override(&mut t, "stages.9.max_steps=1").is_err());
         assert!(apply_override(&mut t, "noequals").is_err());
+        apply_override(&mut t, "stages.b.adapters=[{ plugin = \"lora\", r = 4 }]").unwrap_or_default();
+        apply_override(&mut t, "stages.b.adapters.0.r=16").unwrap_or_default();
+        assert_eq!(t["stages"][1]["adapters"][0]["r"].as_integer(), Some(16));
+        assert!(apply_override(&mut t, "run.seed.x=1").is_err());
     }
 }

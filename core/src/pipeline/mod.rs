@@ -12,6 +12,7 @@
 mod build;
 mod console;
 mod eval;
+mod plan;
 mod resume;
 mod snapshot;
 mod stage;
@@ -24,7 +25,7 @@ pub use stage::{MarkSteps, Marks, Progress, StageEnd};
 use crate::adapter::merge_into_base;
 use crate::checkpoint::Checkpoint;
 use crate::config::{AdapterHandoff, OptimizerHandoff, PipelineConfig, StageConfig};
-use crate::data::{load_source, Dataset, Mixture, Order, Tokenizer};
+use crate::data::{Dataset, Mixture, Order, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, OptimizerInstance, Registry, StageInstance};
@@ -71,7 +72,7 @@ pub struct Pipeline {
     vocab: usize,
 }
 
-fn resolve_device(spec: &str) -> Result<Device> {
+pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         other => Err(Error::msg(format!("run.device `{other}`: this build supports `cpu` only (build with the cuda feature for GPUs)"))),
@@ -81,27 +82,8 @@ fn resolve_device(spec: &str) -> Result<Device> {
 impl Pipeline {
     /// Loads every data set and checks every plugin config before any training.
     pub fn new(cfg: PipelineConfig, registry: Registry, run_dir: &Path, quiet: bool) -> Result<(Self, Tokenizer)> {
-        let device = resolve_device(&cfg.run.device)?;
-        let base = cfg.base_dir();
-        let tokenizer = build::tokenizer(&cfg.model, &base)?;
-        let mut train_data = Vec::new();
-        let mut eval_data = Vec::new();
-        for s in &cfg.stages {
-            let load = |spec: &str| load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)));
-            train_data.push(load(&s.data.train)?);
-            eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
-        }
+        let plan::Loaded { device, tokenizer, train_data, eval_data } = plan::load(&cfg, &registry)?;
         let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
-        // Instantiate each stage's plugins once now, so a bad plugin name or config fails
-        // before the first step.
-        for s in &cfg.stages {
-            let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
-            registry.new_stage(s.objective.name(), &s.objective.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
-            registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
-            for a in &s.adapters {
-                registry.new_method(&a.plugin, &a.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
-            }
-        }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::Io { path: run_dir.to_path_buf(), source: e })?;
         let resolved = toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
         std::fs::write(run_dir.join("config.toml"), resolved).map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
@@ -243,22 +225,6 @@ impl Pipeline {
         Ok((model, adapters))
     }
 
-    /// Attaches every stage's adapters to a throwaway copy of the site list, so a target
-    /// pattern that matches no site fails before the first step, not at its stage.
-    fn check_adapter_targets(&self, model: &dyn Model) -> Result<()> {
-        for s in &self.cfg.stages {
-            if s.from.as_ref().is_some_and(|f| self.cfg.stage(f).is_none()) {
-                continue; // a different model: checked when the stage starts
-            }
-            for a in &s.adapters {
-                let scratch = Rc::new(HostState::new(self.device.clone(), DType::F32, 0));
-                let mut m = self.registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
-                m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Earlier stages' training data replayed in stage `s`, with each one's share.
     fn replay_sources(&self, s: &StageConfig) -> Vec<(Arc<Dataset>, f64)> {
         s.data
@@ -286,7 +252,7 @@ impl Pipeline {
     pub fn run(mut self) -> Result<RunSummary> {
         let mut model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
         model.register_site_tensors(&self.state);
-        self.check_adapter_targets(model.as_ref())?;
+        plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref())?;
         let mut adapters = Adapters::none(model.sites().len());
         let mut optimizer: Option<OptimizerInstance> = None;
         let mut summary = Vec::new();

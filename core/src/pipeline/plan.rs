@@ -1,0 +1,140 @@
+//! Everything a pipeline checks before it trains (data, plugins and their configs,
+//! adapter targets), and the plan `stagecraft run --check` prints from it.
+
+use super::{build, resolve_device, Pipeline};
+use crate::config::{AdapterHandoff, PipelineConfig};
+use crate::data::{load_source, Dataset, Tokenizer};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::plugin::{HostState, Registry};
+use candle_core::{DType, Device};
+use std::fmt::Write;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// A pipeline's inputs, loaded and checked.
+pub(super) struct Loaded {
+    pub device: Device,
+    pub tokenizer: Tokenizer,
+    pub train_data: Vec<Arc<Dataset>>,
+    pub eval_data: Vec<Option<Arc<Dataset>>>,
+}
+
+/// Loads every data set and instantiates each stage's plugins once, so a missing file,
+/// a bad plugin name or a bad plugin config fails before the first step.
+pub(super) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> {
+    let device = resolve_device(&cfg.run.device)?;
+    let base = cfg.base_dir();
+    let tokenizer = build::tokenizer(&cfg.model, &base)?;
+    let mut train_data = Vec::new();
+    let mut eval_data = Vec::new();
+    for s in &cfg.stages {
+        let load = |spec: &str| load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)));
+        train_data.push(load(&s.data.train)?);
+        eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
+    }
+    for s in &cfg.stages {
+        let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+        registry.new_stage(s.objective.name(), &s.objective.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
+        registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
+        for a in &s.adapters {
+            registry.new_method(&a.plugin, &a.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+        }
+    }
+    Ok(Loaded { device, tokenizer, train_data, eval_data })
+}
+
+/// Attaches every stage's adapters to a throwaway copy of the site list, so a target
+/// pattern that matches no site fails before the first step, not at its stage. Returns
+/// how many sites each adapter attaches to (`None` for stages on another model, checked
+/// when they start).
+pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &Device, model: &dyn Model) -> Result<Vec<Option<Vec<usize>>>> {
+    let mut out = Vec::new();
+    for s in &cfg.stages {
+        if s.from.as_ref().is_some_and(|f| cfg.stage(f).is_none()) {
+            out.push(None);
+            continue;
+        }
+        let mut counts = Vec::new();
+        for a in &s.adapters {
+            let scratch = Rc::new(HostState::new(device.clone(), DType::F32, 0));
+            let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
+            m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            counts.push(m.attachments().len());
+        }
+        out.push(Some(counts));
+    }
+    Ok(out)
+}
+
+fn millions(n: usize) -> String {
+    format!("{:.2}M", n as f64 / 1e6)
+}
+
+impl Pipeline {
+    /// Checks everything a run would check before training (config, data, plugins,
+    /// adapter targets) without training or writing anything, and describes the run.
+    pub fn plan(cfg: &PipelineConfig, registry: &Registry) -> Result<String> {
+        let loaded = load(cfg, registry)?;
+        let model = build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?;
+        let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref())?;
+        let info = model.info();
+        let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
+        let mut out = String::new();
+        let _ = writeln!(out, "model: {} ({} layers, hidden {}, vocab {}), {} parameters, on {}", info.arch, info.num_layers, info.hidden, info.vocab, millions(params), cfg.run.device);
+        for (i, s) in cfg.stages.iter().enumerate() {
+            let train = &loaded.train_data[i];
+            let per_step = s.batch_size * s.grad_accum;
+            let steps = match (s.max_steps, s.epochs) {
+                (Some(m), Some(e)) => m.min((train.len().div_ceil(per_step) * e as usize) as u64),
+                (Some(m), None) => m,
+                (None, Some(e)) => (train.len().div_ceil(per_step) * e as usize) as u64,
+                (None, None) => 0,
+            };
+            let epochs = steps as f64 * per_step as f64 / train.len() as f64;
+            let _ = writeln!(out, "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})", i + 1, s.name, s.objective.name(), steps, per_step, train.len(), train.name);
+            let start = match &s.from {
+                Some(f) => format!("from `{f}`"),
+                None if i == 0 => "from the model".into(),
+                None => "from the previous stage".into(),
+            };
+            let handoff = if i > 0 { format!(", previous adapters {}, optimizer {}", handoff_word(s.handoff.adapters), format!("{:?}", s.handoff.optimizer).to_lowercase()) } else { String::new() };
+            let _ = writeln!(out, "   starts {start}{handoff}");
+            let decay = format!("{:?}", s.schedule.decay).to_lowercase();
+            let _ = writeln!(out, "   {} lr {} ({decay} after {} warm-up steps), seq_len {}", s.optimizer.name, s.optimizer.lr, s.schedule.warmup_steps, s.seq_len);
+            for (a, n) in s.adapters.iter().zip(sites[i].iter().flatten()) {
+                let _ = writeln!(out, "   adapter {} on {n} sites", a.plugin);
+            }
+            if let Some(r) = &s.data.replay {
+                let _ = writeln!(out, "   replays {} ({:.0}% of each batch)", r.from.join(", "), r.ratio * 100.0);
+            }
+            match (&loaded.eval_data[i], s.eval_every) {
+                (Some(e), Some(every)) => {
+                    let _ = writeln!(out, "   evaluates {} examples every {every} steps and at the end", e.len());
+                }
+                (Some(e), None) => {
+                    let _ = writeln!(out, "   evaluates {} examples at the end", e.len());
+                }
+                (None, _) => {}
+            }
+            if let Some(x) = &s.exit {
+                let rule = [x.above.map(|v| format!("above {v}")), x.below.map(|v| format!("below {v}")), x.patience.map(|p| format!("patience {p}"))].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                let _ = writeln!(out, "   exits on {} {rule}", x.metric);
+            }
+            if let Some(g) = &s.gates.retention {
+                let action = format!("{:?}", g.on_fail).to_lowercase();
+                let _ = writeln!(out, "   gate: `{}` may drop at most {} ({action} on failure, patience {})", g.stage, g.max_drop, g.patience);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn handoff_word(h: AdapterHandoff) -> &'static str {
+    match h {
+        AdapterHandoff::Merge => "merged",
+        AdapterHandoff::Stack => "stacked",
+        AdapterHandoff::Continue => "continued",
+        AdapterHandoff::Drop => "dropped",
+    }
+}
