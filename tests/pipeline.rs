@@ -253,6 +253,33 @@ fn an_injected_nan_restores_the_last_good_state_and_continues() {
 }
 
 #[test]
+fn a_loss_spike_is_rolled_back_unless_within_the_margin() {
+    let text = |margin: f64| {
+        one_stage(0.05, &format!("anomaly = {{ spike_margin = {margin} }}"))
+            .replace("objective = \"causal_lm\"", "objective = { name = \"nan_loss\", spike_at = [14] }")
+            .replace("max_steps = 1", "max_steps = 20")
+    };
+    for (margin, recovered) in [(0.5, true), (1000.0, false)] {
+        let dir = scratch(&format!("spike-{margin}"));
+        let cfg = PipelineConfig::from_str(&text(margin), "t.toml", &[]).expect("valid");
+        let mut reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+        reg.load_file(&support::compat().faulty).expect("faulty plugins");
+        let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+        assert_eq!(p.run().expect("finishes").stages[0].1, 20);
+        let rows = stagecraft_core::report::MetricsLog::read(&dir.join("run/metrics.jsonl")).expect("metrics");
+        let at_14: Vec<f64> = rows.iter().filter(|r| r.step == 14 && r.set.is_none()).filter_map(|r| r.loss).collect();
+        let at_12 = rows.iter().filter(|r| r.step == 12 && r.set.is_none()).count();
+        if recovered {
+            assert_eq!(at_14.len(), 2, "the spike is logged, then step 14 runs again: {at_14:?}");
+            assert!(at_14[0] > 10.0 * at_14[1], "{at_14:?}");
+            assert_eq!(at_12, 2, "restored to step 10");
+        } else {
+            assert_eq!((at_14.len(), at_12), (1, 1), "a jump smaller than the margin is not a spike");
+        }
+    }
+}
+
+#[test]
 fn a_target_matching_no_site_fails_before_training() {
     let text = config("merge", "").replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"qq_proj\"]");
     let dir = scratch("pipe-target");

@@ -244,7 +244,8 @@ impl Pipeline {
                 marks.last_good.restore(trainer)?;
                 trainer.step = marks.last_good.step;
                 self.console.warn(&format!("stage `{}` step {step}: {why}; restored step {} and scaled the LR to x{}", s.name, marks.last_good.step, progress.lr_scale));
-                self.log.append(&MetricRow::train(&s.name, step, f64::NAN, lr, None))?;
+                // The rejected step stays in the log: NaN for a non-finite loss, else the spike.
+                self.log.append(&MetricRow::train(&s.name, step, out.as_ref().map_or(f64::NAN, |o| o.loss), lr, None))?;
                 continue;
             }
             let o = out?;

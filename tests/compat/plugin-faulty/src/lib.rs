@@ -86,16 +86,21 @@ impl AdaptationMethod for BadConfig {
 }
 
 
-/// When to return a NaN loss.
+/// When to return a NaN loss, or a loss (and gradient) 20 times too large.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(crate = "stagecraft_sdk::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct NanConfig {
     /// 1-based training calls of `compute` that return NaN.
+    #[serde(default)]
     pub nan_at: Vec<u64>,
+    /// 1-based training calls of `compute` whose loss is scaled by 20.
+    #[serde(default)]
+    pub spike_at: Vec<u64>,
 }
 
-/// A next-token loss that turns NaN on chosen training calls (the anomaly guard's test).
+/// A next-token loss that turns NaN or spikes on chosen training calls (the anomaly
+/// guard's tests).
 pub struct NanLoss {
     cfg: NanConfig,
     calls: u64,
@@ -127,6 +132,9 @@ impl Stage for NanLoss {
             self.calls += 1;
             if self.cfg.nan_at.contains(&self.calls) {
                 loss = loss.affine(f64::NAN, 0.0)?;
+            }
+            if self.cfg.spike_at.contains(&self.calls) {
+                loss = loss.affine(20.0, 0.0)?;
             }
         }
         Ok(Loss { loss, per_example: None, metrics: Vec::new() })
