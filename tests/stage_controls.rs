@@ -185,6 +185,8 @@ fn stage_config_errors_name_the_field() {
         ("train = { dropout = 1.5 }", "train.dropout must be in [0, 1)"),
         ("gates = { retention = { stage = \"pre\", max_drop = 0.1, patience = -1 } }", "patience"),
         ("anomaly = { spike_margin = -1.0 }", "anomaly.spike_margin"),
+        ("gates.retention = [{ stage = \"pre\", max_drop = 0.1 }, { stage = \"pre\", maxdrop = 0.1 }]", "stages[1].gates.retention[1].maxdrop: unknown field `maxdrop`"),
+        ("gates.retention = [{ stage = \"later\", max_drop = 0.1 }]", "gates.retention.stage `later` is not an earlier stage"),
         ("from = \"nowhere\"", "from `nowhere` is neither an earlier stage nor a model directory"),
     ] {
         let text = [HEAD.to_string(), stage("pre", "causal_lm", 1, ""), stage("next", "causal_lm", 1, extra)].concat();

@@ -357,13 +357,32 @@ pub struct RetentionGate {
     pub patience: u32,
 }
 
-/// `gates = { retention = {...} }`.
+/// `gates = { retention = {...} }`, or `retention = [{...}, {...}]` for several.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GatesConfig {
-    /// Forgetting gate.
-    #[serde(default)]
-    pub retention: Option<RetentionGate>,
+    /// Forgetting gates, one per watched stage.
+    #[serde(default, deserialize_with = "table_or_tables", skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<RetentionGate>,
+}
+
+/// One table or a list of them, with the inner errors (unknown field, wrong type)
+/// kept as they are.
+fn table_or_tables<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table or a list of tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            Ok(vec![T::deserialize(serde::de::value::MapAccessDeserializer::new(map))?])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::<T>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 fn default_spike() -> f64 {

@@ -88,7 +88,7 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             return Err(bad(format!("data.replay.from `{f}` is not an earlier stage")));
         }
     }
-    if let Some(g) = &s.gates.retention {
+    for g in &s.gates.retention {
         if !earlier(&g.stage) {
             return Err(bad(format!("gates.retention.stage `{}` is not an earlier stage", g.stage)));
         }

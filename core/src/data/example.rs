@@ -75,6 +75,23 @@ impl Example {
         Ok(Example::from_ids(ids))
     }
 
+    /// The example within `max_len` tokens, cut the way its constructor cuts: text and
+    /// classification rows at the end, completion rows at the start of the prompt.
+    /// Borrowed when it already fits (replayed data tokenized for a longer stage).
+    pub fn cut(&self, max_len: usize) -> std::borrow::Cow<'_, Example> {
+        let n = self.ids.len();
+        if n <= max_len || max_len == 0 {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let range = if self.labels.is_some() { n - max_len..n } else { 0..max_len };
+        std::borrow::Cow::Owned(Example {
+            ids: self.ids[range.clone()].to_vec(),
+            labels: self.labels.as_ref().map(|l| l[range].to_vec()),
+            class_label: self.class_label,
+            difficulty: self.difficulty,
+        })
+    }
+
     /// Text tokens as they are (the caller keeps them within its length limit).
     pub fn from_ids(ids: Vec<u32>) -> Example {
         let difficulty = ids.len() as f64;
@@ -186,6 +203,17 @@ mod tests {
         let e = Example::completion(&t, "p", "long\n", 4).err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(e, "completion is 5 tokens, more than max_len 4");
         assert!(Example::completion(&t, "p", "", 4).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn cutting_a_longer_example_matches_its_constructor() -> Result<()> {
+        let t = Tokenizer::bytes();
+        let long = Example::completion(&t, "reverse ab=", "ba\n", 64)?;
+        let cut = long.cut(5);
+        assert_eq!((&cut.ids, &cut.labels), (&Example::completion(&t, "reverse ab=", "ba\n", 5)?.ids, &Some(vec![IGNORE, IGNORE, 98, 97, 10])));
+        assert_eq!(Example::text(&t, "abcdef", 64)?.cut(4).ids, Example::text(&t, "abcdef", 4)?.ids);
+        assert!(matches!(long.cut(64), std::borrow::Cow::Borrowed(_)));
         Ok(())
     }
 

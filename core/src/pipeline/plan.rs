@@ -121,7 +121,7 @@ impl Pipeline {
                 let rule = [x.above.map(|v| format!("above {v}")), x.below.map(|v| format!("below {v}")), x.patience.map(|p| format!("patience {p}"))].into_iter().flatten().collect::<Vec<_>>().join(", ");
                 let _ = writeln!(out, "   exits on {} {rule}", x.metric);
             }
-            if let Some(g) = &s.gates.retention {
+            for g in &s.gates.retention {
                 let action = format!("{:?}", g.on_fail).to_lowercase();
                 let _ = writeln!(out, "   gate: `{}` may drop at most {} ({action} on failure, patience {})", g.stage, g.max_drop, g.patience);
             }

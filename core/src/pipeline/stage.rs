@@ -7,7 +7,7 @@ use super::snapshot::Snapshot;
 use super::Pipeline;
 use crate::checkpoint::Checkpoint;
 use crate::config::{GateAction, StageConfig};
-use crate::data::{collate, Mixture};
+use crate::data::{collate, Example, Mixture};
 use crate::error::{Error, Result};
 use crate::report::MetricRow;
 use crate::train::{lr_at, Trainer};
@@ -201,12 +201,11 @@ impl Pipeline {
             None => {
                 // A gated stage's start passes by definition: the rollback target until
                 // an evaluation passes with a better score.
-                let passing = match s.gates.retention {
-                    Some(_) => {
-                        progress.passing = Some(f64::NEG_INFINITY);
-                        Some(Snapshot::take(trainer)?)
-                    }
-                    None => None,
+                let passing = if s.gates.retention.is_empty() {
+                    None
+                } else {
+                    progress.passing = Some(f64::NEG_INFINITY);
+                    Some(Snapshot::take(trainer)?)
                 };
                 Marks { last_good: Snapshot::take(trainer)?, best: None, passing }
             }
@@ -217,8 +216,10 @@ impl Pipeline {
             self.apply_unfreeze(trainer, &s, step)?;
             let mut micro = Vec::with_capacity(s.grad_accum);
             for _ in 0..s.grad_accum {
-                let ex = mixture.next_batch(s.batch_size)?;
-                micro.push(collate(&ex, 0, &self.device)?);
+                // Replayed rows keep their own stage's length limit: cut them to this one's.
+                let ex: Vec<_> = mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
+                let rows: Vec<&Example> = ex.iter().map(|e| e.as_ref()).collect();
+                micro.push(collate(&rows, 0, &self.device)?);
             }
             let lr = lr_at(&s.schedule, s.optimizer.lr, step, total) * progress.lr_scale;
             let out = trainer.train_step_accum(&micro, lr);
@@ -302,51 +303,46 @@ impl Pipeline {
             self.log_eval(&s.name, step, &s.name, m)?;
             self.console.eval(&s.name, step, &s.name, m);
         }
-        let mut gate_failing = false;
-        if let Some(g) = &s.gates.retention {
+        // Every gate's watched set is evaluated; `failing` holds (stage, drop, max_drop,
+        // patience, action) of the gates that fail.
+        let mut failing = Vec::new();
+        for g in &s.gates.retention {
             let (k, _) = self.cfg.stage(&g.stage).ok_or_else(|| Error::msg(format!("no stage `{}`", g.stage)))?;
-            if let Some(m) = self.eval_set(trainer, k)? {
-                self.log_eval(&s.name, step, &g.stage, &m)?;
-                self.console.eval(&s.name, step, &g.stage, &m);
-                let now = gate_score(&m, g.metric.as_deref());
-                let base = self.own_scores.get(&g.stage).and_then(|b| gate_score(b, g.metric.as_deref()));
-                if let (Some(now), Some(base)) = (now, base) {
-                    if base - now > g.max_drop {
-                        gate_failing = true;
-                        progress.gate_fails += 1;
-                        let last = step == total;
-                        if progress.gate_fails <= g.patience && !last {
-                            self.console.warn(&format!("stage `{}` step {step}: retention gate on `{}` failing (drop {:.4} > {}), {}/{} tolerated", s.name, g.stage, base - now, g.max_drop, progress.gate_fails, g.patience));
-                        } else {
-                            let back = marks.passing.as_ref().map_or(0, |p| p.step);
-                            self.console.warn(&format!(
-                                "stage `{}` step {step}: retention gate on `{}` failed (drop {:.4} > {}); {}",
-                                s.name,
-                                g.stage,
-                                base - now,
-                                g.max_drop,
-                                match g.on_fail {
-                                    GateAction::Stop => "stopping the pipeline".to_string(),
-                                    GateAction::Rollback => format!("rolled back to step {back}, the best state that passed"),
-                                }
-                            ));
-                            return Ok(Some(match g.on_fail {
-                                GateAction::Stop => StageEnd::GateStop,
-                                GateAction::Rollback => {
-                                    marks.passing.as_ref().ok_or_else(|| Error::msg(format!("stage `{}`: no state to roll back to", s.name)))?.restore(trainer)?;
-                                    StageEnd::GateRollback
-                                }
-                            }));
-                        }
-                    } else {
-                        progress.gate_fails = 0;
-                        let score = Self::own_score(s, own.as_ref()).unwrap_or(f64::NEG_INFINITY);
-                        if progress.passing.is_none_or(|b| score >= b) {
-                            progress.passing = Some(score);
-                            marks.passing = Some(Snapshot::take(trainer)?);
-                        }
-                    }
+            let Some(m) = self.eval_set(trainer, k)? else { continue };
+            self.log_eval(&s.name, step, &g.stage, &m)?;
+            self.console.eval(&s.name, step, &g.stage, &m);
+            let now = gate_score(&m, g.metric.as_deref());
+            let base = self.own_scores.get(&g.stage).and_then(|b| gate_score(b, g.metric.as_deref()));
+            if let (Some(now), Some(base)) = (now, base) {
+                if base - now > g.max_drop {
+                    failing.push((g.stage.clone(), base - now, g.max_drop, g.patience, g.on_fail));
                 }
+            }
+        }
+        let gate_failing = !failing.is_empty();
+        if gate_failing {
+            progress.gate_fails += 1;
+            let patience = failing.iter().map(|f| f.3).min().unwrap_or(0);
+            let what = failing.iter().map(|(stage, drop, max, _, _)| format!("`{stage}` (drop {drop:.4} > {max})")).collect::<Vec<_>>().join(", ");
+            if progress.gate_fails <= patience && step < total {
+                self.console.warn(&format!("stage `{}` step {step}: retention gate failing on {what}, {}/{patience} tolerated", s.name, progress.gate_fails));
+            } else {
+                let stop = failing.iter().any(|f| f.4 == GateAction::Stop);
+                let back = marks.passing.as_ref().map_or(0, |p| p.step);
+                let action = if stop { "stopping the pipeline".to_string() } else { format!("rolled back to step {back}, the best state that passed") };
+                self.console.warn(&format!("stage `{}` step {step}: retention gate failed on {what}; {action}", s.name));
+                if stop {
+                    return Ok(Some(StageEnd::GateStop));
+                }
+                marks.passing.as_ref().ok_or_else(|| Error::msg(format!("stage `{}`: no state to roll back to", s.name)))?.restore(trainer)?;
+                return Ok(Some(StageEnd::GateRollback));
+            }
+        } else if !s.gates.retention.is_empty() {
+            progress.gate_fails = 0;
+            let score = Self::own_score(s, own.as_ref()).unwrap_or(f64::NEG_INFINITY);
+            if progress.passing.is_none_or(|b| score >= b) {
+                progress.passing = Some(score);
+                marks.passing = Some(Snapshot::take(trainer)?);
             }
         }
         let Some(exit) = &s.exit else { return Ok(None) };
