@@ -141,6 +141,12 @@ fn the_example_pipelines_run_and_print_the_retention_table() {
             assert!(run_dir.join(f).exists(), "{name}: {f} missing");
         }
     }
+    // A gate that stops the pipeline makes the command fail, after the table.
+    let file = support::root().join("examples/pipelines/reference.toml");
+    let run_dir = scratch("cli-run-stop").join("run");
+    let (ok, out, err) = stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet", "--set", "stages.adapt.gates.retention.1.max_drop=0.0"], None);
+    assert!(!ok && out.contains("ended by the retention gate (pipeline stopped)"), "{out}");
+    assert!(err.contains("error: the pipeline stopped: a retention gate failed in stage `adapt`"), "{err}");
     // A type error names the file, the position and the key.
     let bad = scratch("cli-run-bad").join("bad.toml");
     let text = std::fs::read_to_string(support::root().join("examples/pipelines/tiny.toml")).expect("read").replacen("batch_size = 16", "batch_size = \"16\"", 1);
