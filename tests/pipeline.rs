@@ -246,6 +246,8 @@ fn an_injected_nan_restores_the_last_good_state_and_continues() {
     let rows = stagecraft_core::report::MetricsLog::read(&dir.join("run/metrics.jsonl")).expect("metrics");
     let nan_rows = rows.iter().filter(|r| r.loss.is_some_and(f64::is_nan)).count();
     assert_eq!(nan_rows, 1, "the NaN step is logged once");
+    let events = stagecraft_core::report::EventLog::read(&dir.join("run/events.jsonl")).expect("events");
+    assert!(events.iter().any(|e| e.kind == "anomaly" && e.step == 14 && e.message.contains("restored step 10")), "{events:?}");
     // Restored to step 10 (the last good state) and retrained from there at half the LR.
     let lrs: Vec<f64> = rows.iter().filter(|r| r.step == 12 && r.loss.is_some_and(f64::is_finite)).filter_map(|r| r.lr).collect();
     assert_eq!(lrs.len(), 2, "step 12 ran twice: {lrs:?}");

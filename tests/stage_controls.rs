@@ -121,6 +121,10 @@ fn gate_patience_tolerates_failing_evaluations_then_rolls_back() {
     let t = tensors(&run, "more");
     let b: Vec<_> = t.iter().filter(|(k, _)| k.starts_with("adapter.") && k.ends_with("lora_B.weight")).collect();
     assert!(!b.is_empty() && b.iter().all(|(_, v)| v.iter().all(|x| *x == 0)), "no state passed: rolled back to the stage start");
+    let events = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
+    let kinds: Vec<(&str, u64)> = events.iter().filter(|e| e.stage == "more").map(|e| (e.kind.as_str(), e.step)).collect();
+    assert_eq!(kinds, [("gate", 1), ("gate", 2), ("rollback", 3), ("end", 3)]);
+    assert!(std::fs::read_to_string(run.join("report.html")).expect("report").contains("<td>rollback</td>"));
 }
 
 #[test]
@@ -177,6 +181,8 @@ fn resume_skips_a_corrupt_checkpoint_and_finishes_identically() {
     let summary = p.run().expect("finishes");
     assert_eq!(summary.stages.last().map(|s| s.1), Some(6));
     assert_eq!(tensors(&run, "add"), whole, "bit-identical to the uninterrupted run");
+    let events = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
+    assert!(events.iter().any(|e| e.kind == "resume" && e.stage == "add" && e.step == 4), "{events:?}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //!
 //! Everything lands in the run directory: `config.toml` (resolved), `data.json`
 //! (sources and sha256 of files), `plugins.json` (libraries, their SDK versions and the
-//! sha256 of plugin files), `metrics.jsonl`, `retention.json`, `report.html`,
+//! sha256 of plugin files), `metrics.jsonl`, `events.jsonl`, `retention.json`, `report.html`,
 //! `checkpoints/<stage>/` at the end of each stage and `checkpoints/resume/` at each
 //! evaluation (see [`Pipeline::resume`]).
 
@@ -29,7 +29,7 @@ use crate::data::{Dataset, Mixture, Order, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, OptimizerInstance, Registry, StageInstance};
-use crate::report::{write_html, MetricRow, MetricsLog, RetentionMatrix};
+use crate::report::{write_html, Event, EventLog, MetricRow, MetricsLog, RetentionMatrix};
 use crate::train::{decays, lr_multiplier, module_matches, Trainer};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -62,6 +62,8 @@ pub struct Pipeline {
     run_dir: PathBuf,
     log: MetricsLog,
     rows: Vec<MetricRow>,
+    events: EventLog,
+    event_rows: Vec<Event>,
     console: console::Console,
     resume: Option<(Checkpoint, ResumeMeta)>,
     /// The adapters attached now, in order: `(plugin, config JSON)`.
@@ -106,6 +108,7 @@ impl Pipeline {
             .collect();
         std::fs::write(run_dir.join("plugins.json"), serde_json::to_string_pretty(&plugins).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("plugins.json"), source: e })?;
         let log = MetricsLog::open(run_dir)?;
+        let events = EventLog::open(run_dir)?;
         let n = cfg.stages.len();
         let p = Pipeline {
             cfg,
@@ -120,6 +123,8 @@ impl Pipeline {
             run_dir: run_dir.to_path_buf(),
             log,
             rows: Vec::new(),
+            events,
+            event_rows: Vec::new(),
             console: console::Console::new(quiet),
             resume: None,
             lineage: Vec::new(),
@@ -146,6 +151,7 @@ impl Pipeline {
         std::fs::write(&metrics, text).map_err(|e| Error::Io { path: metrics.clone(), source: e })?;
         let (mut p, tok) = Pipeline::new(cfg, registry, run_dir, quiet)?;
         p.rows = rows;
+        p.event_rows = EventLog::read(p.events.path())?;
         p.own_scores = meta.own_scores.clone();
         p.resume = Some((ckpt, meta));
         Ok((p, tok))
@@ -233,6 +239,21 @@ impl Pipeline {
             .flat_map(|r| r.from.iter().map(move |f| (f, r.ratio / r.from.len() as f64)))
             .filter_map(|(f, ratio)| self.cfg.stage(f).map(|(k, _)| (self.train_data[k].clone(), ratio)))
             .collect()
+    }
+
+    /// Records an event in `events.jsonl` and the report, and shows it: as a warning
+    /// (recoveries, gates) or, with `--quiet` off, as a plain line.
+    pub(super) fn event(&mut self, stage: &str, step: u64, kind: &str, message: String, warn: bool) -> Result<()> {
+        let line = format!("stage `{stage}` step {step}: {message}");
+        if warn {
+            self.console.warn(&line);
+        } else {
+            tracing::info!("{line}");
+        }
+        let e = Event::new(stage, step, kind, &message);
+        self.events.append(&e)?;
+        self.event_rows.push(e);
+        Ok(())
     }
 
     /// The attached adapters with their frozen flags.
@@ -328,7 +349,7 @@ impl Pipeline {
                 }
                 marks = Some(Marks::load(&ckpt, &meta.marks, &meta.progress, &trainer)?);
                 progress = meta.progress.clone();
-                tracing::info!("resuming stage `{}` at step {}", s.name, meta.step);
+                self.event(&s.name, meta.step, "resume", format!("resumed from the checkpoint at step {}", meta.step), false)?;
             }
             let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
             // The retention row: every stage's eval set so far, at the end of this stage.
@@ -359,6 +380,7 @@ impl Pipeline {
             };
             resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta, BTreeMap::new())?;
             self.ended[i] = Some(self.structure(&trainer.adapters));
+            self.event(&s.name, trainer.step, "end", format!("ended after {} steps by {end}", trainer.step), false)?;
             summary.push((s.name.clone(), trainer.step, end.clone()));
             (model, adapters, optimizer) = self.absorb(trainer, i);
             if end == StageEnd::GateStop {
@@ -368,7 +390,7 @@ impl Pipeline {
         let retention = RetentionMatrix::from_rows_main(&self.rows, &["exact_match", "accuracy", "loss"]);
         retention.write_json(&self.run_dir)?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
-        write_html(&self.run_dir, &self.cfg.run.name, &self.rows, Some(&retention), &extra)?;
+        write_html(&self.run_dir, &self.cfg.run.name, &self.rows, Some(&retention), &self.event_rows, &extra)?;
         Ok(RunSummary { run_dir: self.run_dir.clone(), stages: summary, retention })
     }
 }

@@ -244,7 +244,7 @@ impl Pipeline {
                 progress.lr_scale *= s.anomaly.lr_scale;
                 marks.last_good.restore(trainer)?;
                 trainer.step = marks.last_good.step;
-                self.console.warn(&format!("stage `{}` step {step}: {why}; restored step {} and scaled the LR to x{}", s.name, marks.last_good.step, progress.lr_scale));
+                self.event(&s.name, step, "anomaly", format!("{why}; restored step {} and scaled the LR to x{}", marks.last_good.step, progress.lr_scale), true)?;
                 // The rejected step stays in the log: NaN for a non-finite loss, else the spike.
                 self.log.append(&MetricRow::train(&s.name, step, out.as_ref().map_or(f64::NAN, |o| o.loss), lr, None))?;
                 continue;
@@ -325,12 +325,12 @@ impl Pipeline {
             let patience = failing.iter().map(|f| f.3).min().unwrap_or(0);
             let what = failing.iter().map(|(stage, drop, max, _, _)| format!("`{stage}` (drop {drop:.4} > {max})")).collect::<Vec<_>>().join(", ");
             if progress.gate_fails <= patience && step < total {
-                self.console.warn(&format!("stage `{}` step {step}: retention gate failing on {what}, {}/{patience} tolerated", s.name, progress.gate_fails));
+                self.event(&s.name, step, "gate", format!("retention gate failing on {what}, {}/{patience} tolerated", progress.gate_fails), true)?;
             } else {
                 let stop = failing.iter().any(|f| f.4 == GateAction::Stop);
                 let back = marks.passing.as_ref().map_or(0, |p| p.step);
                 let action = if stop { "stopping the pipeline".to_string() } else { format!("rolled back to step {back}, the best state that passed") };
-                self.console.warn(&format!("stage `{}` step {step}: retention gate failed on {what}; {action}", s.name));
+                self.event(&s.name, step, if stop { "stop" } else { "rollback" }, format!("retention gate failed on {what}; {action}"), true)?;
                 if stop {
                     return Ok(Some(StageEnd::GateStop));
                 }
@@ -366,6 +366,7 @@ impl Pipeline {
                 if progress.since_best >= patience {
                     if let Some(snap) = marks.best.as_ref() {
                         snap.restore(trainer)?;
+                        self.event(&s.name, step, "patience", format!("no improvement of {} in {patience} evaluations; restored the best state (step {})", exit.metric, snap.step), false)?;
                     }
                     return Ok(Some(StageEnd::Patience));
                 }

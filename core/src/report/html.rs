@@ -1,12 +1,12 @@
 //! `report.html`: one self-contained page (inline CSS and SVG, no JavaScript) with a
-//! summary table, the retention matrix, per-stage plots and the run details.
+//! summary table, the retention matrix, per-stage plots, the events and the run details.
 //!
 //! ```
 //! use stagecraft_core::report::{write_html, MetricRow};
 //! let dir = std::env::temp_dir().join(format!("report-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
 //! let rows = vec![MetricRow::train("pretrain", 1, 2.0, 1e-3, None)];
-//! let path = write_html(&dir, "arith", &rows, None, &serde_json::json!({}))?;
+//! let path = write_html(&dir, "arith", &rows, None, &[], &serde_json::json!({}))?;
 //! let html = std::fs::read_to_string(&path)?;
 //! assert!(html.contains("<svg") && !html.contains("<script"));
 //! std::fs::remove_dir_all(&dir).ok();
@@ -17,6 +17,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use super::escape::escape;
+use super::events::Event;
 use super::metrics::MetricRow;
 use super::plots::{stage_order, stage_plots};
 use super::retention::RetentionMatrix;
@@ -45,6 +46,7 @@ pub fn render_html(
     title: &str,
     rows: &[MetricRow],
     retention: Option<&RetentionMatrix>,
+    events: &[Event],
     extra: &serde_json::Value,
 ) -> String {
     let t = escape(title);
@@ -73,6 +75,13 @@ pub fn render_html(
         }
         s.push_str("</div>\n");
     }
+    if !events.is_empty() {
+        s.push_str("<h2>Events</h2>\n<table><tr><th>stage</th><th>step</th><th>event</th><th>what happened</th></tr>\n");
+        for e in events {
+            let _ = writeln!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape(&e.stage), e.step, escape(&e.kind), escape(&e.message));
+        }
+        s.push_str("</table>\n");
+    }
     let more = details(extra);
     if !more.is_empty() {
         s.push_str("<h2>Run details</h2>\n");
@@ -89,11 +98,12 @@ pub fn write_html(
     title: &str,
     rows: &[MetricRow],
     retention: Option<&RetentionMatrix>,
+    events: &[Event],
     extra: &serde_json::Value,
 ) -> Result<PathBuf> {
     let path = run_dir.join(REPORT_FILE);
     let tmp = run_dir.join(format!(".{REPORT_FILE}.tmp-{}", std::process::id()));
-    let html = render_html(title, rows, retention, extra);
+    let html = render_html(title, rows, retention, events, extra);
     std::fs::write(&tmp, html).map_err(|source| Error::Io {
         path: tmp.clone(),
         source,
@@ -143,7 +153,7 @@ mod tests {
         let retention = RetentionMatrix::from_rows(&rows, "loss");
         let extra =
             serde_json::json!({ "config": "name = \"x<y\"", "data_hashes": { "a&b": "00ff" } });
-        let path = write_html(tmp.path(), "run <1> & co", &rows, Some(&retention), &extra)?;
+        let path = write_html(tmp.path(), "run <1> & co", &rows, Some(&retention), &[Event::new("a&b", 55, "gate", "drop <0.5>")], &extra)?;
         let html = std::fs::read_to_string(path)?;
         // pre<train>: loss, lr, grad norm, eval exact_match, eval loss; a&b: loss, lr, eval loss.
         assert_eq!(html.matches("<svg").count(), 8);
@@ -152,6 +162,7 @@ mod tests {
         assert!(html.contains("run &lt;1&gt; &amp; co"));
         assert!(html.contains("Stage pre&lt;train&gt;") && html.contains("Stage a&amp;b"));
         assert!(!html.contains("pre<train") && !html.contains("a&b"));
+        assert!(html.contains("<td>drop &lt;0.5&gt;</td>"));
         assert!(html.contains("x&lt;y"));
         assert!(!html.contains("NaN") && !html.contains("inf"));
         assert_eq!(html.matches("<table class=\"retention\"").count(), 1);
@@ -160,7 +171,7 @@ mod tests {
 
     #[test]
     fn an_empty_run_still_makes_a_page() {
-        let html = render_html("empty", &[], None, &serde_json::Value::Null);
+        let html = render_html("empty", &[], None, &[], &serde_json::Value::Null);
         assert!(html.contains("<h1>empty</h1>") && !html.contains("<svg"));
     }
 }

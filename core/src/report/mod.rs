@@ -7,7 +7,8 @@
 //! - [`write_html`]: `<run_dir>/report.html`, a self-contained page without JavaScript:
 //!   a summary table, the retention matrix colored by forgetting, per-stage SVG plots
 //!   ([`svg`]) of training loss, learning rate, gradient norm and every eval metric,
-//!   and the run details (resolved config, data and plugin hashes).
+//!   the events ([`EventLog`]: recoveries, gates, early stops) and the run details
+//!   (resolved config, data and plugin hashes).
 //!
 //! ```
 //! use stagecraft_core::report::{write_html, MetricRow, MetricsLog, RetentionMatrix};
@@ -20,13 +21,14 @@
 //! let retention = RetentionMatrix::from_rows(&rows, "loss");
 //! retention.write_json(&run_dir)?;
 //! print!("{}", retention.to_table());
-//! let page = write_html(&run_dir, "arith", &rows, Some(&retention), &serde_json::json!({}))?;
+//! let page = write_html(&run_dir, "arith", &rows, Some(&retention), &[], &serde_json::json!({}))?;
 //! assert!(page.ends_with("report.html"));
 //! std::fs::remove_dir_all(&run_dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod escape;
+mod events;
 mod html;
 mod metrics;
 pub mod num;
@@ -37,6 +39,7 @@ pub mod tables;
 pub mod ticks;
 
 pub use escape::escape;
+pub use events::{Event, EventLog};
 pub use html::{render_html, write_html, REPORT_FILE};
 pub use metrics::{MetricRow, MetricsLog, Split};
 pub use retention::{lower_is_better, RetentionMatrix, RETENTION_FILE};
