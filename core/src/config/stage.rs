@@ -77,6 +77,20 @@ pub struct StageConfig {
     pub anomaly: AnomalyConfig,
 }
 
+impl StageConfig {
+    /// Optimizer steps the stage runs with `train_len` training examples: `max_steps`,
+    /// `epochs` worth of batches, or the smaller of the two; `None` without either.
+    pub fn total_steps(&self, train_len: usize) -> Option<u64> {
+        let per_epoch = train_len.div_ceil(self.batch_size * self.grad_accum) as u64;
+        match (self.max_steps, self.epochs) {
+            (Some(m), Some(e)) => Some(m.min(per_epoch * e as u64)),
+            (Some(m), None) => Some(m),
+            (None, Some(e)) => Some(per_epoch * e as u64),
+            (None, None) => None,
+        }
+    }
+}
+
 /// An objective plugin reference.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]

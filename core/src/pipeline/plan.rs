@@ -85,12 +85,7 @@ impl Pipeline {
         for (i, s) in cfg.stages.iter().enumerate() {
             let train = &loaded.train_data[i];
             let per_step = s.batch_size * s.grad_accum;
-            let steps = match (s.max_steps, s.epochs) {
-                (Some(m), Some(e)) => m.min((train.len().div_ceil(per_step) * e as usize) as u64),
-                (Some(m), None) => m,
-                (None, Some(e)) => (train.len().div_ceil(per_step) * e as usize) as u64,
-                (None, None) => 0,
-            };
+            let steps = s.total_steps(train.len()).unwrap_or(0);
             let epochs = steps as f64 * per_step as f64 / train.len() as f64;
             let _ = writeln!(out, "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})", i + 1, s.name, s.objective.name(), steps, per_step, train.len(), train.name);
             let start = match &s.from {

@@ -187,13 +187,7 @@ impl Pipeline {
     /// where `marks` come from the checkpoint).
     pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture, mut progress: Progress, marks: Option<Marks>) -> Result<StageEnd> {
         let s: StageConfig = self.cfg.stages[self.current].clone();
-        let per_epoch = mixture.primary().len().div_ceil(s.batch_size * s.grad_accum) as u64;
-        let total = match (s.max_steps, s.epochs) {
-            (Some(m), Some(e)) => m.min(per_epoch * e as u64),
-            (Some(m), None) => m,
-            (None, Some(e)) => per_epoch * e as u64,
-            (None, None) => return Err(Error::msg(format!("stage `{}`: no step budget", s.name))),
-        };
+        let total = s.total_steps(mixture.primary().len()).ok_or_else(|| Error::msg(format!("stage `{}`: no step budget", s.name)))?;
         trainer.grad_clip = s.grad_clip;
         trainer.adapters.set_dropout(s.train.dropout, trainer.state.clone());
         let mut marks = match marks {
