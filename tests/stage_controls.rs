@@ -80,17 +80,28 @@ fn from_an_earlier_stage_starts_from_its_result_with_its_adapters() {
 }
 
 #[test]
-fn from_a_model_directory_loads_it() {
+fn from_a_model_directory_loads_it_and_later_stages_can_branch_back_to_either() {
     let dir = root().join("tests/fixtures/llama-tiny/base");
     let lora = r#"adapters = [{ plugin = "lora", targets = ["q_proj"], r = 2, alpha = 4 }]"#;
-    let text = [HEAD.to_string(), stage("pre", "causal_lm", 2, ""), stage("hf", "completion", 2, &format!("from = \"{}\"\n{lora}", dir.display()))].concat();
+    let text = [
+        HEAD.to_string(),
+        stage("pre", "causal_lm", 2, ""),
+        stage("hf", "completion", 2, &format!("from = \"{}\"\n{lora}", dir.display())),
+        stage("back", "completion", 1, &format!("from = \"pre\"\n{lora}")),
+        stage("again", "completion", 1, "from = \"hf\"\nhandoff = { adapters = \"continue\" }"),
+    ]
+    .concat();
     let (run, _) = run("from-dir", &text);
-    let got = tensors(&run, "hf");
     let want = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("fixture");
-    assert_eq!(only(&got, "model.").len(), want.len());
-    for (name, t) in &want {
-        assert_eq!(got[&format!("model.{name}")], values(t), "{name}: the stage runs on the loaded (frozen) model");
+    for stage in ["hf", "again"] {
+        let got = tensors(&run, stage);
+        assert_eq!(only(&got, "model.").len(), want.len());
+        for (name, t) in &want {
+            assert_eq!(got[&format!("model.{name}")], values(t), "{stage}: {name}: the stage runs on the loaded (frozen) model");
+        }
     }
+    let (pre, back) = (tensors(&run, "pre"), tensors(&run, "back"));
+    assert_eq!(only(&back, "model."), only(&pre, "model."), "branching back to the fresh model's lineage");
 }
 
 #[test]

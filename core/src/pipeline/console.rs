@@ -70,6 +70,15 @@ impl Console {
         }
     }
 
+    /// A notice (a stage end, a resume), logged above the bar; nothing with `--quiet`.
+    pub fn info(&self, msg: &str) {
+        match &self.bar {
+            _ if self.quiet => {}
+            Some(bar) => bar.suspend(|| tracing::info!("{msg}")),
+            None => tracing::info!("{msg}"),
+        }
+    }
+
     /// The stage ended.
     pub fn stage_end(&mut self) {
         if let Some(bar) = self.bar.take() {

@@ -68,9 +68,11 @@ pub struct Pipeline {
     resume: Option<(Checkpoint, ResumeMeta)>,
     /// The adapters attached now, in order: `(plugin, config JSON)`.
     lineage: Vec<(String, String)>,
-    /// Each finished stage's adapters (with their frozen flags), for stages that start
-    /// `from` it.
-    ended: Vec<Option<Vec<(String, String, bool)>>>,
+    /// The Hugging Face directory the current model came from (`None`: `[model]`).
+    model_dir: Option<PathBuf>,
+    /// Each finished stage's model source and adapters (with their frozen flags), for
+    /// stages that start `from` it.
+    ended: Vec<Option<(Option<PathBuf>, Vec<(String, String, bool)>)>>,
     vocab: usize,
 }
 
@@ -128,6 +130,7 @@ impl Pipeline {
             console: console::Console::new(quiet),
             resume: None,
             lineage: Vec::new(),
+            model_dir: None,
             ended: (0..n).map(|_| None).collect(),
             vocab: tokenizer.vocab_size(),
         };
@@ -215,8 +218,11 @@ impl Pipeline {
     /// adapters stage `k` ended with, every value read from its end-of-stage checkpoint.
     fn branch(&mut self, k: usize) -> Result<(Box<dyn Model>, Adapters)> {
         let name = self.cfg.stages[k].name.clone();
-        let structure = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
-        let model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
+        let (dir, structure) = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
+        let model = match &dir {
+            Some(dir) => crate::model::load_model(dir, &self.device)?,
+            None => build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?,
+        };
         model.register_site_tensors(&self.state);
         let mut adapters = Adapters::none(model.sites().len());
         for (plugin, config, frozen) in &structure {
@@ -228,6 +234,7 @@ impl Pipeline {
         let ckpt = crate::checkpoint::load(&path, &self.device)?;
         resume::load_result(&ckpt, model.as_ref(), &adapters)?;
         self.lineage = structure.into_iter().map(|(p, c, _)| (p, c)).collect();
+        self.model_dir = dir;
         Ok((model, adapters))
     }
 
@@ -242,13 +249,13 @@ impl Pipeline {
     }
 
     /// Records an event in `events.jsonl` and the report, and shows it: as a warning
-    /// (recoveries, gates) or, with `--quiet` off, as a plain line.
+    /// (recoveries, gates) or, without `--quiet`, as a notice.
     pub(super) fn event(&mut self, stage: &str, step: u64, kind: &str, message: String, warn: bool) -> Result<()> {
         let line = format!("stage `{stage}` step {step}: {message}");
         if warn {
             self.console.warn(&line);
         } else {
-            tracing::info!("{line}");
+            self.console.info(&line);
         }
         let e = Event::new(stage, step, kind, &message);
         self.events.append(&e)?;
@@ -256,9 +263,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The attached adapters with their frozen flags.
-    fn structure(&self, adapters: &Adapters) -> Vec<(String, String, bool)> {
-        self.lineage.iter().enumerate().map(|(k, (p, c))| (p.clone(), c.clone(), adapters.is_frozen(k))).collect()
+    /// Where the current model came from and the attached adapters with their frozen
+    /// flags: what a later stage needs to start `from` this point.
+    fn structure(&self, adapters: &Adapters) -> (Option<PathBuf>, Vec<(String, String, bool)>) {
+        let adapters = self.lineage.iter().enumerate().map(|(k, (p, c))| (p.clone(), c.clone(), adapters.is_frozen(k))).collect();
+        (self.model_dir.clone(), adapters)
     }
 
     /// Takes a finished stage's trainer apart: keeps its objective (for evaluating its
@@ -282,7 +291,9 @@ impl Pipeline {
             let s = self.cfg.stages[i].clone();
             match s.from.as_ref().map(|f| (f, self.cfg.stage(f).map(|(k, _)| k))) {
                 Some((dir, None)) => {
-                    model = crate::model::load_model(&self.cfg.base_dir().join(dir), &self.device)?;
+                    let dir = self.cfg.base_dir().join(dir);
+                    model = crate::model::load_model(&dir, &self.device)?;
+                    self.model_dir = Some(dir);
                     model.register_site_tensors(&self.state);
                     adapters = Adapters::none(model.sites().len());
                     self.lineage.clear();
