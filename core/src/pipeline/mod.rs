@@ -29,7 +29,7 @@ use crate::data::{Dataset, Mixture, Order, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, OptimizerInstance, Registry, StageInstance};
-use crate::report::{write_html, Event, EventLog, MetricRow, MetricsLog, RetentionMatrix};
+use crate::report::{write_html, Event, EventLog, MetricRow, MetricsLog, RetentionMatrix, Split};
 use crate::train::{decays, lr_multiplier, module_matches, Trainer};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -263,6 +263,21 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Stage `k`'s eval set at the end of the running stage: the evaluation logged at
+    /// this step when `reuse` (the state has not changed since), else a new one, logged.
+    fn end_metrics(&mut self, trainer: &mut Trainer, k: usize, reuse: bool) -> Result<Option<Metrics>> {
+        let (stage, set) = (self.cfg.stages[self.current].name.clone(), self.cfg.stages[k].name.clone());
+        let logged = self.rows.iter().rev().find(|r| r.split == Split::Eval && r.stage == stage && r.step == trainer.step && r.set.as_ref() == Some(&set));
+        if let (true, Some(row)) = (reuse, logged) {
+            return Ok(Some(row.metrics.clone()));
+        }
+        let m = if k == self.current { self.eval_own(trainer)? } else { self.eval_set(trainer, k)? };
+        if let Some(m) = &m {
+            self.log_eval(&stage, trainer.step, &set, m)?;
+        }
+        Ok(m)
+    }
+
     /// Where the current model came from and the attached adapters with their frozen
     /// flags: what a later stage needs to start `from` this point.
     fn structure(&self, adapters: &Adapters) -> (Option<PathBuf>, Vec<(String, String, bool)>) {
@@ -364,17 +379,14 @@ impl Pipeline {
             }
             let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
             // The retention row: every stage's eval set so far, at the end of this stage.
-            if let Some(m) = self.eval_own(&mut trainer)? {
-                self.own_scores.insert(s.name.clone(), m.clone());
-                let row = MetricRow::eval(&s.name, trainer.step, &s.name, m);
-                self.log.append(&row)?;
-                self.rows.push(row);
-            }
-            for k in 0..i {
-                if let Some(m) = self.eval_set(&trainer, k)? {
-                    let row = MetricRow::eval(&s.name, trainer.step, &self.cfg.stages[k].name, m);
-                    self.log.append(&row)?;
-                    self.rows.push(row);
+            // A stage that ran to its budget or exit rule was just evaluated in this state
+            // (its own set and gated sets): those results are reused, not recomputed.
+            let unchanged = matches!(end, StageEnd::Budget | StageEnd::Exit);
+            for k in 0..=i {
+                if let Some(m) = self.end_metrics(&mut trainer, k, unchanged)? {
+                    if k == i {
+                        self.own_scores.insert(s.name.clone(), m);
+                    }
                 }
             }
             let meta = ResumeMeta {

@@ -177,7 +177,7 @@ impl Pipeline {
         Ok(Some(m))
     }
 
-    fn log_eval(&mut self, stage: &str, step: u64, set: &str, m: &Metrics) -> Result<()> {
+    pub(super) fn log_eval(&mut self, stage: &str, step: u64, set: &str, m: &Metrics) -> Result<()> {
         self.log.append(&MetricRow::eval(stage, step, set, m.clone()))?;
         self.rows.push(MetricRow::eval(stage, step, set, m.clone()));
         Ok(())
