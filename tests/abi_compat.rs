@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use stagecraft_core::model::{Adapters, MlpLm, MlpLmConfig, Model};
 use stagecraft_core::plugin::{Compat, Registry};
 use stagecraft_core::Error;
+use stagecraft_sdk::MergeSupport;
 use support::{compat, scratch, state};
 
 const CFG: MlpLmConfig = MlpLmConfig { vocab: 32, hidden: 16, intermediate: 24, layers: 2 };
@@ -46,6 +47,14 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
     let err = adapters.methods()[0].merge(site, &w).expect_err("old plugin has no merge");
     let msg = one_line(&err);
     assert!(msg.contains("plugin `old_scale`") && msg.contains("lacks `merge`"), "{msg}");
+
+    // Methods appended in 1.1 (the forward above already went through `begin_forward`
+    // and `kv_prefix_len`): neutral answers on the plugin's behalf.
+    let m = &adapters.methods()[0];
+    assert_eq!(m.merge_support(), MergeSupport::UNKNOWN);
+    assert_eq!(m.kv_prefix_len(), 0);
+    let bias = Tensor::new(&[1f32, 2.0], &Device::Cpu).expect("bias");
+    assert_eq!(m.merge_bias(site, &bias).expect("bias kept").to_vec1::<f32>().expect("v"), vec![1.0, 2.0]);
 }
 
 #[test]
@@ -54,15 +63,15 @@ fn plugin_calling_an_op_the_host_lacks_gets_the_default_body_error() {
     let mut reg = Registry::empty(scratch("newer"));
     let lib = reg.load_file(&c.next).expect("newer plugin loads");
     assert_eq!(lib.compat, Some(Compat::Checked));
-    assert_eq!(lib.sdk.to_string(), "1.1.0");
+    assert_eq!(lib.sdk.to_string(), "1.2.0");
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
-    adapters.attach(reg.new_method("next_lse", r#"{"suffix": "up_proj"}"#, &st).expect("instance"), model.sites()).expect("attach");
-    let err = model.forward(&ids(), None, &adapters).expect_err("host lacks logsumexp");
+    adapters.attach(reg.new_method("next_cumsum", r#"{"suffix": "up_proj"}"#, &st).expect("instance"), model.sites()).expect("attach");
+    let err = model.forward(&ids(), None, &adapters).expect_err("host lacks cumsum");
     let msg = one_line(&err);
-    assert!(msg.contains("host lacks op `logsumexp`"), "{msg}");
-    assert!(msg.contains("host built against stagecraft-sdk 1.0.0, plugin against 1.1.0"), "{msg}");
+    assert!(msg.contains("host lacks op `cumsum`"), "{msg}");
+    assert!(msg.contains("host built against stagecraft-sdk 1.1.0, plugin against 1.2.0"), "{msg}");
     // The host is fine afterwards.
     assert!(model.forward(&ids(), None, &Adapters::none(model.sites().len())).is_ok());
 }
@@ -78,7 +87,7 @@ fn incompatible_abi_is_one_line_with_versions_and_a_report_file() {
     };
     let msg = one_line(&err);
     assert!(msg.contains("incompatible ABI"), "{msg}");
-    assert!(msg.contains("plugin built against stagecraft-sdk 1.0.0, host 1.0.0"), "{msg}");
+    assert!(msg.contains("plugin built against stagecraft-sdk 1.0.0, host 1.1.0"), "{msg}");
     assert!(msg.contains("mismatched type at PluginLib.new_method > VTable.new_param > Init.a: expected f64, found f32"), "{msg}");
     let report = dir.join("abi-mismatch-compat_old.txt");
     assert!(msg.contains(&report.display().to_string()), "{msg}");

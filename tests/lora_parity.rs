@@ -122,7 +122,7 @@ fn a_model_trains_with_nothing_but_plugins() {
     for (_, w) in model.weights() {
         w.set_trainable(false);
     }
-    model.register_site_tensors(&st);
+    st.register_model(&model);
     let mut adapters = Adapters::none(model.sites().len());
     let lora = reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st).expect("lora");
     adapters.attach(lora, model.sites()).expect("attach");

@@ -32,7 +32,7 @@ fn setup() -> (Box<dyn Model>, Adapters, Rc<HostState>, Registry) {
     for (_, w) in model.weights() {
         w.set_trainable(false);
     }
-    model.register_site_tensors(&st);
+    st.register_model(model.as_ref());
     let adapters = Adapters::none(model.sites().len());
     (model, adapters, st, reg)
 }
@@ -100,12 +100,18 @@ fn malformed_adapters_are_one_line_errors_naming_the_file() {
     let e = load_err(&extra);
     assert!(e.contains("up_proj.lora_A.weight") && e.contains("matches no parameter"), "{e}");
 
+    // DoRA needs its magnitude vectors: a LoRA file is not a DoRA adapter.
     let dora = broken_copy("dora", |c| c["use_dora"] = true.into(), |_| {});
     let e = load_err(&dora);
-    assert!(e.contains("adapter_config.json") && e.contains("use_dora"), "{e}");
+    assert!(e.contains("adapter_model.safetensors") && e.contains("missing tensor") && e.contains("lora_magnitude_vector"), "{e}");
 
-    let prompt = load_err(&fixture("prompt"));
-    assert!(prompt.contains("PROMPT_TUNING"), "{prompt}");
+    let conv = broken_copy("conv", |c| c["fan_in_fan_out"] = true.into(), |_| {});
+    let e = load_err(&conv);
+    assert!(e.contains("adapter_config.json") && e.contains("fan_in_fan_out"), "{e}");
+
+    let loha = broken_copy("loha", |c| c["peft_type"] = "LOHA".into(), |_| {});
+    let e = load_err(&loha);
+    assert!(e.contains("peft_type `LOHA`") && e.contains("supported: LORA, IA3, PROMPT_TUNING, PREFIX_TUNING"), "{e}");
 
     let nothing = load_err(&scratch("peft-empty"));
     assert!(nothing.contains("adapter_config.json") && nothing.contains("cannot read"), "{nothing}");

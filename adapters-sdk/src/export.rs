@@ -16,8 +16,8 @@ use crate::optimizer::Optimizer;
 use crate::plugin::Plugin;
 use crate::stage::{Named, Stage};
 use crate::types::{
-    Attachment, Control, LossOutput, Metric, ModelInfo, NamedTensor, ParamSlot, PluginInfo,
-    PluginKind, SiteInfo, StepInfo, TensorHandle,
+    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot,
+    PluginInfo, PluginKind, SiteInfo, StepInfo, TensorHandle,
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -131,6 +131,33 @@ impl<M: AdaptationMethod> MethodAbi for MethodAdapter<M> {
             let h = Host::new(host);
             Ok(self.inner.unmerge(h, self.site(site)?, h.tensor(weight))?.handle())
         })
+    }
+    fn merge_support(&self) -> MergeSupport {
+        match guard(M::NAME, "merge_support", || Ok(self.inner.merge_support())) {
+            RResult::ROk(m) => m,
+            RResult::RErr(_) => MergeSupport::UNKNOWN,
+        }
+    }
+    fn merge_bias(&self, host: HostRef<'_>, site: u32, bias: TensorHandle) -> CallResult<TensorHandle> {
+        guard(M::NAME, "merge_bias", || {
+            let h = Host::new(host);
+            Ok(self.inner.merge_bias(h, self.site(site)?, h.tensor(bias))?.handle())
+        })
+    }
+    fn unmerge_bias(&self, host: HostRef<'_>, site: u32, bias: TensorHandle) -> CallResult<TensorHandle> {
+        guard(M::NAME, "unmerge_bias", || {
+            let h = Host::new(host);
+            Ok(self.inner.unmerge_bias(h, self.site(site)?, h.tensor(bias))?.handle())
+        })
+    }
+    fn begin_forward(&self, host: HostRef<'_>) -> CallResult<()> {
+        guard(M::NAME, "begin_forward", || self.inner.begin_forward(Host::new(host)))
+    }
+    fn kv_prefix_len(&self) -> u32 {
+        match guard(M::NAME, "kv_prefix_len", || Ok(self.inner.kv_prefix_len())) {
+            RResult::ROk(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            RResult::RErr(_) => 0,
+        }
     }
 }
 

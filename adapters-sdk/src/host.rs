@@ -14,7 +14,7 @@
 
 use crate::abi::HostObj;
 use crate::error::{from_abi, Result};
-use crate::types::{CmpOp, DType, Init, LogLevel, TensorHandle, UnaryOp};
+use crate::types::{CmpOp, DType, Init, LogLevel, ModelSpec, SiteInfo, SiteRole, TensorHandle, UnaryOp};
 use crate::version::SdkVersion;
 use abi_stable::std_types::{RSlice, RStr};
 
@@ -133,6 +133,22 @@ impl<'h> Host<'h> {
     /// Overwrites a parameter or buffer (no autograd): the optimizer's update.
     pub fn assign(&self, dst: &Tensor<'h>, src: &Tensor<'h>) -> Result<()> {
         from_abi(self.ops.assign(dst.handle, src.handle))
+    }
+    /// The model's shape: sizes, heads, layers. (Since 1.1.)
+    pub fn model_info(&self) -> Result<ModelSpec> {
+        from_abi(self.ops.model_info())
+    }
+    /// A site's role, the same across architectures. (Since 1.1.)
+    pub fn site_role(&self, site: &SiteInfo) -> Result<SiteRole> {
+        from_abi(self.ops.site_role(site.name.as_str().into()))
+    }
+    /// A temporary `i64` tensor from data (exact for any id). (Since 1.1.)
+    pub fn from_i64(&self, data: &[i64], shape: &[usize]) -> Result<Tensor<'h>> {
+        self.wrap(self.ops.from_i64(RSlice::from_slice(data), RSlice::from_slice(shape)))
+    }
+    /// Token ids of `text` with the run's tokenizer. (Since 1.1.)
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(from_abi(self.ops.encode(text.into()))?.into_vec())
     }
 }
 
@@ -335,6 +351,10 @@ impl<'h> Tensor<'h> {
     /// Per-row cross-entropy of logits `[n, classes]` against `targets [n]`.
     pub fn cross_entropy(&self, targets: &Tensor<'h>, ignore_index: i64) -> Result<Tensor<'h>> {
         self.wrap(self.host.ops.cross_entropy(self.handle, targets.handle, ignore_index))
+    }
+    /// `log(sum(exp(self)))` along `dim` (the dim is removed). (Since 1.1.)
+    pub fn logsumexp(&self, dim: usize) -> Result<Tensor<'h>> {
+        self.wrap(self.host.ops.logsumexp(self.handle, dim))
     }
     /// Cut from the autograd graph.
     pub fn detach(&self) -> Result<Tensor<'h>> {

@@ -54,8 +54,9 @@
 //! }
 //!
 //! impl AdaptationMethod for Scale {
-//!     fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
-//!         select_linear_sites(&self.cfg.targets, sites, Hooks::POST)
+//!     fn select_sites(&mut self, host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+//!         // Names (`q_proj`), globs, `re:` regexes or roles (`role:attn_q`).
+//!         select_sites(host, &self.cfg.targets, sites, &[SiteKind::LINEAR], Hooks::POST)
 //!     }
 //!     fn init_site(&mut self, host: Host<'_>, site: &SiteInfo) -> Result<()> {
 //!         let out = site.dims[1];
@@ -65,6 +66,17 @@
 //!     }
 //!     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
 //!         y.mul(&host.tensor(self.params[site.name.as_str()]))
+//!     }
+//!     // A scale on the output folds into the weight's rows and the bias.
+//!     fn merge_support(&self) -> MergeSupport {
+//!         MergeSupport::YES
+//!     }
+//!     fn merge<'h>(&self, host: Host<'h>, site: &SiteInfo, w: Tensor<'h>) -> Result<Tensor<'h>> {
+//!         let s = host.tensor(self.params[site.name.as_str()]);
+//!         w.mul(&s.reshape(&[site.dims[1], 1])?)
+//!     }
+//!     fn merge_bias<'h>(&self, host: Host<'h>, site: &SiteInfo, b: Tensor<'h>) -> Result<Tensor<'h>> {
+//!         b.mul(&host.tensor(self.params[site.name.as_str()]))
 //!     }
 //! }
 //!
@@ -120,6 +132,7 @@ mod method;
 mod optimizer;
 mod plugin;
 mod stage;
+mod targets;
 // `StableAbi` derives expand to unsafe code.
 #[allow(unsafe_code)]
 mod types;
@@ -128,14 +141,15 @@ mod version;
 
 pub use error::{from_abi, to_abi, AbiResult, Error, Result};
 pub use host::{Host, Tensor};
-pub use method::{site_matches, validate_pattern, AdaptationMethod};
+pub use method::AdaptationMethod;
+pub use targets::{select_linear_sites, select_sites, site_matches, target_matches, validate_pattern};
 pub use optimizer::Optimizer;
 pub use plugin::Plugin;
 pub use stage::{Loss, Named, Stage};
 pub use types::{
-    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, Metric,
-    ModelInfo, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, StepInfo,
-    TensorHandle, UnaryOp,
+    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport,
+    Metric, ModelInfo, ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo,
+    SiteKind, SiteRole, StepInfo, TensorHandle, UnaryOp,
 };
 pub use version::{SdkVersion, SDK_VERSION};
 
@@ -150,39 +164,12 @@ pub mod reexports {
     pub use inventory;
 }
 
-/// Attaches to every linear site matched by one of `targets`, with `hooks`; an error
-/// names a pattern that matches no linear site.
-pub fn select_linear_sites(targets: &[String], sites: &[SiteInfo], hooks: Hooks) -> Result<Vec<Attachment>> {
-    let mut out = Vec::new();
-    let mut used = vec![false; targets.len()];
-    for (i, s) in sites.iter().enumerate() {
-        if s.kind != SiteKind::LINEAR {
-            continue;
-        }
-        let mut hit = false;
-        for (t, u) in targets.iter().zip(used.iter_mut()) {
-            if site_matches(t, &s.name) {
-                *u = true;
-                hit = true;
-            }
-        }
-        if hit {
-            out.push(Attachment { site: i as u32, hooks });
-        }
-    }
-    if let Some((t, _)) = targets.iter().zip(&used).find(|(_, u)| !**u) {
-        let examples: Vec<&str> = sites.iter().filter(|s| s.kind == SiteKind::LINEAR).map(|s| s.short_name()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        bail!("target pattern `{t}` matches no linear site (linear sites end in: {})", examples.join(", "));
-    }
-    Ok(out)
-}
-
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        bail, select_linear_sites, site_matches, validate_pattern, AdaptationMethod, Attachment,
-        CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss, Metric,
-        ModelInfo, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind, Stage,
-        StepInfo, Tensor, TensorHandle,
+        bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern,
+        AdaptationMethod, Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema,
+        LogLevel, Loss, MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot,
+        Plugin, Result, SiteInfo, SiteKind, SiteRole, Stage, StepInfo, Tensor, TensorHandle,
     };
 }

@@ -4,7 +4,7 @@ use crate::bail;
 use crate::error::Result;
 use crate::host::{Host, Tensor};
 use crate::plugin::Plugin;
-use crate::types::{Attachment, SiteInfo};
+use crate::types::{Attachment, MergeSupport, SiteInfo};
 
 /// An adaptation method: attaches to named sites of a frozen model and changes what
 /// they compute through its own trainable parameters.
@@ -17,14 +17,27 @@ use crate::types::{Attachment, SiteInfo};
 /// 3. [`init_site`](Self::init_site) — once per attached site, in model order: create the
 ///    site's parameters with [`Host::new_param`]. (When an adapter is loaded from disk,
 ///    the host overwrites their values afterwards, matching by name.)
-/// 4. [`forward_pre`](Self::forward_pre) / [`forward`](Self::forward) — at every model
+/// 4. [`begin_forward`](Self::begin_forward) — at the start of every model forward
+///    pass: compute here what every site of the pass shares (prefix tuning's
+///    reparameterization MLP), once.
+/// 5. [`forward_pre`](Self::forward_pre) / [`forward`](Self::forward) — at every model
 ///    forward, at each attached site, for the hooks asked for. Training and evaluation
 ///    alike ([`Host::is_training`] tells which).
-/// 5. [`merge`](Self::merge) / [`unmerge`](Self::unmerge) — when the adapter is folded into
-///    (or taken out of) a linear site's base weight.
+/// 6. [`merge`](Self::merge) / [`merge_bias`](Self::merge_bias) (and the `unmerge`
+///    pair) — when the adapter is folded into (or taken out of) a linear site's base
+///    weight and bias. [`merge_support`](Self::merge_support) says beforehand whether
+///    that is possible, so a pipeline that would merge a method that cannot fails
+///    before it trains.
 ///
 /// Parameters are named locally and PEFT-style: `<site>.lora_A.weight`, which is the
-/// adapter file's key without the `base_model.model.` prefix.
+/// adapter file's key without the `base_model.model.` prefix. Several instances of one
+/// plugin may be attached at once (two LoRA adapters on the same site): the host keeps
+/// each instance's parameters, buffers and optimizer state apart, so local names never
+/// collide.
+///
+/// The host calls every method through `&self` except the setup ones: state that
+/// [`begin_forward`](Self::begin_forward) computes for the sites of one pass goes in a
+/// `RefCell`. The tensors it holds are temporaries, valid until the end of the step.
 pub trait AdaptationMethod: Plugin {
     /// Picks sites from `sites` (every site of the model, in model order); the indices
     /// in the returned [`Attachment`]s refer to this slice.
@@ -52,86 +65,36 @@ pub trait AdaptationMethod: Plugin {
     fn unmerge<'h>(&self, _host: Host<'h>, site: &SiteInfo, _weight: Tensor<'h>) -> Result<Tensor<'h>> {
         bail!("adaptation method `{}` cannot be unmerged from `{}`", Self::NAME, site.name)
     }
-}
 
-/// Matches a site name against a target pattern the way PEFT's `target_modules` does,
-/// plus globs:
-/// - a plain name (`q_proj`) matches the last component of the site name, or a dotted
-///   suffix (`self_attn.q_proj`);
-/// - a pattern with `*` is a glob over the whole name (`model.layers.*.mlp.*`);
-/// - a pattern starting with `re:` is a regular expression that must match the whole
-///   name, as PEFT treats a string `target_modules`: `re:.*\.(q|v)_proj`.
-///
-/// An invalid regular expression matches nothing; check patterns with
-/// [`validate_pattern`] when you read your config.
-pub fn site_matches(pattern: &str, site: &str) -> bool {
-    if let Some(re) = pattern.strip_prefix("re:") {
-        return regex_lite::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(site));
-    }
-    if pattern.contains('*') {
-        return glob_match(pattern.as_bytes(), site.as_bytes());
-    }
-    site == pattern || site.ends_with(&format!(".{pattern}"))
-}
-
-/// Checks that a target pattern is well-formed (a `re:` pattern must compile).
-pub fn validate_pattern(pattern: &str) -> Result<()> {
-    if pattern.is_empty() {
-        bail!("empty target pattern");
-    }
-    if let Some(re) = pattern.strip_prefix("re:") {
-        if let Err(e) = regex_lite::Regex::new(re) {
-            bail!("target pattern `{pattern}` is not a valid regular expression: {e}");
-        }
-    }
-    Ok(())
-}
-
-/// `*` matches any run of characters (dots included).
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while si < s.len() {
-        if pi < p.len() && p[pi] != b'*' && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_names_match_the_last_components() {
-        assert!(site_matches("q_proj", "model.layers.0.self_attn.q_proj"));
-        assert!(site_matches("self_attn.q_proj", "model.layers.0.self_attn.q_proj"));
-        assert!(!site_matches("q_proj", "model.layers.0.self_attn.qq_proj"));
-        assert!(!site_matches("proj", "model.layers.0.self_attn.q_proj"));
+    /// Whether [`merge`](Self::merge) works for this instance. Say
+    /// [`MergeSupport::YES`] when you implement `merge`, [`MergeSupport::NO`] when the
+    /// method cannot be folded into weights; the default, `UNKNOWN`, makes the host try
+    /// a merge on a scratch model before training. (Since 1.1.)
+    fn merge_support(&self) -> MergeSupport {
+        MergeSupport::UNKNOWN
     }
 
-    #[test]
-    fn globs_and_regexes_match_the_whole_name() {
-        assert!(site_matches("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj"));
-        assert!(!site_matches("model.layers.*.mlp.*", "model.layers.3.self_attn.q_proj"));
-        assert!(site_matches(r"re:.*\.(q|v)_proj", "model.layers.1.self_attn.v_proj"));
-        assert!(!site_matches(r"re:.*\.(q|v)_proj", "model.layers.1.self_attn.k_proj"));
-        assert!(!site_matches("re:(", "x"));
-        assert!(validate_pattern("re:(").is_err());
+    /// The base bias with this adapter folded in. The default keeps the bias as it is,
+    /// which is right for methods that add to the output (LoRA); a method that scales
+    /// the output (IA3) scales the bias too. (Since 1.1.)
+    fn merge_bias<'h>(&self, _host: Host<'h>, _site: &SiteInfo, bias: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(bias)
+    }
+
+    /// The inverse of [`merge_bias`](Self::merge_bias). (Since 1.1.)
+    fn unmerge_bias<'h>(&self, _host: Host<'h>, _site: &SiteInfo, bias: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(bias)
+    }
+
+    /// Called at the start of every model forward pass, before any site hook. (Since 1.1.)
+    fn begin_forward(&self, _host: Host<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Key/value positions this instance prepends at every attention key/value site
+    /// (prefix tuning's `num_virtual_tokens`): real tokens then take positions after
+    /// them, as after a cache of that length. The default is 0. (Since 1.1.)
+    fn kv_prefix_len(&self) -> usize {
+        0
     }
 }

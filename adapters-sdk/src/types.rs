@@ -232,7 +232,112 @@ code_enum! {
         /// `[batch, seq, hidden]`; the output may be longer along `seq` (prompt tuning),
         /// and the host extends the mask and positions to match.
         INPUT_EMBEDS = 6 => "input_embeds",
+        /// The attention sublayer's output: after the output projection (and the model's
+        /// dropout), before the residual add. `dims = [hidden]`. Post-hook on
+        /// `[batch, seq, hidden]`. (Since 1.1.)
+        ATTN_OUTPUT = 7 => "attn_output",
+        /// The MLP sublayer's output: after its down projection (and the model's
+        /// dropout), before the residual add. `dims = [hidden]`. Post-hook on
+        /// `[batch, seq, hidden]`. (Since 1.1.)
+        MLP_OUTPUT = 8 => "mlp_output",
     }
+}
+
+code_enum! {
+    /// What a site does in its architecture, the same across model families: Llama's
+    /// `self_attn.q_proj` and BERT's `attention.self.query` are both [`SiteRole::ATTN_Q`].
+    /// Target patterns name roles as `role:<name>` (`role:attn_q`), so one adapter config
+    /// fits every architecture. Ask the host with
+    /// [`Host::site_role`](crate::Host::site_role). (Since 1.1.)
+    SiteRole {
+        /// A site the host gives no role (a model family newer than this list).
+        OTHER = 0 => "other",
+        /// The token embedding table (`model.embed_tokens`, `embeddings.word_embeddings`).
+        EMBED_TOKENS = 1 => "embed_tokens",
+        /// The input embeddings of the whole model (prompt tuning attaches here).
+        INPUT_EMBEDS = 2 => "input_embeds",
+        /// The norm on the embeddings (BERT's `embeddings.LayerNorm`).
+        EMBED_NORM = 3 => "embed_norm",
+        /// The attention sublayer's norm (Llama's `input_layernorm`, BERT's
+        /// `attention.output.LayerNorm`).
+        ATTN_NORM = 4 => "attn_norm",
+        /// The query projection.
+        ATTN_Q = 5 => "attn_q",
+        /// The key projection.
+        ATTN_K = 6 => "attn_k",
+        /// The value projection.
+        ATTN_V = 7 => "attn_v",
+        /// Attention keys after projection and position encoding (prefix tuning).
+        KEY_STATES = 8 => "key_states",
+        /// Attention values (prefix tuning).
+        VALUE_STATES = 9 => "value_states",
+        /// The attention output projection (Llama's `o_proj`, BERT's `attention.output.dense`).
+        ATTN_O = 10 => "attn_o",
+        /// The attention sublayer's output before the residual add (bottleneck adapters).
+        ATTN_OUTPUT = 11 => "attn_output",
+        /// The MLP sublayer's norm (Llama's `post_attention_layernorm`, BERT's `output.LayerNorm`).
+        MLP_NORM = 12 => "mlp_norm",
+        /// The gate projection of a gated MLP (Llama's `gate_proj`).
+        MLP_GATE = 13 => "mlp_gate",
+        /// The MLP's up projection (Llama's `up_proj`, BERT's `intermediate.dense`).
+        MLP_UP = 14 => "mlp_up",
+        /// The MLP's down projection (Llama's `down_proj`, BERT's `output.dense`).
+        MLP_DOWN = 15 => "mlp_down",
+        /// The MLP sublayer's output before the residual add (bottleneck adapters).
+        MLP_OUTPUT = 16 => "mlp_output",
+        /// A transformer block's output.
+        BLOCK_OUTPUT = 17 => "block_output",
+        /// The norm after the last block (Llama's `model.norm`).
+        FINAL_NORM = 18 => "final_norm",
+        /// The language-model head.
+        LM_HEAD = 19 => "lm_head",
+        /// The pooler's dense layer (BERT's `pooler.dense`).
+        POOLER = 20 => "pooler",
+    }
+}
+
+code_enum! {
+    /// Whether an adaptation method can be folded into the base weights
+    /// ([`AdaptationMethod::merge_support`](crate::AdaptationMethod::merge_support)).
+    /// The host checks it before a pipeline trains, so a `merge` handoff of a method
+    /// that cannot merge fails at `--check`, not after the previous stage. (Since 1.1.)
+    MergeSupport {
+        /// The method does not say (plugins built before 1.1): the host tries a merge on
+        /// a scratch copy of the model to find out.
+        UNKNOWN = 0 => "unknown",
+        /// `merge` folds the method into the weights (and `merge_bias` into the bias).
+        YES = 1 => "yes",
+        /// The method changes the computation in a way no weight can hold (prompt and
+        /// prefix tuning, bottleneck adapters).
+        NO = 2 => "no",
+    }
+}
+
+/// The shape of the model, as adaptation methods see it through
+/// [`Host::model_info`](crate::Host::model_info). (Since 1.1.)
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Architecture family, e.g. `llama` or `bert`.
+    pub arch: RString,
+    /// Hidden size (the width of every block's input and output).
+    pub hidden: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Number of transformer blocks.
+    pub num_layers: usize,
+    /// Attention (query) heads.
+    pub num_heads: usize,
+    /// Key/value heads (fewer than `num_heads` under grouped-query attention).
+    pub num_kv_heads: usize,
+    /// Size of one attention head.
+    pub head_dim: usize,
+    /// Inner size of the MLP.
+    pub intermediate: usize,
+    /// Whether the model is a decoder (causal attention) or an encoder.
+    pub causal: bool,
+    /// Longest sequence the position encoding allows (0: no fixed limit, as with RoPE).
+    pub max_positions: usize,
 }
 
 /// A named place in the model where adaptation methods attach.

@@ -80,6 +80,7 @@ impl Workload {
             attention_bias: false,
             mlp_bias: false,
             initializer_range: 0.02,
+            max_position_embeddings: Some(seq),
         };
         (cfg, seq, 8)
     }

@@ -1,6 +1,8 @@
 //! stagecraft-core: the host runtime.
 //!
 //! - [`adapter`]: PEFT adapter directories, merging adapters into the base.
+//! - [`export`]: a finished stage as PEFT adapter directories or a merged Hugging
+//!   Face directory.
 //! - [`data`]: tokenizers, data sources (files, synthetic tasks), sampling, replay
 //!   mixtures, collation.
 //! - [`config`]: the pipeline config.
@@ -17,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod model;
 pub mod pipeline;
@@ -30,8 +33,14 @@ pub use error::{Error, Result};
 // Link the first-party plugin crates so their `export_plugin!` entries reach the
 // built-in registry through `inventory`.
 #[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_bottleneck as _;
+#[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_ia3 as _;
+#[cfg(feature = "builtin-plugins")]
 extern crate stagecraft_lora as _;
 #[cfg(feature = "builtin-plugins")]
 extern crate stagecraft_optimizers as _;
+#[cfg(feature = "builtin-plugins")]
+extern crate stagecraft_prompt_tuning as _;
 #[cfg(feature = "builtin-plugins")]
 extern crate stagecraft_stages as _;

@@ -22,8 +22,9 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
-/// A first-party plugin library (`lora`, `optimizers`, `stages`), built by
-/// `cargo build --workspace` next to the test binaries.
+/// A first-party plugin library (`lora`, `ia3`, `prompt_tuning`, `bottleneck`,
+/// `optimizers`, `stages`), built by `cargo build --workspace` next to the test
+/// binaries.
 pub fn first_party(name: &str) -> PathBuf {
     let file = format!("libstagecraft_{name}.so");
     let dir = profile_dir();
@@ -31,7 +32,7 @@ pub fn first_party(name: &str) -> PathBuf {
     if !path.exists() {
         let release = if dir.ends_with("release") { ["--release"].as_slice() } else { [].as_slice() };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", &format!("stagecraft-{name}")])
+            .args(["build", "-p", &format!("stagecraft-{}", name.replace('_', "-"))])
             .args(release)
             .current_dir(root())
             .status()

@@ -17,18 +17,20 @@
 //! | shape | `reshape`, `transpose`, `permute`, `narrow`, `cat`, `index_select`, `gather`, `broadcast_as` |
 //! | nn | `softmax`, `log_softmax`, `dropout`, `cross_entropy` |
 //! | state | `detach`, `assign` |
-//! | appended (optional) | `site_weight`, `release` |
+//! | appended in 1.0 (optional) | `site_weight`, `release` |
+//! | appended in 1.1 (optional) | `logsumexp`, `model_info`, `site_role`, `from_i64`, `encode` |
 //!
 //! What each method family needs: LoRA / rsLoRA (`matmul`, `transpose`, `affine`,
 //! `dropout`, `new_param`); DoRA (+ `site_weight`, `sqr`, `sum`, `sqrt`, `detach`, `div`);
 //! IA3 (`mul`, `new_param`); prompt / prefix tuning (`cat`, `broadcast_as`, `reshape`,
-//! `index_select`); bottleneck adapters (`matmul`, `unary` activations, `add`); AdamW /
+//! `index_select`, `model_info`; `from_i64`, `encode` and `site_weight` to start from
+//! the vocabulary); bottleneck adapters (`matmul`, `unary` activations, `add`); AdamW /
 //! SGD-momentum / Lion (`new_buffer`, `assign`, `affine`, `mul`, `sqrt`, `sign`, `add`,
 //! `div`); causal-LM / completion / classification losses (`cross_entropy`,
 //! `log_softmax`, `gather`, `compare`, `argmax`, `narrow`); distillation (`softmax`,
 //! `log_softmax`, `detach`, `sum`, `mean`).
 
-use crate::types::{CmpOp, DType, Init, LogLevel, TensorHandle, UnaryOp};
+use crate::types::{CmpOp, DType, Init, LogLevel, ModelSpec, SiteRole, TensorHandle, UnaryOp};
 use crate::version::SdkVersion;
 use abi_stable::{
     sabi_trait,
@@ -194,6 +196,39 @@ pub trait HostOps {
     fn release(&self, t: TensorHandle) -> OpResult<()> {
         let _ = t;
         host_lacks("release", self.sdk_version())
+    }
+
+    // ---- appended in 1.1 -------------------------------------------------------
+
+    /// `log(sum(exp(x)))` along `dim`, computed stably (differentiable). (Since 1.1,
+    /// optional.)
+    fn logsumexp(&self, x: TensorHandle, dim: usize) -> OpResult {
+        let _ = (x, dim);
+        host_lacks("logsumexp", self.sdk_version())
+    }
+    /// The shape of the model the calling instance works on: sizes, heads, layers.
+    /// (Since 1.1, optional.)
+    fn model_info(&self) -> OpResult<ModelSpec> {
+        host_lacks("model_info", self.sdk_version())
+    }
+    /// The role of a site (`attn_q`, `mlp_down`, ...), the same across architectures.
+    /// (Since 1.1, optional.)
+    fn site_role(&self, site: RStr<'_>) -> OpResult<SiteRole> {
+        let _ = site;
+        host_lacks("site_role", self.sdk_version())
+    }
+    /// A temporary `i64` tensor from data (token ids, labels: exact beyond 2^24, where
+    /// `from_f32` is not). (Since 1.1, optional.)
+    fn from_i64(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> OpResult {
+        let _ = (data, shape);
+        host_lacks("from_i64", self.sdk_version())
+    }
+    /// Token ids of `text` with the run's tokenizer, special tokens added as Hugging
+    /// Face tokenizers do by default (what PEFT's `prompt_tuning_init_text` uses), e.g.
+    /// to initialise prompt embeddings from a text. (Since 1.1, optional.)
+    fn encode(&self, text: RStr<'_>) -> OpResult<RVec<u32>> {
+        let _ = text;
+        host_lacks("encode", self.sdk_version())
     }
 }
 

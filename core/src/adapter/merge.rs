@@ -4,11 +4,13 @@ use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use stagecraft_sdk::SiteKind;
 
-/// Merges every attached method into the base weights of its linear sites (through the
-/// plugin's `merge`), then detaches them all: the model alone then computes what model
-/// + adapters computed.
+/// Merges every attached method into the base weights and biases of its linear sites
+/// (through the plugin's `merge` and `merge_bias`), then detaches them all: the model
+/// alone then computes what model + adapters computed. Methods are merged in the order
+/// they were attached, each into the weights the previous ones left.
 pub fn merge_into_base(model: &dyn Model, adapters: &mut Adapters) -> Result<()> {
     let weights = model.weights();
+    let find = |name: &str| weights.iter().find(|(n, _)| n == name).map(|(_, w)| w);
     let sites = model.sites().infos();
     for m in adapters.methods() {
         for a in m.attachments() {
@@ -17,9 +19,15 @@ pub fn merge_into_base(model: &dyn Model, adapters: &mut Adapters) -> Result<()>
                 return Err(Error::msg(format!("plugin `{}` is attached to `{}`, a {} site: only linear sites can be merged", m.core.plugin, site.name, site.kind)));
             }
             let wname = format!("{}.weight", site.name);
-            let (_, w) = weights.iter().find(|(n, _)| *n == wname).ok_or_else(|| Error::msg(format!("model has no weight `{wname}`")))?;
+            let w = find(&wname).ok_or_else(|| Error::msg(format!("model has no weight `{wname}`")))?;
             let merged = m.merge(a.site as usize, w.var().as_tensor())?;
-            w.var().set(&merged.detach())?;
+            if let Some(b) = find(&format!("{}.bias", site.name)) {
+                let merged_bias = m.merge_bias(a.site as usize, b.var().as_tensor())?;
+                // A copy: a method may hand the tensor back unchanged, and a var cannot
+                // be set from its own storage.
+                b.var().set(&merged_bias.detach().copy()?)?;
+            }
+            w.var().set(&merged.detach().copy()?)?;
         }
     }
     adapters.take();

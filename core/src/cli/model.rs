@@ -93,7 +93,7 @@ fn open(args: &ModelArgs) -> anyhow::Result<(Box<dyn Model>, Adapters, Rc<HostSt
     }
     let state = Rc::new(HostState::new(device, DType::F32, 0));
     state.set_training(false);
-    model.register_site_tensors(&state);
+    state.register_model(model.as_ref());
     let mut registry = Registry::with_builtins(super::report_dir())?;
     for e in registry.load_dirs(&search_path()) {
         tracing::warn!("{e}");

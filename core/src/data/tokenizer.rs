@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// A tokenizer.
+#[derive(Clone)]
 pub enum Tokenizer {
     /// Bytes as tokens.
     Bytes,
@@ -99,6 +100,31 @@ impl Tokenizer {
         }
     }
 
+    /// This tokenizer as a `tokenizer.json` that Hugging Face `tokenizers` (and so
+    /// transformers' fast tokenizers) load: the file itself for a loaded one; for the
+    /// byte tokenizer, a byte-level BPE with no merges whose 256 tokens have the ids
+    /// of their bytes, so that it encodes exactly as [`Tokenizer::Bytes`] does.
+    pub fn to_hf_json(&self) -> Result<String> {
+        match self {
+            Tokenizer::Hf { path, .. } => std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.clone(), source: e }),
+            Tokenizer::Bytes => {
+                let vocab: serde_json::Map<String, serde_json::Value> = (0u8..=255).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
+                let json = serde_json::json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": [],
+                    "normalizer": null,
+                    "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false },
+                    "post_processor": null,
+                    "decoder": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false },
+                    "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": [] },
+                });
+                Ok(serde_json::to_string_pretty(&json).unwrap_or_default())
+            }
+        }
+    }
+
     /// The end-of-text token, if the tokenizer has one.
     pub fn eos_id(&self) -> Option<u32> {
         match self {
@@ -108,9 +134,33 @@ impl Tokenizer {
     }
 }
 
+/// The printable character GPT-2's byte-level pre-tokenizer shows byte `b` as:
+/// printable Latin-1 bytes stand for themselves, the others for `U+0100` onwards.
+fn byte_char(b: u8) -> char {
+    let printable = |c: u8| (b'!'..=b'~').contains(&c) || (0xA1..=0xAC).contains(&c) || (0xAE..=0xFF).contains(&c);
+    if printable(b) {
+        return b as char;
+    }
+    let rank = (0..b).filter(|&c| !printable(c)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or('?')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_tokenizer_as_tokenizer_json_encodes_the_same_ids() {
+        let dir = std::env::temp_dir().join(format!("stagecraft-bytes-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let p = dir.join("tokenizer.json");
+        std::fs::write(&p, Tokenizer::bytes().to_hf_json().expect("json")).expect("write");
+        let hf = Tokenizer::from_file(&p).expect("tokenizers loads it");
+        let text = "7+5=12\n naïve → é\t\0";
+        assert_eq!(hf.encode(text).expect("encode"), Tokenizer::bytes().encode(text).expect("encode"));
+        assert_eq!(hf.decode(&hf.encode(text).expect("encode")).expect("decode"), text);
+        assert_eq!(hf.vocab_size(), 256);
+    }
 
     #[test]
     fn bytes_round_trip_utf8() {

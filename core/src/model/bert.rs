@@ -9,8 +9,16 @@
 //! `embeddings.LayerNorm`, then per layer `i` under `encoder.layer.{i}`:
 //! `attention.self.{query,key,value}`, `attention.self.key_states` / `.value_states`
 //! (a longer output prepends prefix keys/values), `attention.output.dense`,
+//! `attention.sublayer` (the attention sublayer's output before the residual add),
 //! `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`,
-//! `output.LayerNorm`, `encoder.layer.{i}` (block output); then `pooler.dense`.
+//! `output.sublayer` (the MLP sublayer's output), `output.LayerNorm`,
+//! `encoder.layer.{i}` (block output); then `pooler.dense`.
+//!
+//! Positions: virtual tokens prepended at `embeddings.input_embeds` take the first
+//! positions; with a key/value prefix (prefix tuning) every token's position starts
+//! after it, as Hugging Face's BERT does after a cache of that length. The per-position
+//! outputs drop the virtual tokens; the pooler reads the first position of the full
+//! sequence, as under PEFT.
 //!
 //! ```
 //! # use candle_core::{Device, Tensor};
@@ -28,11 +36,11 @@
 use super::builder::WeightBuilder;
 use super::hf::{WeightStore, CONFIG_FILE};
 use super::layers::{attention, attention_mask, extend_mask};
-use super::parts::{NormKind, SiteLinear, SiteNorm};
+use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
 use super::{Adapters, BertConfig, Model, ModelOutput, SiteTable, Weight};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use stagecraft_sdk::{ModelInfo, SiteKind};
+use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
 use std::path::Path;
 
 /// One encoder block.
@@ -43,9 +51,11 @@ struct Layer {
     key_site: usize,
     value_site: usize,
     attn_out: SiteLinear,
+    attn_out_site: usize,
     attn_norm: SiteNorm,
     up: SiteLinear,
     down: SiteLinear,
+    mlp_out_site: usize,
     out_norm: SiteNorm,
     out_site: usize,
 }
@@ -66,25 +76,25 @@ pub struct Bert {
 
 impl Layer {
     fn build(b: &mut WeightBuilder, sites: &mut SiteTable, cfg: &BertConfig, l: usize) -> Result<Self> {
-        let (h, i, eps, at) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps, Some(l));
-        let p = format!("encoder.layer.{l}");
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let n = |suffix: &str| format!("encoder.layer.{l}{suffix}");
         let kv_dims = [cfg.num_attention_heads, cfg.head_dim()];
-        let mut lin = |b: &mut WeightBuilder, name: &str, dims| SiteLinear::build(b, sites, &format!("{p}.{name}"), dims, true, at);
-        let (query, key, value) = (lin(b, "attention.self.query", (h, h))?, lin(b, "attention.self.key", (h, h))?, lin(b, "attention.self.value", (h, h))?);
-        let key_site = sites.add(&format!("{p}.attention.self.key_states"), SiteKind::ATTN_KEY, &kv_dims, Some(l as u32), false);
-        let value_site = sites.add(&format!("{p}.attention.self.value_states"), SiteKind::ATTN_VALUE, &kv_dims, Some(l as u32), false);
+        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims| SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, true);
+        let norm = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role| SiteNorm::build(b, sites, Place::block(&n(suffix), role, l), NormKind::Layer, h, eps);
         Ok(Layer {
-            query,
-            key,
-            value,
-            key_site,
-            value_site,
-            attn_out: SiteLinear::build(b, sites, &format!("{p}.attention.output.dense"), (h, h), true, at)?,
-            attn_norm: SiteNorm::build(b, sites, &format!("{p}.attention.output.LayerNorm"), NormKind::Layer, h, eps, at)?,
-            up: SiteLinear::build(b, sites, &format!("{p}.intermediate.dense"), (h, i), true, at)?,
-            down: SiteLinear::build(b, sites, &format!("{p}.output.dense"), (i, h), true, at)?,
-            out_norm: SiteNorm::build(b, sites, &format!("{p}.output.LayerNorm"), NormKind::Layer, h, eps, at)?,
-            out_site: sites.add(&p, SiteKind::BLOCK_OUTPUT, &[h], Some(l as u32), false),
+            query: lin(b, sites, ".attention.self.query", SiteRole::ATTN_Q, (h, h))?,
+            key: lin(b, sites, ".attention.self.key", SiteRole::ATTN_K, (h, h))?,
+            value: lin(b, sites, ".attention.self.value", SiteRole::ATTN_V, (h, h))?,
+            key_site: sites.add(&n(".attention.self.key_states"), SiteKind::ATTN_KEY, SiteRole::KEY_STATES, &kv_dims, Some(l), false),
+            value_site: sites.add(&n(".attention.self.value_states"), SiteKind::ATTN_VALUE, SiteRole::VALUE_STATES, &kv_dims, Some(l), false),
+            attn_out: lin(b, sites, ".attention.output.dense", SiteRole::ATTN_O, (h, h))?,
+            attn_out_site: sites.add(&n(".attention.sublayer"), SiteKind::ATTN_OUTPUT, SiteRole::ATTN_OUTPUT, &[h], Some(l), false),
+            attn_norm: norm(b, sites, ".attention.output.LayerNorm", SiteRole::ATTN_NORM)?,
+            up: lin(b, sites, ".intermediate.dense", SiteRole::MLP_UP, (h, i))?,
+            down: lin(b, sites, ".output.dense", SiteRole::MLP_DOWN, (i, h))?,
+            mlp_out_site: sites.add(&n(".output.sublayer"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false),
+            out_norm: norm(b, sites, ".output.LayerNorm", SiteRole::MLP_NORM)?,
+            out_site: sites.add(&n(""), SiteKind::BLOCK_OUTPUT, SiteRole::BLOCK_OUTPUT, &[h], Some(l), false),
         })
     }
 
@@ -92,9 +102,11 @@ impl Layer {
     /// additive form.
     fn forward(&self, cfg: &BertConfig, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
         let ctx = self.attention(cfg, x, pad, mask, a)?;
-        let h = self.attn_norm.forward(a, &(a.dropout(&self.attn_out.forward(a, &ctx)?)? + x)?)?;
+        let attn = a.post(self.attn_out_site, x, a.dropout(&self.attn_out.forward(a, &ctx)?)?)?;
+        let h = self.attn_norm.forward(a, &(attn + x)?)?;
         let inner = self.up.forward(a, &h)?.gelu_erf()?;
-        let y = self.out_norm.forward(a, &(a.dropout(&self.down.forward(a, &inner)?)? + &h)?)?;
+        let mlp = a.post(self.mlp_out_site, &h, a.dropout(&self.down.forward(a, &inner)?)?)?;
+        let y = self.out_norm.forward(a, &(mlp + &h)?)?;
         a.post(self.out_site, x, y)
     }
 
@@ -144,13 +156,13 @@ impl Bert {
     fn build(cfg: &BertConfig, mut b: WeightBuilder) -> Result<Self> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let mut sites = SiteTable::default();
-        let word = (sites.add("embeddings.word_embeddings", SiteKind::EMBEDDING, &[v, h], None, false), b.normal("embeddings.word_embeddings.weight", &[v, h])?);
-        let input_site = sites.add("embeddings.input_embeds", SiteKind::INPUT_EMBEDS, &[h], None, false);
+        let word = (sites.add("embeddings.word_embeddings", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false), b.normal("embeddings.word_embeddings.weight", &[v, h])?);
+        let input_site = sites.add("embeddings.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
         let position = b.normal("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?;
         let token_type = b.normal("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
-        let embed_norm = SiteNorm::build(&mut b, &mut sites, "embeddings.LayerNorm", NormKind::Layer, h, cfg.layer_norm_eps, None)?;
+        let embed_norm = SiteNorm::build(&mut b, &mut sites, Place::top("embeddings.LayerNorm", SiteRole::EMBED_NORM), NormKind::Layer, h, cfg.layer_norm_eps)?;
         let layers = (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
-        let pooler = if cfg.pooler { Some(SiteLinear::build(&mut b, &mut sites, "pooler.dense", (h, h), true, None)?) } else { None };
+        let pooler = if cfg.pooler { Some(SiteLinear::build(&mut b, &mut sites, Place::top("pooler.dense", SiteRole::POOLER), (h, h), true)?) } else { None };
         Ok(Bert { cfg: cfg.clone(), sites, weights: b.finish(), word, input_site, position, token_type, embed_norm, layers, pooler })
     }
 
@@ -160,16 +172,19 @@ impl Bert {
     }
 
     /// Forward from word embeddings `[batch, len, hidden]` (after the
-    /// `embeddings.input_embeds` site). `attention_mask` is `[batch, seq]` with
-    /// `seq <= len`: the `len - seq` leading positions are virtual tokens, always
-    /// attended to. Positions run `0..len`, token types are 0.
+    /// `embeddings.input_embeds` site), with every position in the outputs.
+    /// `attention_mask` is `[batch, seq]` with `seq <= len`: the `len - seq` leading
+    /// positions are virtual tokens, always attended to. Positions run from the
+    /// key/value prefix the adapters declare (`kv_prefix_len`, usually 0); token types
+    /// are 0.
     pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
         let (b, len, _) = embeds.dims3()?;
-        if len > self.cfg.max_position_embeddings {
-            return Err(Error::msg(format!("bert input has {len} positions, more than max_position_embeddings {}", self.cfg.max_position_embeddings)));
+        let past = adapters.kv_prefix_len();
+        if past + len > self.cfg.max_position_embeddings {
+            return Err(Error::msg(format!("bert input has {} positions, more than max_position_embeddings {}", past + len, self.cfg.max_position_embeddings)));
         }
         let x = embeds.broadcast_add(&self.token_type.get().narrow(0, 0, 1)?)?;
-        let x = x.broadcast_add(&self.position.get().narrow(0, 0, len)?)?;
+        let x = x.broadcast_add(&self.position.get().narrow(0, past, len)?)?;
         let mut x = adapters.dropout(&self.embed_norm.forward(adapters, &x)?)?;
         let pad = extend_mask(attention_mask, b, len)?;
         let mask = super::layers::attention_mask(pad.as_ref(), b, len, len, false, embeds.device())?;
@@ -185,8 +200,24 @@ impl Bert {
 }
 
 impl Model for Bert {
-    fn info(&self) -> ModelInfo {
-        ModelInfo { arch: "bert".into(), hidden: self.cfg.hidden_size, vocab: self.cfg.vocab_size, num_layers: self.cfg.num_hidden_layers, causal: false }
+    fn spec(&self) -> ModelSpec {
+        let c = &self.cfg;
+        ModelSpec {
+            arch: "bert".into(),
+            hidden: c.hidden_size,
+            vocab: c.vocab_size,
+            num_layers: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_attention_heads,
+            head_dim: c.head_dim(),
+            intermediate: c.intermediate_size,
+            causal: false,
+            max_positions: c.max_position_embeddings,
+        }
+    }
+
+    fn hf_config(&self, _eos_token_id: Option<u32>) -> Option<serde_json::Value> {
+        Some(self.cfg.to_hf_json())
     }
 
     fn sites(&self) -> &SiteTable {
@@ -198,6 +229,7 @@ impl Model for Bert {
     }
 
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         let x = self.word.1.get().index_select(&ids, 0)?.reshape((b, s, self.cfg.hidden_size))?;
@@ -206,6 +238,6 @@ impl Model for Bert {
         if x.dim(1)? < s {
             return Err(Error::msg(format!("site embeddings.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
         }
-        self.forward_embeds(&x, attention_mask, adapters)
+        self.forward_embeds(&x, attention_mask, adapters)?.last_positions(s)
     }
 }

@@ -107,6 +107,33 @@ impl BertConfig {
     }
 }
 
+impl BertConfig {
+    /// `config.json` as transformers writes it for `BertModel`.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "position_embedding_type": "absolute",
+            "pad_token_id": 0,
+            "use_cache": true,
+            "classifier_dropout": null,
+            "dtype": "float32",
+        })
+    }
+}
+
 /// The `config.json` fields the encoder reads; others are ignored.
 #[derive(Deserialize)]
 struct HfBertConfig {

@@ -7,12 +7,17 @@
 //! embeddings; a longer output prepends virtual tokens), then per layer `i`
 //! `model.layers.{i}.input_layernorm`, `.self_attn.{q,k,v}_proj`,
 //! `.self_attn.key_states` / `.value_states` (after RoPE; a longer output prepends
-//! prefix keys/values), `.self_attn.o_proj`, `.post_attention_layernorm`,
-//! `.mlp.{gate,up,down}_proj`, `model.layers.{i}` (block output); then `model.norm`
-//! and `lm_head`.
+//! prefix keys/values), `.self_attn.o_proj`, `.self_attn` (the attention sublayer's
+//! output, before the residual add), `.post_attention_layernorm`,
+//! `.mlp.{gate,up,down}_proj`, `.mlp` (the MLP sublayer's output), `model.layers.{i}`
+//! (block output); then `model.norm` and `lm_head`.
 //!
-//! Real tokens take positions `0..seq` after any virtual tokens, and keys prepended at
-//! `key_states` carry no position of their own.
+//! Positions: virtual tokens prepended at `model.input_embeds` take the first
+//! positions, as Hugging Face models given `inputs_embeds` do. Keys prepended at
+//! `key_states` are used as they are (they carry no rotation of their own), and
+//! every token then takes positions after them — as after a key/value cache of that
+//! length, which is how PEFT's prefix tuning runs. The outputs drop the virtual
+//! tokens: one position per input token.
 //!
 //! ```
 //! # use candle_core::{Device, Tensor};
@@ -29,12 +34,11 @@
 use super::builder::WeightBuilder;
 use super::hf::{WeightStore, CONFIG_FILE};
 use super::layers::{attention, attention_mask, extend_mask, Rope, RopeTables};
-use super::parts::{NormKind, SiteLinear, SiteNorm};
-use super::{Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
+use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
+use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
 use crate::error::{Error, Result};
-use crate::plugin::HostState;
 use candle_core::{DType, Device, Tensor};
-use stagecraft_sdk::{ModelInfo, SiteKind};
+use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
 use std::path::Path;
 
 /// One decoder block.
@@ -46,10 +50,12 @@ struct Layer {
     key_site: usize,
     value_site: usize,
     o: SiteLinear,
+    attn_out_site: usize,
     post_norm: SiteNorm,
     gate: SiteLinear,
     up: SiteLinear,
     down: SiteLinear,
+    mlp_out_site: usize,
     out_site: usize,
 }
 
@@ -70,37 +76,38 @@ impl Layer {
     fn build(b: &mut WeightBuilder, sites: &mut SiteTable, cfg: &LlamaConfig, l: usize) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
         let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim(), cfg.kv_heads() * cfg.head_dim());
-        let p = format!("model.layers.{l}");
-        let (ab, mb, at) = (cfg.attention_bias, cfg.mlp_bias, Some(l));
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
         let kv_dims = [cfg.kv_heads(), cfg.head_dim()];
+        let n = |suffix: &str| format!("model.layers.{l}{suffix}");
+        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims, bias| SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, bias);
         Ok(Layer {
-            input_norm: SiteNorm::build(b, sites, &format!("{p}.input_layernorm"), NormKind::Rms, h, eps, at)?,
-            q: SiteLinear::build(b, sites, &format!("{p}.self_attn.q_proj"), (h, q_out), ab, at)?,
-            k: SiteLinear::build(b, sites, &format!("{p}.self_attn.k_proj"), (h, kv_out), ab, at)?,
-            v: SiteLinear::build(b, sites, &format!("{p}.self_attn.v_proj"), (h, kv_out), ab, at)?,
-            key_site: sites.add(&format!("{p}.self_attn.key_states"), SiteKind::ATTN_KEY, &kv_dims, Some(l as u32), false),
-            value_site: sites.add(&format!("{p}.self_attn.value_states"), SiteKind::ATTN_VALUE, &kv_dims, Some(l as u32), false),
-            o: SiteLinear::build(b, sites, &format!("{p}.self_attn.o_proj"), (q_out, h), ab, at)?,
-            post_norm: SiteNorm::build(b, sites, &format!("{p}.post_attention_layernorm"), NormKind::Rms, h, eps, at)?,
-            gate: SiteLinear::build(b, sites, &format!("{p}.mlp.gate_proj"), (h, i), mb, at)?,
-            up: SiteLinear::build(b, sites, &format!("{p}.mlp.up_proj"), (h, i), mb, at)?,
-            down: SiteLinear::build(b, sites, &format!("{p}.mlp.down_proj"), (i, h), mb, at)?,
-            out_site: sites.add(&p, SiteKind::BLOCK_OUTPUT, &[h], Some(l as u32), false),
+            input_norm: SiteNorm::build(b, sites, Place::block(&n(".input_layernorm"), SiteRole::ATTN_NORM, l), NormKind::Rms, h, eps)?,
+            q: lin(b, sites, ".self_attn.q_proj", SiteRole::ATTN_Q, (h, q_out), ab)?,
+            k: lin(b, sites, ".self_attn.k_proj", SiteRole::ATTN_K, (h, kv_out), ab)?,
+            v: lin(b, sites, ".self_attn.v_proj", SiteRole::ATTN_V, (h, kv_out), ab)?,
+            key_site: sites.add(&n(".self_attn.key_states"), SiteKind::ATTN_KEY, SiteRole::KEY_STATES, &kv_dims, Some(l), false),
+            value_site: sites.add(&n(".self_attn.value_states"), SiteKind::ATTN_VALUE, SiteRole::VALUE_STATES, &kv_dims, Some(l), false),
+            o: lin(b, sites, ".self_attn.o_proj", SiteRole::ATTN_O, (q_out, h), ab)?,
+            attn_out_site: sites.add(&n(".self_attn"), SiteKind::ATTN_OUTPUT, SiteRole::ATTN_OUTPUT, &[h], Some(l), false),
+            post_norm: SiteNorm::build(b, sites, Place::block(&n(".post_attention_layernorm"), SiteRole::MLP_NORM, l), NormKind::Rms, h, eps)?,
+            gate: lin(b, sites, ".mlp.gate_proj", SiteRole::MLP_GATE, (h, i), mb)?,
+            up: lin(b, sites, ".mlp.up_proj", SiteRole::MLP_UP, (h, i), mb)?,
+            down: lin(b, sites, ".mlp.down_proj", SiteRole::MLP_DOWN, (i, h), mb)?,
+            mlp_out_site: sites.add(&n(".mlp"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false),
+            out_site: sites.add(&n(""), SiteKind::BLOCK_OUTPUT, SiteRole::BLOCK_OUTPUT, &[h], Some(l), false),
         })
-    }
-
-    fn linears(&self) -> [&SiteLinear; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
     }
 
     /// `x` is `[b, seq, hidden]`; `pad` the `[b, seq]` padding mask (if any) and `mask`
     /// the additive causal mask for `seq` keys.
     fn forward(&self, cfg: &LlamaConfig, rope: &RopeTables, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
         let h = self.input_norm.forward(a, x)?;
-        let x1 = (x + a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?)?;
+        let attn = a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?;
+        let x1 = (x + a.post(self.attn_out_site, &h, attn)?)?;
         let h = self.post_norm.forward(a, &x1)?;
         let m = (self.gate.forward(a, &h)?.silu()? * self.up.forward(a, &h)?)?;
-        let y = (&x1 + a.dropout(&self.down.forward(a, &m)?)?)?;
+        let mlp = a.dropout(&self.down.forward(a, &m)?)?;
+        let y = (&x1 + a.post(self.mlp_out_site, &h, mlp)?)?;
         a.post(self.out_site, x, y)
     }
 
@@ -146,15 +153,15 @@ impl Llama {
     fn build(cfg: &LlamaConfig, mut b: WeightBuilder) -> Result<Self> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let mut sites = SiteTable::default();
-        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, &[v, h], None, false), b.normal("model.embed_tokens.weight", &[v, h])?);
-        let input_site = sites.add("model.input_embeds", SiteKind::INPUT_EMBEDS, &[h], None, false);
+        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false), b.normal("model.embed_tokens.weight", &[v, h])?);
+        let input_site = sites.add("model.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
         let layers = (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
-        let norm = SiteNorm::build(&mut b, &mut sites, "model.norm", NormKind::Rms, h, cfg.rms_norm_eps, None)?;
+        let norm = SiteNorm::build(&mut b, &mut sites, Place::top("model.norm", SiteRole::FINAL_NORM), NormKind::Rms, h, cfg.rms_norm_eps)?;
         let head = if cfg.tie_word_embeddings {
-            let site = sites.add("lm_head", SiteKind::LINEAR, &[h, v], None, false);
+            let site = sites.add("lm_head", SiteKind::LINEAR, SiteRole::LM_HEAD, &[h, v], None, false);
             SiteLinear { site, weight: embed.1.clone(), bias: None }
         } else {
-            SiteLinear::build(&mut b, &mut sites, "lm_head", (h, v), false, None)?
+            SiteLinear::build(&mut b, &mut sites, Place::top("lm_head", SiteRole::LM_HEAD), (h, v), false)?
         };
         let rope = Rope::new(cfg.head_dim(), cfg.rope_theta)?;
         Ok(Llama { cfg: cfg.clone(), sites, weights: b.finish(), embed, input_site, layers, norm, head, rope })
@@ -166,13 +173,15 @@ impl Llama {
     }
 
     /// Forward from input embeddings `[batch, len, hidden]` (after the
-    /// `model.input_embeds` site). `attention_mask` is `[batch, seq]` with `seq <= len`:
-    /// the `len - seq` leading positions are virtual tokens, always attended to.
+    /// `model.input_embeds` site), with every position in the outputs.
+    /// `attention_mask` is `[batch, seq]` with `seq <= len`: the `len - seq` leading
+    /// positions are virtual tokens, always attended to. Positions start after the
+    /// key/value prefix the adapters declare (`kv_prefix_len`).
     pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
         let (b, len, _) = embeds.dims3()?;
         let pad = extend_mask(attention_mask, b, len)?;
         let mask = super::layers::attention_mask(pad.as_ref(), b, len, len, true, embeds.device())?;
-        let rope = self.rope.tables(0, len, embeds.dtype(), embeds.device())?;
+        let rope = self.rope.tables(adapters.kv_prefix_len(), len, embeds.dtype(), embeds.device())?;
         let mut x = embeds.clone();
         for layer in &self.layers {
             x = layer.forward(&self.cfg, &rope, &x, pad.as_ref(), mask.as_ref(), adapters)?;
@@ -184,8 +193,20 @@ impl Llama {
 }
 
 impl Model for Llama {
-    fn info(&self) -> ModelInfo {
-        ModelInfo { arch: "llama".into(), hidden: self.cfg.hidden_size, vocab: self.cfg.vocab_size, num_layers: self.cfg.num_hidden_layers, causal: true }
+    fn spec(&self) -> ModelSpec {
+        let c = &self.cfg;
+        ModelSpec {
+            arch: "llama".into(),
+            hidden: c.hidden_size,
+            vocab: c.vocab_size,
+            num_layers: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            intermediate: c.intermediate_size,
+            causal: true,
+            max_positions: 0,
+        }
     }
 
     fn sites(&self) -> &SiteTable {
@@ -197,6 +218,7 @@ impl Model for Llama {
     }
 
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         let x = self.embed.1.get().index_select(&ids, 0)?.reshape((b, s, self.cfg.hidden_size))?;
@@ -206,17 +228,19 @@ impl Model for Llama {
         if x.dim(1)? < s {
             return Err(Error::msg(format!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
         }
-        self.forward_embeds(&x, attention_mask, adapters)
+        self.forward_embeds(&x, attention_mask, adapters)?.last_positions(s)
     }
 
-    fn register_site_tensors(&self, state: &HostState) {
-        let linears = self.layers.iter().flat_map(Layer::linears).chain([&self.head]);
-        for l in linears {
-            let name = &self.sites.infos()[l.site].name;
-            state.register_site_tensor(name, "weight", l.weight.var().as_tensor().clone());
-            if let Some(b) = &l.bias {
-                state.register_site_tensor(name, "bias", b.var().as_tensor().clone());
-            }
+    fn hf_config(&self, eos_token_id: Option<u32>) -> Option<serde_json::Value> {
+        Some(self.cfg.to_hf_json(eos_token_id))
+    }
+
+    fn site_tensors(&self) -> Vec<(String, &'static str, Tensor)> {
+        let mut out = named_site_tensors(&self.sites, &self.weights);
+        // A tied head has no weight of its own: it is the embedding table.
+        if self.cfg.tie_word_embeddings {
+            out.push(("lm_head".to_string(), "weight", self.head.weight.var().as_tensor().clone()));
         }
+        out
     }
 }

@@ -67,6 +67,10 @@ pub struct LlamaConfig {
     /// Standard deviation of fresh weights. Default 0.02.
     #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
+    /// The longest sequence the checkpoint was made for (transformers'
+    /// `max_position_embeddings`; RoPE itself has no limit). Default: not known.
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -136,6 +140,7 @@ struct HfLlamaConfig {
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     initializer_range: Option<f64>,
+    max_position_embeddings: Option<usize>,
 }
 
 fn check_rope_type(field: &str, rope: &HfRope) -> std::result::Result<(), String> {
@@ -172,6 +177,42 @@ impl HfLlamaConfig {
             attention_bias: self.attention_bias.unwrap_or(false),
             mlp_bias: self.mlp_bias.unwrap_or(false),
             initializer_range: self.initializer_range.unwrap_or_else(default_initializer_range),
+            max_position_embeddings: self.max_position_embeddings,
+        })
+    }
+}
+
+impl LlamaConfig {
+    /// `config.json` as transformers writes it for `LlamaForCausalLM` (5.x layout, with
+    /// the top-level `rope_theta` that 4.x reads too). `eos_token_id` is the tokenizer's
+    /// end of text.
+    pub fn to_hf_json(&self, eos_token_id: Option<u32>) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.kv_heads(),
+            "head_dim": self.head_dim(),
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings.unwrap_or(2048),
+            "initializer_range": self.initializer_range,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": { "rope_theta": self.rope_theta, "rope_type": "default" },
+            "attention_bias": self.attention_bias,
+            "attention_dropout": 0.0,
+            "mlp_bias": self.mlp_bias,
+            "pretraining_tp": 1,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": true,
+            "bos_token_id": null,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": null,
+            "dtype": "float32",
         })
     }
 }

@@ -29,9 +29,8 @@ pub use mlp::{MlpLm, MlpLmConfig};
 pub use sites::{Adapters, SiteTable};
 
 use crate::error::Result;
-use crate::plugin::HostState;
 use candle_core::{Tensor, Var};
-use stagecraft_sdk::ModelInfo;
+use stagecraft_sdk::{ModelInfo, ModelSpec};
 use std::cell::Cell;
 
 /// A base weight: a var plus a trainable flag.
@@ -79,27 +78,63 @@ pub struct ModelOutput {
     pub pooled: Option<Tensor>,
 }
 
+impl ModelOutput {
+    /// The last `seq` positions of the per-position outputs: what is left when the
+    /// virtual tokens an adapter prepended are dropped. `pooled` stays as computed.
+    pub fn last_positions(self, seq: usize) -> Result<ModelOutput> {
+        let len = self.hidden.dim(1)?;
+        if len == seq {
+            return Ok(self);
+        }
+        let cut = |t: &Tensor| t.narrow(1, len - seq, seq);
+        Ok(ModelOutput { logits: self.logits.as_ref().map(cut).transpose()?, hidden: cut(&self.hidden)?, pooled: self.pooled })
+    }
+}
+
 /// A model with named sites.
 pub trait Model {
-    /// Architecture and sizes, as stages see them.
-    fn info(&self) -> ModelInfo;
-    /// Every site, in model order.
+    /// Architecture and sizes, as adaptation methods see them (`model_info`).
+    fn spec(&self) -> ModelSpec;
+    /// Every site, in model order, with its role.
     fn sites(&self) -> &SiteTable;
     /// Named base weights, Hugging Face names (`model.layers.0.mlp.up_proj.weight`).
     fn weights(&self) -> Vec<(String, Weight)>;
-    /// Forward pass; `input_ids` is `[batch, seq]` u32.
+    /// Forward pass; `input_ids` is `[batch, seq]` u32. Outputs have one position per
+    /// input token: virtual tokens an adapter prepends (prompt tuning) are dropped, so
+    /// objectives and evaluations see `[batch, seq, ..]` whatever is attached.
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput>;
 
-    /// Makes linear sites' base tensors visible to plugins (`site_weight`).
-    fn register_site_tensors(&self, state: &HostState) {
-        let weights = self.weights();
-        for site in self.sites().infos() {
-            for (suffix, key) in [("weight", "weight"), ("bias", "bias")] {
-                let full = format!("{}.{suffix}", site.name);
-                if let Some((_, w)) = weights.iter().find(|(n, _)| *n == full) {
-                    state.register_site_tensor(&site.name, key, w.var().as_tensor().clone());
-                }
+    /// `config.json` as transformers writes it for this model (`None`: not a
+    /// transformers architecture). `eos_token_id` is the tokenizer's end of text.
+    fn hf_config(&self, eos_token_id: Option<u32>) -> Option<serde_json::Value> {
+        let _ = eos_token_id;
+        None
+    }
+
+    /// Architecture and sizes, as stage objectives see them.
+    fn info(&self) -> ModelInfo {
+        let s = self.spec();
+        ModelInfo { arch: s.arch, hidden: s.hidden, vocab: s.vocab, num_layers: s.num_layers, causal: s.causal }
+    }
+
+    /// The base tensors of the sites, `(site, "weight" | "bias", tensor)`, that plugins
+    /// read with `site_weight`: each site's `<site>.weight` and `<site>.bias` among
+    /// [`weights`](Self::weights).
+    fn site_tensors(&self) -> Vec<(String, &'static str, Tensor)> {
+        named_site_tensors(self.sites(), &self.weights())
+    }
+}
+
+/// Each site's `<site>.weight` and `<site>.bias` among `weights`.
+pub(crate) fn named_site_tensors(sites: &SiteTable, weights: &[(String, Weight)]) -> Vec<(String, &'static str, Tensor)> {
+    let by_name: std::collections::HashMap<&str, &Weight> = weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
+    let mut out = Vec::new();
+    for site in sites.infos() {
+        for suffix in ["weight", "bias"] {
+            if let Some(w) = by_name.get(format!("{}.{suffix}", site.name).as_str()) {
+                out.push((site.name.to_string(), suffix, w.var().as_tensor().clone()));
             }
         }
     }
+    out
 }

@@ -8,7 +8,29 @@ use super::layers::{layer_norm, rms_norm};
 use super::{Adapters, SiteTable, Weight};
 use crate::error::Result;
 use candle_core::Tensor;
-use stagecraft_sdk::SiteKind;
+use stagecraft_sdk::{SiteKind, SiteRole};
+
+/// Where a site is: its name, its role, and the block it is in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place<'a> {
+    /// Hugging Face module path.
+    pub name: &'a str,
+    /// What it does.
+    pub role: SiteRole,
+    /// The transformer block, if any.
+    pub layer: Option<usize>,
+}
+
+impl<'a> Place<'a> {
+    /// A site inside block `layer`.
+    pub fn block(name: &'a str, role: SiteRole, layer: usize) -> Self {
+        Place { name, role, layer: Some(layer) }
+    }
+    /// A site outside the blocks.
+    pub fn top(name: &'a str, role: SiteRole) -> Self {
+        Place { name, role, layer: None }
+    }
+}
 
 /// A linear layer at a `LINEAR` site: `y = x·Wᵀ + b`, `W` is `[out, in]`.
 #[derive(Debug, Clone)]
@@ -22,9 +44,11 @@ pub(crate) struct SiteLinear {
 }
 
 impl SiteLinear {
-    /// Adds site `name` (`dims = [in, out]`) and makes `name.weight` (and `name.bias`).
-    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, name: &str, (d_in, d_out): (usize, usize), bias: bool, layer: Option<usize>) -> Result<Self> {
-        let site = sites.add(name, SiteKind::LINEAR, &[d_in, d_out], layer.map(|l| l as u32), bias);
+    /// Adds a linear site at `at` (`dims = [in, out]`) and makes `<name>.weight` (and
+    /// `<name>.bias`).
+    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, at: Place<'_>, (d_in, d_out): (usize, usize), bias: bool) -> Result<Self> {
+        let name = at.name;
+        let site = sites.add(name, SiteKind::LINEAR, at.role, &[d_in, d_out], at.layer, bias);
         let weight = b.normal(&format!("{name}.weight"), &[d_out, d_in])?;
         let bias = if bias { Some(b.zeros(&format!("{name}.bias"), &[d_out])?) } else { None };
         Ok(SiteLinear { site, weight, bias })
@@ -62,11 +86,11 @@ pub(crate) struct SiteNorm {
 }
 
 impl SiteNorm {
-    /// Adds site `name` (`dims = [dim]`) and makes `name.weight` (and `name.bias` for
-    /// LayerNorm).
-    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, name: &str, kind: NormKind, dim: usize, eps: f64, layer: Option<usize>) -> Result<Self> {
-        let has_bias = kind == NormKind::Layer;
-        let site = sites.add(name, SiteKind::NORM, &[dim], layer.map(|l| l as u32), has_bias);
+    /// Adds a norm site at `at` (`dims = [dim]`) and makes `<name>.weight` (and
+    /// `<name>.bias` for LayerNorm).
+    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, at: Place<'_>, kind: NormKind, dim: usize, eps: f64) -> Result<Self> {
+        let (name, has_bias) = (at.name, kind == NormKind::Layer);
+        let site = sites.add(name, SiteKind::NORM, at.role, &[dim], at.layer, has_bias);
         let weight = b.ones(&format!("{name}.weight"), &[dim])?;
         let bias = if has_bias { Some(b.zeros(&format!("{name}.bias"), &[dim])?) } else { None };
         Ok(SiteNorm { site, kind, weight, bias, eps })

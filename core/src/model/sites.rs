@@ -6,28 +6,35 @@
 use crate::error::{Error, Result};
 use crate::plugin::{HostState, MethodInstance};
 use candle_core::Tensor;
-use stagecraft_sdk::{Hooks, SiteInfo, SiteKind};
+use stagecraft_sdk::{Hooks, SiteInfo, SiteKind, SiteRole};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Every site of a model, in model order, by index and by name.
+/// Every site of a model, in model order, by index and by name, with its role.
 #[derive(Debug, Clone, Default)]
 pub struct SiteTable {
     infos: Vec<SiteInfo>,
+    roles: Vec<SiteRole>,
     by_name: HashMap<String, usize>,
 }
 
 impl SiteTable {
     /// Adds a site and returns its index.
-    pub fn add(&mut self, name: &str, kind: SiteKind, dims: &[usize], layer: Option<u32>, has_bias: bool) -> usize {
+    pub fn add(&mut self, name: &str, kind: SiteKind, role: SiteRole, dims: &[usize], layer: Option<usize>, has_bias: bool) -> usize {
         let i = self.infos.len();
+        let layer = layer.map(|l| l as u32);
         self.infos.push(SiteInfo { name: name.into(), kind, dims: dims.to_vec().into(), layer: layer.into(), has_bias });
+        self.roles.push(role);
         self.by_name.insert(name.to_string(), i);
         i
     }
     /// All sites.
     pub fn infos(&self) -> &[SiteInfo] {
         &self.infos
+    }
+    /// Each site's role, aligned with [`infos`](Self::infos).
+    pub fn roles(&self) -> &[SiteRole] {
+        &self.roles
     }
     /// Index of a site by name.
     pub fn index(&self, name: &str) -> Option<usize> {
@@ -131,6 +138,20 @@ impl Adapters {
         self.active.clear();
         self.frozen.clear();
         std::mem::take(&mut self.methods)
+    }
+
+    /// Tells every active instance that a forward pass starts.
+    pub fn begin_forward(&self) -> Result<()> {
+        for (m, _) in self.methods.iter().zip(&self.active).filter(|(_, a)| **a) {
+            m.begin_forward()?;
+        }
+        Ok(())
+    }
+
+    /// Key/value positions the active instances prepend at attention sites: real
+    /// tokens take positions after them.
+    pub fn kv_prefix_len(&self) -> usize {
+        self.methods.iter().zip(&self.active).filter(|(_, a)| **a).map(|(m, _)| m.kv_prefix_len()).sum()
     }
 
     /// Runs the pre-hooks at `site` on `x`.

@@ -13,11 +13,13 @@ mod build;
 mod console;
 mod eval;
 mod plan;
+mod result;
 mod resume;
 mod snapshot;
 mod stage;
 
 pub use eval::{evaluate, quantile, Metrics};
+pub use result::{open_stage, run_config, AdapterRecord, OpenedStage, StageResult};
 pub use snapshot::Snapshot;
 pub use resume::ResumeMeta;
 pub use stage::{MarkSteps, Marks, Progress, StageEnd};
@@ -66,13 +68,13 @@ pub struct Pipeline {
     event_rows: Vec<Event>,
     console: console::Console,
     resume: Option<(Checkpoint, ResumeMeta)>,
-    /// The adapters attached now, in order: `(plugin, config JSON)`.
-    lineage: Vec<(String, String)>,
+    /// The adapters attached now, in order (their frozen flags are read when a stage
+    /// ends).
+    lineage: Vec<AdapterRecord>,
     /// The Hugging Face directory the current model came from (`None`: `[model]`).
     model_dir: Option<PathBuf>,
-    /// Each finished stage's model source and adapters (with their frozen flags), for
-    /// stages that start `from` it.
-    ended: Vec<Option<(Option<PathBuf>, Vec<(String, String, bool)>)>>,
+    /// Each finished stage's result, for stages that start `from` it.
+    ended: Vec<Option<StageResult>>,
     vocab: usize,
 }
 
@@ -88,6 +90,7 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig, registry: Registry, run_dir: &Path, quiet: bool) -> Result<(Self, Tokenizer)> {
         let plan::Loaded { device, tokenizer, train_data, eval_data } = plan::load(&cfg, &registry)?;
         let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+        state.set_tokenizer(Rc::new(tokenizer.clone()));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::Io { path: run_dir.to_path_buf(), source: e })?;
         let resolved = toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
         std::fs::write(run_dir.join("config.toml"), resolved).map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
@@ -140,12 +143,7 @@ impl Pipeline {
     /// Reopens an interrupted run: its resolved config, its newest good checkpoint, and
     /// its metrics up to that checkpoint.
     pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
-        let cfg_path = run_dir.join("config.toml");
-        let mut cfg = PipelineConfig::from_file(&cfg_path, &[])?;
-        let run_json: serde_json::Value = std::fs::read_to_string(run_dir.join("run.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        if let Some(src) = run_json.get("config_source").and_then(|v| v.as_str()) {
-            cfg.source = PathBuf::from(src);
-        }
+        let cfg = run_config(run_dir)?;
         let (ckpt, meta) = resume::latest(run_dir, &resolve_device(&cfg.run.device)?)?;
         let metrics = run_dir.join("metrics.jsonl");
         let mut rows = if metrics.exists() { crate::report::MetricsLog::read(&metrics)? } else { Vec::new() };
@@ -209,7 +207,7 @@ impl Pipeline {
         for a in &s.adapters {
             let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
             adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
-            self.lineage.push((a.plugin.clone(), a.config_json()));
+            self.lineage.push(AdapterRecord { plugin: a.plugin.clone(), config: a.config_json(), frozen: false });
         }
         Ok(())
     }
@@ -218,23 +216,13 @@ impl Pipeline {
     /// adapters stage `k` ended with, every value read from its end-of-stage checkpoint.
     fn branch(&mut self, k: usize) -> Result<(Box<dyn Model>, Adapters)> {
         let name = self.cfg.stages[k].name.clone();
-        let (dir, structure) = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
-        let model = match &dir {
-            Some(dir) => crate::model::load_model(dir, &self.device)?,
-            None => build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?,
-        };
-        model.register_site_tensors(&self.state);
-        let mut adapters = Adapters::none(model.sites().len());
-        for (plugin, config, frozen) in &structure {
-            let m = self.registry.new_method(plugin, config, &self.state)?;
-            let idx = adapters.attach(m, model.sites())?;
-            adapters.set_frozen(idx, *frozen);
-        }
+        let ended = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
+        let (model, adapters) = result::rebuild(&ended, &self.cfg, self.vocab, &self.registry, &self.state)?;
         let path = self.run_dir.join("checkpoints").join(&name);
         let ckpt = crate::checkpoint::load(&path, &self.device)?;
         resume::load_result(&ckpt, model.as_ref(), &adapters)?;
-        self.lineage = structure.into_iter().map(|(p, c, _)| (p, c)).collect();
-        self.model_dir = dir;
+        self.lineage = ended.adapters;
+        self.model_dir = ended.model_dir;
         Ok((model, adapters))
     }
 
@@ -280,9 +268,9 @@ impl Pipeline {
 
     /// Where the current model came from and the attached adapters with their frozen
     /// flags: what a later stage needs to start `from` this point.
-    fn structure(&self, adapters: &Adapters) -> (Option<PathBuf>, Vec<(String, String, bool)>) {
-        let adapters = self.lineage.iter().enumerate().map(|(k, (p, c))| (p.clone(), c.clone(), adapters.is_frozen(k))).collect();
-        (self.model_dir.clone(), adapters)
+    fn structure(&self, adapters: &Adapters) -> StageResult {
+        let records = self.lineage.iter().enumerate().map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() }).collect();
+        StageResult { model_dir: self.model_dir.clone(), adapters: records }
     }
 
     /// Takes a finished stage's trainer apart: keeps its objective (for evaluating its
@@ -296,7 +284,7 @@ impl Pipeline {
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
         let mut model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
-        model.register_site_tensors(&self.state);
+        self.state.register_model(model.as_ref());
         plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref())?;
         let mut adapters = Adapters::none(model.sites().len());
         let mut optimizer: Option<OptimizerInstance> = None;
@@ -307,9 +295,10 @@ impl Pipeline {
             match s.from.as_ref().map(|f| (f, self.cfg.stage(f).map(|(k, _)| k))) {
                 Some((dir, None)) => {
                     let dir = self.cfg.base_dir().join(dir);
+                    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
                     model = crate::model::load_model(&dir, &self.device)?;
                     self.model_dir = Some(dir);
-                    model.register_site_tensors(&self.state);
+                    self.state.register_model(model.as_ref());
                     adapters = Adapters::none(model.sites().len());
                     self.lineage.clear();
                     optimizer = None;
@@ -400,9 +389,10 @@ impl Pipeline {
                 marks: MarkSteps::default(),
                 own_scores: self.own_scores.clone(),
                 rows: self.rows.len(),
+                result: Some(self.structure(&trainer.adapters)),
             };
             resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta, BTreeMap::new())?;
-            self.ended[i] = Some(self.structure(&trainer.adapters));
+            self.ended[i] = meta.result;
             self.event(&s.name, trainer.step, "end", format!("ended after {} steps by {end}", trainer.step), false)?;
             summary.push((s.name.clone(), trainer.step, end.clone()));
             (model, adapters, optimizer) = self.absorb(trainer, i);

@@ -6,7 +6,8 @@ use crate::config::{AdapterHandoff, PipelineConfig};
 use crate::data::{load_source, Dataset, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::plugin::{HostState, Registry};
+use crate::plugin::{HostState, MethodInstance, Registry};
+use stagecraft_sdk::{MergeSupport, SiteKind};
 use candle_core::{DType, Device};
 use std::fmt::Write;
 use std::rc::Rc;
@@ -44,27 +45,77 @@ pub(super) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
     Ok(Loaded { device, tokenizer, train_data, eval_data })
 }
 
-/// Attaches every stage's adapters to a throwaway copy of the site list, so a target
-/// pattern that matches no site fails before the first step, not at its stage. Returns
-/// how many sites each adapter attaches to (`None` for stages on another model, checked
-/// when they start).
+/// Attaches every stage's adapters to a throwaway copy of the model's sites, following
+/// the handoffs from stage to stage, so that before the first step
+/// - a target pattern that matches no site fails, naming the stage and adapter;
+/// - a `merge` handoff of an adapter that cannot be merged fails, naming both stages.
+///
+/// Returns how many sites each stage's adapters attach to (`None` for stages on
+/// another model, checked when they start).
 pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &Device, model: &dyn Model) -> Result<Vec<Option<Vec<usize>>>> {
+    let scratch = Rc::new(HostState::new(device.clone(), DType::F32, 0));
+    scratch.register_model(model);
+    let mut made: Vec<(String, MethodInstance)> = Vec::new();
+    // The adapters alive at the end of each stage (indices into `made`); `None` on
+    // another model.
+    let mut alive_after: Vec<Option<Vec<usize>>> = Vec::new();
     let mut out = Vec::new();
-    for s in &cfg.stages {
-        if s.from.as_ref().is_some_and(|f| cfg.stage(f).is_none()) {
+    for (i, s) in cfg.stages.iter().enumerate() {
+        let start = match s.from.as_ref().map(|f| cfg.stage(f)) {
+            Some(None) => None,
+            Some(Some((k, _))) => alive_after[k].clone(),
+            None if i == 0 => Some(Vec::new()),
+            None => alive_after[i - 1].clone(),
+        };
+        let Some(mut alive) = start else {
+            alive_after.push(None);
             out.push(None);
             continue;
+        };
+        if i > 0 && s.handoff.adapters == AdapterHandoff::Merge {
+            for &k in &alive {
+                let (from, m) = &made[k];
+                check_mergeable(m, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `merge` folds adapter `{}` of stage `{from}` into the base weights, but {e}; hand it over with \"stack\" or \"drop\" instead", s.name, m.core.plugin)))?;
+            }
+        }
+        if i > 0 && matches!(s.handoff.adapters, AdapterHandoff::Merge | AdapterHandoff::Drop) {
+            alive.clear();
         }
         let mut counts = Vec::new();
         for a in &s.adapters {
-            let scratch = Rc::new(HostState::new(device.clone(), DType::F32, 0));
             let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
             m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
             counts.push(m.attachments().len());
+            alive.push(made.len());
+            made.push((s.name.clone(), m));
         }
+        alive_after.push(Some(alive));
         out.push(Some(counts));
     }
     Ok(out)
+}
+
+/// Whether `m` can be folded into `model`'s weights: what it says, or, when it does
+/// not say, whether a merge of each of its sites succeeds (on copies; nothing changes).
+fn check_mergeable(m: &MethodInstance, model: &dyn Model) -> Result<()> {
+    let sites = model.sites().infos();
+    match m.merge_support() {
+        MergeSupport::YES => {}
+        MergeSupport::NO => return Err(Error::msg("the method cannot be merged (it says so)")),
+        _ => {
+            let weights = model.weights();
+            for a in m.attachments() {
+                let site = &sites[a.site as usize];
+                let w = weights.iter().find(|(n, _)| *n == format!("{}.weight", site.name)).map(|(_, w)| w.var().as_tensor().copy()).transpose()?;
+                let w = w.ok_or_else(|| Error::msg(format!("`{}` has no weight to merge into", site.name)))?;
+                m.merge(a.site as usize, &w).map_err(|e| Error::msg(format!("a trial merge failed: {e}")))?;
+            }
+        }
+    }
+    match m.attachments().iter().map(|a| &sites[a.site as usize]).find(|s| s.kind != SiteKind::LINEAR) {
+        Some(site) => Err(Error::msg(format!("it is attached to `{}`, a {} site, and only linear sites can be merged", site.name, site.kind))),
+        None => Ok(()),
+    }
 }
 
 fn millions(n: usize) -> String {

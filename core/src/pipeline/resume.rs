@@ -11,12 +11,13 @@
 //! value from the checkpoint, so training continues bit-identically.
 
 use super::eval::Metrics;
+use super::result::StageResult;
 use super::stage::{MarkSteps, Progress};
 use crate::model::{Adapters, Model};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::MixtureState;
 use crate::error::{Error, Result};
-use crate::plugin::StageInstance;
+use crate::plugin::{MethodInstance, StageInstance};
 use crate::train::Trainer;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,9 @@ pub struct ResumeMeta {
     pub own_scores: BTreeMap<String, Metrics>,
     /// Rows in metrics.jsonl at the time.
     pub rows: usize,
+    /// At a stage end: the model source and adapters the stage ended with.
+    #[serde(default)]
+    pub result: Option<StageResult>,
 }
 
 /// Saves a resume checkpoint named `name` under `<run_dir>/checkpoints`, with `extra`
@@ -57,7 +61,10 @@ pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, objectives: &[Option<
     }
     for (k, m) in trainer.adapters.methods().iter().enumerate() {
         for p in m.params() {
-            tensors.insert(format!("adapter.{k}.{}.{}", m.core.plugin, p.name), p.var.as_tensor().clone());
+            tensors.insert(adapter_key(k, m, &p.name), p.var.as_tensor().clone());
+        }
+        for b in m.buffers() {
+            tensors.insert(adapter_buffer_key(k, m, &b.name), b.var.as_tensor().clone());
         }
     }
     for b in trainer.optimizer.buffers() {
@@ -105,10 +112,24 @@ pub fn load_result(ckpt: &Checkpoint, model: &dyn Model, adapters: &Adapters) ->
     }
     for (k, m) in adapters.methods().iter().enumerate() {
         for p in m.params() {
-            set(&format!("adapter.{k}.{}.{}", m.core.plugin, p.name), &p.var, ckpt)?;
+            set(&adapter_key(k, m, &p.name), &p.var, ckpt)?;
+        }
+        for b in m.buffers() {
+            set(&adapter_buffer_key(k, m, &b.name), &b.var, ckpt)?;
         }
     }
     Ok(())
+}
+
+/// The checkpoint key of parameter `local` of the `k`-th attached adapter:
+/// `adapter.<k>.<plugin>.<local>`.
+pub fn adapter_key(k: usize, m: &MethodInstance, local: &str) -> String {
+    format!("adapter.{k}.{}.{local}", m.core.plugin)
+}
+
+/// The checkpoint key of a buffer (running state) of the `k`-th attached adapter.
+fn adapter_buffer_key(k: usize, m: &MethodInstance, local: &str) -> String {
+    format!("adapter_buffer.{k}.{}.{local}", m.core.plugin)
 }
 
 /// Overwrites every value the checkpoint holds for the running stage.

@@ -272,6 +272,7 @@ impl Pipeline {
                     marks: marks.steps(),
                     own_scores: self.own_scores.clone(),
                     rows: self.rows.len(),
+                    result: None,
                 };
                 super::resume::save(&self.run_dir, "resume", trainer, &self.objectives, self.current, &meta, marks.tensors())?;
             }

@@ -9,8 +9,8 @@ use abi_stable::{sabi_trait::TD_Opaque, std_types::RArc, std_types::RResult, std
 use candle_core::{Tensor, Var};
 use stagecraft_sdk::abi::{HostObj, HostOps_TO, MethodBox, OptimizerBox, StageBox};
 use stagecraft_sdk::{
-    Attachment, Control, Hooks, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, SiteKind,
-    StepInfo, TensorHandle,
+    Attachment, Control, Hooks, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo,
+    SiteKind, StepInfo, TensorHandle,
 };
 use std::rc::Rc;
 
@@ -24,6 +24,8 @@ pub fn host_for(state: &Rc<HostState>, store: &Rc<InstanceStore>, owner: &str) -
 pub struct InstanceCore {
     /// Registered plugin name.
     pub plugin: String,
+    /// Unique among the instances of its [`HostState`] (see [`InstanceCore::qualified`]).
+    pub serial: u64,
     /// Where the plugin came from (`built-in` or the file).
     pub source: String,
     /// The op table lent to each call.
@@ -39,7 +41,16 @@ impl InstanceCore {
     pub fn new(plugin: &str, source: &str, state: &Rc<HostState>) -> Self {
         let store = Rc::new(InstanceStore::default());
         let host = host_for(state, &store, plugin);
-        InstanceCore { plugin: plugin.to_string(), source: source.to_string(), host, store, state: state.clone() }
+        let serial = state.next_instance_serial();
+        InstanceCore { plugin: plugin.to_string(), serial, source: source.to_string(), host, store, state: state.clone() }
+    }
+
+    /// A tensor's name as the optimizer and snapshots see it: `<plugin>#<serial>.<local>`
+    /// (`lora#3.model.layers.0.self_attn.q_proj.lora_A.weight`). Plugins name their
+    /// tensors locally; two instances of one plugin (two LoRA adapters on the same
+    /// site) would collide without the instance in the name.
+    pub fn qualified(&self, local: &str) -> String {
+        format!("{}#{}.{local}", self.plugin, self.serial)
     }
 
     fn check<T>(&self, method: impl Into<String>, r: RResult<T, RString>) -> Result<T> {
@@ -165,6 +176,45 @@ impl MethodInstance {
         let hw = self.core.state.temp(weight.clone());
         let h = self.core.check(format!("unmerge at {}", self.sites[site].name), self.obj.unmerge(&self.core.host, site as u32, hw))?;
         self.core.out("unmerge", h)
+    }
+
+    /// The site's base bias with the adapter merged in (unchanged for methods that do
+    /// not touch it).
+    pub fn merge_bias(&self, site: usize, bias: &Tensor) -> Result<Tensor> {
+        let hb = self.core.state.temp(bias.clone());
+        let h = self.core.check(format!("merge_bias at {}", self.sites[site].name), self.obj.merge_bias(&self.core.host, site as u32, hb))?;
+        let out = self.core.out("merge_bias", h)?;
+        if out.dims() != bias.dims() {
+            return Err(self.shape_error("merge_bias", site, bias.dims(), out.dims()));
+        }
+        Ok(out)
+    }
+
+    /// The site's base bias with the adapter taken out.
+    pub fn unmerge_bias(&self, site: usize, bias: &Tensor) -> Result<Tensor> {
+        let hb = self.core.state.temp(bias.clone());
+        let h = self.core.check(format!("unmerge_bias at {}", self.sites[site].name), self.obj.unmerge_bias(&self.core.host, site as u32, hb))?;
+        self.core.out("unmerge_bias", h)
+    }
+
+    /// Whether the plugin says it can be merged.
+    pub fn merge_support(&self) -> MergeSupport {
+        self.obj.merge_support()
+    }
+
+    /// Tells the plugin a forward pass starts.
+    pub fn begin_forward(&self) -> Result<()> {
+        self.core.check("begin_forward", self.obj.begin_forward(&self.core.host))
+    }
+
+    /// Key/value positions it prepends at attention sites.
+    pub fn kv_prefix_len(&self) -> usize {
+        self.obj.kv_prefix_len() as usize
+    }
+
+    /// Its persistent non-trainable tensors.
+    pub fn buffers(&self) -> Vec<Owned> {
+        self.core.store.buffers()
     }
 
     /// Its trainable parameters.

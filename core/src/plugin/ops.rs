@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use candle_core::{DType, Shape, Tensor};
 use stagecraft_sdk::abi::{HostOps, OpResult};
-use stagecraft_sdk::{CmpOp, Init, LogLevel, SdkVersion, TensorHandle, UnaryOp, SDK_VERSION};
+use stagecraft_sdk::{CmpOp, Init, LogLevel, ModelSpec, SdkVersion, SiteRole, TensorHandle, UnaryOp, SDK_VERSION};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
@@ -84,6 +84,14 @@ pub fn log_softmax(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(dim)?.log()?;
     shifted.broadcast_sub(&lse)
+}
+
+/// `log(sum(exp(x)))` along `dim` (removed), from differentiable ops, shifted by the
+/// detached maximum so that it never overflows.
+pub fn logsumexp(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let lse = x.broadcast_sub(&max)?.exp()?.sum_keepdim(dim)?.log()?;
+    (lse + max)?.squeeze(dim)
 }
 
 /// Per-row cross-entropy `[n]` of `logits [n, c]` against integer `targets [n]`; rows
@@ -377,10 +385,32 @@ impl HostOps for HostCtx {
         })
     }
     fn site_weight(&self, site: RStr<'_>, tensor: RStr<'_>) -> OpResult {
-        self.op("site_weight", || self.state.site_tensor(site.as_str(), tensor.as_str()))
+        // Base tensors are frozen inputs to the plugin: no gradient flows back into them.
+        self.op("site_weight", || Ok(self.state.site_tensor(site.as_str(), tensor.as_str())?.detach()))
     }
     fn release(&self, t: TensorHandle) -> OpResult<()> {
         guarded("release", || self.state.table.borrow_mut().release_temp(t))
+    }
+    fn logsumexp(&self, x: TensorHandle, dim: usize) -> OpResult {
+        self.op("logsumexp", || Ok(logsumexp(&self.t(x)?, dim)?))
+    }
+    fn model_info(&self) -> OpResult<ModelSpec> {
+        guarded("model_info", || self.state.model_spec())
+    }
+    fn site_role(&self, site: RStr<'_>) -> OpResult<SiteRole> {
+        guarded("site_role", || self.state.site_role(site.as_str()))
+    }
+    fn from_i64(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> OpResult {
+        self.op("from_i64", || {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                return Err(Error::msg(format!("{} values for shape {:?}", data.len(), shape.as_slice())));
+            }
+            Ok(Tensor::from_slice(data.as_slice(), shape.as_slice(), &self.state.device)?)
+        })
+    }
+    fn encode(&self, text: RStr<'_>) -> OpResult<RVec<u32>> {
+        guarded("encode", || Ok(self.state.encode(text.as_str())?.into()))
     }
 }
 

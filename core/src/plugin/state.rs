@@ -1,17 +1,21 @@
 //! What the host op table works on: the device, the handle table, the seeded RNG, the
-//! train/eval flag, and the base tensors of the model's sites.
+//! train/eval flag, the model (its shape, its sites' roles and base tensors) and the
+//! run's tokenizer.
 //!
 //! One [`HostState`] per run, shared by every plugin instance; one [`InstanceStore`]
 //! per instance, holding the parameters and buffers it created (by local name), which
 //! is what checkpoints, adapter files and optimizers see.
 
 use super::table::{Entry, TensorTable};
+use crate::data::Tokenizer;
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
-use stagecraft_sdk::{Init, InitKind, TensorHandle};
+use stagecraft_sdk::{Init, InitKind, ModelSpec, SiteRole, TensorHandle};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Shared state behind every plugin call.
 #[derive(Debug)]
@@ -27,6 +31,17 @@ pub struct HostState {
     pub rng: RefCell<Rng>,
     training: Cell<bool>,
     site_tensors: RefCell<HashMap<String, HashMap<String, Tensor>>>,
+    model: RefCell<Option<ModelView>>,
+    tokenizer: RefCell<Option<Rc<Tokenizer>>>,
+    instances: Cell<u64>,
+}
+
+/// What plugins may learn about the model they work on: its shape and the role of
+/// each site.
+#[derive(Debug, Clone)]
+struct ModelView {
+    spec: ModelSpec,
+    roles: HashMap<String, SiteRole>,
 }
 
 impl HostState {
@@ -40,7 +55,57 @@ impl HostState {
             rng: RefCell::new(Rng::new(seed)),
             training: Cell::new(true),
             site_tensors: RefCell::default(),
+            model: RefCell::default(),
+            tokenizer: RefCell::default(),
+            instances: Cell::new(0),
         }
+    }
+
+    /// A number for a new plugin instance, unique in this state: instances are made in
+    /// the same order whenever a pipeline's config is replayed (resume, branching), so
+    /// the names built from it are the same too.
+    pub fn next_instance_serial(&self) -> u64 {
+        let n = self.instances.get() + 1;
+        self.instances.set(n);
+        n
+    }
+
+    /// Makes a model visible to plugins: its shape (`model_info`), its sites' roles
+    /// (`site_role`) and its sites' base tensors (`site_weight`). Replaces whatever
+    /// model was registered before.
+    pub fn register_model(&self, model: &dyn Model) {
+        let roles = model.sites().infos().iter().zip(model.sites().roles()).map(|(s, r)| (s.name.to_string(), *r)).collect();
+        *self.model.borrow_mut() = Some(ModelView { spec: model.spec(), roles });
+        let mut tensors = self.site_tensors.borrow_mut();
+        tensors.clear();
+        for (site, name, t) in model.site_tensors() {
+            tensors.entry(site).or_default().insert(name.to_string(), t);
+        }
+    }
+
+    /// The registered model's shape.
+    pub fn model_spec(&self) -> Result<ModelSpec> {
+        self.model.borrow().as_ref().map(|m| m.spec.clone()).ok_or_else(|| Error::msg("no model is registered with the host"))
+    }
+
+    /// The role of a site of the registered model.
+    pub fn site_role(&self, site: &str) -> Result<SiteRole> {
+        let model = self.model.borrow();
+        let m = model.as_ref().ok_or_else(|| Error::msg("no model is registered with the host"))?;
+        m.roles.get(site).copied().ok_or_else(|| Error::msg(format!("the model has no site named `{site}`")))
+    }
+
+    /// Sets the tokenizer plugins encode text with (`encode`).
+    pub fn set_tokenizer(&self, tokenizer: Rc<Tokenizer>) {
+        *self.tokenizer.borrow_mut() = Some(tokenizer);
+    }
+
+    /// Token ids of `text` with the run's tokenizer (special tokens added, as Hugging
+    /// Face tokenizers do by default).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let t = self.tokenizer.borrow();
+        let t = t.as_ref().ok_or_else(|| Error::msg("this host has no tokenizer (initialising from a text needs a pipeline or a model directory with one)"))?;
+        t.encode(text)
     }
 
     /// The run's seed.
@@ -74,11 +139,6 @@ impl HostState {
         };
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
-    }
-
-    /// Makes a base tensor of a site visible to plugins through `site_weight`.
-    pub fn register_site_tensor(&self, site: &str, name: &str, t: Tensor) {
-        self.site_tensors.borrow_mut().entry(site.to_string()).or_default().insert(name.to_string(), t);
     }
 
     /// A registered base tensor.

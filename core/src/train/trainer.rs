@@ -80,11 +80,11 @@ impl Trainer {
                 continue;
             }
             for p in m.params() {
-                params.push(TrainParam { name: p.name, var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
+                params.push(TrainParam { name: m.core.qualified(&p.name), var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
             }
         }
         for p in self.stage.params() {
-            params.push(TrainParam { name: p.name, var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
+            params.push(TrainParam { name: self.stage.core.qualified(&p.name), var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
         }
         if params.is_empty() {
             return Err(Error::msg("nothing to train: every weight is frozen and no adapter has parameters"));

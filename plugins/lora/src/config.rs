@@ -1,26 +1,29 @@
-//! The `lora` adapter table: which sites, what rank, how scaled, how initialized.
+//! The `lora` adapter table: which sites, what rank, how scaled, how initialized, and
+//! whether the update is DoRA's.
 //!
 //! ```
 //! use stagecraft_lora::LoraConfig;
 //!
 //! let cfg: LoraConfig = serde_json::from_str(r#"{ "targets": ["q_proj", "v_proj"] }"#).unwrap();
 //! assert_eq!((cfg.r, cfg.alpha, cfg.init.as_str()), (8, 16.0, "kaiming"));
-//! assert_eq!(cfg.scaling(), 2.0);
+//! assert_eq!(cfg.scaling(8, 16.0), 2.0);
 //! cfg.validate().unwrap();
 //! ```
 
 use serde::{Deserialize, Serialize};
 use stagecraft_sdk::{bail, validate_pattern, JsonSchema, Result};
+use std::collections::BTreeMap;
 
-/// Configuration of one LoRA adapter (PEFT's `LoraConfig`, the fields that matter here).
+/// Configuration of one LoRA adapter: PEFT's `LoraConfig`, with PEFT's names where
+/// PEFT has the option.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(crate = "stagecraft_sdk::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     /// Linear sites to adapt, as PEFT's `target_modules`: a plain name (`q_proj`)
     /// matches the last components of a site name, `*` globs the whole name, `re:...`
-    /// is a regular expression over the whole name. Required; each pattern must match
-    /// at least one linear site.
+    /// is a regular expression over the whole name, `role:attn_q` names a role in any
+    /// architecture. Required; each pattern must match at least one linear site.
     pub targets: Vec<String>,
     /// Rank of the update `ΔW = B·A`. Default 8; must be > 0.
     #[serde(default = "default_r")]
@@ -29,6 +32,18 @@ pub struct LoraConfig {
     /// `use_rslora`). Default 16.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// Per-site ranks: target pattern → rank, overriding `r` where the pattern matches
+    /// (PEFT's `rank_pattern`). Two patterns giving one site different ranks is an
+    /// error. Default: none.
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-site alphas, as `rank_pattern` (PEFT's `alpha_pattern`). Default: none.
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// Only sites in these transformer blocks (0-based), as PEFT's
+    /// `layers_to_transform`. Default: every block (and sites outside blocks).
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<u32>>,
     /// Dropout probability on the adapter's input (training only). Default 0; in `[0, 1)`.
     #[serde(default)]
     pub dropout: f64,
@@ -36,6 +51,11 @@ pub struct LoraConfig {
     /// `alpha / r`. Default false.
     #[serde(default)]
     pub use_rslora: bool,
+    /// Weight-decomposed LoRA (DoRA, Liu et al., 2024): a trainable magnitude per
+    /// output row, initialised to the row norms of the base weight, times the direction
+    /// of `W + scaling·B·A`. Default false.
+    #[serde(default)]
+    pub use_dora: bool,
     /// Initialization of `A` (`B` always starts at zero, so the adapter starts as the
     /// identity): `"kaiming"` (default) is PyTorch's `kaiming_uniform_(a=√5)`, uniform
     /// on `±1/√in`; `"gaussian"` is normal with standard deviation `1/r`, as PEFT's
@@ -80,6 +100,21 @@ impl LoraConfig {
         if !self.alpha.is_finite() {
             bail!("alpha must be a finite number, got {}", self.alpha);
         }
+        for (p, r) in &self.rank_pattern {
+            validate_pattern(p).map_err(|e| e.context("rank_pattern"))?;
+            if *r == 0 {
+                bail!("rank_pattern: `{p}` must give a rank > 0, got 0");
+            }
+        }
+        for (p, a) in &self.alpha_pattern {
+            validate_pattern(p).map_err(|e| e.context("alpha_pattern"))?;
+            if !a.is_finite() {
+                bail!("alpha_pattern: `{p}` must give a finite alpha, got {a}");
+            }
+        }
+        if self.layers_to_transform.as_ref().is_some_and(Vec::is_empty) {
+            bail!("layers_to_transform must name at least one layer (leave it out for every layer)");
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
@@ -87,13 +122,14 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// The factor applied to `B·A·x`: `alpha / r`, or `alpha / √r` with `use_rslora`.
-    pub fn scaling(&self) -> f64 {
-        let r = self.r.max(1) as f64;
+    /// The factor applied to `B·A·x` for a rank and alpha: `alpha / r`, or
+    /// `alpha / √r` with `use_rslora`.
+    pub fn scaling(&self, r: usize, alpha: f64) -> f64 {
+        let r = r.max(1) as f64;
         if self.use_rslora {
-            self.alpha / r.sqrt()
+            alpha / r.sqrt()
         } else {
-            self.alpha / r
+            alpha / r
         }
     }
 
@@ -128,17 +164,18 @@ mod tests {
         assert_eq!(cfg.r, 8);
         assert_eq!(cfg.alpha, 16.0);
         assert_eq!(cfg.dropout, 0.0);
-        assert!(!cfg.use_rslora);
+        assert!(!cfg.use_rslora && !cfg.use_dora);
+        assert!(cfg.rank_pattern.is_empty() && cfg.layers_to_transform.is_none());
         assert_eq!(cfg.lora_init().expect("default init"), LoraInit::Kaiming);
         assert!(cfg.validate().is_ok());
     }
 
     #[test]
     fn rslora_scales_by_the_square_root_of_the_rank() {
-        let cfg = parse(r#"{"targets": ["q_proj"], "r": 16, "alpha": 8, "use_rslora": true}"#).expect("valid config");
-        assert_eq!(cfg.scaling(), 2.0);
+        let cfg = parse(r#"{"targets": ["q_proj"], "use_rslora": true}"#).expect("valid config");
+        assert_eq!(cfg.scaling(16, 8.0), 2.0);
         let cfg = LoraConfig { use_rslora: false, ..cfg };
-        assert_eq!(cfg.scaling(), 0.5);
+        assert_eq!(cfg.scaling(16, 8.0), 0.5);
     }
 
     #[test]
@@ -148,6 +185,8 @@ mod tests {
         assert!(err(r#"{"targets": ["q_proj"], "init": "xavier"}"#).starts_with("init must be"));
         assert!(err(r#"{"targets": []}"#).starts_with("targets must name"));
         assert!(err(r#"{"targets": ["re:("]}"#).starts_with("targets: target pattern `re:(`"));
+        assert!(err(r#"{"targets": ["q_proj"], "rank_pattern": {"v_proj": 0}}"#).starts_with("rank_pattern: `v_proj`"));
+        assert!(err(r#"{"targets": ["q_proj"], "layers_to_transform": []}"#).starts_with("layers_to_transform"));
         assert!(err(r#"{}"#).contains("missing field `targets`"));
         assert!(err(r#"{"targets": ["q_proj"], "rank": 4}"#).contains("unknown field `rank`"));
     }

@@ -3,6 +3,7 @@
 //! Shapes for a linear site with `dims = [in, out]` and rank `r`:
 //! - `<site>.lora_A.weight`: `[r, in]`, random (see [`LoraInit`]);
 //! - `<site>.lora_B.weight`: `[out, r]`, zeros, so a fresh adapter changes nothing;
+//! - `<site>.lora_magnitude_vector`: `[out]`, with `use_dora` only (see [`crate::dora`]);
 //! - `x`: `[.., in]`, `y`: `[.., out]`;
 //! - merged weight: `W + scaling · B·A`, `[out, in]` like the base weight.
 //!
@@ -19,16 +20,53 @@
 //! ```
 
 use crate::config::{LoraConfig, LoraInit};
+use crate::dora;
 use stagecraft_sdk::prelude::*;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The factors of one attached site.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SiteFactors {
+    /// `[r, in]`.
+    pub a: TensorHandle,
+    /// `[out, r]`.
+    pub b: TensorHandle,
+    /// `alpha / r` (or `/ √r`) for this site's rank and alpha.
+    pub scaling: f64,
+    /// DoRA's magnitude `[out]`.
+    pub magnitude: Option<TensorHandle>,
+}
+
+/// The rank and alpha a site gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SiteShape {
+    r: usize,
+    alpha: f64,
+}
 
 /// A LoRA adapter: a low-rank update `B·A` added to each targeted linear site.
 pub struct Lora {
     cfg: LoraConfig,
-    scaling: f64,
     init: LoraInit,
-    /// `(A, B)` per site name.
-    params: HashMap<String, (TensorHandle, TensorHandle)>,
+    /// Rank and alpha per selected site name (from `rank_pattern` / `alpha_pattern`).
+    shapes: HashMap<String, SiteShape>,
+    params: HashMap<String, SiteFactors>,
+}
+
+/// The value the patterns give a site, if any; two patterns giving it different values
+/// is an error naming both.
+fn pattern_value<T: PartialEq + Copy + std::fmt::Display>(field: &str, patterns: &BTreeMap<String, T>, site: &SiteInfo, role: SiteRole) -> Result<Option<T>> {
+    let mut found: Option<(&str, T)> = None;
+    for (p, v) in patterns {
+        if !target_matches(p, site, role) {
+            continue;
+        }
+        match found {
+            Some((q, w)) if w != *v => bail!("{field}: `{q}` ({w}) and `{p}` ({v}) both match `{}`", site.name),
+            _ => found = Some((p, *v)),
+        }
+    }
+    Ok(found.map(|(_, v)| v))
 }
 
 impl Lora {
@@ -37,37 +75,51 @@ impl Lora {
         (format!("{site}.lora_A.weight"), format!("{site}.lora_B.weight"))
     }
 
-    /// The `(A, B)` tensors of an attached site.
-    fn factors<'h>(&self, host: Host<'h>, site: &SiteInfo) -> Result<(Tensor<'h>, Tensor<'h>)> {
+    /// The factors of an attached site.
+    fn factors(&self, site: &SiteInfo) -> Result<SiteFactors> {
         match self.params.get(site.name.as_str()) {
-            Some(&(a, b)) => Ok((host.tensor(a), host.tensor(b))),
+            Some(f) => Ok(*f),
             None => bail!("lora has no parameters for site `{}` (it was not initialized)", site.name),
         }
     }
 
     /// `scaling · B·A`, `[out, in]`: the update folded into the base weight.
-    fn delta_weight<'h>(&self, host: Host<'h>, site: &SiteInfo) -> Result<Tensor<'h>> {
-        let (a, b) = self.factors(host, site)?;
-        b.matmul(&a)?.affine(self.scaling, 0.0)
+    fn delta_weight<'h>(&self, host: Host<'h>, f: &SiteFactors) -> Result<Tensor<'h>> {
+        host.tensor(f.b).matmul(&host.tensor(f.a))?.affine(f.scaling, 0.0)
     }
 }
 
 impl Plugin for Lora {
     const NAME: &'static str = "lora";
-    const DESCRIPTION: &'static str = "low-rank adaptation of linear layers (LoRA, rsLoRA)";
+    const DESCRIPTION: &'static str = "low-rank adaptation of linear layers (LoRA, rsLoRA, DoRA)";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     type Config = LoraConfig;
 
     fn new(cfg: LoraConfig, _host: Host<'_>) -> Result<Self> {
         cfg.validate()?;
         let init = cfg.lora_init()?;
-        Ok(Lora { scaling: cfg.scaling(), init, cfg, params: HashMap::new() })
+        Ok(Lora { init, cfg, shapes: HashMap::new(), params: HashMap::new() })
     }
 }
 
 impl AdaptationMethod for Lora {
-    fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
-        select_linear_sites(&self.cfg.targets, sites, Hooks::POST)
+    fn select_sites(&mut self, host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+        let mut picked = select_sites(host, &self.cfg.targets, sites, &[SiteKind::LINEAR], Hooks::POST)?;
+        if let Some(layers) = &self.cfg.layers_to_transform {
+            picked.retain(|a| sites[a.site as usize].layer.into_option().is_some_and(|l| layers.contains(&l)));
+            if picked.is_empty() {
+                bail!("no targeted site is in layers_to_transform {layers:?}");
+            }
+        }
+        let roles_needed = self.cfg.rank_pattern.keys().chain(self.cfg.alpha_pattern.keys()).any(|p| p.starts_with("role:"));
+        for a in &picked {
+            let site = &sites[a.site as usize];
+            let role = if roles_needed { host.site_role(site)? } else { SiteRole::OTHER };
+            let r = pattern_value("rank_pattern", &self.cfg.rank_pattern, site, role)?.unwrap_or(self.cfg.r);
+            let alpha = pattern_value("alpha_pattern", &self.cfg.alpha_pattern, site, role)?.unwrap_or(self.cfg.alpha);
+            self.shapes.insert(site.name.to_string(), SiteShape { r, alpha });
+        }
+        Ok(picked)
     }
 
     fn init_site(&mut self, host: Host<'_>, site: &SiteInfo) -> Result<()> {
@@ -75,31 +127,52 @@ impl AdaptationMethod for Lora {
             [i, o] => (*i, *o),
             d => bail!("lora: site `{}` has dims {d:?}, expected [in, out] of a linear layer", site.name),
         };
-        let r = self.cfg.r;
+        let SiteShape { r, alpha } = self.shapes.get(site.name.as_str()).copied().unwrap_or(SiteShape { r: self.cfg.r, alpha: self.cfg.alpha });
         let a_init = match self.init {
             LoraInit::Kaiming => Init::kaiming_uniform(fan_in),
             LoraInit::Gaussian => Init::normal(0.0, 1.0 / r as f64),
         };
         let (a_name, b_name) = Lora::param_names(&site.name);
-        let a = host.new_param(&a_name, &[r, fan_in], a_init)?;
-        let b = host.new_param(&b_name, &[fan_out, r], Init::ZEROS)?;
-        self.params.insert(site.name.to_string(), (a.handle(), b.handle()));
+        let a = host.new_param(&a_name, &[r, fan_in], a_init)?.handle();
+        let b = host.new_param(&b_name, &[fan_out, r], Init::ZEROS)?.handle();
+        let mut f = SiteFactors { a, b, scaling: self.cfg.scaling(r, alpha), magnitude: None };
+        if self.cfg.use_dora {
+            f.magnitude = Some(dora::init_magnitude(host, site, &f)?);
+        }
+        self.params.insert(site.name.to_string(), f);
         Ok(())
     }
 
     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
-        let (a, b) = self.factors(host, site)?;
+        let f = self.factors(site)?;
+        let x = x.dropout(self.cfg.dropout)?;
         // [.., in] × [in, r] × [r, out]: the host's matmul broadcasts a 2-d right-hand
         // side over the leading dims of x.
-        let delta = x.dropout(self.cfg.dropout)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        y.add(&delta.affine(self.scaling, 0.0)?)
+        let delta = x.matmul(&host.tensor(f.a).t()?)?.matmul(&host.tensor(f.b).t()?)?.affine(f.scaling, 0.0)?;
+        match f.magnitude {
+            Some(m) => dora::forward(host, site, &f, host.tensor(m), x, y, delta, self.cfg.dropout > 0.0),
+            None => y.add(&delta),
+        }
+    }
+
+    fn merge_support(&self) -> MergeSupport {
+        MergeSupport::YES
     }
 
     fn merge<'h>(&self, host: Host<'h>, site: &SiteInfo, weight: Tensor<'h>) -> Result<Tensor<'h>> {
-        weight.add(&self.delta_weight(host, site)?)
+        let f = self.factors(site)?;
+        let updated = weight.add(&self.delta_weight(host, &f)?)?;
+        match f.magnitude {
+            Some(m) => dora::scale_rows(&updated, host.tensor(m)),
+            None => Ok(updated),
+        }
     }
 
     fn unmerge<'h>(&self, host: Host<'h>, site: &SiteInfo, weight: Tensor<'h>) -> Result<Tensor<'h>> {
-        weight.sub(&self.delta_weight(host, site)?)
+        let f = self.factors(site)?;
+        if f.magnitude.is_some() {
+            bail!("lora: a DoRA merge of `{}` cannot be undone from the merged weight alone (the norms of the unmerged weight are lost)", site.name);
+        }
+        weight.sub(&self.delta_weight(host, &f)?)
     }
 }

@@ -1,5 +1,6 @@
-//! Loading Hugging Face checkpoint directories: `config.json` plus `model.safetensors`
-//! (or a sharded `model.safetensors.index.json`).
+//! Hugging Face checkpoint directories: loading `config.json` plus `model.safetensors`
+//! (or a sharded `model.safetensors.index.json`), and writing them
+//! ([`save_model_dir`]).
 //!
 //! [`load_model`] reads `model_type` from `config.json` and builds the matching host
 //! model (`llama` → [`Llama`], `bert` → [`Bert`]). Every problem with the directory is
@@ -12,8 +13,10 @@
 //! # Ok::<(), stagecraft_core::Error>(())
 //! ```
 
+mod save;
 mod store;
 
+pub use save::save_model_dir;
 pub use store::{WeightStore, INDEX_FILE, SINGLE_FILE};
 
 use super::{Bert, Llama, Model};

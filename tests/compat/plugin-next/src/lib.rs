@@ -1,5 +1,5 @@
-//! `next_lse`: replaces a linear site's output by `y - logsumexp(y)` along the last dim,
-//! using `logsumexp`, an op appended in SDK 1.1. In a 1.0 host the call fails with the
+//! `next_cumsum`: replaces a linear site's output by its cumulative sum along the last
+//! dim, using `cumsum`, an op appended in SDK 1.2. In a 1.1 host the call fails with the
 //! op's default body ("host lacks op"), and nothing crashes.
 
 use stagecraft_sdk::abi::{CallResult, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerBox, PluginLib, PluginLibRef, StageBox};
@@ -11,13 +11,13 @@ use stagecraft_sdk::abi_stable::{
 };
 use stagecraft_sdk::{Attachment, Hooks, PluginInfo, PluginKind, SdkVersion, SiteInfo, SiteKind, TensorHandle, SDK_VERSION};
 
-struct NextLse {
+struct NextCumsum {
     suffix: String,
     sites: Vec<SiteInfo>,
     params: Vec<(u32, TensorHandle)>,
 }
 
-impl MethodAbi for NextLse {
+impl MethodAbi for NextCumsum {
     fn select_sites(&mut self, _host: HostRef<'_>, sites: RSlice<'_, SiteInfo>) -> CallResult<RVec<Attachment>> {
         self.sites = sites.to_vec();
         let picked: RVec<Attachment> = sites
@@ -37,11 +37,7 @@ impl MethodAbi for NextLse {
 
     fn forward(&self, host: HostRef<'_>, site: u32, _pre: bool, _x: TensorHandle, y: TensorHandle) -> CallResult<TensorHandle> {
         let _ = site;
-        let lse = match host.logsumexp(y, 2) {
-            RResult::ROk(t) => t,
-            e => return e,
-        };
-        host.sub(y, lse)
+        host.cumsum(y, 2)
     }
 }
 
@@ -51,21 +47,21 @@ extern "C" fn sdk_version() -> SdkVersion {
 
 extern "C" fn manifest() -> RVec<PluginInfo> {
     vec![PluginInfo {
-        name: "next_lse".into(),
+        name: "next_cumsum".into(),
         kind: PluginKind::METHOD,
         version: "0.1.0".into(),
-        description: "log-normalized outputs through an op appended in SDK 1.1".into(),
+        description: "cumulative sums through an op appended in SDK 1.2".into(),
         config_schema: "{}".into(),
     }]
     .into()
 }
 
 extern "C" fn new_method(name: RStr<'_>, config: RStr<'_>, _host: HostRef<'_>) -> CallResult<MethodBox> {
-    if name.as_str() != "next_lse" {
+    if name.as_str() != "next_cumsum" {
         return RResult::RErr(RString::from(format!("no method `{name}`")));
     }
     let suffix = config.as_str().split('"').nth(3).unwrap_or("up_proj").to_string();
-    RResult::ROk(MethodAbi_TO::from_value(NextLse { suffix, sites: Vec::new(), params: Vec::new() }, TD_Opaque))
+    RResult::ROk(MethodAbi_TO::from_value(NextCumsum { suffix, sites: Vec::new(), params: Vec::new() }, TD_Opaque))
 }
 
 extern "C" fn new_optimizer(_: RStr<'_>, _: RStr<'_>, _: HostRef<'_>) -> CallResult<OptimizerBox> {

@@ -13,8 +13,8 @@
 
 use super::host::HostOps_TO;
 use crate::types::{
-    Attachment, Control, LossOutput, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo,
-    StepInfo, TensorHandle,
+    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot,
+    SiteInfo, StepInfo, TensorHandle,
 };
 use abi_stable::{
     sabi_trait,
@@ -51,6 +51,35 @@ pub trait MethodAbi {
     fn unmerge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle> {
         let _ = (host, site, weight);
         plugin_lacks("unmerge")
+    }
+    // ---- appended in 1.1 ----
+    /// Whether `merge` can fold this instance into the base weights. A plugin without
+    /// it does not say. (Since 1.1.)
+    fn merge_support(&self) -> MergeSupport {
+        MergeSupport::UNKNOWN
+    }
+    /// The merged bias of a linear site given its base bias. A plugin without it leaves
+    /// the bias as it is (what LoRA-like methods need). (Since 1.1.)
+    fn merge_bias(&self, host: HostRef<'_>, site: u32, bias: TensorHandle) -> CallResult<TensorHandle> {
+        let _ = (host, site);
+        RResult::ROk(bias)
+    }
+    /// The inverse of `merge_bias`. (Since 1.1.)
+    fn unmerge_bias(&self, host: HostRef<'_>, site: u32, bias: TensorHandle) -> CallResult<TensorHandle> {
+        let _ = (host, site);
+        RResult::ROk(bias)
+    }
+    /// Called once at the start of every model forward pass, before any site hook.
+    /// A plugin without it does nothing. (Since 1.1.)
+    fn begin_forward(&self, host: HostRef<'_>) -> CallResult<()> {
+        let _ = host;
+        RResult::ROk(())
+    }
+    /// How many key/value positions this instance prepends at attention key/value
+    /// sites (prefix tuning). Real tokens then take positions after them, as they
+    /// would after a cache of that length. A plugin without it prepends none. (Since 1.1.)
+    fn kv_prefix_len(&self) -> u32 {
+        0
     }
 }
 

@@ -12,7 +12,7 @@ use abi_stable::{
     StableAbi,
 };
 
-/// The function table of a plugin library. 
+/// The function table of a plugin library. Built by [`export_plugin!`](crate::export_plugin).
 ///
 /// `#[sabi(kind(Prefix))]` makes this a prefix type: a later SDK may append fields, and
 /// a host reads only the fields the library actually has.
