@@ -16,7 +16,7 @@ pub fn merge_into_base(model: &dyn Model, adapters: &mut Adapters) -> Result<()>
         for a in m.attachments() {
             let site = &sites[a.site as usize];
             if site.kind != SiteKind::LINEAR {
-                return Err(Error::msg(format!("plugin `{}` is attached to `{}`, a {} site: only linear sites can be merged", m.core.plugin, site.name, site.kind)));
+                return Err(Error::msg(format!("plugin `{}` is attached to `{}`, which is not a linear site (kind {}): only linear sites can be merged", m.core.plugin, site.name, site.kind)));
             }
             let wname = format!("{}.weight", site.name);
             let w = find(&wname).ok_or_else(|| Error::msg(format!("model has no weight `{wname}`")))?;

@@ -2,7 +2,6 @@
 
 use clap::Args;
 use stagecraft_core::bench::{run, Mode, Workload};
-use stagecraft_core::plugin::{search_path, Registry};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -18,10 +17,7 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let mut registry = Registry::with_builtins(super::report_dir())?;
-    for e in registry.load_dirs(&search_path()) {
-        tracing::warn!("{e}");
-    }
+    let registry = super::registry()?;
     let report = run(&registry, args.workload, args.mode, args.steps, 2)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

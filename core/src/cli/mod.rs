@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod bench;
+mod export;
 mod model;
 mod plugin;
 mod run;
@@ -31,6 +32,12 @@ enum Command {
     Forward(model::ForwardArgs),
     /// Continue a prompt with a decoder (greedy, or temperature / top-p sampling).
     Generate(model::GenerateArgs),
+    /// Write a finished stage of a run as PEFT adapter directories or as a merged
+    /// Hugging Face model directory.
+    Export(export::ExportArgs),
+    /// Merge PEFT adapters into a Hugging Face model (a new model directory), or
+    /// combine LoRA adapters into one (a new adapter directory).
+    Merge(export::MergeArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -43,8 +50,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::sites(cmd),
         Command::Forward(args) => model::forward(args),
         Command::Generate(args) => model::generate_cmd(args),
+        Command::Export(args) => export::export(args),
+        Command::Merge(args) => export::merge(args),
         Command::Bench(args) => bench::bench(args),
     }
+}
+
+/// The built-in plugins and those on the search path (load failures are warnings).
+pub fn registry() -> anyhow::Result<stagecraft_core::plugin::Registry> {
+    let mut registry = stagecraft_core::plugin::Registry::with_builtins(report_dir())?;
+    for e in registry.load_dirs(&stagecraft_core::plugin::search_path()) {
+        tracing::warn!("{e}");
+    }
+    Ok(registry)
 }
 
 /// Where one-off commands write abi_stable's full mismatch reports.

@@ -7,7 +7,8 @@ use stagecraft_core::adapter::{load_peft, merge_into_base};
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::generate::{generate, Sampling};
 use stagecraft_core::model::{load_model, Adapters, Model};
-use stagecraft_core::plugin::{search_path, HostState, Registry};
+use stagecraft_core::pipeline::{open_stage, OpenedStage};
+use stagecraft_core::plugin::{HostState, Registry};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -25,15 +26,114 @@ pub enum ModelCmd {
 /// A model with adapters, as `forward` and `generate` take it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json + model.safetensors).
+    /// Hugging Face model directory (config.json + model.safetensors). Optional when an
+    /// adapter is a run's stage: that stage's own model is used.
     #[arg(long)]
-    model: PathBuf,
-    /// PEFT adapter directories, applied in order.
+    model: Option<PathBuf>,
+    /// Adapters, applied in order: PEFT directories (LoRA, DoRA, IA3, prompt and prefix
+    /// tuning), or a run's stage as `RUN_DIR:STAGE` (`RUN_DIR` alone: its last finished
+    /// stage), with every adapter it ended with, from any plugin.
     #[arg(long = "adapter")]
-    adapters: Vec<PathBuf>,
+    adapters: Vec<String>,
     /// Merge the adapters into the base weights before running.
     #[arg(long)]
     merge: bool,
+}
+
+/// Where an `--adapter` comes from.
+enum AdapterSource {
+    /// A PEFT directory.
+    Peft(PathBuf),
+    /// A stage of a run directory (`None`: its last finished stage).
+    Run(PathBuf, Option<String>),
+}
+
+impl AdapterSource {
+    fn parse(arg: &str) -> Self {
+        let is_run = |p: &Path| p.join("config.toml").is_file() && p.join("checkpoints").is_dir();
+        if is_run(Path::new(arg)) {
+            return AdapterSource::Run(PathBuf::from(arg), None);
+        }
+        match arg.rsplit_once(':') {
+            Some((dir, stage)) if is_run(Path::new(dir)) => AdapterSource::Run(PathBuf::from(dir), Some(stage.to_string())),
+            _ => AdapterSource::Peft(PathBuf::from(arg)),
+        }
+    }
+}
+
+/// A model with its adapters, ready to run.
+struct Opened {
+    model: Box<dyn Model>,
+    adapters: Adapters,
+    state: Rc<HostState>,
+    /// The tokenizer of the run an adapter came from, if any.
+    run_tokenizer: Option<Tokenizer>,
+    _registry: Registry,
+}
+
+/// Attaches a run stage's adapters, with their trained values, to `model`.
+fn attach_stage(opened: &OpenedStage, registry: &Registry, state: &Rc<HostState>, model: &dyn Model, adapters: &mut Adapters) -> anyhow::Result<()> {
+    for (record, source) in opened.result.adapters.iter().zip(opened.adapters.methods()) {
+        let m = registry.new_method(&record.plugin, &record.config, state)?;
+        let k = adapters.attach(m, model.sites()).with_context(|| format!("adapter `{}` of stage `{}`", record.plugin, opened.stage))?;
+        let trained: HashMap<String, Tensor> = source.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
+        for p in adapters.methods()[k].params() {
+            let t = trained.get(&p.name).with_context(|| format!("stage `{}` has no `{}` for adapter `{}`", opened.stage, p.name, record.plugin))?;
+            anyhow::ensure!(t.dims() == p.var.dims(), "adapter `{}` parameter `{}` is {:?} in stage `{}`, {:?} on this model", record.plugin, p.name, t.dims(), opened.stage, p.var.dims());
+            p.var.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the model and attaches (and maybe merges) the adapters.
+fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
+    let device = Device::Cpu;
+    let registry = super::registry()?;
+    let sources: Vec<AdapterSource> = args.adapters.iter().map(|a| AdapterSource::parse(a)).collect();
+    let mut stages = Vec::new();
+    for s in &sources {
+        if let AdapterSource::Run(dir, stage) = s {
+            stages.push(open_stage(dir, stage.as_deref(), &registry, &device)?);
+        }
+    }
+    let (model, state, mut adapters, mut stages, run_tokenizer) = match &args.model {
+        Some(dir) => {
+            let model = load_model(dir, &device)?;
+            let state = Rc::new(HostState::new(device, DType::F32, 0));
+            state.register_model(model.as_ref());
+            let adapters = Adapters::none(model.sites().len());
+            let tok = stages.first().map(|s| s.tokenizer.clone());
+            (model, state, adapters, stages.into_iter(), tok)
+        }
+        None => {
+            anyhow::ensure!(!stages.is_empty(), "--model is required unless an --adapter is a run's stage (RUN_DIR:STAGE)");
+            let first = stages.remove(0);
+            let tok = Some(first.tokenizer.clone());
+            (first.model, first.state, first.adapters, stages.into_iter(), tok)
+        }
+    };
+    for (_, w) in model.weights() {
+        w.set_trainable(false);
+    }
+    state.set_training(false);
+    let mut first_stage_used = args.model.is_none();
+    for s in &sources {
+        match s {
+            AdapterSource::Peft(dir) => {
+                load_peft(dir, &registry, &state, model.as_ref(), &mut adapters)?;
+            }
+            AdapterSource::Run(..) if first_stage_used => first_stage_used = false,
+            AdapterSource::Run(..) => {
+                let opened = stages.next().context("run stage opened above")?;
+                attach_stage(&opened, &registry, &state, model.as_ref(), &mut adapters)?;
+            }
+        }
+    }
+    if args.merge {
+        merge_into_base(model.as_ref(), &mut adapters)?;
+    }
+    Ok(Opened { model, adapters, state, run_tokenizer, _registry: registry })
 }
 
 #[derive(Debug, Args)]
@@ -84,30 +184,6 @@ pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the model and attaches (and maybe merges) the adapters.
-fn open(args: &ModelArgs) -> anyhow::Result<(Box<dyn Model>, Adapters, Rc<HostState>, Registry)> {
-    let device = Device::Cpu;
-    let model = load_model(&args.model, &device)?;
-    for (_, w) in model.weights() {
-        w.set_trainable(false);
-    }
-    let state = Rc::new(HostState::new(device, DType::F32, 0));
-    state.set_training(false);
-    state.register_model(model.as_ref());
-    let mut registry = Registry::with_builtins(super::report_dir())?;
-    for e in registry.load_dirs(&search_path()) {
-        tracing::warn!("{e}");
-    }
-    let mut adapters = Adapters::none(model.sites().len());
-    for dir in &args.adapters {
-        load_peft(dir, &registry, &state, model.as_ref(), &mut adapters)?;
-    }
-    if args.merge {
-        merge_into_base(model.as_ref(), &mut adapters)?;
-    }
-    Ok((model, adapters, state, registry))
-}
-
 fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
     let mut t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let ids = t.remove("input_ids").with_context(|| format!("{}: no tensor `input_ids`", path.display()))?;
@@ -124,7 +200,7 @@ fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
 }
 
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
-    let (model, adapters, _state, _reg) = open(&args.model)?;
+    let Opened { model, adapters, .. } = open(&args.model)?;
     let (ids, mask) = read_ids(&args.input)?;
     let vocab = model.info().vocab as u32;
     if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&t| t >= vocab) {
@@ -142,13 +218,17 @@ pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
 }
 
 pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
-    let (model, adapters, state, _reg) = open(&args.model)?;
+    let Opened { model, adapters, state, run_tokenizer, .. } = open(&args.model)?;
+    let dir_tokenizer = match &args.model.model {
+        Some(dir) => Tokenizer::for_model_dir(dir)?,
+        None => None,
+    };
     let tokenizer = match &args.tokenizer {
         Some(spec) => Tokenizer::from_spec(spec)?,
-        None => Tokenizer::for_model_dir(&args.model.model)?.unwrap_or_else(Tokenizer::bytes),
+        None => dir_tokenizer.or(run_tokenizer).unwrap_or_else(Tokenizer::bytes),
     };
     if matches!(tokenizer, Tokenizer::Bytes) && model.info().vocab < 256 {
-        anyhow::bail!("{}: no tokenizer.json, and the byte tokenizer needs a vocabulary of at least 256 (model has {})", args.model.model.display(), model.info().vocab);
+        anyhow::bail!("no tokenizer.json, and the byte tokenizer needs a vocabulary of at least 256 (model has {})", model.info().vocab);
     }
     let prompt = tokenizer.encode(&args.prompt)?;
     let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };

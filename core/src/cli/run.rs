@@ -4,7 +4,6 @@
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::pipeline::{Pipeline, StageEnd};
-use stagecraft_core::plugin::{search_path, Registry};
 use std::path::PathBuf;
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -35,10 +34,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
-        let mut registry = Registry::with_builtins(super::report_dir())?;
-        for e in registry.load_dirs(&search_path()) {
-            tracing::warn!("{e}");
-        }
+        let registry = super::registry()?;
         let t = std::time::Instant::now();
         let (pipeline, _) = Pipeline::resume(dir, registry, args.quiet)?;
         return finish(pipeline, t);
@@ -47,10 +43,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => PipelineConfig::from_file(path, &args.overrides)?,
         None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &args.overrides)?,
     };
-    let mut registry = Registry::with_builtins(super::report_dir())?;
-    for e in registry.load_dirs(&search_path()) {
-        tracing::warn!("{e}");
-    }
+    let registry = super::registry()?;
     if args.check {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
         return Ok(());

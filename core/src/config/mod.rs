@@ -37,7 +37,7 @@ pub use model::ModelConfig;
 pub use overrides::apply_override;
 pub use run::RunConfig;
 pub use stage::{
-    AdapterConfig, AdapterHandoff, AnomalyConfig, DataConfig, Decay, ExitConfig, GateAction, GatesConfig, HandoffConfig, Objective,
+    AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction, GatesConfig, HandoffConfig, Objective,
     OptimizerConfig, OptimizerHandoff, Order, ReplayConfig, RetentionGate, ScheduleConfig, StageConfig, TrainConfig, Unfreeze,
 };
 

@@ -295,6 +295,24 @@ pub enum AdapterHandoff {
     Continue,
     /// Discard them.
     Drop,
+    /// Combine them (LoRA adapters only) into one LoRA adapter, as `handoff.combine`
+    /// says, which keeps training.
+    Combine,
+}
+
+/// How `handoff.adapters = "combine"` combines the previous LoRA adapters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CombineConfig {
+    /// `"cat"`: the exact weighted sum (rank: the sum of the ranks); `"svd"`: the
+    /// weighted sum truncated to `rank` by SVD.
+    pub method: String,
+    /// The combined rank, for `svd`.
+    #[serde(default)]
+    pub rank: Option<usize>,
+    /// One weight per adapter, in the order they were attached. Default: all 1.
+    #[serde(default)]
+    pub weights: Vec<f64>,
 }
 
 /// What happens to the previous stage's optimizer state.
@@ -309,7 +327,7 @@ pub enum OptimizerHandoff {
 }
 
 /// `handoff = { adapters = "merge", optimizer = "reset" }`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffConfig {
     /// Default merge.
@@ -318,6 +336,9 @@ pub struct HandoffConfig {
     /// Default reset.
     #[serde(default)]
     pub optimizer: OptimizerHandoff,
+    /// For `adapters = "combine"`: how (`{ method = "svd", rank = 16 }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<CombineConfig>,
 }
 
 /// `exit = { metric = "eval.loss", below = 1.2, patience = 3 }`.

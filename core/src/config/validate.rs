@@ -2,7 +2,7 @@
 //! plugin, a target matching no site, a plugin rejecting its config) happen when the
 //! pipeline instantiates its plugins, also before the first step.
 
-use super::{ExitConfig, PipelineConfig, StageConfig};
+use super::{AdapterHandoff, ExitConfig, PipelineConfig, StageConfig};
 use crate::error::{Error, Result};
 
 /// Metrics the first-party objectives report on eval sets (`eval.<name>`).
@@ -105,6 +105,7 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             return Err(bad(format!("from `{from}` is neither an earlier stage nor a model directory with a config.json")));
         }
     }
+    check_handoff(s).map_err(|m| bad(format!("handoff: {m}")))?;
     if !(0.0..1.0).contains(&s.train.dropout) {
         return Err(bad(format!("train.dropout must be in [0, 1), got {}", s.train.dropout)));
     }
@@ -115,6 +116,24 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         return Err(bad("anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()));
     }
     Ok(())
+}
+
+fn check_handoff(s: &StageConfig) -> std::result::Result<(), String> {
+    let h = &s.handoff;
+    match (h.adapters, &h.combine) {
+        (AdapterHandoff::Combine, None) => Err("`adapters = \"combine\"` needs `combine = { method = \"cat\" }` or `{ method = \"svd\", rank = 16 }`".into()),
+        (AdapterHandoff::Combine, Some(c)) => match (c.method.as_str(), c.rank) {
+            ("cat", None) | ("svd", Some(1..)) => match c.weights.iter().find(|w| !w.is_finite()) {
+                Some(w) => Err(format!("combine.weights must be finite numbers, got {w}")),
+                None => Ok(()),
+            },
+            ("cat", Some(_)) => Err("combine.rank goes with method = \"svd\" (cat keeps every rank)".into()),
+            ("svd", _) => Err("combine method \"svd\" needs a rank > 0".into()),
+            (other, _) => Err(format!("combine.method must be \"cat\" or \"svd\", got \"{other}\"")),
+        },
+        (_, Some(_)) => Err("`combine` goes with `adapters = \"combine\"`".into()),
+        _ => Ok(()),
+    }
 }
 
 impl PipelineConfig {

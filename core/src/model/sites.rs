@@ -75,6 +75,19 @@ impl Adapters {
             return Err(Error::msg("adapter set was built for a different model"));
         }
         m.attach(sites.infos())?;
+        Ok(self.add(m))
+    }
+
+    /// Adds an instance that is already attached to these sites (one taken from
+    /// another adapter set of the same model).
+    pub fn adopt(&mut self, m: MethodInstance, sites: &SiteTable) -> Result<usize> {
+        if sites.len() != self.pre.len() {
+            return Err(Error::msg("adapter set was built for a different model"));
+        }
+        Ok(self.add(m))
+    }
+
+    fn add(&mut self, m: MethodInstance) -> usize {
         let k = self.methods.len();
         for a in m.attachments() {
             if a.hooks.contains(Hooks::PRE) {
@@ -87,7 +100,7 @@ impl Adapters {
         self.methods.push(m);
         self.active.push(true);
         self.frozen.push(false);
-        Ok(k)
+        k
     }
 
     /// Sets the model dropout: embeddings and each block's attention and MLP outputs

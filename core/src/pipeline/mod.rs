@@ -24,7 +24,7 @@ pub use snapshot::Snapshot;
 pub use resume::ResumeMeta;
 pub use stage::{MarkSteps, Marks, Progress, StageEnd};
 
-use crate::adapter::merge_into_base;
+use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
 use crate::checkpoint::Checkpoint;
 use crate::config::{AdapterHandoff, OptimizerHandoff, PipelineConfig, StageConfig};
 use crate::data::{Dataset, Mixture, Order, Tokenizer};
@@ -203,12 +203,36 @@ impl Pipeline {
             }
             AdapterHandoff::Stack => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, true)),
             AdapterHandoff::Continue => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, false)),
+            AdapterHandoff::Combine => self.combine(model, adapters, s)?,
         }
         for a in &s.adapters {
             let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
             adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
             self.lineage.push(AdapterRecord { plugin: a.plugin.clone(), config: a.config_json(), frozen: false });
         }
+        Ok(())
+    }
+
+    /// Replaces the attached LoRA adapters by their combination (see
+    /// [`combine_lora`]), which keeps training.
+    fn combine(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
+        let c = s.handoff.combine.clone().ok_or_else(|| Error::msg(format!("stage `{}`: handoff `combine` without `combine`", s.name)))?;
+        let how = match c.rank {
+            Some(rank) if c.method == "svd" => Combine::Svd { rank },
+            _ => Combine::Cat,
+        };
+        let n = adapters.methods().len();
+        let weights = if c.weights.is_empty() { vec![1.0; n] } else { c.weights.clone() };
+        if weights.len() != n {
+            return Err(Error::msg(format!("stage `{}`: handoff.combine.weights has {} values for the {n} adapters attached", s.name, weights.len())));
+        }
+        let configs = self.lineage.iter().map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin)))).collect::<Result<Vec<serde_json::Value>>>()?;
+        let inputs: Vec<LoraInput> = adapters.methods().iter().zip(&configs).zip(&weights).map(|((method, config), &weight)| LoraInput { method, config, weight }).collect();
+        let combined = combine_lora(&inputs, how, &self.registry, &self.state, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `combine`: {e}", s.name)))?;
+        drop(adapters.take());
+        let k = adapters.adopt(combined.method, model.sites())?;
+        adapters.set_frozen(k, false);
+        self.lineage = vec![AdapterRecord { plugin: "lora".into(), config: combined.config.to_string(), frozen: false }];
         Ok(())
     }
 
@@ -285,7 +309,8 @@ impl Pipeline {
     pub fn run(mut self) -> Result<RunSummary> {
         let mut model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
         self.state.register_model(model.as_ref());
-        plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref())?;
+        let tokenizer = self.state.tokenizer().ok_or_else(|| Error::msg("the pipeline has no tokenizer"))?;
+        plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref(), tokenizer)?;
         let mut adapters = Adapters::none(model.sites().len());
         let mut optimizer: Option<OptimizerInstance> = None;
         let mut summary = Vec::new();

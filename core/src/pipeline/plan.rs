@@ -52,10 +52,11 @@ pub(super) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
 ///
 /// Returns how many sites each stage's adapters attach to (`None` for stages on
 /// another model, checked when they start).
-pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &Device, model: &dyn Model) -> Result<Vec<Option<Vec<usize>>>> {
-    let scratch = Rc::new(HostState::new(device.clone(), DType::F32, 0));
+pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &Device, model: &dyn Model, tokenizer: Rc<Tokenizer>) -> Result<Vec<Option<Vec<usize>>>> {
+    let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
     scratch.register_model(model);
-    let mut made: Vec<(String, MethodInstance)> = Vec::new();
+    scratch.set_tokenizer(tokenizer);
+    let mut made: Vec<(String, MethodInstance, String)> = Vec::new();
     // The adapters alive at the end of each stage (indices into `made`); `None` on
     // another model.
     let mut alive_after: Vec<Option<Vec<usize>>> = Vec::new();
@@ -74,12 +75,24 @@ pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &
         };
         if i > 0 && s.handoff.adapters == AdapterHandoff::Merge {
             for &k in &alive {
-                let (from, m) = &made[k];
+                let (from, m, _) = &made[k];
                 check_mergeable(m, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `merge` folds adapter `{}` of stage `{from}` into the base weights, but {e}; hand it over with \"stack\" or \"drop\" instead", s.name, m.core.plugin)))?;
             }
         }
-        if i > 0 && matches!(s.handoff.adapters, AdapterHandoff::Merge | AdapterHandoff::Drop) {
-            alive.clear();
+        if i > 0 && s.handoff.adapters == AdapterHandoff::Combine {
+            let plain_lora = |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
+            if let Some(&k) = alive.iter().find(|&&k| !plain_lora(&made[k].1, &made[k].2)) {
+                let (from, m, _) = &made[k];
+                return Err(Error::msg(format!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin)));
+            }
+            if alive.is_empty() {
+                return Err(Error::msg(format!("stage `{}`: handoff `combine` has no adapters to combine", s.name)));
+            }
+        }
+        if i > 0 && matches!(s.handoff.adapters, AdapterHandoff::Merge | AdapterHandoff::Drop | AdapterHandoff::Combine) {
+            // A combination is one new LoRA adapter; its sites are those of the ones it replaces.
+            let combined: Vec<usize> = if s.handoff.adapters == AdapterHandoff::Combine { alive.first().copied().into_iter().collect() } else { Vec::new() };
+            alive = combined;
         }
         let mut counts = Vec::new();
         for a in &s.adapters {
@@ -87,7 +100,7 @@ pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &
             m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
             counts.push(m.attachments().len());
             alive.push(made.len());
-            made.push((s.name.clone(), m));
+            made.push((s.name.clone(), m, a.config_json()));
         }
         alive_after.push(Some(alive));
         out.push(Some(counts));
@@ -113,7 +126,7 @@ fn check_mergeable(m: &MethodInstance, model: &dyn Model) -> Result<()> {
         }
     }
     match m.attachments().iter().map(|a| &sites[a.site as usize]).find(|s| s.kind != SiteKind::LINEAR) {
-        Some(site) => Err(Error::msg(format!("it is attached to `{}`, a {} site, and only linear sites can be merged", site.name, site.kind))),
+        Some(site) => Err(Error::msg(format!("it is attached to `{}`, which is not a linear site (kind {}), and only linear sites can be merged", site.name, site.kind))),
         None => Ok(()),
     }
 }
@@ -128,7 +141,7 @@ impl Pipeline {
     pub fn plan(cfg: &PipelineConfig, registry: &Registry) -> Result<String> {
         let loaded = load(cfg, registry)?;
         let model = build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?;
-        let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref())?;
+        let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref(), Rc::new(loaded.tokenizer.clone()))?;
         let info = model.info();
         let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
         let mut out = String::new();
@@ -182,5 +195,6 @@ fn handoff_word(h: AdapterHandoff) -> &'static str {
         AdapterHandoff::Stack => "stacked",
         AdapterHandoff::Continue => "continued",
         AdapterHandoff::Drop => "dropped",
+        AdapterHandoff::Combine => "combined into one",
     }
 }

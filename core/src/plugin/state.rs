@@ -100,6 +100,11 @@ impl HostState {
         *self.tokenizer.borrow_mut() = Some(tokenizer);
     }
 
+    /// The tokenizer plugins encode text with, if one is set.
+    pub fn tokenizer(&self) -> Option<Rc<Tokenizer>> {
+        self.tokenizer.borrow().clone()
+    }
+
     /// Token ids of `text` with the run's tokenizer (special tokens added, as Hugging
     /// Face tokenizers do by default).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

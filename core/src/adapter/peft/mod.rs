@@ -208,6 +208,14 @@ pub fn peft_to_plugin(config: &Value, cfg_path: &Path) -> Result<(String, Value)
     Ok((t.plugin().to_string(), t.to_plugin(config, cfg_path)?))
 }
 
+/// The plugin name and JSON config a PEFT directory loads as.
+pub fn plugin_config_of(dir: &Path) -> Result<(String, Value)> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, format!("cannot read: {e}")))?;
+    let config: Value = serde_json::from_str(&text).map_err(|e| err(&cfg_path, format!("invalid JSON: {e}")))?;
+    peft_to_plugin(&config, &cfg_path)
+}
+
 /// Reads a PEFT adapter directory and attaches it to `model` through its plugin, with
 /// the file's values. Returns the index of the new method in `adapters`.
 pub fn load_peft(dir: &Path, registry: &Registry, state: &Rc<HostState>, model: &dyn Model, adapters: &mut Adapters) -> Result<usize> {
