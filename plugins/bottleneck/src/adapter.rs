@@ -67,8 +67,12 @@ impl AdaptationMethod for Bottleneck {
         let hidden = site.dims[0];
         let inner = (hidden / self.cfg.reduction_factor).max(1);
         let name = |p: &str| format!("{}.adapter_{p}", site.name);
+        let down_init = match self.cfg.init_std {
+            Some(std) => Init::normal(0.0, std),
+            None => Init::kaiming_uniform(hidden),
+        };
         let p = Projections {
-            down_w: host.new_param(&name("down.weight"), &[inner, hidden], Init::normal(0.0, self.cfg.init_std))?.handle(),
+            down_w: host.new_param(&name("down.weight"), &[inner, hidden], down_init)?.handle(),
             down_b: host.new_param(&name("down.bias"), &[inner], Init::ZEROS)?.handle(),
             up_w: host.new_param(&name("up.weight"), &[hidden, inner], Init::ZEROS)?.handle(),
             up_b: host.new_param(&name("up.bias"), &[hidden], Init::ZEROS)?.handle(),

@@ -32,10 +32,11 @@ pub struct BottleneckConfig {
     /// Only these transformer blocks (0-based). Default: every block.
     #[serde(default)]
     pub layers: Option<Vec<u32>>,
-    /// Standard deviation of the down projection's normal init (the up projection and
-    /// both biases start at zero). Default 0.01.
-    #[serde(default = "default_init_std")]
-    pub init_std: f64,
+    /// The down projection starts normal(0, `init_std`) when given; by default it starts
+    /// as PyTorch's `nn.Linear` (uniform on `±1/√hidden`). The up projection and both
+    /// biases always start at zero.
+    #[serde(default)]
+    pub init_std: Option<f64>,
 }
 
 fn default_variant() -> String {
@@ -43,9 +44,6 @@ fn default_variant() -> String {
 }
 fn default_reduction() -> usize {
     16
-}
-fn default_init_std() -> f64 {
-    0.01
 }
 
 /// Where the adapters go (see [`BottleneckConfig::variant`]).
@@ -102,8 +100,8 @@ impl BottleneckConfig {
         if self.reduction_factor == 0 {
             bail!("reduction_factor must be > 0, got 0");
         }
-        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            bail!("init_std must be a finite number >= 0, got {}", self.init_std);
+        if let Some(std) = self.init_std.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+            bail!("init_std must be a finite number >= 0, got {std}");
         }
         if self.layers.as_ref().is_some_and(Vec::is_empty) {
             bail!("layers must name at least one block (leave it out for every block)");
