@@ -156,6 +156,56 @@ fn the_example_pipelines_run_and_print_the_retention_table() {
     assert!(err.contains("bad.toml:21:14: stages[0].batch_size: invalid type: string \"16\""), "{err}");
 }
 
+/// The adapter tour with small budgets, then every command that takes its stages
+/// out: `export` in both formats, `forward` and `generate` on a run's stage, `merge`.
+#[test]
+fn the_adapter_tour_runs_and_its_stages_export_and_run_outside() {
+    let file = support::root().join("examples/pipelines/adapters.toml");
+    let dir = scratch("cli-adapters");
+    let run_dir = dir.join("run");
+    let mut args: Vec<String> = ["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"].iter().map(|s| s.to_string()).collect();
+    args.extend(["--set".to_string(), "stages.pretrain.schedule.warmup_steps=2".to_string()]);
+    for (stage, steps) in [("pretrain", 10), ("add", 4), ("lora", 3), ("dora", 3), ("ia3", 3), ("prefix", 3), ("bottleneck", 3), ("two_loras", 3), ("prompt", 3), ("after_prompt", 3)] {
+        args.extend(["--set".to_string(), format!("stages.{stage}.max_steps={steps}")]);
+    }
+    let (ok, out, err) = stagecraft(&args.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(ok, "{err}");
+    assert!(out.contains("stage after_prompt: 3 steps"), "{out}");
+    let run = run_dir.to_string_lossy().to_string();
+
+    let peft = dir.join("ia3-peft");
+    let (ok, out, err) = stagecraft(&["export", &run, "--stage", "ia3", "--out", &peft.to_string_lossy()], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("ia3-peft/base") && peft.join("adapter_config.json").exists() && peft.join("base/config.json").exists(), "{out}");
+    let merged = dir.join("dora-merged");
+    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "dora", "--out", &merged.to_string_lossy(), "--format", "merged"], None);
+    assert!(ok, "{err}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(merged.join(f).exists(), "{f} missing from the merged export");
+    }
+    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "prompt", "--out", &dir.join("x").to_string_lossy(), "--format", "merged"], None);
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("stage `prompt` cannot be exported merged") && err.contains("--format peft"), "{err}");
+    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "bottleneck", "--out", &dir.join("y").to_string_lossy()], None);
+    assert!(!ok && err.contains("adapter `bottleneck` has no PEFT format"), "{err}");
+
+    // The bottleneck stage, a third-party-style method with no PEFT format, runs outside
+    // the pipeline from the run itself.
+    let ids = dir.join("ids.safetensors");
+    let t = std::collections::HashMap::from([("input_ids".to_string(), candle_core::Tensor::new(&[[55i64, 45, 51, 61]], &candle_core::Device::Cpu).expect("ids"))]);
+    candle_core::safetensors::save(&t, &ids).expect("save ids");
+    let logits = dir.join("logits.safetensors");
+    let (ok, _, err) = stagecraft(&["forward", "--adapter", &format!("{run}:bottleneck"), "--input", &ids.to_string_lossy(), "--out", &logits.to_string_lossy()], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = stagecraft(&["generate", "--adapter", &format!("{run}:after_prompt"), "--prompt", "7-3=", "--max-tokens", "2"], None);
+    assert!(ok && out.starts_with("7-3="), "{out}{err}");
+    // The merged directory and the PEFT one load as any model and adapter.
+    let (ok, _, err) = stagecraft(&["forward", "--model", &merged.to_string_lossy(), "--input", &ids.to_string_lossy(), "--out", &logits.to_string_lossy()], None);
+    assert!(ok, "{err}");
+    let remerged = dir.join("ia3-merged");
+    let (ok, _, err) = stagecraft(&["merge", "--model", &peft.join("base").to_string_lossy(), "--adapter", &peft.to_string_lossy(), "--out", &remerged.to_string_lossy()], None);
+    assert!(ok && remerged.join("model.safetensors").exists(), "{err}");
+}
+
 #[test]
 fn the_default_pipeline_learns_both_tasks() {
     let run_dir = scratch("cli-run-default").join("run");

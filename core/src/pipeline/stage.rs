@@ -164,8 +164,10 @@ impl Pipeline {
     pub(super) fn eval_set(&mut self, trainer: &Trainer, k: usize) -> Result<Option<Metrics>> {
         let Some(data) = self.eval_data[k].clone() else { return Ok(None) };
         let bs = self.cfg.stages[k].batch_size;
-        let obj = self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{}` has not run yet", self.cfg.stages[k].name)))?;
-        Ok(Some(evaluate(trainer.model.as_ref(), &trainer.adapters, obj, &self.state, &data, bs, &self.device)?))
+        let (running, set) = (&self.cfg.stages[self.current].name, &self.cfg.stages[k].name);
+        let obj = self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{set}` has not run yet")))?;
+        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, obj, &self.state, &data, bs, &self.device).map_err(|e| Error::msg(format!("stage `{running}`: evaluating the eval set of stage `{set}`: {e}")))?;
+        Ok(Some(m))
     }
 
     /// Evaluates the running stage's own eval set.
@@ -173,7 +175,7 @@ impl Pipeline {
         let k = self.current;
         let Some(data) = self.eval_data[k].clone() else { return Ok(None) };
         let bs = self.cfg.stages[k].batch_size;
-        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, &mut trainer.stage, &self.state, &data, bs, &self.device)?;
+        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, &mut trainer.stage, &self.state, &data, bs, &self.device).map_err(|e| Error::msg(format!("stage `{}`: evaluating its eval set: {e}", self.cfg.stages[k].name)))?;
         Ok(Some(m))
     }
 
