@@ -63,16 +63,21 @@ def check_stage(stagecraft, run_dir, stage, work):
     ours = next(iter(load_file(ours_path).values()))
     real = mask.bool().unsqueeze(-1)
 
+    worst = 0.0
     peft_dir = os.path.join(work, f"{stage}-peft")
-    run([stagecraft, "export", run_dir, "--stage", stage, "--out", peft_dir, "--format", "peft"])
-    config = json.load(open(os.path.join(peft_dir, "adapter_config.json")))
-    base, causal = load_base(config["base_model_name_or_path"])
-    model = PeftModel.from_pretrained(base, peft_dir).eval()
-    theirs = output(model, causal, ids, mask)
-    theirs = theirs[:, theirs.shape[1] - ids.shape[1] :]
-    diff = ((ours - theirs).abs() * real).max().item()
-    print(f"{stage}: {config['peft_type']} export vs stagecraft: max abs diff {diff:.3e}")
-    worst = diff
+    try:
+        run([stagecraft, "export", run_dir, "--stage", stage, "--out", peft_dir, "--format", "peft"])
+    except RuntimeError as e:
+        print(f"{stage}: no PEFT export ({str(e).splitlines()[-1]})")
+    else:
+        config = json.load(open(os.path.join(peft_dir, "adapter_config.json")))
+        base, causal = load_base(config["base_model_name_or_path"])
+        model = PeftModel.from_pretrained(base, peft_dir).eval()
+        theirs = output(model, causal, ids, mask)
+        theirs = theirs[:, theirs.shape[1] - ids.shape[1] :]
+        diff = ((ours - theirs).abs() * real).max().item()
+        print(f"{stage}: {config['peft_type']} export vs stagecraft: max abs diff {diff:.3e}")
+        worst = diff
 
     merged_dir = os.path.join(work, f"{stage}-merged")
     try:

@@ -1,7 +1,8 @@
 //! PEFT adapters of every method stagecraft reads — DoRA, rsLoRA with per-module
 //! ranks and layers, IA3, prompt tuning, prefix tuning — through the first-party
 //! plugins loaded from their `.so` files: the outputs match what PEFT computed, within
-//! 1e-4, unmerged and (where the method merges) merged.
+//! 1e-4, unmerged and (where the method merges) merged; and adapters stagecraft
+//! exported give PEFT the outputs stagecraft computes.
 //!
 //! The references were made by `tests/fixtures/make_method_references.py` with
 //! transformers 5.24 and PEFT 0.21 (see that script for what each adapter is):
@@ -146,5 +147,18 @@ fn methods_that_cannot_merge_say_so() {
         assert_eq!(adapters.methods()[0].merge_support(), stagecraft_sdk::MergeSupport::NO);
         let e = merge_into_base(m.as_ref(), &mut adapters).expect_err("cannot merge").to_string();
         assert!(e.contains("only linear sites can be merged"), "{e}");
+    }
+}
+
+/// The other direction: adapters stagecraft trained and exported
+/// (`tests/fixtures/make_export_references.py` ran `stagecraft export` and loaded the
+/// result with `PeftModel.from_pretrained`), against PEFT's outputs on them.
+#[test]
+fn stagecraft_exports_give_peft_the_same_outputs() {
+    let want = tensors("llama-tiny", "exported.safetensors");
+    let base = &tensors("llama-tiny", "reference.safetensors")["logits"];
+    for stage in ["lora", "dora", "ia3", "prompt", "prefix"] {
+        let (model, adapters, _st, _reg) = with_adapter("llama-tiny", &format!("exported/{stage}"));
+        check(&format!("stagecraft export of {stage} in PEFT"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{stage}")], base);
     }
 }
