@@ -1,7 +1,8 @@
 //! `MlpLm`: a small residual-MLP language model for tests, benchmarks and examples.
 //!
 //! `embed → [x + down(gelu(up(x)))] × layers → lm_head`, with Hugging Face-style
-//! names (`model.layers.0.mlp.up_proj`), so LoRA and other methods attach to it exactly
+//! names (`model.layers.0.mlp.up_proj`; `model.layers.0.mlp` is the MLP's output
+//! before the residual add), so LoRA and other methods attach to it exactly
 //! as to a Llama. It has no attention (each position is predicted from its own token),
 //! which keeps plugin tests fast and exact.
 
@@ -27,6 +28,7 @@ pub struct MlpLmConfig {
 struct Block {
     up: (usize, Weight),
     down: (usize, Weight),
+    mlp_site: usize,
     out_site: usize,
 }
 
@@ -60,10 +62,12 @@ impl MlpLm {
             let p = format!("model.layers.{l}");
             let up = sites.add(&format!("{p}.mlp.up_proj"), SiteKind::LINEAR, SiteRole::MLP_UP, &[h, i], Some(l), false);
             let down = sites.add(&format!("{p}.mlp.down_proj"), SiteKind::LINEAR, SiteRole::MLP_DOWN, &[i, h], Some(l), false);
+            let mlp_site = sites.add(&format!("{p}.mlp"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false);
             let out_site = sites.add(&p, SiteKind::BLOCK_OUTPUT, SiteRole::BLOCK_OUTPUT, &[h], Some(l), false);
             blocks.push(Block {
                 up: (up, Weight::new(normal(&mut rng, &[i, h], 0.02, device)?)?),
                 down: (down, Weight::new(normal(&mut rng, &[h, i], 0.02, device)?)?),
+                mlp_site,
                 out_site,
             });
         }
@@ -106,7 +110,7 @@ impl Model for MlpLm {
         for blk in &self.blocks {
             let h = adapters.linear(blk.up.0, &x, &blk.up.1.get(), None)?.gelu_erf()?;
             let h = adapters.linear(blk.down.0, &h, &blk.down.1.get(), None)?;
-            let y = (&x + h)?;
+            let y = (&x + adapters.post(blk.mlp_site, &x, h)?)?;
             x = adapters.post(blk.out_site, &x, y)?;
         }
         let logits = adapters.linear(self.head.0, &x, &self.head.1.get(), None)?;
