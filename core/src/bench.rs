@@ -3,11 +3,17 @@
 //! same plugins and trainer as a pipeline. Shapes match `torch_baseline.py`, so the
 //! numbers compare with PyTorch + PEFT on the same machine.
 //!
-//! | workload | vocab | hidden | intermediate | layers | heads | seq | batch |
-//! |---|---|---|---|---|---|---|---|
-//! | w1 | 256 | 256 | 688 | 4 | 4 | 128 | 8 |
-//! | w2 | 256 | 512 | 1376 | 8 | 8 | 256 | 8 |
+//! | workload | vocab | hidden | intermediate | layers | heads (kv) | seq | batch | default mode |
+//! |---|---|---|---|---|---|---|---|---|
+//! | w1 | 256 | 256 | 688 | 4 | 4 | 128 | 8 | given |
+//! | w2 | 256 | 512 | 1376 | 8 | 8 | 256 | 8 | given |
+//! | w350m | 32000 | 1024 | 2816 | 24 | 16 | 2048 | 8 | full |
+//! | w1b | 128256 (tied) | 2048 | 8192 | 16 | 32 (8) | 2048 | 4 | LoRA r 16, all seven projections |
+//!
+//! The GPU workloads match `torch_gpu_anchor.py`'s, and the report adds the model
+//! FLOPs utilization (MFU) those use.
 
+use crate::device::{device_memory_used_mib, device_name, synchronize, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Llama, LlamaConfig, Model};
 use crate::plugin::{HostState, Registry};
@@ -22,10 +28,17 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
-    /// hidden 256, 4 layers, seq 128, batch 8.
+    /// hidden 256, 4 layers, seq 128, batch 8, vocab 256.
     W1,
-    /// hidden 512, 8 layers, seq 256, batch 8.
+    /// hidden 512, 8 layers, seq 256, batch 8, vocab 256.
     W2,
+    /// ~350M Llama for GPUs: hidden 1024, 24 layers, 16 heads, intermediate 2816,
+    /// vocab 32000, seq 2048, batch 8; full training by default.
+    W350m,
+    /// The Llama-3.2-1B shape: hidden 2048, 16 layers, 32 heads / 8 KV heads,
+    /// intermediate 8192, vocab 128256, tied embeddings, seq 2048, batch 4; LoRA r 16
+    /// on all seven projections by default.
+    W1b,
 }
 
 /// What is trained.
@@ -34,9 +47,32 @@ pub enum Workload {
 pub enum Mode {
     /// Every weight, AdamW.
     Full,
-    /// LoRA r 8, alpha 16 on q_proj and v_proj; base frozen; AdamW.
+    /// LoRA (r 8, alpha 16 on q_proj and v_proj; on w1b r 16, alpha 32 on all seven
+    /// projections); base frozen; AdamW.
     Lora,
 }
+
+/// How a benchmark runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The workload.
+    pub workload: Workload,
+    /// Full or LoRA (default: the workload's own).
+    pub mode: Option<Mode>,
+    /// Measured steps.
+    pub steps: usize,
+    /// Steps before measuring.
+    pub warmup: usize,
+    /// Where it runs.
+    pub device: Device,
+    /// The model's compute precision.
+    pub precision: Precision,
+    /// A smaller batch than the workload's (to fit a device's memory).
+    pub batch: Option<usize>,
+}
+
+/// Peak dense bf16 throughput of an H100/H200 SXM, FLOP/s: the MFU denominator.
+pub const PEAK_FLOPS: f64 = 989e12;
 
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -45,9 +81,17 @@ pub struct Report {
     pub workload: Workload,
     /// Mode.
     pub mode: Mode,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// `fp32` or `bf16`.
+    pub precision: Precision,
+    /// Sequence length.
+    pub seq: usize,
+    /// Batch size.
+    pub batch: usize,
     /// Measured steps (after warm-up).
     pub steps: usize,
-    /// All parameters.
+    /// All parameters (adapters included).
     pub params: usize,
     /// Trained parameters.
     pub trainable: usize,
@@ -55,34 +99,60 @@ pub struct Report {
     pub ms_per_step: f64,
     /// Tokens per second at the median step time.
     pub tokens_per_s: f64,
+    /// Model FLOPs per token: 6 × matmul parameters + 12 × layers × hidden × seq.
+    pub flops_per_token: f64,
+    /// Model FLOPs utilization against [`PEAK_FLOPS`] (GPUs only).
+    pub mfu: Option<f64>,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
+    /// Peak device memory in use, MiB, as the driver reports it (GPUs only).
+    pub peak_gpu_mib: Option<f64>,
 }
 
 impl Workload {
     /// `(config, seq, batch)`.
     pub fn shape(self) -> (LlamaConfig, usize, usize) {
-        let (hidden, inter, layers, heads, seq) = match self {
-            Workload::W1 => (256, 688, 4, 4, 128),
-            Workload::W2 => (512, 1376, 8, 8, 256),
+        // (vocab, hidden, intermediate, layers, heads, kv heads, tied, seq, batch)
+        let (vocab, hidden, inter, layers, heads, kv, tied, seq, batch) = match self {
+            Workload::W1 => (256, 256, 688, 4, 4, 4, false, 128, 8),
+            Workload::W2 => (256, 512, 1376, 8, 8, 8, false, 256, 8),
+            Workload::W350m => (32000, 1024, 2816, 24, 16, 16, false, 2048, 8),
+            Workload::W1b => (128256, 2048, 8192, 16, 32, 8, true, 2048, 4),
         };
         let cfg = LlamaConfig {
-            vocab_size: 256,
+            vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: inter,
             num_hidden_layers: layers,
             num_attention_heads: heads,
-            num_key_value_heads: Some(heads),
+            num_key_value_heads: Some(kv),
             head_dim: None,
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
-            tie_word_embeddings: false,
+            tie_word_embeddings: tied,
             attention_bias: false,
             mlp_bias: false,
             initializer_range: 0.02,
             max_position_embeddings: Some(seq),
         };
-        (cfg, seq, 8)
+        (cfg, seq, batch)
+    }
+
+    /// Full training, except w1b (LoRA).
+    pub fn default_mode(self) -> Mode {
+        if self == Workload::W1b {
+            Mode::Lora
+        } else {
+            Mode::Full
+        }
+    }
+
+    /// The LoRA adapter's config for this workload.
+    fn lora_config(self) -> &'static str {
+        match self {
+            Workload::W1b => r#"{"targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "r": 16, "alpha": 32}"#,
+            _ => r#"{"targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16}"#,
+        }
     }
 }
 
@@ -94,50 +164,75 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Model FLOPs per token (PaLM's count, attention without the causal saving): 6 ×
+/// the parameters that take part in matrix products (all but an untied embedding
+/// table) + 12 × layers × hidden × seq.
+pub fn flops_per_token(cfg: &LlamaConfig, params: usize, seq: usize) -> f64 {
+    let embedding = if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.hidden_size };
+    6.0 * (params - embedding) as f64 + 12.0 * (cfg.num_hidden_layers * cfg.hidden_size * seq) as f64
+}
+
 /// Runs `warmup + steps` training steps and reports the median.
-pub fn run(registry: &Registry, workload: Workload, mode: Mode, steps: usize, warmup: usize) -> Result<Report> {
-    if steps == 0 {
+pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
+    if opts.steps == 0 {
         return Err(Error::msg("--steps must be > 0"));
     }
-    let device = Device::Cpu;
+    let device = opts.device.clone();
+    let (workload, mode) = (opts.workload, opts.mode.unwrap_or(opts.workload.default_mode()));
     let (cfg, seq, batch) = workload.shape();
+    let batch = opts.batch.unwrap_or(batch);
     let state = Rc::new(HostState::new(device.clone(), DType::F32, 0));
     let model = Llama::new(&cfg, 0, &device)?;
-    let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
+    state.register_model(&model);
     let mut adapters = Adapters::none(model.sites().len());
+    adapters.set_precision(opts.precision);
     if mode == Mode::Lora {
         for (_, w) in model.weights() {
             w.set_trainable(false);
         }
-        let lora = registry.new_method("lora", r#"{"targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16}"#, &state)?;
-        adapters.attach(lora, model.sites())?;
+        adapters.attach(registry.new_method("lora", workload.lora_config(), &state)?, model.sites())?;
     }
     let stage = registry.new_stage("causal_lm", "{}", &state)?;
-    let opt = registry.new_optimizer("adamw", r#"{"lr": 0.001, "weight_decay": 0.0}"#, &state)?;
+    let opt = registry.new_optimizer("adamw", r#"{"lr": 0.0001, "weight_decay": 0.0}"#, &state)?;
     let mut trainer = Trainer::new(state, Box::new(model), adapters, stage, opt)?;
-    let trainable = trainer.params.iter().map(|p| p.var.elem_count()).sum();
+    let trainable: usize = trainer.params.iter().map(|p| p.var.elem_count()).sum();
+    let adapter_params: usize = trainer.adapters.methods().iter().flat_map(|m| m.params()).map(|p| p.var.elem_count()).sum();
+    let params = trainer.model.weights().iter().map(|(_, w)| w.var().elem_count()).sum::<usize>() + adapter_params;
 
     let mut rng = Rng::new(0);
     let ids: Vec<u32> = (0..batch * seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let batch_t = Batch::tokens(Tensor::from_vec(ids, (batch, seq), &device)?);
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
+    let mut times = Vec::with_capacity(opts.steps);
+    let mut peak_gpu: Option<f64> = None;
+    for i in 0..opts.warmup + opts.steps {
+        synchronize(&device)?;
         let t = Instant::now();
-        trainer.train_step(&batch_t, 1e-3)?;
-        if i >= warmup {
+        trainer.train_step(&batch_t, 1e-4)?;
+        synchronize(&device)?;
+        if i >= opts.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
+        peak_gpu = device_memory_used_mib(&device).map(|m| peak_gpu.map_or(m, |p: f64| p.max(m)));
     }
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
+    let tokens_per_s = (batch * seq) as f64 / med;
+    let flops = flops_per_token(&cfg, params, seq);
     Ok(Report {
         workload,
         mode,
-        steps,
+        device: device_name(&device),
+        precision: opts.precision,
+        seq,
+        batch,
+        steps: opts.steps,
         params,
         trainable,
         ms_per_step: med * 1e3,
-        tokens_per_s: (batch * seq) as f64 / med,
+        tokens_per_s,
+        flops_per_token: flops,
+        mfu: device.is_cuda().then(|| flops * tokens_per_s / PEAK_FLOPS),
         peak_rss_mib: peak_rss_mib(),
+        peak_gpu_mib: peak_gpu,
     })
 }

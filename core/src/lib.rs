@@ -3,6 +3,7 @@
 //! - [`adapter`]: PEFT adapter directories, merging adapters into the base.
 //! - [`export`]: a finished stage as PEFT adapter directories or a merged Hugging
 //!   Face directory.
+//! - [`device`]: CPU or CUDA devices, and the precision models compute in.
 //! - [`data`]: tokenizers, data sources (files, synthetic tasks), sampling, replay
 //!   mixtures, collation.
 //! - [`config`]: the pipeline config.
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;

@@ -11,8 +11,12 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use stagecraft_core::plugin::HostState;
 
-/// The workspace root.
+/// The workspace root: `STAGECRAFT_ROOT` when set (test binaries carried to another
+/// machine, as the GPU check does), else where the tests were built.
 pub fn root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STAGECRAFT_ROOT") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 

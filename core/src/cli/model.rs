@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
 use stagecraft_core::adapter::{load_peft, merge_into_base};
 use stagecraft_core::data::Tokenizer;
+use stagecraft_core::device::resolve_device;
 use stagecraft_core::generate::{generate, Sampling};
 use stagecraft_core::model::{load_model, Adapters, Model};
 use stagecraft_core::pipeline::{open_stage, OpenedStage};
@@ -38,6 +39,9 @@ pub struct ModelArgs {
     /// Merge the adapters into the base weights before running.
     #[arg(long)]
     merge: bool,
+    /// Run on this device: `cpu`, `cuda`, `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Where an `--adapter` comes from.
@@ -88,7 +92,7 @@ fn attach_stage(opened: &OpenedStage, registry: &Registry, state: &Rc<HostState>
 
 /// Loads the model and attaches (and maybe merges) the adapters.
 fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
-    let device = Device::Cpu;
+    let device = resolve_device(&args.device)?;
     let registry = super::registry()?;
     let sources: Vec<AdapterSource> = args.adapters.iter().map(|a| AdapterSource::parse(a)).collect();
     let mut stages = Vec::new();
@@ -200,8 +204,9 @@ fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
 }
 
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
-    let Opened { model, adapters, .. } = open(&args.model)?;
+    let Opened { model, adapters, state, .. } = open(&args.model)?;
     let (ids, mask) = read_ids(&args.input)?;
+    let (ids, mask) = (ids.to_device(&state.device)?, mask.map(|m| m.to_device(&state.device)).transpose()?);
     let vocab = model.info().vocab as u32;
     if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&t| t >= vocab) {
         anyhow::bail!("{}: token id {bad} is outside the model's vocabulary of {vocab}", args.input.display());
@@ -211,7 +216,7 @@ pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         Some(l) => ("logits", l),
         None => ("last_hidden_state", out.hidden),
     };
-    let map = HashMap::from([(name.to_string(), t.to_dtype(DType::F32)?)]);
+    let map = HashMap::from([(name.to_string(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)]);
     candle_core::safetensors::save(&map, &args.out).with_context(|| format!("{}: cannot write", args.out.display()))?;
     eprintln!("wrote {name} {:?} to {}", map[name].dims(), args.out.display());
     Ok(())

@@ -3,6 +3,7 @@
 
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::device::Precision;
 use stagecraft_core::pipeline::{Pipeline, StageEnd};
 use std::path::PathBuf;
 
@@ -16,6 +17,12 @@ pub struct RunArgs {
     /// Override a config value: `--set stages.finetune.max_steps=100`.
     #[arg(long = "set")]
     overrides: Vec<String>,
+    /// Train on this device (`cpu`, `cuda`, `cuda:N`) instead of `run.device`.
+    #[arg(long)]
+    device: Option<String>,
+    /// Compute in this precision instead of `run.precision`.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Write the run here instead of `<run.out_dir>/<run.name>/<timestamp>/`.
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -28,7 +35,7 @@ pub struct RunArgs {
     check: bool,
     /// Continue an interrupted run from its newest good checkpoint (its own config is
     /// used; PIPELINE and --set are not allowed).
-    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir"])]
+    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir", "device", "precision"])]
     resume: Option<PathBuf>,
 }
 
@@ -39,9 +46,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let (pipeline, _) = Pipeline::resume(dir, registry, args.quiet)?;
         return finish(pipeline, t);
     }
+    let mut overrides = args.overrides.clone();
+    if let Some(d) = &args.device {
+        overrides.push(format!("run.device={d}"));
+    }
+    if let Some(p) = args.precision {
+        overrides.push(format!("run.precision={p}"));
+    }
     let cfg = match &args.pipeline {
-        Some(path) => PipelineConfig::from_file(path, &args.overrides)?,
-        None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &args.overrides)?,
+        Some(path) => PipelineConfig::from_file(path, &overrides)?,
+        None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &overrides)?,
     };
     let registry = super::registry()?;
     if args.check {

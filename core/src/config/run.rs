@@ -1,5 +1,6 @@
-//! `[run]`: name, seed, device, where runs go.
+//! `[run]`: name, seed, device and precision, where runs go.
 
+use crate::device::Precision;
 use serde::{Deserialize, Serialize};
 
 fn default_name() -> String {
@@ -25,9 +26,13 @@ pub struct RunConfig {
     /// Seed of every random choice (init, data order, dropout). Default 42.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// `cpu` or `cuda:N`. Default `cpu`.
+    /// `cpu`, `cuda` or `cuda:N` (a build with the `cuda` feature). Default `cpu`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `fp32`, or `bf16`: bfloat16 matrix products with f32 master weights, optimizer
+    /// state, norms, softmax and losses. Default `fp32`.
+    #[serde(default)]
+    pub precision: Precision,
     /// Parent directory of run directories. Default `runs`.
     #[serde(default = "default_out_dir")]
     pub out_dir: String,
@@ -35,6 +40,6 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: default_name(), seed: default_seed(), device: default_device(), out_dir: default_out_dir() }
+        RunConfig { name: default_name(), seed: default_seed(), device: default_device(), precision: Precision::default(), out_dir: default_out_dir() }
     }
 }

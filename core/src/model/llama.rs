@@ -129,7 +129,7 @@ impl Layer {
             prefixed = attention_mask(pad.as_ref(), b, s, kv_len, true, h.device())?;
             prefixed.as_ref()
         };
-        let o = attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
+        let o = attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?;
         self.o.forward(a, &o.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 }

@@ -3,6 +3,7 @@
 //! Models call [`Adapters::linear`] (or [`Adapters::post`]) at every site; with no
 //! adapter there, that is the base computation and nothing else.
 
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::plugin::{HostState, MethodInstance};
 use candle_core::Tensor;
@@ -50,11 +51,12 @@ impl SiteTable {
     }
 }
 
-/// Adaptation method instances attached to a model, with a per-site dispatch list, and
-/// the model dropout of the stage that trains it: what a forward pass reads besides
-/// its inputs.
+/// Adaptation method instances attached to a model, with a per-site dispatch list, the
+/// model dropout of the stage that trains it and the precision of its matrix products:
+/// what a forward pass reads besides its inputs.
 pub struct Adapters {
     dropout: Option<(f64, Rc<HostState>)>,
+    precision: Precision,
     methods: Vec<MethodInstance>,
     active: Vec<bool>,
     frozen: Vec<bool>,
@@ -65,7 +67,7 @@ pub struct Adapters {
 impl Adapters {
     /// No adapters, for a model with `num_sites` sites.
     pub fn none(num_sites: usize) -> Self {
-        Adapters { dropout: None, methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
+        Adapters { dropout: None, precision: Precision::Fp32, methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
     }
 
     /// Attaches a method instance: it chooses its sites and creates its parameters.
@@ -108,6 +110,16 @@ impl Adapters {
     /// with masks from `state`'s seeded RNG.
     pub fn set_dropout(&mut self, p: f64, state: Rc<HostState>) {
         self.dropout = (p > 0.0).then_some((p, state));
+    }
+
+    /// Sets the precision of the model's matrix products (see [`Precision`]).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    /// The precision of the model's matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Applies the model dropout (identity when none is set or in evaluation mode).
@@ -192,7 +204,7 @@ impl Adapters {
     /// A linear site: pre-hooks, `x·Wᵀ + b`, post-hooks.
     pub fn linear(&self, site: usize, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let x = self.pre(site, x)?;
-        let mut y = x.broadcast_matmul(&w.t()?)?;
+        let mut y = self.precision.matmul(&x, &w.t()?)?;
         if let Some(b) = b {
             y = y.broadcast_add(b)?;
         }

@@ -79,10 +79,7 @@ pub struct Pipeline {
 }
 
 pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        other => Err(Error::msg(format!("run.device `{other}`: this build supports `cpu` only (build with the cuda feature for GPUs)"))),
-    }
+    crate::device::resolve_device(spec).map_err(|e| Error::msg(format!("run.device: {e}")))
 }
 
 impl Pipeline {
@@ -344,6 +341,7 @@ impl Pipeline {
                 (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
                 _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,
             };
+            adapters.set_precision(self.cfg.run.precision);
             let mut trainer = Trainer::new(self.state.clone(), model, adapters, stage_obj, opt)?;
             self.set_lr_multipliers(&mut trainer, &s)?;
             let replay = self.replay_sources(&s);

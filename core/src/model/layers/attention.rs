@@ -16,6 +16,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+use crate::device::Precision;
 use crate::plugin::softmax;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -88,8 +89,8 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 /// `softmax(q·kᵀ · scale + mask) · v`, with keys and values repeated to the number of
-/// query heads.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+/// query heads; the two products in `precision`, the softmax in f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, precision: Precision) -> Result<Tensor> {
     let (_, heads, _, _) = q.dims4()?;
     let (_, kv_heads, kv_len, _) = k.dims4()?;
     if v.dim(2)? != kv_len {
@@ -101,13 +102,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     let k = repeat_kv(k, heads / kv_heads)?;
     let v = repeat_kv(v, heads / kv_heads)?;
     let dtype = q.dtype();
-    let scores = q.contiguous()?.matmul(&k.t()?)?.to_dtype(DType::F32)?.affine(scale, 0.0)?;
+    let scores = precision.matmul(&q.contiguous()?, &k.t()?)?.to_dtype(DType::F32)?.affine(scale, 0.0)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = softmax(&scores, 3)?.to_dtype(dtype)?;
-    probs.matmul(&v)
+    let probs = softmax(&scores, 3)?;
+    match precision {
+        Precision::Fp32 => probs.to_dtype(dtype)?.matmul(&v),
+        Precision::Bf16 => precision.matmul(&probs, &v)?.to_dtype(dtype),
+    }
 }
 
 #[cfg(test)]
