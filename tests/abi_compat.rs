@@ -17,9 +17,7 @@ fn ids() -> Tensor {
 }
 
 fn one_line(e: &Error) -> String {
-    let s = e.to_string();
-    assert!(!s.contains('\n'), "error is not one line: {s}");
-    s
+    support::one_line(e)
 }
 
 #[test]
@@ -29,6 +27,7 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
     let lib = reg.load_file(&c.old).expect("older plugin loads");
     assert_eq!(lib.compat, Some(Compat::OlderSdk));
     assert_eq!(lib.sdk.to_string(), "1.0.0");
+    assert!(lib.sdk < stagecraft_sdk::SDK_VERSION, "the plugin's SDK is older than the host's {}", stagecraft_sdk::SDK_VERSION);
 
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
@@ -39,7 +38,17 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
     adapters.attach(m, model.sites()).expect("attach");
     assert_eq!(adapters.methods()[0].attachments().len(), 2);
     let out = model.forward(&ids(), None, &adapters).expect("forward through old plugin").logits.expect("logits");
-    assert_ne!(out.to_vec3::<f32>().expect("v"), base.to_vec3::<f32>().expect("v"));
+    // `y · (1 + s)` with s = 0.5 on both down projections: what the model computes with
+    // those weights scaled by 1.5.
+    let scaled = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
+    for (name, w) in scaled.weights() {
+        if name.ends_with("down_proj.weight") {
+            w.var().set(&w.var().as_tensor().affine(1.5, 0.0).expect("scale")).expect("set");
+        }
+    }
+    let want = scaled.forward(&ids(), None, &Adapters::none(scaled.sites().len())).expect("forward").logits.expect("logits");
+    let (d, effect) = (support::max_abs_diff(&out, &want), support::max_abs_diff(&out, &base));
+    assert!(d * 100.0 < effect, "old plugin output off by {d}, for an effect of {effect}");
 
     // A method appended after the 1.0 prefix: the host falls back to the default body.
     let w = Tensor::zeros((CFG.hidden, CFG.intermediate), candle_core::DType::F32, &Device::Cpu).expect("w");
@@ -188,4 +197,100 @@ fn a_rejected_config_names_the_plugin_and_field() {
     assert!(msg.contains("unknown field `targetz`"), "{msg}");
     let msg = one_line(&reg.new_method("nope", "{}", &st).err().expect("unknown plugin"));
     assert!(msg.contains("no method plugin named `nope`"), "{msg}");
+}
+
+#[test]
+fn a_plugin_of_another_major_sdk_version_is_refused() {
+    let mut reg = Registry::empty(scratch("major"));
+    let msg = one_line(&reg.load_file(&compat().major).err().expect("refused"));
+    assert!(msg.contains("built against stagecraft-sdk 2.0.0") && msg.contains("major versions differ") && msg.contains("rebuild the plugin"), "{msg}");
+}
+
+#[test]
+fn a_library_file_replaces_the_built_in_of_the_same_name() {
+    let mut reg = Registry::with_builtins(scratch("replace")).expect("registry");
+    let (lib, _) = reg.find(stagecraft_sdk::PluginKind::METHOD, "lora").expect("built-in lora");
+    assert_eq!(lib.source, stagecraft_core::plugin::Source::Builtin);
+    let file = support::first_party("lora");
+    reg.load_file(&file).expect("the .so loads");
+    let (lib, _) = reg.find(stagecraft_sdk::PluginKind::METHOD, "lora").expect("lora");
+    assert_eq!(lib.source, stagecraft_core::plugin::Source::File { path: std::fs::canonicalize(&file).expect("path") });
+}
+
+/// A registry with the faulty plugins and the first-party optimizers and objectives.
+fn faulty_registry(name: &str) -> Registry {
+    let mut reg = Registry::with_builtins(scratch(name)).expect("registry");
+    reg.load_file(&compat().faulty).expect("faulty plugins load");
+    reg
+}
+
+#[test]
+fn panics_while_a_plugin_is_made_or_sets_up_are_errors_naming_it() {
+    let reg = faulty_registry("panic-new");
+    let st = state();
+    let msg = one_line(&reg.new_method("panicky_new", r#"{"targets": []}"#, &st).err().expect("fails"));
+    assert!(msg.contains("plugin `panicky_new`") && msg.contains("panicked") && msg.contains("deliberate panic in new"), "{msg}");
+    let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
+    let mut adapters = Adapters::none(model.sites().len());
+    let m = reg.new_method("panicky_init", r#"{"targets": ["up_proj"]}"#, &st).expect("made");
+    let msg = one_line(&adapters.attach(m, model.sites()).err().expect("init fails"));
+    assert!(msg.contains("plugin `panicky_init`") && msg.contains("init_site(model.layers.0.mlp.up_proj)") && msg.contains("deliberate panic creating"), "{msg}");
+}
+
+#[test]
+fn panics_in_an_optimizer_or_an_objective_are_errors_naming_them() {
+    use stagecraft_core::train::{Batch, Trainer};
+    let reg = faulty_registry("panic-train");
+    let trainer = |objective: &str, optimizer: &str| {
+        let st = state();
+        let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
+        let adapters = Adapters::none(model.sites().len());
+        let stage = reg.new_stage(objective, "{}", &st).expect("objective");
+        let opt = reg.new_optimizer(optimizer, r#"{"lr": 0.1}"#, &st).expect("optimizer");
+        Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer")
+    };
+    let msg = one_line(&trainer("causal_lm", "panicky_opt").train_step(&Batch::tokens(ids()), 0.1).err().expect("step fails"));
+    assert!(msg.contains("plugin `panicky_opt` failed in `step`") && msg.contains("deliberate panic in step 1"), "{msg}");
+    let msg = one_line(&trainer("panicky_stage", "adamw").train_step(&Batch::tokens(ids()), 0.1).err().expect("loss fails"));
+    assert!(msg.contains("plugin `panicky_stage` failed in `compute`") && msg.contains("deliberate panic in compute"), "{msg}");
+}
+
+#[test]
+fn a_panic_inside_a_host_op_is_an_error_for_the_plugin() {
+    use stagecraft_core::plugin::{host_for, InstanceStore};
+    let st = state();
+    let host = host_for(&st, &std::rc::Rc::new(InstanceStore::default()), "probe");
+    // A shape whose element count overflows makes the allocation panic inside candle.
+    let shape = [usize::MAX / 2, 3];
+    let msg = host.full(shape.as_slice().into(), 1.0, stagecraft_sdk::DType::F32).into_result().err().expect("fails").to_string();
+    assert!(msg.starts_with("op `full`: host panicked") && !msg.contains('\n'), "{msg}");
+    // The host is fine afterwards.
+    let x = st.temp(Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).expect("x"));
+    assert!(host.add(x, x).into_result().is_ok());
+}
+
+#[test]
+fn a_plugin_can_overwrite_only_what_it_owns() {
+    // `thief` tries to assign to every handle of the table's first generation: base
+    // weights and other plugins' parameters included. Each attempt is refused.
+    use stagecraft_core::train::{Batch, Trainer};
+    let reg = faulty_registry("thief");
+    let st = state();
+    let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
+    model.weights().iter().for_each(|(_, w)| w.set_trainable(false));
+    let before: Vec<Vec<u32>> = model.weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
+    let mut adapters = Adapters::none(model.sites().len());
+    adapters.attach(reg.new_method("lora", r#"{"targets": ["down_proj"]}"#, &st).expect("lora"), model.sites()).expect("attach");
+    adapters.attach(reg.new_method("thief", r#"{"targets": ["up_proj"]}"#, &st).expect("thief"), model.sites()).expect("attach");
+    let stage = reg.new_stage("causal_lm", "{}", &st).expect("objective");
+    let opt = reg.new_optimizer("sgd", r#"{"lr": 0.1}"#, &st).expect("optimizer");
+    let mut t = Trainer::new(st.clone(), Box::new(model), adapters, stage, opt).expect("trainer");
+    t.train_step(&Batch::tokens(ids()), 0.1).expect("no theft succeeds");
+    let after: Vec<Vec<u32>> = t.model.weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
+    assert_eq!(before, after, "base weights untouched");
+    // The refusal names the rule.
+    let host = stagecraft_core::plugin::host_for(&st, &std::rc::Rc::new(stagecraft_core::plugin::InstanceStore::default()), "probe");
+    let p = t.params[0].handle;
+    let msg = host.assign(p, p).into_result().err().expect("refused").to_string();
+    assert!(msg.contains("may only assign to its own parameters and buffers"), "{msg}");
 }

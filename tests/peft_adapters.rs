@@ -10,18 +10,14 @@ use stagecraft_core::model::{load_model, Adapters, Model};
 use stagecraft_core::plugin::{HostState, Registry};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use support::{first_party, root, scratch, state};
+use support::{first_party, max_abs_diff, scratch, state};
 
 fn fixture(p: &str) -> PathBuf {
-    root().join("tests/fixtures/llama-tiny").join(p)
+    support::fixture("llama-tiny", p)
 }
 
 fn reference(name: &str) -> Tensor {
-    candle_core::safetensors::load(fixture("reference.safetensors"), &Device::Cpu).expect("reference").remove(name).expect(name)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("f").max(0).expect("max").to_scalar::<f32>().expect("s")
+    support::reference("llama-tiny").remove(name).expect(name)
 }
 
 fn setup() -> (Box<dyn Model>, Adapters, Rc<HostState>, Registry) {
@@ -49,7 +45,7 @@ fn peft_lora_reproduces_peft_logits_unmerged_and_merged() {
     let logits = model.forward(&ids(), None, &adapters).expect("forward").logits.expect("logits");
     let d = max_abs_diff(&logits, &reference("logits_lora"));
     println!("logits_lora max abs diff {d:e}");
-    assert!(d <= 1e-4, "logits_lora differ by {d}");
+    assert!(d <= 1e-5, "logits_lora differ by {d}");
     // The adapter really changes the output.
     assert!(max_abs_diff(&logits, &reference("logits")) > 1e-2);
 
@@ -58,7 +54,7 @@ fn peft_lora_reproduces_peft_logits_unmerged_and_merged() {
     let merged = model.forward(&ids(), None, &adapters).expect("forward").logits.expect("logits");
     let d = max_abs_diff(&merged, &reference("logits_lora_merged"));
     println!("logits_lora_merged max abs diff {d:e}");
-    assert!(d <= 1e-4, "merged logits differ by {d}");
+    assert!(d <= 1e-5, "merged logits differ by {d}");
 }
 
 fn broken_copy(name: &str, edit_config: impl Fn(&mut serde_json::Value), edit_tensors: impl Fn(&mut std::collections::HashMap<String, Tensor>)) -> PathBuf {

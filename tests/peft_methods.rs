@@ -1,7 +1,7 @@
 //! PEFT adapters of every method stagecraft reads — DoRA, rsLoRA with per-module
 //! ranks and layers, IA3, prompt tuning, prefix tuning — through the first-party
 //! plugins loaded from their `.so` files: the outputs match what PEFT computed, within
-//! 1e-4, unmerged and (where the method merges) merged; and adapters stagecraft
+//! 1e-5, unmerged and (where the method merges) merged; and adapters stagecraft
 //! exported give PEFT the outputs stagecraft computes.
 //!
 //! The references were made by `tests/fixtures/make_method_references.py` with
@@ -19,23 +19,13 @@ use stagecraft_core::adapter::{load_peft, merge_into_base};
 use stagecraft_core::model::{load_model, Adapters, Model};
 use stagecraft_core::plugin::{HostState, Registry};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::rc::Rc;
-use support::{first_party, scratch, state};
+use support::{first_party, fixture, max_abs_diff, scratch, state};
 
-const TOL: f32 = 1e-4;
-
-fn fixture(model: &str, p: &str) -> PathBuf {
-    support::root().join("tests/fixtures").join(model).join(p)
-}
+const TOL: f32 = 1e-5;
 
 fn tensors(model: &str, file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(model, file), &Device::Cpu).expect("fixture tensors")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar")
+    support::fixture_tensors(model, file)
 }
 
 /// The plugins from their `.so` files, as a user's install has them.

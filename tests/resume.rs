@@ -1,19 +1,24 @@
-//! SIGKILL in the middle of a stage, then `stagecraft run --resume`: the final weights
-//! equal an uninterrupted run's, bit for bit. The interrupted stage uses model and
-//! adapter dropout (RNG state), a retention gate and early stopping (their snapshots),
-//! so all of that must come back from the checkpoint.
+//! Kills in the middle of a stage, then `stagecraft run --resume`: the run ends as an
+//! uninterrupted one does — the same weights, bit for bit, the same events and stage
+//! ends — and it really resumed where the checkpoint was: the resume event names the
+//! stage and step, and the logged steps continue from there, none twice.
+//!
+//! The interrupted stages use model and adapter dropout (RNG state), replay (sampler
+//! state), and a retention gate and early stopping that are *acting* at the kill — a
+//! kill between two failing gate evaluations, and one in the middle of a patience
+//! count — so their state must come back from the checkpoint for the ends to match.
 
 mod support;
 
-use candle_core::Device;
-use stagecraft_core::checkpoint;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::scratch;
+use support::{bits, checkpoint_tensors, events, metrics, scratch};
 
-const PIPELINE: &str = r#"
+fn head(adapt: &str) -> String {
+    format!(
+        r#"
 [run]
 name = "resume"
 seed = 11
@@ -27,8 +32,8 @@ num_heads = 2
 [[stages]]
 name = "pretrain"
 objective = "causal_lm"
-data = { train = "synthetic:arith_text?n=64&digits=1", eval = "synthetic:arith_text?n=8&digits=1&seed=1" }
-optimizer = { lr = 3e-3 }
+data = {{ train = "synthetic:arith_text?n=64&digits=1", eval = "synthetic:arith_text?n=16&digits=1&seed=1" }}
+optimizer = {{ lr = 3e-3 }}
 max_steps = 20
 batch_size = 8
 seq_len = 24
@@ -36,17 +41,15 @@ seq_len = 24
 [[stages]]
 name = "adapt"
 objective = "completion"
-data = { train = "synthetic:add?n=128&digits=1", eval = "synthetic:add?n=8&digits=1&seed=2", replay = { from = "pretrain", ratio = 0.25 } }
-optimizer = { lr = 1e-2 }
-adapters = [{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 4, alpha = 8, dropout = 0.1 }]
-train = { dropout = 0.1 }
-gates = { retention = { stage = "pretrain", max_drop = 100.0, metric = "loss" } }
-exit = { metric = "eval.loss", patience = 1000 }
-max_steps = 400
-eval_every = 20
+data = {{ train = "synthetic:add?n=128&digits=1", eval = "synthetic:add?n=64&digits=1&seed=2", replay = {{ from = "pretrain", ratio = 0.25 }} }}
+adapters = [{{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 4, alpha = 8, dropout = 0.1 }}]
+train = {{ dropout = 0.1 }}
 batch_size = 8
 seq_len = 12
-"#;
+{adapt}
+"#
+    )
+}
 
 fn stagecraft() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
@@ -54,51 +57,136 @@ fn stagecraft() -> Command {
     c
 }
 
-fn final_tensors(run: &Path) -> BTreeMap<String, Vec<u32>> {
-    let c = checkpoint::load(&run.join("checkpoints/adapt"), &Device::Cpu).expect("final checkpoint");
-    c.tensors.into_iter().map(|(k, t)| (k, t.flatten_all().expect("f").to_dtype(candle_core::DType::F32).expect("f32").to_vec1::<f32>().expect("v").into_iter().map(f32::to_bits).collect())).collect()
+fn run_to_end(cfg: &Path, run: &Path) {
+    let out = stagecraft().arg("run").arg(cfg).arg("--run-dir").arg(run).arg("--quiet").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn resume(run: &Path) {
+    let out = stagecraft().arg("run").arg("--resume").arg(run).arg("--quiet").output().expect("resume");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn checkpoint_step(run: &Path) -> Option<u64> {
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/resume/meta.json")).ok()?).ok()?;
+    meta["step"].as_u64()
+}
+
+/// Starts the pipeline, freezes the process (SIGSTOP) as soon as the mid-stage
+/// checkpoint of `step` is complete, copies its run directory as it is at that moment —
+/// what a crash right then would leave — and kills it. Tries again if the process got
+/// past the next checkpoint before it was frozen (the copy must resume from `step`).
+fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
+    for attempt in 0..3 {
+        let live = dir.join(format!("live-{attempt}"));
+        let mut child = stagecraft().arg("run").arg(cfg).arg("--run-dir").arg(&live).arg("--quiet").spawn().expect("spawn");
+        let t = Instant::now();
+        while checkpoint_step(&live) != Some(step) || !live.join("checkpoints/resume/manifest.json").exists() {
+            assert!(child.try_wait().expect("wait").is_none(), "the run finished before step {step} was checkpointed");
+            assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint at step {step}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-STOP", &pid]).status().expect("SIGSTOP");
+        let killed = dir.join(format!("killed-{attempt}"));
+        let copied = Command::new("cp").arg("-a").arg(&live).arg(&killed).status().expect("copy");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        assert!(copied.success());
+        if checkpoint_step(&killed) == Some(step) {
+            assert!(!killed.join("checkpoints/adapt").exists(), "killed before the end of the stage");
+            return killed;
+        }
+    }
+    panic!("could not freeze the run between the checkpoint of step {step} and the next");
+}
+
+fn final_bits(run: &Path) -> BTreeMap<String, Vec<u32>> {
+    checkpoint_tensors(run, "adapt").iter().map(|(k, t)| (k.clone(), bits(t))).collect()
+}
+
+/// Kills the run right after the checkpoint of `step`, resumes it, and checks it
+/// against an uninterrupted run: where it resumed, the logged steps, the final bits,
+/// and every event and stage end.
+fn check_kill_and_resume(name: &str, adapt: &str, step: u64) {
+    let dir = scratch(name);
+    let cfg = dir.join("p.toml");
+    std::fs::write(&cfg, head(adapt)).expect("write config");
+    let whole = dir.join("whole");
+    run_to_end(&cfg, &whole);
+    let killed = killed_after_checkpoint(&cfg, &dir, step);
+    resume(&killed);
+
+    // It resumed from the checkpoint of `step`, in the stage it was written in...
+    let resumed: Vec<(String, u64, String)> = events(&killed).into_iter().filter(|e| e.2 == "resume").collect();
+    assert_eq!(resumed, [("adapt".to_string(), step, "resume".to_string())], "{name}: resume events");
+    // ...and the logged training steps continue from there: strictly increasing per
+    // stage, none missing, none twice.
+    let rows = metrics(&killed);
+    for stage in ["pretrain", "adapt"] {
+        let steps: Vec<u64> = rows.iter().filter(|r| r.stage == stage && r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
+        assert!(steps.windows(2).all(|w| w[1] == w[0] + 1) && steps.first() == Some(&1), "{name}: {stage} logged steps {steps:?}");
+    }
+    // The same end: weights, events (but the resume) and stage ends.
+    let (a, b) = (final_bits(&whole), final_bits(&killed));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(v == &b[k], "{name}: {k} differs after resume");
+    }
+    let without_resume = |run: &Path| events(run).into_iter().filter(|e| e.2 != "resume").collect::<Vec<_>>();
+    assert_eq!(without_resume(&whole), without_resume(&killed), "{name}: events");
+    let ends = |run: &Path| events(run).into_iter().filter(|e| e.2 == "end").collect::<Vec<_>>();
+    println!("{name}: resumed from step {step}; ends {:?}", ends(&killed));
 }
 
 #[test]
-fn resume_after_kill_is_bit_identical() {
-    let dir = scratch("resume");
+fn a_kill_mid_stage_resumes_bit_identically_from_its_checkpoint() {
+    check_kill_and_resume("resume-plain", "optimizer = { lr = 1e-2 }\nmax_steps = 60\neval_every = 10", 30);
+}
+
+#[test]
+fn a_kill_between_failing_gate_evaluations_resumes_the_gate_where_it_was() {
+    // The gate fails twice in a row (tolerated, patience 2) and acts at the third: the
+    // kill after the checkpoint of the second failure leaves a count of 2 to carry over
+    // (with this seed: failures at 2, 4, then 14, 16, acting at 18).
+    let adapt = r#"optimizer = { lr = 0.5 }
+gates = { retention = { stage = "pretrain", max_drop = 0.05, metric = "loss", patience = 2 } }
+max_steps = 40
+eval_every = 2"#;
+    let dir = scratch("resume-gate-probe");
     let cfg = dir.join("p.toml");
-    std::fs::write(&cfg, PIPELINE).expect("write config");
+    std::fs::write(&cfg, head(adapt)).expect("write");
+    run_to_end(&cfg, &dir.join("run"));
+    let gates: Vec<u64> = events(&dir.join("run")).into_iter().filter(|e| e.2 == "gate").map(|e| e.1).collect();
+    let acted: Vec<u64> = events(&dir.join("run")).into_iter().filter(|e| e.2 == "rollback").map(|e| e.1).collect();
+    let (last, before) = (gates[gates.len() - 1], gates[gates.len().saturating_sub(2)]);
+    assert!(acted.len() == 1 && last + 2 == acted[0] && before + 2 == last, "the config no longer fails the gate twice in a row before it acts: {gates:?} {acted:?}");
+    check_kill_and_resume("resume-gate", adapt, last);
+}
 
-    let whole = dir.join("whole");
-    let out = stagecraft().arg("run").arg(&cfg).arg("--run-dir").arg(&whole).arg("--quiet").output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let killed = dir.join("killed");
-    let mut child = stagecraft().arg("run").arg(&cfg).arg("--run-dir").arg(&killed).arg("--quiet").spawn().expect("spawn");
-    let marker = killed.join("checkpoints/resume/manifest.json");
-    let t = Instant::now();
-    // Kill it once it has checkpointed inside the second stage.
-    loop {
-        assert!(child.try_wait().expect("wait").is_none(), "the run finished before it could be killed");
-        if marker.exists() && killed.join("checkpoints/pretrain").exists() {
-            std::thread::sleep(Duration::from_millis(30));
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    assert!(!killed.join("checkpoints/adapt").exists(), "killed before the end of the stage");
-
-    let out = stagecraft().arg("run").arg("--resume").arg(&killed).arg("--quiet").output().expect("resume");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let (a, b) = (final_tensors(&whole), final_tensors(&killed));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (k, v) in &a {
-        assert!(v == &b[k], "{k} differs after resume");
-    }
-    // The metrics log has no duplicated steps.
-    let rows = stagecraft_core::report::MetricsLog::read(&killed.join("metrics.jsonl")).expect("metrics");
-    let train: Vec<(String, u64)> = rows.iter().filter(|r| r.loss.is_some() && r.set.is_none()).map(|r| (r.stage.clone(), r.step)).collect();
-    let mut dedup = train.clone();
-    dedup.dedup();
-    assert_eq!(train, dedup);
+#[test]
+fn a_kill_in_the_middle_of_a_patience_count_resumes_early_stopping_where_it_was() {
+    // Early stopping on exact match with patience 3: the kill lands after an evaluation
+    // that did not improve, before the count runs out.
+    let adapt = r#"optimizer = { lr = 0.05 }
+exit = { metric = "eval.exact_match", patience = 3 }
+max_steps = 80
+eval_every = 2"#;
+    let dir = scratch("resume-patience-probe");
+    let cfg = dir.join("p.toml");
+    std::fs::write(&cfg, head(adapt)).expect("write");
+    let run = dir.join("run");
+    run_to_end(&cfg, &run);
+    let scores: Vec<(u64, f64)> = metrics(&run).into_iter().filter(|r| r.stage == "adapt" && r.set.as_deref() == Some("adapt")).map(|r| (r.step, r.metrics["exact_match"])).collect();
+    // The first evaluation no better than the best before it, with the stage running on.
+    let mut best = f64::NEG_INFINITY;
+    let mid = scores.iter().find_map(|&(step, score)| {
+        let stalled = score <= best;
+        best = best.max(score);
+        stalled.then_some(step)
+    });
+    let ended = events(&run).into_iter().find(|e| e.0 == "adapt" && e.2 == "patience").map(|e| e.1);
+    let (Some(mid), Some(ended)) = (mid, ended) else { panic!("the config no longer stops early: {scores:?}") };
+    assert!(mid < ended, "{mid} {ended}");
+    check_kill_and_resume("resume-patience", adapt, mid);
 }

@@ -1,15 +1,24 @@
-//! Shared helpers for the workspace integration tests: where the plugin libraries are,
-//! and building the compatibility test plugins (tests/compat) once per test binary.
+//! Shared helpers for the workspace integration tests: where things are (the
+//! workspace, fixtures, the plugin libraries), the compatibility test plugins (built
+//! once), unique scratch directories, comparing tensors, and running pipelines.
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device};
-use stagecraft_core::plugin::HostState;
+use candle_core::{DType, Device, Tensor};
+use stagecraft_core::checkpoint;
+use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::pipeline::{Pipeline, RunSummary};
+use stagecraft_core::plugin::{HostState, Registry};
+use stagecraft_core::report::{EventLog, MetricRow, MetricsLog};
+
+// ---- where things are -----------------------------------------------------------
 
 /// The workspace root: `STAGECRAFT_ROOT` when set (test binaries carried to another
 /// machine, as the GPU check does), else where the tests were built.
@@ -18,6 +27,21 @@ pub fn root() -> PathBuf {
         return PathBuf::from(dir);
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// `tests/fixtures/<model>/<rel>`.
+pub fn fixture(model: &str, rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(model).join(rel)
+}
+
+/// The tensors of a fixture file (`reference.safetensors`, `methods.safetensors`, ...).
+pub fn fixture_tensors(model: &str, file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(model, file), &Device::Cpu).unwrap_or_else(|e| panic!("{model}/{file}: {e}"))
+}
+
+/// A fixture's `reference.safetensors`.
+pub fn reference(model: &str) -> HashMap<String, Tensor> {
+    fixture_tensors(model, "reference.safetensors")
 }
 
 /// The directory of the running test's profile (`target/release` or `target/debug`).
@@ -47,24 +71,47 @@ pub fn first_party(name: &str) -> PathBuf {
     path
 }
 
+// ---- the compatibility plugins --------------------------------------------------
+
 /// The compat test plugins, built once: `(old, old_mismatch, next, faulty, not_a_plugin)`.
 pub struct Compat {
     /// Built against the frozen SDK 1.0 prefix.
     pub old: PathBuf,
     /// Same, with an incompatible layout.
     pub old_mismatch: PathBuf,
-    /// Built against SDK 1.1 (one more op).
+    /// Built against an SDK one minor version newer than the host's (one more op).
     pub next: PathBuf,
     /// Misbehaving methods, against the live SDK.
     pub faulty: PathBuf,
     /// A shared library that is not a plugin.
     pub not_a_plugin: PathBuf,
+    /// Built against an SDK of another major version.
+    pub major: PathBuf,
 }
 
-fn cargo_build(crate_dir: &str, features: &[&str], target: &Path) {
-    let dir = root().join("tests/compat").join(crate_dir);
+/// The newest modification time under `dir` (sources of a compat crate).
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut t = std::time::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH) };
+        t = t.max(m);
+    }
+    t
+}
+
+/// Builds `crate_dir` (with `features`) unless `keep` is newer than every source it
+/// depends on, and copies the built library to `keep`. Test binaries share the copies,
+/// so each compat plugin is built once per change, not once per binary.
+fn build_compat(crate_dir: &str, features: &[&str], built: &str, keep: &Path, sources: &[&str]) -> PathBuf {
+    let compat = root().join("tests/compat");
+    let fresh = keep.metadata().and_then(|m| m.modified()).ok().is_some_and(|k| sources.iter().chain([&crate_dir]).all(|s| newest(&compat.join(s)) < k));
+    if fresh {
+        return keep.to_path_buf();
+    }
+    let target = root().join("target/compat");
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "--target-dir"]).arg(target).current_dir(&dir);
+    cmd.args(["build", "--release", "--target-dir"]).arg(&target).current_dir(compat.join(crate_dir));
     // The frozen-SDK plugins build exactly as pinned; the faulty one follows the live SDK.
     if crate_dir != "plugin-faulty" {
         cmd.arg("--locked");
@@ -74,32 +121,39 @@ fn cargo_build(crate_dir: &str, features: &[&str], target: &Path) {
     }
     let out = cmd.output().expect("run cargo");
     assert!(out.status.success(), "building {crate_dir} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(target.join("release").join(built), keep).expect("copy built plugin");
+    keep.to_path_buf()
 }
 
-/// Builds the compat plugins (once per process) into `target/compat`.
+/// The compat plugins, built when their sources changed, into `target/compat/libs`.
 pub fn compat() -> &'static Compat {
     static C: OnceLock<Compat> = OnceLock::new();
     C.get_or_init(|| {
-        let target = root().join("target/compat");
-        let out = target.join("release");
-        let keep = target.join("libs");
+        let keep = root().join("target/compat/libs");
         std::fs::create_dir_all(&keep).expect("mkdir");
-        let copy = |from: &str, to: &str| {
-            std::fs::copy(out.join(from), keep.join(to)).expect("copy built plugin");
-            keep.join(to)
-        };
-        cargo_build("plugin-old", &["mismatch"], &target);
-        let old_mismatch = copy("libcompat_plugin_old.so", "libcompat_old_mismatch.so");
-        cargo_build("plugin-old", &[], &target);
-        let old = copy("libcompat_plugin_old.so", "libcompat_old.so");
-        cargo_build("plugin-next", &[], &target);
-        let next = copy("libcompat_plugin_next.so", "libcompat_next.so");
-        cargo_build("plugin-faulty", &[], &target);
-        let faulty = copy("libcompat_plugin_faulty.so", "libcompat_faulty.so");
-        cargo_build("not-a-plugin", &[], &target);
-        let not_a_plugin = copy("libcompat_not_a_plugin.so", "libcompat_not_a_plugin.so");
-        Compat { old, old_mismatch, next, faulty, not_a_plugin }
+        let live = ["../../adapters-sdk/src"];
+        Compat {
+            old_mismatch: build_compat("plugin-old", &["mismatch"], "libcompat_plugin_old.so", &keep.join("libcompat_old_mismatch.so"), &["sdk-1.0-prefix"]),
+            old: build_compat("plugin-old", &[], "libcompat_plugin_old.so", &keep.join("libcompat_old.so"), &["sdk-1.0-prefix"]),
+            next: build_compat("plugin-next", &[], "libcompat_plugin_next.so", &keep.join("libcompat_next.so"), &["sdk-1.2-next"]),
+            faulty: build_compat("plugin-faulty", &[], "libcompat_plugin_faulty.so", &keep.join("libcompat_faulty.so"), &live),
+            not_a_plugin: build_compat("not-a-plugin", &[], "libcompat_not_a_plugin.so", &keep.join("libcompat_not_a_plugin.so"), &[]),
+            major: build_compat("plugin-old", &["major2"], "libcompat_plugin_old.so", &keep.join("libcompat_major.so"), &["sdk-1.0-prefix"]),
+        }
     })
+}
+
+// ---- scratch space and host state -----------------------------------------------
+
+/// A fresh, empty directory of this test's own: `target/test-scratch/<name>-<pid>-<n>`.
+/// Tests run in parallel; none deletes another's directory.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let d = root().join("target/test-scratch").join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir scratch");
+    d
 }
 
 /// A fresh host state on the CPU (f32, seed 0).
@@ -107,10 +161,84 @@ pub fn state() -> Rc<HostState> {
     Rc::new(HostState::new(Device::Cpu, DType::F32, 0))
 }
 
-/// A scratch directory for reports.
-pub fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target/test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("mkdir scratch");
-    d
+/// The built-in plugins, reports into a scratch directory.
+pub fn builtins() -> Registry {
+    Registry::with_builtins(scratch("reports")).expect("registry")
+}
+
+/// An error's message, asserted to be one line.
+pub fn one_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "error is not one line: {s}");
+    s
+}
+
+// ---- tensors --------------------------------------------------------------------
+
+/// The largest absolute difference of two tensors of the same shape (any device and
+/// float dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let f = |t: &Tensor| t.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("to f32 on the cpu");
+    (f(a) - f(b)).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("max abs diff")
+}
+
+/// The largest absolute value of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32).and_then(|t| t.abs()).and_then(|t| t.flatten_all()).and_then(|t| t.max(0)).and_then(|t| t.to_scalar::<f32>()).expect("max abs")
+}
+
+/// The bit patterns of a float tensor (as f32), for exact comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).expect("to f32").into_iter().map(f32::to_bits).collect()
+}
+
+/// Normal(0, `std`) values from the host's seeded generator.
+pub fn random(shape: &[usize], seed: u64, std: f64) -> Tensor {
+    let mut r = stagecraft_core::rng::Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+}
+
+// ---- pipelines ------------------------------------------------------------------
+
+/// A pipeline run to its end in its own scratch directory.
+pub struct Run {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// How each stage ended, and the retention matrix.
+    pub summary: RunSummary,
+}
+
+/// Runs a pipeline config to its end; panics with the error otherwise.
+pub fn run_pipeline(name: &str, text: &str) -> Run {
+    let dir = scratch(name);
+    let cfg = PipelineConfig::from_str(text, &format!("{name}.toml"), &[]).expect("valid config");
+    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
+    let summary = p.run().unwrap_or_else(|e| panic!("{name}: {e}"));
+    Run { dir: dir.join("run"), summary }
+}
+
+/// Resumes a run directory and runs it to its end.
+pub fn resume_pipeline(run: &Path) -> RunSummary {
+    let reg = Registry::with_builtins(run.join("reports")).expect("registry");
+    let (p, _) = Pipeline::resume(run, reg, true).expect("resume");
+    p.run().expect("resumed run")
+}
+
+/// The tensors of a checkpoint of a run (`checkpoints/<name>`).
+pub fn checkpoint_tensors(run: &Path, name: &str) -> BTreeMap<String, Tensor> {
+    checkpoint::load(&run.join("checkpoints").join(name), &Device::Cpu).unwrap_or_else(|e| panic!("checkpoint {name}: {e}")).tensors
+}
+
+/// A run's metrics rows.
+pub fn metrics(run: &Path) -> Vec<MetricRow> {
+    MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics.jsonl")
+}
+
+/// A run's events as `(stage, step, kind)`.
+pub fn events(run: &Path) -> Vec<(String, u64, String)> {
+    EventLog::read(&run.join("events.jsonl")).expect("events.jsonl").into_iter().map(|e| (e.stage, e.step, e.kind)).collect()
 }

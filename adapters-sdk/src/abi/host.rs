@@ -174,7 +174,9 @@ pub trait HostOps {
     /// `x` cut from the autograd graph.
     fn detach(&self, x: TensorHandle) -> OpResult;
     /// Overwrites the value of a parameter or buffer `dst` with `src` (same shape),
-    /// without recording autograd. This is how optimizers update parameters.
+    /// without recording autograd. This is how optimizers update parameters. An instance
+    /// may assign to its own parameters and buffers, and an optimizer, during `step`,
+    /// to the parameters it is given; anything else is refused.
     // Fields up to and including this one are the SDK 1.0 prefix: every 1.x host has them.
     #[sabi(last_prefix_field)]
     fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()>;

@@ -277,10 +277,14 @@ impl OptimizerInstance {
         self.core.check("init", self.obj.init(&self.core.host, slots.as_slice().into()))
     }
 
-    /// One update with these gradients (aligned with `params`).
+    /// One update with these gradients (aligned with `params`). The parameters are lent
+    /// to the optimizer for writing during the call, and only then.
     pub fn step(&mut self, params: &[TrainParam], grads: &[Option<Tensor>], lr: f64, step: u64) -> Result<()> {
         let slots = Self::slots(params, Some(grads), lr, &self.core.state);
-        self.core.check("step", self.obj.step(&self.core.host, slots.as_slice().into(), step))
+        self.core.store.lend(params.iter().map(|p| p.handle));
+        let r = self.obj.step(&self.core.host, slots.as_slice().into(), step);
+        self.core.store.end_loan();
+        self.core.check("step", r)
     }
 
     /// Its state buffers (what checkpoints save).

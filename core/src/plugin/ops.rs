@@ -371,6 +371,9 @@ impl HostOps for HostCtx {
     }
     fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()> {
         guarded("assign", || {
+            if !self.store.may_write(dst) {
+                return Err(Error::msg(format!("plugin `{}` may only assign to its own parameters and buffers (and an optimizer to the parameters it is given), not to {:#x}", self.owner, dst.0)));
+            }
             let src = self.t(src)?;
             let table = self.state.table.borrow();
             match table.entry(dst)? {

@@ -210,14 +210,32 @@ pub struct Owned {
     pub handle: TensorHandle,
 }
 
-/// The parameters and buffers one plugin instance created.
+/// The parameters and buffers one plugin instance created, and the ones lent to it for
+/// writing (an optimizer's parameters, during its call).
 #[derive(Debug, Default)]
 pub struct InstanceStore {
     params: RefCell<Vec<Owned>>,
     buffers: RefCell<Vec<Owned>>,
+    lent: RefCell<Vec<TensorHandle>>,
 }
 
 impl InstanceStore {
+    /// Whether the instance may overwrite `h` with `assign`: its own parameters and
+    /// buffers, and what is lent to it now.
+    pub fn may_write(&self, h: TensorHandle) -> bool {
+        self.params.borrow().iter().chain(self.buffers.borrow().iter()).any(|o| o.handle == h) || self.lent.borrow().contains(&h)
+    }
+
+    /// Lends `handles` for writing until [`end_loan`](Self::end_loan).
+    pub fn lend(&self, handles: impl IntoIterator<Item = TensorHandle>) {
+        self.lent.borrow_mut().extend(handles);
+    }
+
+    /// Takes every loan back.
+    pub fn end_loan(&self) {
+        self.lent.borrow_mut().clear();
+    }
+
     /// Parameters in creation order.
     pub fn params(&self) -> Vec<Owned> {
         self.params.borrow().clone()

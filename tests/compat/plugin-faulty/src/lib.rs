@@ -1,8 +1,11 @@
-//! Misbehaving adaptation methods, one per failure the host must survive:
-//! `panicky` (panics in forward), `wrong_shape` (returns a tensor of the wrong shape),
-//! `forger` (returns a handle it made up), `stale` (returns a temporary from an
-//! earlier step), `bad_config` (rejects its config); and `nan_loss`, an objective whose
-//! loss turns NaN on chosen steps.
+//! Misbehaving plugins, one per failure the host must survive: methods `panicky`
+//! (panics in forward), `wrong_shape` (returns a tensor of the wrong shape), `forger`
+//! (returns a handle it made up), `stale` (returns a temporary from an earlier step),
+//! `thief` (tries to overwrite tensors it does not own), `bad_config` (rejects its
+//! config), `panicky_new` and `panicky_init` (panic while being made); the optimizer
+//! `panicky_opt` and the objective `panicky_stage` (panic in their step and loss); and
+//! `nan_loss`, an objective whose loss (or only its gradient) turns non-finite on chosen
+//! steps.
 
 use serde::Deserialize;
 use stagecraft_sdk::prelude::*;
@@ -51,6 +54,16 @@ macro_rules! faulty {
 faulty!(Panicky, "panicky", |self, _host, _x, _y| panic!("deliberate panic in forward"));
 faulty!(WrongShape, "wrong_shape", |self, _host, _x, y| y.narrow(2, 0, 1));
 faulty!(Forger, "forger", |self, host, _x, _y| Ok(host.tensor(TensorHandle(0x0000_0007_0000_0003))));
+faulty!(Thief, "thief", |self, host, _x, y| {
+    // Every handle a table of this size can hold, first generation: the base weights'
+    // and the other plugins' parameters among them.
+    for slot in 0..4096u64 {
+        if host.assign(&host.tensor(TensorHandle(slot)), &y).is_ok() {
+            bail!("thief: overwrote the tensor in slot {slot}, which it does not own");
+        }
+    }
+    Ok(y)
+});
 faulty!(Stale, "stale", |self, host, _x, y| {
     let out = match self.last.get() {
         Some(h) => host.tensor(h),
@@ -86,6 +99,107 @@ impl AdaptationMethod for BadConfig {
 }
 
 
+/// A method that panics while it is made.
+pub struct PanickyNew;
+
+impl Plugin for PanickyNew {
+    const NAME: &'static str = "panicky_new";
+    const DESCRIPTION: &'static str = "panics in new";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Targets;
+    fn new(_cfg: Targets, _host: Host<'_>) -> Result<Self> {
+        panic!("deliberate panic in new")
+    }
+}
+
+impl AdaptationMethod for PanickyNew {
+    fn select_sites(&mut self, _host: Host<'_>, _sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+        Ok(Vec::new())
+    }
+    fn init_site(&mut self, _host: Host<'_>, _site: &SiteInfo) -> Result<()> {
+        Ok(())
+    }
+    fn forward<'h>(&self, _host: Host<'h>, _site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(y)
+    }
+}
+
+/// A method that panics creating its parameters.
+pub struct PanickyInit(Vec<String>);
+
+impl Plugin for PanickyInit {
+    const NAME: &'static str = "panicky_init";
+    const DESCRIPTION: &'static str = "panics in init_site";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Targets;
+    fn new(cfg: Targets, _host: Host<'_>) -> Result<Self> {
+        Ok(PanickyInit(cfg.targets))
+    }
+}
+
+impl AdaptationMethod for PanickyInit {
+    fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+        select_linear_sites(&self.0, sites, Hooks::POST)
+    }
+    fn init_site(&mut self, _host: Host<'_>, site: &SiteInfo) -> Result<()> {
+        panic!("deliberate panic creating the parameters of {}", site.name)
+    }
+    fn forward<'h>(&self, _host: Host<'h>, _site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(y)
+    }
+}
+
+/// No options.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(crate = "stagecraft_sdk::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct Nothing {
+    /// Ignored.
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+/// An optimizer that panics in its step.
+pub struct PanickyOpt;
+
+impl Plugin for PanickyOpt {
+    const NAME: &'static str = "panicky_opt";
+    const DESCRIPTION: &'static str = "panics in step";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Nothing;
+    fn new(_cfg: Nothing, _host: Host<'_>) -> Result<Self> {
+        Ok(PanickyOpt)
+    }
+}
+
+impl Optimizer for PanickyOpt {
+    fn init(&mut self, _host: Host<'_>, _params: &[ParamSlot]) -> Result<()> {
+        Ok(())
+    }
+    fn step(&mut self, _host: Host<'_>, _params: &[ParamSlot], step: u64) -> Result<()> {
+        panic!("deliberate panic in step {step}")
+    }
+}
+
+/// An objective that panics computing its loss.
+pub struct PanickyStage;
+
+impl Plugin for PanickyStage {
+    const NAME: &'static str = "panicky_stage";
+    const DESCRIPTION: &'static str = "panics in compute";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Nothing;
+    fn new(_cfg: Nothing, _host: Host<'_>) -> Result<Self> {
+        Ok(PanickyStage)
+    }
+}
+
+impl Stage for PanickyStage {
+    fn compute<'h>(&mut self, _host: Host<'h>, _outputs: Named<'h>, _batch: Named<'h>) -> Result<Loss<'h>> {
+        panic!("deliberate panic in compute")
+    }
+}
+
 /// When to return a NaN loss, or a loss (and gradient) 20 times too large.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(crate = "stagecraft_sdk::schemars")]
@@ -97,6 +211,10 @@ pub struct NanConfig {
     /// 1-based training calls of `compute` whose loss is scaled by 20.
     #[serde(default)]
     pub spike_at: Vec<u64>,
+    /// 1-based training calls of `compute` whose loss is finite but whose gradient is
+    /// NaN (`+ sqrt(0 · loss)`: `d sqrt(u)/du` is infinite at 0).
+    #[serde(default)]
+    pub nan_grad_at: Vec<u64>,
 }
 
 /// A next-token loss that turns NaN or spikes on chosen training calls (the anomaly
@@ -136,6 +254,9 @@ impl Stage for NanLoss {
             if self.cfg.spike_at.contains(&self.calls) {
                 loss = loss.affine(20.0, 0.0)?;
             }
+            if self.cfg.nan_grad_at.contains(&self.calls) {
+                loss = loss.add(&loss.affine(0.0, 0.0)?.sqrt()?)?;
+            }
         }
         Ok(Loss { loss, per_example: None, metrics: Vec::new() })
     }
@@ -143,7 +264,7 @@ impl Stage for NanLoss {
 
 stagecraft_sdk::export_plugin! {
     id: compat_faulty,
-    methods: [Panicky, WrongShape, Forger, Stale, BadConfig],
-    optimizers: [],
-    stages: [NanLoss],
+    methods: [Panicky, WrongShape, Forger, Stale, Thief, BadConfig, PanickyNew, PanickyInit],
+    optimizers: [PanickyOpt],
+    stages: [NanLoss, PanickyStage],
 }

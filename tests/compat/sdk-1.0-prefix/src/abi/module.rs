@@ -42,5 +42,9 @@ impl RootModule for PluginLibRef {
     declare_root_module_statics! {PluginLibRef}
     const BASE_NAME: &'static str = "stagecraft_plugin";
     const NAME: &'static str = "stagecraft plugin";
+    #[cfg(not(feature = "major2"))]
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    // The same layout, announced as another major version: a host must refuse it.
+    #[cfg(feature = "major2")]
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("2.0.0");
 }
