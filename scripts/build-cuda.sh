@@ -9,6 +9,9 @@
 #   torch_gpu_anchor.py         PyTorch + PEFT on the same workloads
 #   BUILD                       what was built, from which commit, with which toolkit
 #
+# and the same folder as one archive, dist/cuda.tar.xz (about 20 MB; the folder is
+# about 75 MB, most of it the kernels inside both binaries), to carry to the GPU machine.
+#
 # The CUDA toolkit comes from NVIDIA's PyPI wheels (no system install, no GPU, no
 # driver): they unpack into one site-packages/nvidia/cu13 folder laid out as a toolkit.
 # The linker needs unversioned `libX.so` names, which the wheels lack, and libcuda
@@ -111,5 +114,7 @@ cp benches/torch_gpu_anchor.py "$DIST/torch_gpu_anchor.py"
   echo "toolkit ${WHEELS[*]}"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$DIST/BUILD"
-du -sh "$DIST" "$DIST/stagecraft" "$DIST/tests/deps/gpu"
-echo "== done: carry $DIST to the GPU machine and run its gpu-check.sh from the repository root"
+echo "== packing $DIST.tar.xz"
+XZ_OPT=-T0 tar -C "$(dirname "$DIST")" -cJf "$DIST.tar.xz" "$(basename "$DIST")"
+du -sh "$DIST" "$DIST/stagecraft" "$DIST/tests/deps/gpu" "$DIST.tar.xz"
+echo "== done: carry $DIST.tar.xz to the GPU machine, unpack it next to the repository's files and run gpu-check.sh from the repository root"

@@ -15,13 +15,12 @@ mod support;
 
 use candle_core::{DType, Device, Tensor};
 use stagecraft_core::adapter::{combine_lora, Combine, LoraInput};
-use stagecraft_core::checkpoint;
+
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::model::{load_model, Adapters, Model};
 use stagecraft_core::pipeline::Pipeline;
 use stagecraft_core::plugin::{host_for, InstanceStore, Registry};
 use stagecraft_sdk::TensorHandle;
-use std::path::Path;
 use std::rc::Rc;
 use support::{scratch, state};
 
@@ -54,11 +53,7 @@ fn parse(text: &str) -> PipelineConfig {
 }
 
 fn run(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = scratch(name);
-    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::new(parse(text), reg, &dir.join("run"), true).expect("pipeline");
-    p.run().expect("run");
-    dir.join("run")
+    support::run_pipeline(name, text).dir
 }
 
 fn plan_error(text: &str) -> String {
@@ -170,19 +165,15 @@ seq_len = 24
     )
 }
 
-fn tensors(run: &Path, stage: &str) -> std::collections::BTreeMap<String, Tensor> {
-    checkpoint::load(&run.join("checkpoints").join(stage), &Device::Cpu).expect("checkpoint").tensors
-}
-
 #[test]
 fn two_adapters_of_one_plugin_keep_separate_parameters_and_optimizer_state() {
     // Different ranks: the second instance's AdamW state used to collide with the first's.
-    let t = tensors(&run("two-ranks", &two_loras(8, 4)), "two");
+    let t = support::checkpoint_tensors(&run("two-ranks", &two_loras(8, 4)), "two");
     let a0 = &t["adapter.0.lora.model.layers.0.self_attn.q_proj.lora_A.weight"];
     let a1 = &t["adapter.1.lora.model.layers.0.self_attn.q_proj.lora_A.weight"];
     assert_eq!((a0.dims(), a1.dims()), ([8, 32].as_slice(), [4, 32].as_slice()));
     // Equal ranks: two moments per parameter, one set per instance, and they differ.
-    let t = tensors(&run("two-equal", &two_loras(4, 4)), "two");
+    let t = support::checkpoint_tensors(&run("two-equal", &two_loras(4, 4)), "two");
     let moments: Vec<&String> = t.keys().filter(|k| k.starts_with("optimizer.exp_avg.") && k.ends_with("layers.0.self_attn.q_proj.lora_B.weight")).collect();
     assert_eq!(moments.len(), 2, "{moments:?}");
     let (m0, m1) = (&t[moments[0]], &t[moments[1]]);
@@ -357,7 +348,7 @@ seq_len = 12
 "#,
         header()
     );
-    let t = tensors(&run("combine-handoff", &text), "c");
+    let t = support::checkpoint_tensors(&run("combine-handoff", &text), "c");
     let adapters: Vec<&String> = t.keys().filter(|k| k.starts_with("adapter.")).collect();
     assert!(adapters.iter().all(|k| k.starts_with("adapter.0.lora.")), "one adapter after combining: {adapters:?}");
     assert_eq!(t["adapter.0.lora.model.layers.0.self_attn.q_proj.lora_A.weight"].dims(), [3, 32]);

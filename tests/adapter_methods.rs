@@ -8,19 +8,16 @@
 
 mod support;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use stagecraft_core::adapter::{load_peft, merge_into_base};
-use stagecraft_core::checkpoint;
-use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::export::{export_merged, export_peft};
 use stagecraft_core::model::{load_model, Adapters};
-use stagecraft_core::pipeline::{open_stage, Pipeline};
+use stagecraft_core::pipeline::open_stage;
 use stagecraft_core::plugin::Registry;
-use stagecraft_core::report::{MetricsLog, Split};
+use stagecraft_core::report::Split;
 use stagecraft_core::train::{forward_loss, Batch};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use support::{scratch, state};
+use support::{checkpoint_bits, scratch, state};
 
 /// One method under test: a name and its adapter table.
 struct Method {
@@ -85,17 +82,6 @@ seq_len = 12
     )
 }
 
-fn run(dir: &Path, text: &str) {
-    let cfg = PipelineConfig::from_str(text, "m.toml", &[]).expect("valid config");
-    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
-    p.run().expect("run");
-}
-
-fn final_bits(run: &Path, stage: &str) -> BTreeMap<String, Vec<u32>> {
-    let c = checkpoint::load(&run.join("checkpoints").join(stage), &Device::Cpu).expect("checkpoint");
-    c.tensors.into_iter().map(|(k, t)| (k, t.to_dtype(DType::F32).expect("f32").flatten_all().expect("flat").to_vec1::<f32>().expect("v").into_iter().map(f32::to_bits).collect())).collect()
-}
 
 fn ids() -> Tensor {
     Tensor::new(&[[3u32, 17, 43, 61, 43, 50, 10, 0], [49, 43, 50, 61, 55, 10, 0, 0]], &Device::Cpu).expect("ids")
@@ -143,11 +129,10 @@ fn gradients_reach_the_methods_own_parameters_and_nothing_else() {
 #[test]
 fn each_method_trains_resumes_exactly_and_exports() {
     for m in &METHODS {
-        let dir = scratch(&format!("method-{}", m.name));
-        run(&dir, &pipeline(m.adapter, 10));
-        let run_dir = dir.join("run");
+        let run_dir = support::run_pipeline(&format!("method-{}", m.name), &pipeline(m.adapter, 10)).dir;
+        let dir = run_dir.parent().expect("scratch directory").to_path_buf();
 
-        let rows = MetricsLog::read(&run_dir.join("metrics.jsonl")).expect("metrics");
+        let rows = support::metrics(&run_dir);
         let losses: Vec<f64> = rows.iter().filter(|r| r.split == Split::Eval && r.stage == "adapt" && r.set.as_deref() == Some("adapt")).filter_map(|r| r.metrics.get("loss").copied()).collect();
         assert!(losses.len() >= 2 && losses[losses.len() - 1] < losses[0], "{}: eval loss did not go down: {losses:?}", m.name);
 
@@ -159,12 +144,10 @@ fn each_method_trains_resumes_exactly_and_exports() {
 /// Removes the stage-end checkpoint, resumes from the mid-stage one (step 5), and
 /// compares the end with the uninterrupted run's, bit for bit.
 fn resumes_to_the_same_bits(m: &Method, run_dir: &Path) {
-    let uninterrupted = final_bits(run_dir, "adapt");
+    let uninterrupted = checkpoint_bits(run_dir, "adapt");
     std::fs::remove_dir_all(run_dir.join("checkpoints/adapt")).expect("remove the stage end");
-    let reg = Registry::with_builtins(run_dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::resume(run_dir, reg, true).expect("resume");
-    p.run().expect("resumed run");
-    let resumed = final_bits(run_dir, "adapt");
+    support::resume_pipeline(run_dir);
+    let resumed = checkpoint_bits(run_dir, "adapt");
     assert_eq!(resumed.keys().collect::<Vec<_>>(), uninterrupted.keys().collect::<Vec<_>>(), "{}: different tensors after resume", m.name);
     for (k, v) in &uninterrupted {
         assert!(resumed[k] == *v, "{}: `{k}` differs after resume", m.name);

@@ -75,19 +75,15 @@ fn plugin_inspect_shows_schema_and_sha256() {
     assert!(err.contains("no-such.so") && err.contains("cannot read"), "{err}");
 }
 
-fn fixtures(p: &str) -> std::path::PathBuf {
-    support::root().join("tests/fixtures").join(p)
-}
-
 #[test]
 fn forward_writes_logits_that_match_transformers_and_peft() {
     let dev = candle_core::Device::Cpu;
-    let refs = candle_core::safetensors::load(fixtures("llama-tiny/reference.safetensors"), &dev).expect("reference");
+    let refs = support::reference("llama-tiny");
     let dir = scratch("cli-forward");
     let input = dir.join("in.safetensors");
     candle_core::safetensors::save(&std::collections::HashMap::from([("input_ids".to_string(), refs["input_ids"].clone())]), &input).expect("save");
-    let base = fixtures("llama-tiny/base");
-    let lora = fixtures("llama-tiny/lora");
+    let base = support::fixture("llama-tiny", "base");
+    let lora = support::fixture("llama-tiny", "lora");
     let out = dir.join("out.safetensors");
     let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
     for (extra, want) in [(vec![], "logits"), (vec!["--adapter".to_string(), path(&lora)], "logits_lora"), (vec!["--adapter".to_string(), path(&lora), "--merge".to_string()], "logits_lora_merged")] {
@@ -102,11 +98,11 @@ fn forward_writes_logits_that_match_transformers_and_peft() {
     }
 
     // An encoder writes last_hidden_state, with the attention mask applied.
-    let brefs = candle_core::safetensors::load(fixtures("bert-tiny/reference.safetensors"), &dev).expect("reference");
+    let brefs = support::reference("bert-tiny");
     let binput = dir.join("bert-in.safetensors");
     let map = std::collections::HashMap::from([("input_ids".to_string(), brefs["input_ids"].clone()), ("attention_mask".to_string(), brefs["attention_mask"].clone())]);
     candle_core::safetensors::save(&map, &binput).expect("save");
-    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&fixtures("bert-tiny/base")), "--input", &path(&binput), "--out", &path(&out)], None);
+    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&support::fixture("bert-tiny", "base")), "--input", &path(&binput), "--out", &path(&out)], None);
     assert!(ok, "{err}");
     let got = candle_core::safetensors::load(&out, &dev).expect("out");
     assert!(max_abs_diff(&got["last_hidden_state"], &brefs["last_hidden_state"]) <= 1e-5);
@@ -124,14 +120,14 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     use stagecraft_core::model::{load_model, Adapters};
     // Greedy decoding gives transformers' tokens (`model.generate(do_sample=False)`).
     let r = support::reference("llama-tiny");
-    let model = load_model(&fixtures("llama-tiny/base"), &candle_core::Device::Cpu).expect("model");
+    let model = load_model(&support::fixture("llama-tiny", "base"), &candle_core::Device::Cpu).expect("model");
     let prompt: Vec<u32> = r["greedy_prompt"].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("prompt");
     let want: Vec<u32> = r["greedy_tokens"].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("tokens");
     let greedy = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
     let got = generate(model.as_ref(), &Adapters::none(model.sites().len()), &prompt, 8, &greedy, None, &candle_core::Device::Cpu).expect("generate");
     assert_eq!([prompt, got].concat(), want);
 
-    let base = fixtures("llama-tiny/base");
+    let base = support::fixture("llama-tiny", "base");
     let base = base.to_str().expect("utf-8");
     let run = |seed: &str| stagecraft(&["generate", "--model", base, "--prompt", "ab", "--max-tokens", "12", "--temperature", "1.0", "--top-p", "0.95", "--seed", seed], None);
     let (ok, a, err) = run("3");
@@ -151,6 +147,39 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     let q = sites.lines().find(|l| l.starts_with("model.layers.1.self_attn.q_proj ")).expect("q_proj site");
     assert!(q.contains("linear") && q.contains("[64, 64]"), "{q}");
     assert!(sites.lines().any(|l| l.starts_with("model.layers.0.self_attn.key_states ") && l.contains("attn_key")));
+}
+
+#[test]
+fn generate_with_a_peft_adapter_continues_as_peft_does() {
+    // A word-level tokenizer whose token `tN` is id N, so that the fixture's prompt
+    // (ids 5, 17, 42) can be typed and every generated id read back.
+    let dir = scratch("cli-generate-peft");
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..256).map(|i| (format!("t{i}"), i.into())).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "t0" }
+    });
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(&tok, tokenizer.to_string()).expect("write tokenizer");
+    let r = support::reference("llama-tiny");
+    let ids = |name: &str| -> Vec<u32> { r[name].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("ids") };
+    let prompt: String = ids("greedy_prompt").iter().map(|i| format!("t{i} ")).collect();
+    let generate = |adapter: Option<&str>| -> Vec<u32> {
+        let base = support::fixture("llama-tiny", "base");
+        let mut args = vec!["generate", "--model", base.to_str().expect("utf-8"), "--tokenizer", tok.to_str().expect("utf-8"), "--prompt", &prompt, "--max-tokens", "8"];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        let (ok, out, err) = stagecraft(&args, None);
+        assert!(ok, "{err}");
+        out.split_whitespace().map(|t| t.strip_prefix('t').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("token `{t}` in {out}"))).collect()
+    };
+    let lora = support::fixture("llama-tiny", "lora");
+    let with_lora = generate(Some(lora.to_str().expect("utf-8")));
+    assert_eq!(with_lora, ids("greedy_tokens_lora"), "greedy through PEFT's LoRA adapter");
+    assert_eq!(generate(None), ids("greedy_tokens"), "greedy on the base");
+    assert_ne!(with_lora, ids("greedy_tokens"), "the adapter changes the continuation");
 }
 
 #[test]

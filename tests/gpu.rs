@@ -6,7 +6,7 @@
 //! - LoRA's gradients through the plugin on the GPU match the CPU's;
 //! - a pipeline trains on the GPU, writes checkpoints from device memory and resumes
 //!   onto it;
-//! - greedy generation on the GPU gives the CPU's tokens.
+//! - greedy generation on the GPU gives transformers' tokens, as the CPU does.
 #![cfg(feature = "cuda")]
 
 mod support;
@@ -20,9 +20,8 @@ use stagecraft_core::generate::{generate, Sampling};
 use stagecraft_core::model::{load_model, Adapters, MlpLm, MlpLmConfig, Model};
 use stagecraft_core::pipeline::Pipeline;
 use stagecraft_core::plugin::{HostState, Registry};
-use std::collections::HashMap;
 use std::rc::Rc;
-use support::scratch;
+use support::{fixture, fixture_tensors, max_abs, max_abs_diff, scratch};
 
 /// bf16 outputs may differ from fp32 references by this share of the largest
 /// reference value (bf16 keeps 8 significant bits; errors add up over the layers).
@@ -30,24 +29,6 @@ const BF16_TOLERANCE: f32 = 0.02;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_device(&Device::Cpu).expect("to cpu").to_dtype(DType::F32).expect("f32");
-    let b = b.to_device(&Device::Cpu).expect("to cpu").to_dtype(DType::F32).expect("f32");
-    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar")
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar")
-}
-
-fn fixture(model: &str, p: &str) -> std::path::PathBuf {
-    support::root().join("tests/fixtures").join(model).join(p)
-}
-
-fn tensors(model: &str, file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(model, file), &Device::Cpu).expect("fixture")
 }
 
 /// The fixture model on the GPU with a PEFT adapter (or none), in `precision`.
@@ -68,8 +49,8 @@ fn on_gpu(model: &str, adapter: Option<&str>, precision: Precision) -> (Box<dyn 
 
 #[test]
 fn fixture_outputs_on_the_gpu_match_transformers_and_peft() {
-    let r = tensors("llama-tiny", "reference.safetensors");
-    let methods = tensors("llama-tiny", "methods.safetensors");
+    let r = fixture_tensors("llama-tiny", "reference.safetensors");
+    let methods = fixture_tensors("llama-tiny", "methods.safetensors");
     let ids = r["input_ids"].to_dtype(DType::U32).expect("u32").to_device(&gpu()).expect("ids");
     let cases: [(Option<&str>, &Tensor); 5] = [(None, &r["logits"]), (Some("lora"), &r["logits_lora"]), (Some("dora"), &methods["logits_dora"]), (Some("ia3"), &methods["logits_ia3"]), (Some("prefix"), &methods["logits_prefix"])];
     for (adapter, want) in cases {
@@ -82,7 +63,7 @@ fn fixture_outputs_on_the_gpu_match_transformers_and_peft() {
         println!("llama {adapter:?} bf16 on the GPU: max abs diff {d:e} ({:.2}% of the largest logit)", 100.0 * d / max_abs(want));
         assert!(d <= BF16_TOLERANCE * max_abs(want), "llama {adapter:?} bf16: {d}");
     }
-    let r = tensors("bert-tiny", "reference.safetensors");
+    let r = fixture_tensors("bert-tiny", "reference.safetensors");
     let (ids, mask) = (r["input_ids"].to_dtype(DType::U32).expect("u32").to_device(&gpu()).expect("ids"), r["attention_mask"].to_device(&gpu()).expect("mask"));
     let (m, a, _st, _reg) = on_gpu("bert-tiny", None, Precision::Fp32);
     let d = max_abs_diff(&m.forward(&ids, Some(&mask), &a).expect("forward").hidden, &r["last_hidden_state"]);
@@ -168,9 +149,7 @@ fn a_pipeline_trains_on_the_gpu_and_resumes_from_its_checkpoints() {
         assert_eq!(summary.stages.len(), 2);
         let end = checkpoint::load(&run_dir.join("checkpoints/adapt"), &Device::Cpu).expect("checkpoint").tensors;
         std::fs::remove_dir_all(run_dir.join("checkpoints/adapt")).expect("remove the stage end");
-        let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-        let (p, _) = Pipeline::resume(&run_dir, reg, true).expect("resume onto the GPU");
-        p.run().expect("resumed run");
+        support::resume_pipeline(&run_dir);
         let again = checkpoint::load(&run_dir.join("checkpoints/adapt"), &Device::Cpu).expect("checkpoint").tensors;
         let (mut worst, mut identical) = (0f32, true);
         for (k, t) in &end {
@@ -190,5 +169,7 @@ fn greedy_generation_on_the_gpu_gives_the_cpus_tokens() {
         let a = Adapters::none(m.sites().len());
         generate(m.as_ref(), &a, &[5, 17, 42], 8, &Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }, None, device).expect("generate")
     };
+    let want: Vec<u32> = fixture_tensors("llama-tiny", "reference.safetensors")["greedy_tokens"].flatten_all().and_then(|t| t.to_dtype(DType::U32)).and_then(|t| t.to_vec1()).expect("tokens");
+    assert_eq!([vec![5, 17, 42], tokens(&gpu())].concat(), want, "transformers' greedy tokens");
     assert_eq!(tokens(&gpu()), tokens(&Device::Cpu));
 }

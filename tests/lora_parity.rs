@@ -134,3 +134,118 @@ fn a_model_trains_with_nothing_but_plugins() {
     assert!(losses[19] < 0.5 * losses[0] && falls >= 14, "loss did not fall: {losses:?}");
     assert_eq!(st.table.borrow().live_temps(), 0, "temporaries leaked past the step");
 }
+
+/// An MlpLm (frozen) with one `lora` instance of `config` attached.
+fn with_lora(cfg: MlpLmConfig, config: &str) -> (MlpLm, Adapters, std::rc::Rc<stagecraft_core::plugin::HostState>) {
+    let reg = registry();
+    let st = state();
+    let model = MlpLm::new(cfg, 3, &Device::Cpu).expect("model");
+    for (_, w) in model.weights() {
+        w.set_trainable(false);
+    }
+    st.register_model(&model);
+    let mut adapters = Adapters::none(model.sites().len());
+    adapters.attach(reg.new_method("lora", config, &st).expect("lora instance"), model.sites()).expect("attach");
+    (model, adapters, st)
+}
+
+/// Gives every B factor random values, so the adapter is not a no-op.
+fn perturb_b(adapters: &Adapters) {
+    for (i, p) in adapters.methods()[0].params().iter().enumerate() {
+        if p.name.ends_with("lora_B.weight") {
+            p.var.set(&random(p.var.dims(), 200 + i as u64)).expect("set B");
+        }
+    }
+}
+
+#[test]
+fn merge_adds_the_scaled_product_and_unmerge_takes_it_out() {
+    let (model, adapters, _st) = with_lora(CFG, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}}}"#));
+    perturb_b(&adapters);
+    let lora = &adapters.methods()[0];
+    let params = lora.params();
+    let weights: std::collections::HashMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
+    for ab in params.chunks(2) {
+        let site = ab[0].name.find("model.").and_then(|at| ab[0].name[at..].strip_suffix(".lora_A.weight")).unwrap_or_else(|| panic!("{} is not an A factor", ab[0].name));
+        let w = &weights[&format!("{site}.weight")];
+        let index = model.sites().index(site).expect("site");
+        let merged = lora.merge(index, w).expect("merge");
+        let update = ab[1].var.as_tensor().matmul(ab[0].var.as_tensor()).and_then(|d| d.affine(ALPHA / R as f64, 0.0)).expect("B·A");
+        let want = (w + &update).expect("W + s·B·A");
+        assert_eq!(bits(&merged), bits(&want), "{site}: merged weight is W + (alpha/r)·B·A");
+        let back = lora.unmerge(index, &merged).expect("unmerge");
+        let d = support::max_abs_diff(&back, w);
+        assert!(d <= 1e-6 * support::max_abs(w), "{site}: unmerge leaves {d} of the update");
+    }
+}
+
+#[test]
+fn a_dora_merge_cannot_be_undone_and_says_why() {
+    let (model, adapters, _st) = with_lora(CFG, r#"{"targets": ["up_proj"], "r": 4, "use_dora": true}"#);
+    let index = model.sites().index("model.layers.0.mlp.up_proj").expect("site");
+    let w = model.weights().into_iter().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").expect("weight").1.var().as_tensor().detach();
+    let merged = adapters.methods()[0].merge(index, &w).expect("DoRA merges");
+    let err = support::one_line(&adapters.methods()[0].unmerge(index, &merged).expect_err("DoRA cannot unmerge"));
+    assert!(err.contains("cannot be undone") && err.contains("model.layers.0.mlp.up_proj"), "{err}");
+}
+
+/// (mean, variance, largest |x|) of a tensor's values.
+fn moments(t: &Tensor) -> (f64, f64, f64) {
+    let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values").into_iter().map(f64::from).collect();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, var, v.iter().fold(0.0, |m, x| m.max(x.abs())))
+}
+
+#[test]
+fn lora_starts_as_peft_does_a_kaiming_or_gaussian_and_b_zero() {
+    // Sites wide enough (A: [16, 512]) that the sample moments are within a few percent.
+    let wide = MlpLmConfig { vocab: 64, hidden: 512, intermediate: 512, layers: 1 };
+    for (init, r) in [("kaiming", 16usize), ("gaussian", 16)] {
+        let (_, adapters, _st) = with_lora(wide, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {r}, "init": "{init}"}}"#));
+        let params = adapters.methods()[0].params();
+        let mut seen = Vec::new();
+        for p in params.iter() {
+            let t = p.var.as_tensor();
+            if p.name.ends_with("lora_B.weight") {
+                assert!(bits(t).iter().all(|&b| b == 0), "{}: B starts at zero", p.name);
+                continue;
+            }
+            let (mean, var, largest) = moments(t);
+            let fan_in = t.dims()[1] as f64;
+            if init == "kaiming" {
+                // PEFT: kaiming_uniform_(A, a=√5) = U(-1/√fan_in, 1/√fan_in), variance bound²/3.
+                let bound = 1.0 / fan_in.sqrt();
+                assert!(largest <= bound && largest > 0.99 * bound, "{}: |A| reaches {largest}, bound {bound}", p.name);
+                assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "{}: variance {var}, want {}", p.name, bound * bound / 3.0);
+            } else {
+                // PEFT's "gaussian": normal_(A, std = 1/r).
+                let want = 1.0 / (r * r) as f64;
+                assert!((var / want - 1.0).abs() < 0.06, "{}: variance {var}, want {want}", p.name);
+            }
+            assert!(mean.abs() < 4.0 * (var / t.elem_count() as f64).sqrt(), "{}: mean {mean}", p.name);
+            seen.push(bits(t));
+        }
+        assert_eq!(seen.len(), 2);
+        assert_ne!(seen[0][..16], seen[1][..16], "each site draws its own A");
+    }
+}
+
+#[test]
+fn lora_dropout_applies_in_training_and_is_off_in_evaluation() {
+    let config = |p: f64| format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}, "dropout": {p}}}"#);
+    let (model, dropped, st) = with_lora(CFG, &config(0.5));
+    let (_, plain, plain_st) = with_lora(CFG, &config(0.0));
+    perturb_b(&dropped);
+    perturb_b(&plain);
+    for (a, b) in dropped.methods()[0].params().iter().zip(plain.methods()[0].params().iter()) {
+        assert_eq!(bits(a.var.as_tensor()), bits(b.var.as_tensor()), "both instances start alike");
+    }
+    let logits = |a: &Adapters| bits(&model.forward(&ids(), None, a).expect("forward").logits.expect("logits"));
+    st.set_training(false);
+    plain_st.set_training(false);
+    assert_eq!(logits(&dropped), logits(&plain), "evaluation ignores the adapter's dropout");
+    st.set_training(true);
+    assert_ne!(logits(&dropped), logits(&plain), "training applies it");
+}

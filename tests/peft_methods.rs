@@ -18,15 +18,10 @@ use candle_core::{DType, Device, Tensor};
 use stagecraft_core::adapter::{load_peft, merge_into_base};
 use stagecraft_core::model::{load_model, Adapters, Model};
 use stagecraft_core::plugin::{HostState, Registry};
-use std::collections::HashMap;
 use std::rc::Rc;
-use support::{first_party, fixture, max_abs_diff, scratch, state};
+use support::{first_party, fixture, fixture_tensors, max_abs_diff, scratch, state};
 
 const TOL: f32 = 1e-5;
-
-fn tensors(model: &str, file: &str) -> HashMap<String, Tensor> {
-    support::fixture_tensors(model, file)
-}
 
 /// The plugins from their `.so` files, as a user's install has them.
 fn registry() -> Registry {
@@ -53,12 +48,12 @@ fn with_adapter(model: &str, folder: &str) -> (Box<dyn Model>, Adapters, Rc<Host
 }
 
 fn llama_logits(model: &dyn Model, adapters: &Adapters) -> Tensor {
-    let ids = tensors("llama-tiny", "reference.safetensors")["input_ids"].to_dtype(DType::U32).expect("u32");
+    let ids = fixture_tensors("llama-tiny", "reference.safetensors")["input_ids"].to_dtype(DType::U32).expect("u32");
     model.forward(&ids, None, adapters).expect("forward").logits.expect("logits")
 }
 
 fn bert_hidden(model: &dyn Model, adapters: &Adapters) -> Tensor {
-    let r = tensors("bert-tiny", "reference.safetensors");
+    let r = fixture_tensors("bert-tiny", "reference.safetensors");
     let ids = r["input_ids"].to_dtype(DType::U32).expect("u32");
     model.forward(&ids, Some(&r["attention_mask"]), adapters).expect("forward").hidden
 }
@@ -72,8 +67,8 @@ fn check(name: &str, ours: &Tensor, reference: &Tensor, base: &Tensor) {
 }
 
 fn check_llama(folder: &str, merged: bool) {
-    let want = tensors("llama-tiny", "methods.safetensors");
-    let base = &tensors("llama-tiny", "reference.safetensors")["logits"];
+    let want = fixture_tensors("llama-tiny", "methods.safetensors");
+    let base = &fixture_tensors("llama-tiny", "reference.safetensors")["logits"];
     let (model, mut adapters, _st, _reg) = with_adapter("llama-tiny", folder);
     check(&format!("llama {folder}"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{folder}")], base);
     if merged {
@@ -83,8 +78,8 @@ fn check_llama(folder: &str, merged: bool) {
 }
 
 fn check_bert(folder: &str, merged: bool) {
-    let want = tensors("bert-tiny", "methods.safetensors");
-    let base = &tensors("bert-tiny", "reference.safetensors")["last_hidden_state"];
+    let want = fixture_tensors("bert-tiny", "methods.safetensors");
+    let base = &fixture_tensors("bert-tiny", "reference.safetensors")["last_hidden_state"];
     let (model, mut adapters, _st, _reg) = with_adapter("bert-tiny", folder);
     check(&format!("bert {folder}"), &bert_hidden(model.as_ref(), &adapters), &want[&format!("last_hidden_state_{folder}")], base);
     if merged {
@@ -124,7 +119,7 @@ fn prefix_tuning_matches_peft_on_a_decoder_and_an_encoder() {
 fn prompt_tuning_matches_peft_on_the_real_positions() {
     // PEFT's outputs carry the virtual tokens in front; stagecraft's drop them.
     let (model, adapters, _st, _reg) = with_adapter("llama-tiny", "prompt");
-    let r = tensors("llama-tiny", "reference.safetensors");
+    let r = fixture_tensors("llama-tiny", "reference.safetensors");
     let peft = r["logits_prompt"].narrow(1, 4, 12).expect("real positions");
     check("llama prompt", &llama_logits(model.as_ref(), &adapters), &peft, &r["logits"]);
     check_bert("prompt", false);
@@ -145,8 +140,8 @@ fn methods_that_cannot_merge_say_so() {
 /// result with `PeftModel.from_pretrained`), against PEFT's outputs on them.
 #[test]
 fn stagecraft_exports_give_peft_the_same_outputs() {
-    let want = tensors("llama-tiny", "exported.safetensors");
-    let base = &tensors("llama-tiny", "reference.safetensors")["logits"];
+    let want = fixture_tensors("llama-tiny", "exported.safetensors");
+    let base = &fixture_tensors("llama-tiny", "reference.safetensors")["logits"];
     for stage in ["lora", "dora", "ia3", "prompt", "prefix"] {
         let (model, adapters, _st, _reg) = with_adapter("llama-tiny", &format!("exported/{stage}"));
         check(&format!("stagecraft export of {stage} in PEFT"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{stage}")], base);

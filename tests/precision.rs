@@ -5,35 +5,24 @@
 
 mod support;
 
-use candle_core::{DType, Device, Tensor};
-use stagecraft_core::config::PipelineConfig;
+use candle_core::{DType, Device};
 use stagecraft_core::device::Precision;
 use stagecraft_core::model::{load_model, Adapters};
-use stagecraft_core::pipeline::Pipeline;
-use stagecraft_core::plugin::Registry;
-use stagecraft_core::report::{MetricsLog, Split};
-use support::scratch;
-
-fn reference() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(support::root().join("tests/fixtures/llama-tiny/reference.safetensors"), &Device::Cpu).expect("reference")
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("s")
-}
+use stagecraft_core::report::Split;
+use support::{max_abs, max_abs_diff};
 
 #[test]
 fn bf16_logits_stay_within_two_percent_of_the_fp32_reference() {
-    let r = reference();
-    let model = load_model(&support::root().join("tests/fixtures/llama-tiny/base"), &Device::Cpu).expect("model");
+    let r = support::reference("llama-tiny");
+    let model = load_model(&support::fixture("llama-tiny", "base"), &Device::Cpu).expect("model");
     let ids = r["input_ids"].to_dtype(DType::U32).expect("u32");
     let mut adapters = Adapters::none(model.sites().len());
     let fp32 = model.forward(&ids, None, &adapters).expect("forward").logits.expect("logits");
     adapters.set_precision(Precision::Bf16);
     let bf16 = model.forward(&ids, None, &adapters).expect("forward").logits.expect("logits");
     assert_eq!(bf16.dtype(), DType::F32, "outputs stay f32");
-    let d = max_abs(&(&bf16 - &r["logits"]).expect("sub"));
-    let d32 = max_abs(&(&fp32 - &r["logits"]).expect("sub"));
+    let d = max_abs_diff(&bf16, &r["logits"]);
+    let d32 = max_abs_diff(&fp32, &r["logits"]);
     println!("bf16 vs reference: max abs diff {d:e} ({:.2}% of the largest logit); fp32: {d32:e}", 100.0 * d / max_abs(&r["logits"]));
     assert!(d <= 0.02 * max_abs(&r["logits"]), "bf16 differs by {d}");
     assert!(d > d32, "bf16 should round more than fp32");
@@ -74,12 +63,8 @@ batch_size = 16
 seq_len = 24
 "#
     );
-    let dir = scratch(&format!("precision-{precision}"));
-    let cfg = PipelineConfig::from_str(&text, "p.toml", &[]).expect("config");
-    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
-    p.run().expect("run");
-    let rows = MetricsLog::read(&dir.join("run/metrics.jsonl")).expect("metrics");
+    let run = support::run_pipeline(&format!("precision-{precision}"), &text);
+    let rows = support::metrics(&run.dir);
     let losses: Vec<f64> = rows.iter().filter(|r| r.split == Split::Eval && r.stage == "pretrain" && r.set.as_deref() == Some("pretrain")).filter_map(|r| r.metrics.get("loss").copied()).collect();
     (losses[0], losses[losses.len() - 1])
 }

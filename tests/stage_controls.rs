@@ -5,15 +5,12 @@
 mod support;
 
 use candle_core::{Device, Tensor};
-use stagecraft_core::checkpoint::{self, TENSORS_FILE};
+use stagecraft_core::checkpoint::TENSORS_FILE;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::model::{Adapters, Llama, LlamaConfig, Model};
-use stagecraft_core::pipeline::{Pipeline, RunSummary, StageEnd};
-use stagecraft_core::plugin::Registry;
-use stagecraft_core::report::MetricsLog;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use support::{root, scratch};
+use stagecraft_core::pipeline::{RunSummary, StageEnd};
+use std::path::PathBuf;
+use support::{bits, checkpoint_bits as tensors, root, run_pipeline, with_prefix as only};
 
 const HEAD: &str = r#"
 [run]
@@ -38,25 +35,8 @@ fn stage(name: &str, objective: &str, steps: u64, extra: &str) -> String {
 }
 
 fn run(name: &str, text: &str) -> (PathBuf, RunSummary) {
-    let dir = scratch(name);
-    let cfg = PipelineConfig::from_str(text, "t.toml", &[]).expect("valid config");
-    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
-    let summary = p.run().expect("run");
-    (dir.join("run"), summary)
-}
-
-fn values(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().expect("flatten").to_vec1::<f32>().expect("f32").into_iter().map(f32::to_bits).collect()
-}
-
-fn tensors(run: &Path, stage: &str) -> BTreeMap<String, Vec<u32>> {
-    let c = checkpoint::load(&run.join("checkpoints").join(stage), &Device::Cpu).expect("checkpoint");
-    c.tensors.iter().map(|(k, t)| (k.clone(), values(t))).collect()
-}
-
-fn only<'a>(t: &'a BTreeMap<String, Vec<u32>>, prefix: &str) -> BTreeMap<&'a String, &'a Vec<u32>> {
-    t.iter().filter(|(k, _)| k.starts_with(prefix)).collect()
+    let r = run_pipeline(name, text);
+    (r.dir, r.summary)
 }
 
 #[test]
@@ -97,7 +77,7 @@ fn from_a_model_directory_loads_it_and_later_stages_can_branch_back_to_either() 
         let got = tensors(&run, stage);
         assert_eq!(only(&got, "model.").len(), want.len());
         for (name, t) in &want {
-            assert_eq!(got[&format!("model.{name}")], values(t), "{stage}: {name}: the stage runs on the loaded (frozen) model");
+            assert_eq!(got[&format!("model.{name}")], bits(t), "{stage}: {name}: the stage runs on the loaded (frozen) model");
         }
     }
     let (pre, back) = (tensors(&run, "pre"), tensors(&run, "back"));
@@ -107,7 +87,7 @@ fn from_a_model_directory_loads_it_and_later_stages_can_branch_back_to_either() 
 #[test]
 fn carrying_the_optimizer_continues_its_state_and_step_count() {
     let text = |policy: &str| [HEAD.to_string(), stage("pre", "causal_lm", 3, ""), stage("next", "causal_lm", 2, &format!("handoff = {{ optimizer = \"{policy}\" }}"))].concat();
-    let meta = |run: &Path| checkpoint::load(&run.join("checkpoints/next"), &Device::Cpu).expect("checkpoint").meta["optimizer_updates"].as_u64();
+    let meta = |run: &PathBuf| stagecraft_core::checkpoint::load(&run.join("checkpoints/next"), &Device::Cpu).expect("checkpoint").meta["optimizer_updates"].as_u64();
     let (carry, _) = run("carry", &text("carry"));
     let (reset, _) = run("reset", &text("reset"));
     assert_eq!(meta(&carry), Some(5), "carried: AdamW's bias correction sees step 5");
@@ -125,13 +105,15 @@ fn gate_config(patience: u32) -> String {
 
 #[test]
 fn gate_patience_tolerates_failing_evaluations_then_rolls_back() {
-    let (_, strict) = run("gate-0", &gate_config(0));
+    let (strict_run, strict) = run("gate-0", &gate_config(0));
     assert_eq!((strict.stages[1].1, &strict.stages[1].2), (1, &StageEnd::GateRollback));
     let (run, patient) = run("gate-2", &gate_config(2));
     assert_eq!((patient.stages[1].1, &patient.stages[1].2), (3, &StageEnd::GateRollback), "two failures tolerated, the third acts");
-    let t = tensors(&run, "more");
-    let b: Vec<_> = t.iter().filter(|(k, _)| k.starts_with("adapter.") && k.ends_with("lora_B.weight")).collect();
-    assert!(!b.is_empty() && b.iter().all(|(_, v)| v.iter().all(|x| *x == 0)), "no state passed: rolled back to the stage start");
+    // Both roll back to the same stage start, one after one step, one after three:
+    // every tensor — base, adapter, optimizer moments — must be the start's.
+    let (s, p) = (tensors(&strict_run, "more"), tensors(&run, "more"));
+    assert_eq!(s, p, "the stage start, restored after one failing evaluation or after three");
+    assert!(only(&p, "optimizer.").values().all(|v| v.iter().all(|&x| x == 0)), "no optimizer history");
     let events = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
     let kinds: Vec<(&str, u64)> = events.iter().filter(|e| e.stage == "more").map(|e| (e.kind.as_str(), e.step)).collect();
     assert_eq!(kinds, [("gate", 1), ("gate", 2), ("rollback", 3), ("end", 3)]);
@@ -144,7 +126,7 @@ fn early_stopping_restores_the_best_evaluation() {
     let text = [HEAD.to_string(), stage("lm", "causal_lm", 40, exit).replace("optimizer = { lr = 1e-2 }\n", "")].concat();
     let (run, summary) = run("patience", &text);
     assert_eq!(summary.stages[0].2, StageEnd::Patience, "{:?}", summary.stages);
-    let rows = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    let rows = support::metrics(&run);
     let losses: Vec<f64> = rows.iter().filter(|r| r.set.as_deref() == Some("lm")).filter_map(|r| r.metrics.get("loss").copied()).collect();
     let (during, last) = losses.split_at(losses.len() - 1);
     let best = during.iter().copied().fold(f64::INFINITY, f64::min);
@@ -158,7 +140,7 @@ fn model_dropout_is_seeded_and_off_in_evaluation() {
     let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({ "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2 })).expect("config");
     let model = Llama::new(&cfg, 1, &Device::Cpu).expect("model");
     let ids = Tensor::new(&[[1u32, 5, 7, 9]], &Device::Cpu).expect("ids");
-    let logits = |a: &Adapters| values(&model.forward(&ids, None, a).expect("forward").logits.expect("logits"));
+    let logits = |a: &Adapters| bits(&model.forward(&ids, None, a).expect("forward").logits.expect("logits"));
     let plain = logits(&Adapters::none(model.sites().len()));
     let mut dropped = Adapters::none(model.sites().len());
     dropped.set_dropout(0.3, st.clone());
@@ -187,9 +169,7 @@ fn resume_skips_a_corrupt_checkpoint_and_finishes_identically() {
     let file = run.join("checkpoints/add").join(TENSORS_FILE);
     let bytes = std::fs::read(&file).expect("read");
     std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("truncate");
-    let reg = Registry::with_builtins(run.join("../reports")).expect("registry");
-    let (p, _) = Pipeline::resume(&run, reg, true).expect("resume");
-    let summary = p.run().expect("finishes");
+    let summary = support::resume_pipeline(&run);
     assert_eq!(summary.stages.last().map(|s| s.1), Some(6));
     assert_eq!(tensors(&run, "add"), whole, "bit-identical to the uninterrupted run");
     let events = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
@@ -207,7 +187,7 @@ fn stage_config_errors_name_the_field() {
         ("from = \"nowhere\"", "from `nowhere` is neither an earlier stage nor a model directory"),
     ] {
         let text = [HEAD.to_string(), stage("pre", "causal_lm", 1, ""), stage("next", "causal_lm", 1, extra)].concat();
-        let err = PipelineConfig::from_str(&text, "t.toml", &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = PipelineConfig::from_str(&text, "t.toml", &[]).expect_err(extra).to_string();
         assert!(err.contains(want) && err.contains("t.toml") && !err.contains('\n'), "{extra}: {err}");
     }
 }

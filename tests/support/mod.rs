@@ -213,12 +213,27 @@ pub struct Run {
 
 /// Runs a pipeline config to its end; panics with the error otherwise.
 pub fn run_pipeline(name: &str, text: &str) -> Run {
+    run_pipeline_with(name, text, &[])
+}
+
+/// [`run_pipeline`] with plugin libraries loaded besides the built-ins.
+pub fn run_pipeline_with(name: &str, text: &str, libs: &[&Path]) -> Run {
+    let (dir, result) = try_pipeline(name, text, libs);
+    Run { summary: result.unwrap_or_else(|e| panic!("{name}: {e}")), dir }
+}
+
+/// Runs a pipeline (the built-ins and `libs` loaded) in its own scratch directory:
+/// the run directory, and how the run ended — a summary, or the one-line error.
+pub fn try_pipeline(name: &str, text: &str, libs: &[&Path]) -> (PathBuf, Result<RunSummary, String>) {
     let dir = scratch(name);
     let cfg = PipelineConfig::from_str(text, &format!("{name}.toml"), &[]).expect("valid config");
-    let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
-    let (p, _) = Pipeline::new(cfg, reg, &dir.join("run"), true).expect("pipeline");
-    let summary = p.run().unwrap_or_else(|e| panic!("{name}: {e}"));
-    Run { dir: dir.join("run"), summary }
+    let mut reg = Registry::with_builtins(dir.join("reports")).expect("registry");
+    for lib in libs {
+        reg.load_file(lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
+    }
+    let run = dir.join("run");
+    let result = Pipeline::new(cfg, reg, &run, true).and_then(|(p, _)| p.run()).map_err(|e| one_line(&e));
+    (run, result)
 }
 
 /// Resumes a run directory and runs it to its end.
@@ -241,4 +256,14 @@ pub fn metrics(run: &Path) -> Vec<MetricRow> {
 /// A run's events as `(stage, step, kind)`.
 pub fn events(run: &Path) -> Vec<(String, u64, String)> {
     EventLog::read(&run.join("events.jsonl")).expect("events.jsonl").into_iter().map(|e| (e.stage, e.step, e.kind)).collect()
+}
+
+/// The bit patterns of every tensor of a checkpoint, for exact comparisons.
+pub fn checkpoint_bits(run: &Path, name: &str) -> BTreeMap<String, Vec<u32>> {
+    checkpoint_tensors(run, name).iter().map(|(k, t)| (k.clone(), bits(t))).collect()
+}
+
+/// The entries of `t` whose names start with `prefix` (`model.`, `adapter.0.`, ...).
+pub fn with_prefix<'a, V>(t: &'a BTreeMap<String, V>, prefix: &str) -> BTreeMap<&'a String, &'a V> {
+    t.iter().filter(|(k, _)| k.starts_with(prefix)).collect()
 }

@@ -69,11 +69,11 @@ mod tests {
 
     #[test]
     fn overrides_reach_run_and_stages_by_index_or_name() {
-        let mut t: Table = toml::from_str("[run]\nseed = 1\n[[stages]]\nname = \"a\"\n[[stages]]\nname = \"b\"\noptimizer = { lr = 0.1 }").unwrap_or_default();
-        apply_override(&mut t, "run.seed=7").unwrap_or_default();
-        apply_override(&mut t, "stages.1.max_steps=50").unwrap_or_default();
-        apply_override(&mut t, "stages.b.optimizer.lr=1e-3").unwrap_or_default();
-        apply_override(&mut t, "run.name=hello world").unwrap_or_default();
+        let mut t: Table = toml::from_str("[run]\nseed = 1\n[[stages]]\nname = \"a\"\n[[stages]]\nname = \"b\"\noptimizer = { lr = 0.1 }").expect("test table parses");
+        apply_override(&mut t, "run.seed=7").expect("run.seed=7");
+        apply_override(&mut t, "stages.1.max_steps=50").expect("stages.1.max_steps=50");
+        apply_override(&mut t, "stages.b.optimizer.lr=1e-3").expect("stages.b.optimizer.lr=1e-3");
+        apply_override(&mut t, "run.name=hello world").expect("run.name=hello world");
         assert_eq!(t["run"]["seed"].as_integer(), Some(7));
         assert_eq!(t["run"]["name"].as_str(), Some("hello world"));
         assert_eq!(t["stages"][1]["max_steps"].as_integer(), Some(50));
@@ -81,8 +81,8 @@ mod tests {
         assert!(apply_override(&mut t, "stages.zz.max_steps=1").is_err());
         assert!(apply_override(&mut t, "stages.9.max_steps=1").is_err());
         assert!(apply_override(&mut t, "noequals").is_err());
-        apply_override(&mut t, "stages.b.adapters=[{ plugin = \"lora\", r = 4 }]").unwrap_or_default();
-        apply_override(&mut t, "stages.b.adapters.0.r=16").unwrap_or_default();
+        apply_override(&mut t, "stages.b.adapters=[{ plugin = \"lora\", r = 4 }]").expect("stages.b.adapters=[{ plugin = \"lora\", r = 4 }]");
+        apply_override(&mut t, "stages.b.adapters.0.r=16").expect("stages.b.adapters.0.r=16");
         assert_eq!(t["stages"][1]["adapters"][0]["r"].as_integer(), Some(16));
         assert!(apply_override(&mut t, "run.seed.x=1").is_err());
     }

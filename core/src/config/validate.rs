@@ -201,7 +201,7 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
 "#;
 
     fn err(text: &str) -> String {
-        PipelineConfig::from_str(text, "p.toml", &[]).err().map(|e| e.to_string()).unwrap_or_default()
+        PipelineConfig::from_str(text, "p.toml", &[]).expect_err("config should be refused").to_string()
     }
 
     #[test]
@@ -236,7 +236,7 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
     fn overrides_apply_before_validation() {
         let c = PipelineConfig::from_str(BASE, "p.toml", &["stages.ft.max_steps=3".into(), "run.seed=9".into()]).expect("valid");
         assert_eq!((c.stages[1].max_steps, c.run.seed), (Some(3), 9));
-        let e = PipelineConfig::from_str(BASE, "p.toml", &["stages.0.batch_size=0".into()]).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = PipelineConfig::from_str(BASE, "p.toml", &["stages.0.batch_size=0".into()]).expect_err("batch_size = 0 should be refused").to_string();
         assert!(e.contains("`batch_size` must be > 0"), "{e}");
     }
 }

@@ -212,7 +212,8 @@ pub struct NanConfig {
     #[serde(default)]
     pub spike_at: Vec<u64>,
     /// 1-based training calls of `compute` whose loss is finite but whose gradient is
-    /// NaN (`+ sqrt(0 · loss)`: `d sqrt(u)/du` is infinite at 0).
+    /// NaN (`+ sqrt(loss - loss)`: `d sqrt(u)/du` is infinite at 0, and the two paths
+    /// back to the loss meet as `inf - inf`).
     #[serde(default)]
     pub nan_grad_at: Vec<u64>,
 }
@@ -255,7 +256,7 @@ impl Stage for NanLoss {
                 loss = loss.affine(20.0, 0.0)?;
             }
             if self.cfg.nan_grad_at.contains(&self.calls) {
-                loss = loss.add(&loss.affine(0.0, 0.0)?.sqrt()?)?;
+                loss = loss.add(&loss.sub(&loss)?.sqrt()?)?;
             }
         }
         Ok(Loss { loss, per_example: None, metrics: Vec::new() })
