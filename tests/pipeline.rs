@@ -203,7 +203,7 @@ fn an_exit_threshold_ends_the_stage_at_the_first_evaluation_past_it() {
 }
 
 #[test]
-fn epochs_are_a_budget_and_grad_accum_takes_more_examples_per_step() {
+fn epochs_are_a_budget_counted_in_optimizer_steps() {
     // 32 training examples, batches of 8: 4 steps an epoch; 2 with two micro-batches.
     let epochs = |extra: &str| one_stage_of(0.1, 1, &format!("epochs = 2\n{extra}")).replace("max_steps = 1\n", "");
     let plain = run_pipeline("epochs", &epochs(""));

@@ -72,16 +72,23 @@ fn checkpoint_step(run: &Path) -> Option<u64> {
     meta["step"].as_u64()
 }
 
-/// Starts the pipeline, freezes the process (SIGSTOP) as soon as the mid-stage
-/// checkpoint of `step` is complete, copies its run directory as it is at that moment —
-/// what a crash right then would leave — and kills it. Tries again if the process got
-/// past the next checkpoint before it was frozen (the copy must resume from `step`).
+/// Whether `adapt` has logged a training step past `step` in the run's metrics.
+fn logged_past(run: &Path, step: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else { return false };
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|r| r["stage"] == "adapt" && r["step"].as_u64().is_some_and(|s| s > step))
+}
+
+/// Starts the pipeline, freezes the process (SIGSTOP) once the mid-stage checkpoint of
+/// `step` is complete and the run has logged a step past it — rows and events written
+/// after the checkpoint, as a crash leaves them — copies its run directory as it is at
+/// that moment and kills it. Tries again if the process got past the next checkpoint
+/// before it was frozen (the copy must resume from `step`).
 fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
-    for attempt in 0..3 {
+    for attempt in 0..5 {
         let live = dir.join(format!("live-{attempt}"));
         let mut child = stagecraft().arg("run").arg(cfg).arg("--run-dir").arg(&live).arg("--quiet").spawn().expect("spawn");
         let t = Instant::now();
-        while checkpoint_step(&live) != Some(step) || !live.join("checkpoints/resume/manifest.json").exists() {
+        while checkpoint_step(&live) != Some(step) || !live.join("checkpoints/resume/manifest.json").exists() || !logged_past(&live, step) {
             assert!(child.try_wait().expect("wait").is_none(), "the run finished before step {step} was checkpointed");
             assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint at step {step}");
             std::thread::sleep(Duration::from_millis(1));
@@ -94,7 +101,7 @@ fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
         child.wait().expect("reap");
         assert!(copied.success());
         if checkpoint_step(&killed) == Some(step) {
-            assert!(!killed.join("checkpoints/adapt").exists(), "killed before the end of the stage");
+            assert!(logged_past(&killed, step) && !killed.join("checkpoints/adapt").exists(), "killed past the checkpoint, before the end of the stage");
             return killed;
         }
     }

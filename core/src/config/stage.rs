@@ -50,7 +50,10 @@ pub struct StageConfig {
     /// Clip the global gradient norm to this. Default: no clipping.
     #[serde(default)]
     pub grad_clip: Option<f64>,
-    /// Micro-batches accumulated per optimizer step. Default 1.
+    /// Micro-batches accumulated per optimizer step, each of `batch_size` examples.
+    /// Each micro-batch weighs the same (the step's gradient is the mean of theirs, as
+    /// dividing each micro-batch loss by `grad_accum` in PyTorch): exactly one batch of
+    /// all their rows when rows are of equal length. Default 1.
     #[serde(default = "one")]
     pub grad_accum: usize,
     /// Which base weights train.
