@@ -127,7 +127,7 @@ fn files_that_are_not_plugins_are_rejected_in_one_line() {
 
     // A directory scan reports each failure and loads the rest.
     std::fs::copy(&c.faulty, dir.join("libfaulty.so")).expect("copy");
-    let errors = reg.load_dirs(&[dir.clone()]);
+    let errors = reg.load_dirs(std::slice::from_ref(&dir));
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(reg.plugins().any(|(n, _, _)| n == "panicky"));
 }
@@ -235,7 +235,7 @@ fn panics_while_a_plugin_is_made_or_sets_up_are_errors_naming_it() {
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
     let m = reg.new_method("panicky_init", r#"{"targets": ["up_proj"]}"#, &st).expect("made");
-    let msg = one_line(&adapters.attach(m, model.sites()).err().expect("init fails"));
+    let msg = one_line(&adapters.attach(m, model.sites()).expect_err("init fails"));
     assert!(msg.contains("plugin `panicky_init`") && msg.contains("init_site(model.layers.0.mlp.up_proj)") && msg.contains("deliberate panic creating"), "{msg}");
 }
 
@@ -251,9 +251,9 @@ fn panics_in_an_optimizer_or_an_objective_are_errors_naming_them() {
         let opt = reg.new_optimizer(optimizer, r#"{"lr": 0.1}"#, &st).expect("optimizer");
         Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer")
     };
-    let msg = one_line(&trainer("causal_lm", "panicky_opt").train_step(&Batch::tokens(ids()), 0.1).err().expect("step fails"));
+    let msg = one_line(&trainer("causal_lm", "panicky_opt").train_step(&Batch::tokens(ids()), 0.1).expect_err("step fails"));
     assert!(msg.contains("plugin `panicky_opt` failed in `step`") && msg.contains("deliberate panic in step 1"), "{msg}");
-    let msg = one_line(&trainer("panicky_stage", "adamw").train_step(&Batch::tokens(ids()), 0.1).err().expect("loss fails"));
+    let msg = one_line(&trainer("panicky_stage", "adamw").train_step(&Batch::tokens(ids()), 0.1).expect_err("loss fails"));
     assert!(msg.contains("plugin `panicky_stage` failed in `compute`") && msg.contains("deliberate panic in compute"), "{msg}");
 }
 
@@ -264,7 +264,7 @@ fn a_panic_inside_a_host_op_is_an_error_for_the_plugin() {
     let host = host_for(&st, &std::rc::Rc::new(InstanceStore::default()), "probe");
     // A shape whose element count overflows makes the allocation panic inside candle.
     let shape = [usize::MAX / 2, 3];
-    let msg = host.full(shape.as_slice().into(), 1.0, stagecraft_sdk::DType::F32).into_result().err().expect("fails").to_string();
+    let msg = host.full(shape.as_slice().into(), 1.0, stagecraft_sdk::DType::F32).into_result().expect_err("fails").to_string();
     assert!(msg.starts_with("op `full`: host panicked") && !msg.contains('\n'), "{msg}");
     // The host is fine afterwards.
     let x = st.temp(Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).expect("x"));
@@ -293,6 +293,6 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
     // The refusal names the rule.
     let host = stagecraft_core::plugin::host_for(&st, &std::rc::Rc::new(stagecraft_core::plugin::InstanceStore::default()), "probe");
     let p = t.params[0].handle;
-    let msg = host.assign(p, p).into_result().err().expect("refused").to_string();
+    let msg = host.assign(p, p).into_result().expect_err("refused").to_string();
     assert!(msg.contains("may only assign to its own parameters and buffers"), "{msg}");
 }

@@ -58,7 +58,7 @@ fn run(name: &str, text: &str) -> std::path::PathBuf {
 
 fn plan_error(text: &str) -> String {
     let reg = Registry::with_builtins(scratch("plan")).expect("registry");
-    let e = Pipeline::plan(&parse(text), &reg).err().expect("the plan is refused").to_string();
+    let e = Pipeline::plan(&parse(text), &reg).expect_err("the plan is refused").to_string();
     assert!(!e.contains('\n'), "not one line: {e}");
     e
 }

@@ -70,7 +70,7 @@ fn broken_copy(name: &str, edit_config: impl Fn(&mut serde_json::Value), edit_te
 
 fn load_err(dir: &Path) -> String {
     let (model, mut adapters, st, reg) = setup();
-    let e = load_peft(dir, &reg, &st, model.as_ref(), &mut adapters).err().expect("must fail").to_string();
+    let e = load_peft(dir, &reg, &st, model.as_ref(), &mut adapters).expect_err("must fail").to_string();
     assert!(!e.contains('\n'), "not one line: {e}");
     e
 }

@@ -133,7 +133,7 @@ fn completion_loss_counts_only_completion_tokens_and_reports_exact_match() {
     let (acc, em) = (metric(&out.metrics, "token_accuracy"), metric(&out.metrics, "exact_match"));
     assert_eq!((acc.sum, acc.count, em.sum, em.count), (3.0, 4.0, 1.0, 2.0));
 
-    let err = s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids())]).err().expect("labels are required");
+    let err = s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids())]).expect_err("labels are required");
     assert!(err.to_string().contains("labels"), "{err}");
 }
 
@@ -170,6 +170,6 @@ fn classification_head_matches_a_direct_linear_head() {
     assert_eq!((acc.sum, acc.count), (right as f64, B as f64));
 
     let bad = Tensor::new(&[5i64, 0], &Device::Cpu).expect("labels");
-    let err = s.compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("class_labels", &bad)]).err().expect("label out of range");
+    let err = s.compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("class_labels", &bad)]).expect_err("label out of range");
     assert!(!err.to_string().contains('\n') && err.to_string().contains("has 5 at row 0"), "{err}");
 }

@@ -82,6 +82,7 @@ pub trait HostOps {
     /// returns the existing one.
     fn new_buffer(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> OpResult;
     /// A temporary f32 tensor from data, on the model's device.
+    #[allow(clippy::wrong_self_convention)] // a method of the host, named in SDK 1.0
     fn from_f32(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> OpResult;
     /// A temporary tensor of `shape` filled with `value`.
     fn full(&self, shape: RSlice<'_, usize>, value: f64, dtype: DType) -> OpResult;
@@ -221,6 +222,7 @@ pub trait HostOps {
     }
     /// A temporary `i64` tensor from data (token ids, labels: exact beyond 2^24, where
     /// `from_f32` is not). (Since 1.1, optional.)
+    #[allow(clippy::wrong_self_convention)] // a method of the host, like `from_f32`
     fn from_i64(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> OpResult {
         let _ = (data, shape);
         host_lacks("from_i64", self.sdk_version())

@@ -102,8 +102,8 @@ fn combine_site(bs: &[Mat], as_: &[Mat], how: Combine) -> (Mat, Mat) {
     let (u, s, v) = svd(&rb.matmul(&ra.t()));
     // Keep `rank` directions (zero-padded when the sum has fewer), each factor taking √σ.
     let (mut uk, mut vk) = (u.first_cols(rank), v.first_cols(rank));
-    for j in 0..rank.min(s.len()) {
-        let root = s[j].sqrt();
+    for (j, sigma) in s.iter().enumerate().take(rank) {
+        let root = sigma.sqrt();
         (0..uk.rows).for_each(|i| uk.set(i, j, uk.at(i, j) * root));
         (0..vk.rows).for_each(|i| vk.set(i, j, vk.at(i, j) * root));
     }

@@ -241,8 +241,8 @@ mod tests {
             let k = m.min(n);
             let mut us = u.clone();
             for i in 0..us.rows {
-                for c in 0..k {
-                    us.set(i, c, u.at(i, c) * s[c]);
+                for (c, sigma) in s.iter().enumerate().take(k) {
+                    us.set(i, c, u.at(i, c) * sigma);
                 }
             }
             assert!(max_diff(&us.matmul(&v.t()), &a) < 1e-10, "{m}x{n}");

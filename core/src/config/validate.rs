@@ -63,7 +63,7 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         return Err(bad("`seq_len` must be at least 2".into()));
     }
     if let Some(c) = s.grad_clip {
-        if !(c > 0.0) {
+        if c.is_nan() || c <= 0.0 {
             return Err(bad(format!("`grad_clip` must be > 0, got {c}")));
         }
     }
@@ -92,7 +92,7 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         if !earlier(&g.stage) {
             return Err(bad(format!("gates.retention.stage `{}` is not an earlier stage", g.stage)));
         }
-        if !(g.max_drop >= 0.0) {
+        if g.max_drop.is_nan() || g.max_drop < 0.0 {
             return Err(bad(format!("gates.retention.max_drop must be >= 0, got {}", g.max_drop)));
         }
         let watched = &cfg.stages[cfg.stage(&g.stage).map_or(0, |(k, _)| k)];
