@@ -75,14 +75,23 @@ impl Direct {
             match ab {
                 None => y,
                 Some((a, b)) => {
-                    let d = x.broadcast_matmul(&a.as_tensor().t().expect("t")).expect("mm").broadcast_matmul(&b.as_tensor().t().expect("t")).expect("mm");
+                    let d = x
+                        .broadcast_matmul(&a.as_tensor().t().expect("t"))
+                        .expect("mm")
+                        .broadcast_matmul(&b.as_tensor().t().expect("t"))
+                        .expect("mm");
                     (y + d.affine(scale, 0.0).expect("scale")).expect("add")
                 }
             }
         };
-        let mut x = self.w["model.embed_tokens.weight"].index_select(&ids.flatten_all().expect("f"), 0).expect("emb").reshape((BATCH, SEQ, CFG.hidden)).expect("r");
+        let mut x = self.w["model.embed_tokens.weight"]
+            .index_select(&ids.flatten_all().expect("f"), 0)
+            .expect("emb")
+            .reshape((BATCH, SEQ, CFG.hidden))
+            .expect("r");
         for l in 0..CFG.layers {
-            let h = lin(&x, &format!("model.layers.{l}.mlp.up_proj"), Some(&self.lora[2 * l])).gelu_erf().expect("gelu");
+            let h =
+                lin(&x, &format!("model.layers.{l}.mlp.up_proj"), Some(&self.lora[2 * l])).gelu_erf().expect("gelu");
             let h = lin(&h, &format!("model.layers.{l}.mlp.down_proj"), Some(&self.lora[2 * l + 1]));
             x = (x + h).expect("res");
         }
@@ -92,7 +101,9 @@ impl Direct {
         let loss = candle_nn::loss::cross_entropy(&pred, &tgt).expect("ce");
         // The causal-LM plugin also reports token accuracy; so does this step.
         let hits = pred.argmax(1).expect("argmax").eq(&tgt).expect("eq").to_dtype(DType::F32).expect("f32");
-        std::hint::black_box(hits.reshape((BATCH, SEQ - 1)).expect("r").sum(1).expect("sum").to_vec1::<f32>().expect("v"));
+        std::hint::black_box(
+            hits.reshape((BATCH, SEQ - 1)).expect("r").sum(1).expect("sum").to_vec1::<f32>().expect("v"),
+        );
         self.opt.backward_step(&loss).expect("step");
         loss.to_scalar::<f32>().expect("s") as f64
     }
@@ -170,11 +181,17 @@ fn main() {
     }
     let direct_ns = t.elapsed().as_secs_f64() * 1e9 / n as f64;
 
-    println!("lora step, W1-sized MLP LM (hidden {}, intermediate {}, {} layers, batch {BATCH} x seq {SEQ}, r {R}):", CFG.hidden, CFG.intermediate, CFG.layers);
+    println!(
+        "lora step, W1-sized MLP LM (hidden {}, intermediate {}, {} layers, batch {BATCH} x seq {SEQ}, r {R}):",
+        CFG.hidden, CFG.intermediate, CFG.layers
+    );
     println!("  through .so plugins  {mp:8.2} ms/step (median of {steps})");
     println!("  direct candle        {md:8.2} ms/step");
     println!("  ratio                {ratio:8.4} (median of paired steps; target <= 1.02)");
-    println!("op table: {table_ns:.1} ns/op through the table, {direct_ns:.1} ns/op direct candle, overhead {:.1} ns/op", table_ns - direct_ns);
+    println!(
+        "op table: {table_ns:.1} ns/op through the table, {direct_ns:.1} ns/op direct candle, overhead {:.1} ns/op",
+        table_ns - direct_ns
+    );
     for (name, ms) in &load_ms {
         println!("load libstagecraft_{name}.so: {ms:.2} ms (target < 5 ms)");
     }

@@ -37,8 +37,15 @@ fn main() -> anyhow::Result<()> {
     let mut reg = Registry::empty(std::env::temp_dir().join("stagecraft-reports"));
     for lib in ["lora", "optimizers", "stages"] {
         let path = dir.join(format!("libstagecraft_{lib}.so"));
-        let l = reg.load_file(&path).map_err(|e| anyhow::anyhow!("{e} (build the plugins with `cargo build --release --workspace`)"))?;
-        println!("loaded {} (sdk {}): {}", l.id, l.sdk, l.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "));
+        let l = reg
+            .load_file(&path)
+            .map_err(|e| anyhow::anyhow!("{e} (build the plugins with `cargo build --release --workspace`)"))?;
+        println!(
+            "loaded {} (sdk {}): {}",
+            l.id,
+            l.sdk,
+            l.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
     }
 
     let st = Rc::new(HostState::new(Device::Cpu, DType::F32, 42));
@@ -47,7 +54,8 @@ fn main() -> anyhow::Result<()> {
         w.set_trainable(false);
     }
     let mut adapters = Adapters::none(model.sites().len());
-    let lora = reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st)?;
+    let lora =
+        reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st)?;
     adapters.attach(lora, model.sites())?;
     let trainable: usize = adapters.methods()[0].params().iter().map(|p| p.var.elem_count()).sum();
     println!("lora parameters: {trainable} (base frozen)");

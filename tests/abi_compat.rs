@@ -27,7 +27,11 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
     let lib = reg.load_file(&c.old).expect("older plugin loads");
     assert_eq!(lib.compat, Some(Compat::OlderSdk));
     assert_eq!(lib.sdk.to_string(), "1.0.0");
-    assert!(lib.sdk < stagecraft_sdk::SDK_VERSION, "the plugin's SDK is older than the host's {}", stagecraft_sdk::SDK_VERSION);
+    assert!(
+        lib.sdk < stagecraft_sdk::SDK_VERSION,
+        "the plugin's SDK is older than the host's {}",
+        stagecraft_sdk::SDK_VERSION
+    );
 
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
@@ -46,7 +50,8 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
             w.var().set(&w.var().as_tensor().affine(1.5, 0.0).expect("scale")).expect("set");
         }
     }
-    let want = scaled.forward(&ids(), None, &Adapters::none(scaled.sites().len())).expect("forward").logits.expect("logits");
+    let want =
+        scaled.forward(&ids(), None, &Adapters::none(scaled.sites().len())).expect("forward").logits.expect("logits");
     let (d, effect) = (support::max_abs_diff(&out, &want), support::max_abs_diff(&out, &base));
     // Exact up to rounding (scaling the output or the weight differ in the last bits):
     // an op off by 0.1% would leave 1e-3 of the effect.
@@ -78,7 +83,9 @@ fn plugin_calling_an_op_the_host_lacks_gets_the_default_body_error() {
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
-    adapters.attach(reg.new_method("next_cumsum", r#"{"suffix": "up_proj"}"#, &st).expect("instance"), model.sites()).expect("attach");
+    adapters
+        .attach(reg.new_method("next_cumsum", r#"{"suffix": "up_proj"}"#, &st).expect("instance"), model.sites())
+        .expect("attach");
     let err = model.forward(&ids(), None, &adapters).expect_err("host lacks cumsum");
     let msg = one_line(&err);
     assert!(msg.contains("host lacks op `cumsum`"), "{msg}");
@@ -99,7 +106,10 @@ fn incompatible_abi_is_one_line_with_versions_and_a_report_file() {
     let msg = one_line(&err);
     assert!(msg.contains("incompatible ABI"), "{msg}");
     assert!(msg.contains("plugin built against stagecraft-sdk 1.0.0, host 1.1.0"), "{msg}");
-    assert!(msg.contains("mismatched type at PluginLib.new_method > VTable.new_param > Init.a: expected f64, found f32"), "{msg}");
+    assert!(
+        msg.contains("mismatched type at PluginLib.new_method > VTable.new_param > Init.a: expected f64, found f32"),
+        "{msg}"
+    );
     let report = dir.join("abi-mismatch-compat_old.txt");
     assert!(msg.contains(&report.display().to_string()), "{msg}");
     let text = std::fs::read_to_string(&report).expect("report written");
@@ -152,7 +162,9 @@ fn faulty_forward(name: &str) -> (Error, Registry) {
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
-    adapters.attach(reg.new_method(name, r#"{"targets": ["up_proj"]}"#, &st).expect("instance"), model.sites()).expect("attach");
+    adapters
+        .attach(reg.new_method(name, r#"{"targets": ["up_proj"]}"#, &st).expect("instance"), model.sites())
+        .expect("attach");
     let first = model.forward(&ids(), None, &adapters);
     st.end_step();
     let err = match first {
@@ -205,7 +217,12 @@ fn a_rejected_config_names_the_plugin_and_field() {
 fn a_plugin_of_another_major_sdk_version_is_refused() {
     let mut reg = Registry::empty(scratch("major"));
     let msg = one_line(&reg.load_file(&compat().major).err().expect("refused"));
-    assert!(msg.contains("built against stagecraft-sdk 2.0.0") && msg.contains("major versions differ") && msg.contains("rebuild the plugin"), "{msg}");
+    assert!(
+        msg.contains("built against stagecraft-sdk 2.0.0")
+            && msg.contains("major versions differ")
+            && msg.contains("rebuild the plugin"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -231,12 +248,20 @@ fn panics_while_a_plugin_is_made_or_sets_up_are_errors_naming_it() {
     let reg = faulty_registry("panic-new");
     let st = state();
     let msg = one_line(&reg.new_method("panicky_new", r#"{"targets": []}"#, &st).err().expect("fails"));
-    assert!(msg.contains("plugin `panicky_new`") && msg.contains("panicked") && msg.contains("deliberate panic in new"), "{msg}");
+    assert!(
+        msg.contains("plugin `panicky_new`") && msg.contains("panicked") && msg.contains("deliberate panic in new"),
+        "{msg}"
+    );
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
     let m = reg.new_method("panicky_init", r#"{"targets": ["up_proj"]}"#, &st).expect("made");
     let msg = one_line(&adapters.attach(m, model.sites()).expect_err("init fails"));
-    assert!(msg.contains("plugin `panicky_init`") && msg.contains("init_site(model.layers.0.mlp.up_proj)") && msg.contains("deliberate panic creating"), "{msg}");
+    assert!(
+        msg.contains("plugin `panicky_init`")
+            && msg.contains("init_site(model.layers.0.mlp.up_proj)")
+            && msg.contains("deliberate panic creating"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -251,10 +276,18 @@ fn panics_in_an_optimizer_or_an_objective_are_errors_naming_them() {
         let opt = reg.new_optimizer(optimizer, r#"{"lr": 0.1}"#, &st).expect("optimizer");
         Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer")
     };
-    let msg = one_line(&trainer("causal_lm", "panicky_opt").train_step(&Batch::tokens(ids()), 0.1).expect_err("step fails"));
-    assert!(msg.contains("plugin `panicky_opt` failed in `step`") && msg.contains("deliberate panic in step 1"), "{msg}");
-    let msg = one_line(&trainer("panicky_stage", "adamw").train_step(&Batch::tokens(ids()), 0.1).expect_err("loss fails"));
-    assert!(msg.contains("plugin `panicky_stage` failed in `compute`") && msg.contains("deliberate panic in compute"), "{msg}");
+    let msg =
+        one_line(&trainer("causal_lm", "panicky_opt").train_step(&Batch::tokens(ids()), 0.1).expect_err("step fails"));
+    assert!(
+        msg.contains("plugin `panicky_opt` failed in `step`") && msg.contains("deliberate panic in step 1"),
+        "{msg}"
+    );
+    let msg =
+        one_line(&trainer("panicky_stage", "adamw").train_step(&Batch::tokens(ids()), 0.1).expect_err("loss fails"));
+    assert!(
+        msg.contains("plugin `panicky_stage` failed in `compute`") && msg.contains("deliberate panic in compute"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -264,7 +297,11 @@ fn a_panic_inside_a_host_op_is_an_error_for_the_plugin() {
     let host = host_for(&st, &std::rc::Rc::new(InstanceStore::default()), "probe");
     // A shape whose element count overflows makes the allocation panic inside candle.
     let shape = [usize::MAX / 2, 3];
-    let msg = host.full(shape.as_slice().into(), 1.0, stagecraft_sdk::DType::F32).into_result().expect_err("fails").to_string();
+    let msg = host
+        .full(shape.as_slice().into(), 1.0, stagecraft_sdk::DType::F32)
+        .into_result()
+        .expect_err("fails")
+        .to_string();
     assert!(msg.starts_with("op `full`: host panicked") && !msg.contains('\n'), "{msg}");
     // The host is fine afterwards.
     let x = st.temp(Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).expect("x"));
@@ -282,8 +319,12 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
     model.weights().iter().for_each(|(_, w)| w.set_trainable(false));
     let before: Vec<Vec<u32>> = model.weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
     let mut adapters = Adapters::none(model.sites().len());
-    adapters.attach(reg.new_method("lora", r#"{"targets": ["down_proj"]}"#, &st).expect("lora"), model.sites()).expect("attach");
-    adapters.attach(reg.new_method("thief", r#"{"targets": ["up_proj"]}"#, &st).expect("thief"), model.sites()).expect("attach");
+    adapters
+        .attach(reg.new_method("lora", r#"{"targets": ["down_proj"]}"#, &st).expect("lora"), model.sites())
+        .expect("attach");
+    adapters
+        .attach(reg.new_method("thief", r#"{"targets": ["up_proj"]}"#, &st).expect("thief"), model.sites())
+        .expect("attach");
     let stage = reg.new_stage("causal_lm", "{}", &st).expect("objective");
     let opt = reg.new_optimizer("sgd", r#"{"lr": 0.1}"#, &st).expect("optimizer");
     let mut t = Trainer::new(st.clone(), Box::new(model), adapters, stage, opt).expect("trainer");
@@ -291,7 +332,11 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
     let after: Vec<Vec<u32>> = t.model.weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
     assert_eq!(before, after, "base weights untouched");
     // The refusal names the rule.
-    let host = stagecraft_core::plugin::host_for(&st, &std::rc::Rc::new(stagecraft_core::plugin::InstanceStore::default()), "probe");
+    let host = stagecraft_core::plugin::host_for(
+        &st,
+        &std::rc::Rc::new(stagecraft_core::plugin::InstanceStore::default()),
+        "probe",
+    );
     let p = t.params[0].handle;
     let msg = host.assign(p, p).into_result().expect_err("refused").to_string();
     assert!(msg.contains("may only assign to its own parameters and buffers"), "{msg}");

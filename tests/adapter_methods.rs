@@ -30,17 +30,56 @@ struct Method {
 }
 
 const METHODS: [Method; 6] = [
-    Method { name: "lora", adapter: r#"{ plugin = "lora", targets = ["role:attn_q", "role:attn_v", "down_proj"], r = 4, alpha = 8, use_rslora = true, rank_pattern = { "v_proj" = 2 } }"#, peft: true, merges: true },
-    Method { name: "dora", adapter: r#"{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 4, alpha = 8, use_dora = true, dropout = 0.1 }"#, peft: true, merges: true },
-    Method { name: "ia3", adapter: r#"{ plugin = "ia3", targets = ["k_proj", "v_proj", "down_proj"], feedforward = ["down_proj"] }"#, peft: true, merges: true },
-    Method { name: "prompt", adapter: r#"{ plugin = "prompt_tuning", num_virtual_tokens = 4, init = "sample_vocab" }"#, peft: true, merges: false },
-    Method { name: "prefix", adapter: r#"{ plugin = "prefix_tuning", num_virtual_tokens = 3, prefix_projection = true, encoder_hidden_size = 16 }"#, peft: true, merges: false },
-    Method { name: "bottleneck", adapter: r#"{ plugin = "bottleneck", variant = "houlsby", reduction_factor = 4 }"#, peft: false, merges: false },
+    Method {
+        name: "lora",
+        adapter: r#"{ plugin = "lora", targets = ["role:attn_q", "role:attn_v", "down_proj"], r = 4, alpha = 8, use_rslora = true, rank_pattern = { "v_proj" = 2 } }"#,
+        peft: true,
+        merges: true,
+    },
+    Method {
+        name: "dora",
+        adapter: r#"{ plugin = "lora", targets = ["q_proj", "v_proj"], r = 4, alpha = 8, use_dora = true, dropout = 0.1 }"#,
+        peft: true,
+        merges: true,
+    },
+    Method {
+        name: "ia3",
+        adapter: r#"{ plugin = "ia3", targets = ["k_proj", "v_proj", "down_proj"], feedforward = ["down_proj"] }"#,
+        peft: true,
+        merges: true,
+    },
+    Method {
+        name: "prompt",
+        adapter: r#"{ plugin = "prompt_tuning", num_virtual_tokens = 4, init = "sample_vocab" }"#,
+        peft: true,
+        merges: false,
+    },
+    Method {
+        name: "prefix",
+        adapter: r#"{ plugin = "prefix_tuning", num_virtual_tokens = 3, prefix_projection = true, encoder_hidden_size = 16 }"#,
+        peft: true,
+        merges: false,
+    },
+    Method {
+        name: "bottleneck",
+        adapter: r#"{ plugin = "bottleneck", variant = "houlsby", reduction_factor = 4 }"#,
+        peft: false,
+        merges: false,
+    },
 ];
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar")
+    (a - b)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar")
 }
 
 /// A tiny Llama pretrained for 10 steps, then one stage training `adapter` on
@@ -82,7 +121,6 @@ seq_len = 12
     )
 }
 
-
 fn ids() -> Tensor {
     Tensor::new(&[[3u32, 17, 43, 61, 43, 50, 10, 0], [49, 43, 50, 61, 55, 10, 0, 0]], &Device::Cpu).expect("ids")
 }
@@ -102,7 +140,12 @@ fn gradients_reach_the_methods_own_parameters_and_nothing_else() {
         let mut cfg = table["a"].as_table().expect("table").clone();
         let plugin = cfg.remove("plugin").and_then(|p| p.as_str().map(str::to_string)).expect("plugin");
         let mut adapters = Adapters::none(model.sites().len());
-        adapters.attach(reg.new_method(&plugin, &serde_json::to_string(&cfg).expect("json"), &st).expect("instance"), model.sites()).expect("attach");
+        adapters
+            .attach(
+                reg.new_method(&plugin, &serde_json::to_string(&cfg).expect("json"), &st).expect("instance"),
+                model.sites(),
+            )
+            .expect("attach");
         // Zero-initialised factors (LoRA's B, the bottleneck's up projection) would stop
         // the gradient of the others: start every parameter away from zero.
         for (i, p) in adapters.methods()[0].params().iter().enumerate() {
@@ -118,7 +161,11 @@ fn gradients_reach_the_methods_own_parameters_and_nothing_else() {
             assert!(norm > 0.0, "{}: zero gradient for {}", m.name, p.name);
         }
         for (name, w) in model.weights() {
-            assert!(grads.get(w.var().as_tensor()).is_none(), "{}: the frozen base weight {name} got a gradient", m.name);
+            assert!(
+                grads.get(w.var().as_tensor()).is_none(),
+                "{}: the frozen base weight {name} got a gradient",
+                m.name
+            );
         }
     }
 }
@@ -133,8 +180,16 @@ fn each_method_trains_resumes_exactly_and_exports() {
         let dir = run_dir.parent().expect("scratch directory").to_path_buf();
 
         let rows = support::metrics(&run_dir);
-        let losses: Vec<f64> = rows.iter().filter(|r| r.split == Split::Eval && r.stage == "adapt" && r.set.as_deref() == Some("adapt")).filter_map(|r| r.metrics.get("loss").copied()).collect();
-        assert!(losses.len() >= 2 && losses[losses.len() - 1] < losses[0], "{}: eval loss did not go down: {losses:?}", m.name);
+        let losses: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.split == Split::Eval && r.stage == "adapt" && r.set.as_deref() == Some("adapt"))
+            .filter_map(|r| r.metrics.get("loss").copied())
+            .collect();
+        assert!(
+            losses.len() >= 2 && losses[losses.len() - 1] < losses[0],
+            "{}: eval loss did not go down: {losses:?}",
+            m.name
+        );
 
         resumes_to_the_same_bits(m, &run_dir);
         exports_and_loads_back(m, &run_dir, &dir);
@@ -148,7 +203,12 @@ fn resumes_to_the_same_bits(m: &Method, run_dir: &Path) {
     std::fs::remove_dir_all(run_dir.join("checkpoints/adapt")).expect("remove the stage end");
     support::resume_pipeline(run_dir);
     let resumed = checkpoint_bits(run_dir, "adapt");
-    assert_eq!(resumed.keys().collect::<Vec<_>>(), uninterrupted.keys().collect::<Vec<_>>(), "{}: different tensors after resume", m.name);
+    assert_eq!(
+        resumed.keys().collect::<Vec<_>>(),
+        uninterrupted.keys().collect::<Vec<_>>(),
+        "{}: different tensors after resume",
+        m.name
+    );
     for (k, v) in &uninterrupted {
         assert!(resumed[k] == *v, "{}: `{k}` differs after resume", m.name);
     }
@@ -158,7 +218,12 @@ fn exports_and_loads_back(m: &Method, run_dir: &Path, dir: &Path) {
     let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
     let mut opened = open_stage(run_dir, Some("adapt"), &reg, &Device::Cpu).expect("open the stage");
     let ours = opened.model.forward(&ids(), None, &opened.adapters).expect("forward").logits.expect("logits");
-    let base = opened.model.forward(&ids(), None, &Adapters::none(opened.model.sites().len())).expect("forward").logits.expect("logits");
+    let base = opened
+        .model
+        .forward(&ids(), None, &Adapters::none(opened.model.sites().len()))
+        .expect("forward")
+        .logits
+        .expect("logits");
     assert!(max_abs_diff(&ours, &base) > 1e-3, "{}: the trained adapter changes nothing", m.name);
 
     let peft_dir = dir.join("peft");
@@ -188,7 +253,11 @@ fn exports_and_loads_back(m: &Method, run_dir: &Path, dir: &Path) {
         Ok(()) => {
             assert!(m.merges, "{}: merged, but the method cannot merge", m.name);
             let model = load_model(&merged_dir, &Device::Cpu).expect("merged directory loads");
-            let back = model.forward(&ids(), None, &Adapters::none(model.sites().len())).expect("forward").logits.expect("logits");
+            let back = model
+                .forward(&ids(), None, &Adapters::none(model.sites().len()))
+                .expect("forward")
+                .logits
+                .expect("logits");
             let d = max_abs_diff(&back, &ours);
             println!("{}: merged export round trip max abs diff {d:e}", m.name);
             assert!(d <= 1e-5, "{}: merged export differs by {d}", m.name);
@@ -213,7 +282,12 @@ fn merging_matches_the_unmerged_model_for_every_mergeable_method() {
         let mut cfg = table["a"].as_table().expect("table").clone();
         let plugin = cfg.remove("plugin").and_then(|p| p.as_str().map(str::to_string)).expect("plugin");
         let mut adapters = Adapters::none(model.sites().len());
-        adapters.attach(reg.new_method(&plugin, &serde_json::to_string(&cfg).expect("json"), &st).expect("instance"), model.sites()).expect("attach");
+        adapters
+            .attach(
+                reg.new_method(&plugin, &serde_json::to_string(&cfg).expect("json"), &st).expect("instance"),
+                model.sites(),
+            )
+            .expect("attach");
         for p in adapters.methods()[0].params() {
             let noise = Tensor::randn(0f32, 0.3, p.var.dims(), &Device::Cpu).expect("randn");
             p.var.set(&(p.var.as_tensor() + noise).expect("add")).expect("set");

@@ -81,13 +81,29 @@ fn forward_writes_logits_that_match_transformers_and_peft() {
     let refs = support::reference("llama-tiny");
     let dir = scratch("cli-forward");
     let input = dir.join("in.safetensors");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("input_ids".to_string(), refs["input_ids"].clone())]), &input).expect("save");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("input_ids".to_string(), refs["input_ids"].clone())]),
+        &input,
+    )
+    .expect("save");
     let base = support::fixture("llama-tiny", "base");
     let lora = support::fixture("llama-tiny", "lora");
     let out = dir.join("out.safetensors");
     let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
-    for (extra, want) in [(vec![], "logits"), (vec!["--adapter".to_string(), path(&lora)], "logits_lora"), (vec!["--adapter".to_string(), path(&lora), "--merge".to_string()], "logits_lora_merged")] {
-        let mut args = vec!["forward".to_string(), "--model".into(), path(&base), "--input".into(), path(&input), "--out".into(), path(&out)];
+    for (extra, want) in [
+        (vec![], "logits"),
+        (vec!["--adapter".to_string(), path(&lora)], "logits_lora"),
+        (vec!["--adapter".to_string(), path(&lora), "--merge".to_string()], "logits_lora_merged"),
+    ] {
+        let mut args = vec![
+            "forward".to_string(),
+            "--model".into(),
+            path(&base),
+            "--input".into(),
+            path(&input),
+            "--out".into(),
+            path(&out),
+        ];
         args.extend(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, _, err) = stagecraft(&args, None);
@@ -100,15 +116,30 @@ fn forward_writes_logits_that_match_transformers_and_peft() {
     // An encoder writes last_hidden_state, with the attention mask applied.
     let brefs = support::reference("bert-tiny");
     let binput = dir.join("bert-in.safetensors");
-    let map = std::collections::HashMap::from([("input_ids".to_string(), brefs["input_ids"].clone()), ("attention_mask".to_string(), brefs["attention_mask"].clone())]);
+    let map = std::collections::HashMap::from([
+        ("input_ids".to_string(), brefs["input_ids"].clone()),
+        ("attention_mask".to_string(), brefs["attention_mask"].clone()),
+    ]);
     candle_core::safetensors::save(&map, &binput).expect("save");
-    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&support::fixture("bert-tiny", "base")), "--input", &path(&binput), "--out", &path(&out)], None);
+    let (ok, _, err) = stagecraft(
+        &[
+            "forward",
+            "--model",
+            &path(&support::fixture("bert-tiny", "base")),
+            "--input",
+            &path(&binput),
+            "--out",
+            &path(&out),
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     let got = candle_core::safetensors::load(&out, &dev).expect("out");
     assert!(max_abs_diff(&got["last_hidden_state"], &brefs["last_hidden_state"]) <= 1e-5);
 
     // Bad input: one line, non-zero exit.
-    let (ok, _, err) = stagecraft(&["forward", "--model", &path(&dir), "--input", &path(&input), "--out", &path(&out)], None);
+    let (ok, _, err) =
+        stagecraft(&["forward", "--model", &path(&dir), "--input", &path(&input), "--out", &path(&out)], None);
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("config.json"), "{err}");
@@ -121,15 +152,51 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     // Greedy decoding gives transformers' tokens (`model.generate(do_sample=False)`).
     let r = support::reference("llama-tiny");
     let model = load_model(&support::fixture("llama-tiny", "base"), &candle_core::Device::Cpu).expect("model");
-    let prompt: Vec<u32> = r["greedy_prompt"].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("prompt");
-    let want: Vec<u32> = r["greedy_tokens"].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("tokens");
+    let prompt: Vec<u32> = r["greedy_prompt"]
+        .flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::U32))
+        .and_then(|t| t.to_vec1())
+        .expect("prompt");
+    let want: Vec<u32> = r["greedy_tokens"]
+        .flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::U32))
+        .and_then(|t| t.to_vec1())
+        .expect("tokens");
     let greedy = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
-    let got = generate(model.as_ref(), &Adapters::none(model.sites().len()), &prompt, 8, &greedy, None, &candle_core::Device::Cpu).expect("generate");
+    let got = generate(
+        model.as_ref(),
+        &Adapters::none(model.sites().len()),
+        &prompt,
+        8,
+        &greedy,
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .expect("generate");
     assert_eq!([prompt, got].concat(), want);
 
     let base = support::fixture("llama-tiny", "base");
     let base = base.to_str().expect("utf-8");
-    let run = |seed: &str| stagecraft(&["generate", "--model", base, "--prompt", "ab", "--max-tokens", "12", "--temperature", "1.0", "--top-p", "0.95", "--seed", seed], None);
+    let run = |seed: &str| {
+        stagecraft(
+            &[
+                "generate",
+                "--model",
+                base,
+                "--prompt",
+                "ab",
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "1.0",
+                "--top-p",
+                "0.95",
+                "--seed",
+                seed,
+            ],
+            None,
+        )
+    };
     let (ok, a, err) = run("3");
     assert!(ok, "{err}");
     assert_eq!(a, run("3").1, "one seed, one continuation");
@@ -138,9 +205,21 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     // The command's greedy continuation is the library's, decoded as bytes.
     let (ok, cli_greedy, err) = stagecraft(&["generate", "--model", base, "--prompt", "ab", "--max-tokens", "4"], None);
     assert!(ok, "{err}");
-    let ids = generate(model.as_ref(), &Adapters::none(model.sites().len()), &[97, 98], 4, &greedy, Some(10), &candle_core::Device::Cpu).expect("generate");
+    let ids = generate(
+        model.as_ref(),
+        &Adapters::none(model.sites().len()),
+        &[97, 98],
+        4,
+        &greedy,
+        Some(10),
+        &candle_core::Device::Cpu,
+    )
+    .expect("generate");
     let bytes: Vec<u8> = ids.iter().map(|&t| t as u8).collect();
-    assert_eq!(cli_greedy.trim_end_matches('\n'), format!("ab{}", String::from_utf8_lossy(&bytes)).trim_end_matches('\n'));
+    assert_eq!(
+        cli_greedy.trim_end_matches('\n'),
+        format!("ab{}", String::from_utf8_lossy(&bytes)).trim_end_matches('\n')
+    );
 
     let (ok, sites, err) = stagecraft(&["model", "sites", "--model", base], None);
     assert!(ok, "{err}");
@@ -163,17 +242,31 @@ fn generate_with_a_peft_adapter_continues_as_peft_does() {
     let tok = dir.join("tokenizer.json");
     std::fs::write(&tok, tokenizer.to_string()).expect("write tokenizer");
     let r = support::reference("llama-tiny");
-    let ids = |name: &str| -> Vec<u32> { r[name].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("ids") };
+    let ids = |name: &str| -> Vec<u32> {
+        r[name].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("ids")
+    };
     let prompt: String = ids("greedy_prompt").iter().map(|i| format!("t{i} ")).collect();
     let generate = |adapter: Option<&str>| -> Vec<u32> {
         let base = support::fixture("llama-tiny", "base");
-        let mut args = vec!["generate", "--model", base.to_str().expect("utf-8"), "--tokenizer", tok.to_str().expect("utf-8"), "--prompt", &prompt, "--max-tokens", "8"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            base.to_str().expect("utf-8"),
+            "--tokenizer",
+            tok.to_str().expect("utf-8"),
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "8",
+        ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a]);
         }
         let (ok, out, err) = stagecraft(&args, None);
         assert!(ok, "{err}");
-        out.split_whitespace().map(|t| t.strip_prefix('t').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("token `{t}` in {out}"))).collect()
+        out.split_whitespace()
+            .map(|t| t.strip_prefix('t').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("token `{t}` in {out}")))
+            .collect()
     };
     let lora = support::fixture("llama-tiny", "lora");
     let with_lora = generate(Some(lora.to_str().expect("utf-8")));
@@ -188,7 +281,8 @@ fn the_example_pipelines_run_and_print_the_retention_table() {
         let file = support::root().join(format!("examples/pipelines/{name}.toml"));
         let dir = scratch(&format!("cli-run-{name}"));
         let run_dir = dir.join("run");
-        let (ok, out, err) = stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"], None);
+        let (ok, out, err) =
+            stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"], None);
         assert!(ok, "{name}: {err}");
         assert!(out.contains("main score") && out.contains("forgetting"), "{name}: {out}");
         for f in ["config.toml", "metrics.jsonl", "retention.json", "report.html", "plugins.json", "data.json"] {
@@ -198,12 +292,27 @@ fn the_example_pipelines_run_and_print_the_retention_table() {
     // A gate that stops the pipeline makes the command fail, after the table.
     let file = support::root().join("examples/pipelines/reference.toml");
     let run_dir = scratch("cli-run-stop").join("run");
-    let (ok, out, err) = stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet", "--set", "stages.adapt.gates.retention.1.max_drop=0.0"], None);
+    let (ok, out, err) = stagecraft(
+        &[
+            "run",
+            &file.to_string_lossy(),
+            "--run-dir",
+            &run_dir.to_string_lossy(),
+            "--quiet",
+            "--set",
+            "stages.adapt.gates.retention.1.max_drop=0.0",
+        ],
+        None,
+    );
     assert!(!ok && out.contains("ended by the retention gate (pipeline stopped)"), "{out}");
     assert!(err.contains("error: the pipeline stopped: a retention gate failed in stage `adapt`"), "{err}");
     // A type error names the file, the position and the key.
     let bad = scratch("cli-run-bad").join("bad.toml");
-    let text = std::fs::read_to_string(support::root().join("examples/pipelines/tiny.toml")).expect("read").replacen("batch_size = 16", "batch_size = \"16\"", 1);
+    let text = std::fs::read_to_string(support::root().join("examples/pipelines/tiny.toml")).expect("read").replacen(
+        "batch_size = 16",
+        "batch_size = \"16\"",
+        1,
+    );
     std::fs::write(&bad, text).expect("write");
     let (ok, _, err) = stagecraft(&["run", &bad.to_string_lossy()], None);
     assert!(!ok && err.trim().lines().count() == 1, "{err}");
@@ -217,9 +326,23 @@ fn the_adapter_tour_runs_and_its_stages_export_and_run_outside() {
     let file = support::root().join("examples/pipelines/adapters.toml");
     let dir = scratch("cli-adapters");
     let run_dir = dir.join("run");
-    let mut args: Vec<String> = ["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = ["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy(), "--quiet"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(["--set".to_string(), "stages.pretrain.schedule.warmup_steps=2".to_string()]);
-    for (stage, steps) in [("pretrain", 10), ("add", 4), ("lora", 3), ("dora", 3), ("ia3", 3), ("prefix", 3), ("bottleneck", 3), ("two_loras", 3), ("prompt", 3), ("after_prompt", 3)] {
+    for (stage, steps) in [
+        ("pretrain", 10),
+        ("add", 4),
+        ("lora", 3),
+        ("dora", 3),
+        ("ia3", 3),
+        ("prefix", 3),
+        ("bottleneck", 3),
+        ("two_loras", 3),
+        ("prompt", 3),
+        ("after_prompt", 3),
+    ] {
         args.extend(["--set".to_string(), format!("stages.{stage}.max_steps={steps}")]);
     }
     let (ok, out, err) = stagecraft(&args.iter().map(String::as_str).collect::<Vec<_>>(), None);
@@ -230,33 +353,89 @@ fn the_adapter_tour_runs_and_its_stages_export_and_run_outside() {
     let peft = dir.join("ia3-peft");
     let (ok, out, err) = stagecraft(&["export", &run, "--stage", "ia3", "--out", &peft.to_string_lossy()], None);
     assert!(ok, "{err}");
-    assert!(out.contains("ia3-peft/base") && peft.join("adapter_config.json").exists() && peft.join("base/config.json").exists(), "{out}");
+    assert!(
+        out.contains("ia3-peft/base")
+            && peft.join("adapter_config.json").exists()
+            && peft.join("base/config.json").exists(),
+        "{out}"
+    );
     let merged = dir.join("dora-merged");
-    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "dora", "--out", &merged.to_string_lossy(), "--format", "merged"], None);
+    let (ok, _, err) = stagecraft(
+        &["export", &run, "--stage", "dora", "--out", &merged.to_string_lossy(), "--format", "merged"],
+        None,
+    );
     assert!(ok, "{err}");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(merged.join(f).exists(), "{f} missing from the merged export");
     }
-    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "prompt", "--out", &dir.join("x").to_string_lossy(), "--format", "merged"], None);
-    assert!(!ok && err.trim().lines().count() == 1 && err.contains("stage `prompt` cannot be exported merged") && err.contains("--format peft"), "{err}");
-    let (ok, _, err) = stagecraft(&["export", &run, "--stage", "bottleneck", "--out", &dir.join("y").to_string_lossy()], None);
+    let (ok, _, err) = stagecraft(
+        &["export", &run, "--stage", "prompt", "--out", &dir.join("x").to_string_lossy(), "--format", "merged"],
+        None,
+    );
+    assert!(
+        !ok && err.trim().lines().count() == 1
+            && err.contains("stage `prompt` cannot be exported merged")
+            && err.contains("--format peft"),
+        "{err}"
+    );
+    let (ok, _, err) =
+        stagecraft(&["export", &run, "--stage", "bottleneck", "--out", &dir.join("y").to_string_lossy()], None);
     assert!(!ok && err.contains("adapter `bottleneck` has no PEFT format"), "{err}");
 
     // The bottleneck stage, a third-party-style method with no PEFT format, runs outside
     // the pipeline from the run itself.
     let ids = dir.join("ids.safetensors");
-    let t = std::collections::HashMap::from([("input_ids".to_string(), candle_core::Tensor::new(&[[55i64, 45, 51, 61]], &candle_core::Device::Cpu).expect("ids"))]);
+    let t = std::collections::HashMap::from([(
+        "input_ids".to_string(),
+        candle_core::Tensor::new(&[[55i64, 45, 51, 61]], &candle_core::Device::Cpu).expect("ids"),
+    )]);
     candle_core::safetensors::save(&t, &ids).expect("save ids");
     let logits = dir.join("logits.safetensors");
-    let (ok, _, err) = stagecraft(&["forward", "--adapter", &format!("{run}:bottleneck"), "--input", &ids.to_string_lossy(), "--out", &logits.to_string_lossy()], None);
+    let (ok, _, err) = stagecraft(
+        &[
+            "forward",
+            "--adapter",
+            &format!("{run}:bottleneck"),
+            "--input",
+            &ids.to_string_lossy(),
+            "--out",
+            &logits.to_string_lossy(),
+        ],
+        None,
+    );
     assert!(ok, "{err}");
-    let (ok, out, err) = stagecraft(&["generate", "--adapter", &format!("{run}:after_prompt"), "--prompt", "7-3=", "--max-tokens", "2"], None);
+    let (ok, out, err) = stagecraft(
+        &["generate", "--adapter", &format!("{run}:after_prompt"), "--prompt", "7-3=", "--max-tokens", "2"],
+        None,
+    );
     assert!(ok && out.starts_with("7-3="), "{out}{err}");
     // The merged directory and the PEFT one load as any model and adapter.
-    let (ok, _, err) = stagecraft(&["forward", "--model", &merged.to_string_lossy(), "--input", &ids.to_string_lossy(), "--out", &logits.to_string_lossy()], None);
+    let (ok, _, err) = stagecraft(
+        &[
+            "forward",
+            "--model",
+            &merged.to_string_lossy(),
+            "--input",
+            &ids.to_string_lossy(),
+            "--out",
+            &logits.to_string_lossy(),
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     let remerged = dir.join("ia3-merged");
-    let (ok, _, err) = stagecraft(&["merge", "--model", &peft.join("base").to_string_lossy(), "--adapter", &peft.to_string_lossy(), "--out", &remerged.to_string_lossy()], None);
+    let (ok, _, err) = stagecraft(
+        &[
+            "merge",
+            "--model",
+            &peft.join("base").to_string_lossy(),
+            "--adapter",
+            &peft.to_string_lossy(),
+            "--out",
+            &remerged.to_string_lossy(),
+        ],
+        None,
+    );
     assert!(ok && remerged.join("model.safetensors").exists(), "{err}");
 }
 
@@ -265,7 +444,8 @@ fn the_default_pipeline_learns_both_tasks() {
     let run_dir = scratch("cli-run-default").join("run");
     let (ok, out, err) = stagecraft(&["run", "--run-dir", &run_dir.to_string_lossy(), "--quiet"], None);
     assert!(ok, "{err}");
-    let m = stagecraft_core::report::RetentionMatrix::read_json(&run_dir.join("retention.json")).expect("retention.json");
+    let m =
+        stagecraft_core::report::RetentionMatrix::read_json(&run_dir.join("retention.json")).expect("retention.json");
     let last = m.stages.len() - 1;
     assert_eq!(m.stages, ["pretrain", "finetune_add", "adapt_sub"], "{out}");
     for set in ["finetune_add", "adapt_sub"] {
@@ -280,13 +460,26 @@ fn the_default_pipeline_learns_both_tasks() {
 fn check_prints_the_plan_without_training() {
     let file = support::root().join("examples/pipelines/tiny.toml");
     let cwd = scratch("cli-check");
-    let (ok, out, err) = stagecraft_in(&cwd, &["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.max_steps=7"], None);
+    let (ok, out, err) = stagecraft_in(
+        &cwd,
+        &["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.max_steps=7"],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(out.starts_with("model: llama (2 layers, hidden 32, vocab 256)"), "{out}");
-    assert!(out.contains("3. adapt_sub [completion] 7 steps x 16 examples") && out.contains("adapter lora on 8 sites"), "{out}");
+    assert!(
+        out.contains("3. adapt_sub [completion] 7 steps x 16 examples") && out.contains("adapter lora on 8 sites"),
+        "{out}"
+    );
     assert_eq!(std::fs::read_dir(&cwd).expect("cwd").count(), 0, "nothing written");
-    let (ok, _, err) = stagecraft(&["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.adapters.0.targets=[\"nope\"]"], None);
-    assert!(!ok && err.contains("stage `adapt_sub`: adapter `lora`") && err.contains("`nope` matches no linear site"), "{err}");
+    let (ok, _, err) = stagecraft(
+        &["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.adapters.0.targets=[\"nope\"]"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("stage `adapt_sub`: adapter `lora`") && err.contains("`nope` matches no linear site"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -294,9 +487,19 @@ fn bench_prints_one_json_line_with_its_measurements() {
     let (ok, out, err) = stagecraft(&["bench", "--workload", "w1", "--mode", "lora", "--steps", "1"], None);
     assert!(ok, "{err}");
     let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert_eq!((line["workload"].as_str(), line["mode"].as_str(), line["device"].as_str(), line["precision"].as_str()), (Some("w1"), Some("lora"), Some("cpu"), Some("fp32")));
-    assert_eq!(line["trainable"].as_u64(), Some(2 * 4 * (8 * 256 + 256 * 8)), "LoRA r 8 on q_proj and v_proj of 4 layers");
-    assert!(line["ms_per_step"].as_f64().is_some_and(|m| m > 0.0) && line["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0), "{line}");
+    assert_eq!(
+        (line["workload"].as_str(), line["mode"].as_str(), line["device"].as_str(), line["precision"].as_str()),
+        (Some("w1"), Some("lora"), Some("cpu"), Some("fp32"))
+    );
+    assert_eq!(
+        line["trainable"].as_u64(),
+        Some(2 * 4 * (8 * 256 + 256 * 8)),
+        "LoRA r 8 on q_proj and v_proj of 4 layers"
+    );
+    assert!(
+        line["ms_per_step"].as_f64().is_some_and(|m| m > 0.0) && line["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0),
+        "{line}"
+    );
     assert!(line["mfu"].is_null() && line["peak_gpu_mib"].is_null(), "no GPU figures on the CPU: {line}");
     let (ok, _, err) = stagecraft(&["bench", "--workload", "w1", "--device", "cuda:0"], None);
     assert!(!ok && err.contains("built without CUDA"), "{err}");

@@ -10,7 +10,11 @@ use support::{checkpoint_tensors, max_abs_diff, metrics, run_pipeline, scratch};
 
 /// A word-level `tokenizer.json` (whitespace pre-tokenizer) over `words`, `[UNK]` first.
 fn word_tokenizer(path: &Path, words: &[&str]) {
-    let vocab: serde_json::Map<String, serde_json::Value> = std::iter::once("[UNK]").chain(words.iter().copied()).enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = std::iter::once("[UNK]")
+        .chain(words.iter().copied())
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
     let json = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
@@ -25,8 +29,19 @@ fn sha256(path: &Path) -> String {
 
 /// `(source, examples, sha256)` of each data source in a run's `data.json`.
 fn data_records(run: &Path) -> Vec<(String, u64, Option<String>)> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("data.json")).expect("data.json")).expect("json");
-    v.as_array().expect("array").iter().map(|d| (d["source"].as_str().expect("source").to_string(), d["examples"].as_u64().expect("examples"), d["sha256"].as_str().map(str::to_string))).collect()
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data.json")).expect("data.json")).expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|d| {
+            (
+                d["source"].as_str().expect("source").to_string(),
+                d["examples"].as_u64().expect("examples"),
+                d["sha256"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -70,7 +85,11 @@ seq_len = 8
         eval.display()
     );
     let run = run_pipeline("bert-data", &text);
-    let acc: Vec<f64> = metrics(&run.dir).iter().filter(|r| r.set.as_deref() == Some("sentiment")).map(|r| r.metrics["accuracy"]).collect();
+    let acc: Vec<f64> = metrics(&run.dir)
+        .iter()
+        .filter(|r| r.set.as_deref() == Some("sentiment"))
+        .map(|r| r.metrics["accuracy"])
+        .collect();
     assert_eq!(acc.last().copied(), Some(1.0), "eval accuracy by evaluation: {acc:?}");
     // The model's vocabulary is the tokenizer's (11 words), not the byte tokenizer's 256.
     let t = checkpoint_tensors(&run.dir, "sentiment");
@@ -89,11 +108,22 @@ fn a_llama_trains_on_txt_and_jsonl_text_and_completions() {
     let dir = scratch("llama-data");
     let sums: Vec<(u32, u32)> = (0..64).map(|i| (i % 10, (i * 7) % 10)).collect();
     let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, sums.iter().map(|(a, b)| format!("{a}+{b}={}\n\n", a + b)).collect::<String>()).expect("write");
+    std::fs::write(&corpus, sums.iter().map(|(a, b)| format!("{a}+{b}={}\n\n", a + b)).collect::<String>())
+        .expect("write");
     let text = dir.join("text.jsonl");
-    std::fs::write(&text, sums.iter().map(|(a, b)| format!("{{\"text\": \"{b}+{a}={}\"}}\n", a + b)).collect::<String>()).expect("write");
+    std::fs::write(
+        &text,
+        sums.iter().map(|(a, b)| format!("{{\"text\": \"{b}+{a}={}\"}}\n", a + b)).collect::<String>(),
+    )
+    .expect("write");
     let pairs = dir.join("pairs.jsonl");
-    std::fs::write(&pairs, sums.iter().map(|(a, b)| format!("{{\"prompt\": \"{a}+{b}=\", \"completion\": \"{}\"}}\n", a + b)).collect::<String>()).expect("write");
+    std::fs::write(
+        &pairs,
+        sums.iter()
+            .map(|(a, b)| format!("{{\"prompt\": \"{a}+{b}=\", \"completion\": \"{}\"}}\n", a + b))
+            .collect::<String>(),
+    )
+    .expect("write");
     let stage = |name: &str, objective: &str, file: &Path| {
         format!(
             "[[stages]]\nname = \"{name}\"\nobjective = \"{objective}\"\ndata = {{ train = \"{f}\", eval = \"{f}\" }}\noptimizer = {{ lr = 1e-2 }}\nmax_steps = 30\neval_every = 15\nbatch_size = 16\nseq_len = 12\n",
@@ -110,10 +140,18 @@ fn a_llama_trains_on_txt_and_jsonl_text_and_completions() {
     let rows = metrics(&run.dir);
     for set in ["txt", "jsonl_text", "jsonl_pairs"] {
         // Each stage's own evaluations of its set: the loss falls.
-        let losses: Vec<f64> = rows.iter().filter(|r| r.stage == set && r.set.as_deref() == Some(set)).map(|r| r.metrics["loss"]).collect();
+        let losses: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.stage == set && r.set.as_deref() == Some(set))
+            .map(|r| r.metrics["loss"])
+            .collect();
         assert!(losses.len() >= 2 && losses[losses.len() - 1] < losses[0], "{set}: {losses:?}");
     }
-    let pairs_eval = rows.iter().rev().find(|r| r.stage == "jsonl_pairs" && r.set.as_deref() == Some("jsonl_pairs")).expect("evaluated");
+    let pairs_eval = rows
+        .iter()
+        .rev()
+        .find(|r| r.stage == "jsonl_pairs" && r.set.as_deref() == Some("jsonl_pairs"))
+        .expect("evaluated");
     assert!(pairs_eval.metrics.contains_key("exact_match"), "prompt/completion data is scored as completions");
     // Blank lines are skipped: 64 examples in each file.
     let records = data_records(&run.dir);
@@ -128,16 +166,29 @@ fn grad_accum_from_the_config_equals_a_batch_that_many_times_larger() {
     // Lines of equal length, so micro-batch means weigh like one batch's mean.
     let dir = scratch("accum-data");
     let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, (0..64).map(|i| format!("{}+{}={:02}\n", i % 10, i / 10, i % 10 + i / 10)).collect::<String>()).expect("write");
+    std::fs::write(
+        &corpus,
+        (0..64).map(|i| format!("{}+{}={:02}\n", i % 10, i / 10, i % 10 + i / 10)).collect::<String>(),
+    )
+    .expect("write");
     let config = |batch: usize, accum: usize| {
         format!(
             "[run]\nseed = 4\n[model]\narch = \"llama\"\nhidden_size = 16\nnum_layers = 1\nnum_heads = 2\n[[stages]]\nname = \"lm\"\nobjective = \"causal_lm\"\ndata = {{ train = \"{}\" }}\noptimizer = {{ name = \"sgd\", lr = 0.5, momentum = 0.0 }}\nmax_steps = 3\nbatch_size = {batch}\ngrad_accum = {accum}\nseq_len = 12\n",
             corpus.display()
         )
     };
-    let (accum, whole, single) = (run_pipeline("accum-2x8", &config(8, 2)), run_pipeline("accum-1x16", &config(16, 1)), run_pipeline("accum-1x8", &config(8, 1)));
-    let (a, w, s) = (checkpoint_tensors(&accum.dir, "lm"), checkpoint_tensors(&whole.dir, "lm"), checkpoint_tensors(&single.dir, "lm"));
-    let worst = |x: &std::collections::BTreeMap<String, candle_core::Tensor>, y: &std::collections::BTreeMap<String, candle_core::Tensor>| {
+    let (accum, whole, single) = (
+        run_pipeline("accum-2x8", &config(8, 2)),
+        run_pipeline("accum-1x16", &config(16, 1)),
+        run_pipeline("accum-1x8", &config(8, 1)),
+    );
+    let (a, w, s) = (
+        checkpoint_tensors(&accum.dir, "lm"),
+        checkpoint_tensors(&whole.dir, "lm"),
+        checkpoint_tensors(&single.dir, "lm"),
+    );
+    let worst = |x: &std::collections::BTreeMap<String, candle_core::Tensor>,
+                 y: &std::collections::BTreeMap<String, candle_core::Tensor>| {
         x.iter().filter(|(k, _)| k.starts_with("model.")).map(|(k, t)| max_abs_diff(t, &y[k])).fold(0f32, f32::max)
     };
     assert!(worst(&a, &w) < 1e-6, "2 x 8 accumulated vs 16 at once: {}", worst(&a, &w));

@@ -32,7 +32,11 @@ fn gpu() -> Device {
 }
 
 /// The fixture model on the GPU with a PEFT adapter (or none), in `precision`.
-fn on_gpu(model: &str, adapter: Option<&str>, precision: Precision) -> (Box<dyn Model>, Adapters, Rc<HostState>, Registry) {
+fn on_gpu(
+    model: &str,
+    adapter: Option<&str>,
+    precision: Precision,
+) -> (Box<dyn Model>, Adapters, Rc<HostState>, Registry) {
     let device = gpu();
     let reg = Registry::with_builtins(scratch("gpu-reports")).expect("registry");
     let st = Rc::new(HostState::new(device.clone(), DType::F32, 0));
@@ -52,7 +56,13 @@ fn fixture_outputs_on_the_gpu_match_transformers_and_peft() {
     let r = fixture_tensors("llama-tiny", "reference.safetensors");
     let methods = fixture_tensors("llama-tiny", "methods.safetensors");
     let ids = r["input_ids"].to_dtype(DType::U32).expect("u32").to_device(&gpu()).expect("ids");
-    let cases: [(Option<&str>, &Tensor); 5] = [(None, &r["logits"]), (Some("lora"), &r["logits_lora"]), (Some("dora"), &methods["logits_dora"]), (Some("ia3"), &methods["logits_ia3"]), (Some("prefix"), &methods["logits_prefix"])];
+    let cases: [(Option<&str>, &Tensor); 5] = [
+        (None, &r["logits"]),
+        (Some("lora"), &r["logits_lora"]),
+        (Some("dora"), &methods["logits_dora"]),
+        (Some("ia3"), &methods["logits_ia3"]),
+        (Some("prefix"), &methods["logits_prefix"]),
+    ];
     for (adapter, want) in cases {
         let (m, a, _st, _reg) = on_gpu("llama-tiny", adapter, Precision::Fp32);
         let d = max_abs_diff(&m.forward(&ids, None, &a).expect("forward").logits.expect("logits"), want);
@@ -60,11 +70,17 @@ fn fixture_outputs_on_the_gpu_match_transformers_and_peft() {
         assert!(d <= 1e-4, "llama {adapter:?}: {d}");
         let (m, a, _st, _reg) = on_gpu("llama-tiny", adapter, Precision::Bf16);
         let d = max_abs_diff(&m.forward(&ids, None, &a).expect("forward").logits.expect("logits"), want);
-        println!("llama {adapter:?} bf16 on the GPU: max abs diff {d:e} ({:.2}% of the largest logit)", 100.0 * d / max_abs(want));
+        println!(
+            "llama {adapter:?} bf16 on the GPU: max abs diff {d:e} ({:.2}% of the largest logit)",
+            100.0 * d / max_abs(want)
+        );
         assert!(d <= BF16_TOLERANCE * max_abs(want), "llama {adapter:?} bf16: {d}");
     }
     let r = fixture_tensors("bert-tiny", "reference.safetensors");
-    let (ids, mask) = (r["input_ids"].to_dtype(DType::U32).expect("u32").to_device(&gpu()).expect("ids"), r["attention_mask"].to_device(&gpu()).expect("mask"));
+    let (ids, mask) = (
+        r["input_ids"].to_dtype(DType::U32).expect("u32").to_device(&gpu()).expect("ids"),
+        r["attention_mask"].to_device(&gpu()).expect("mask"),
+    );
     let (m, a, _st, _reg) = on_gpu("bert-tiny", None, Precision::Fp32);
     let d = max_abs_diff(&m.forward(&ids, Some(&mask), &a).expect("forward").hidden, &r["last_hidden_state"]);
     println!("bert fp32 on the GPU: max abs diff {d:e}");
@@ -82,16 +98,29 @@ fn lora_gradients_through_the_plugin_on_the_gpu_match_the_cpu() {
             w.set_trainable(false);
         }
         let mut adapters = Adapters::none(model.sites().len());
-        adapters.attach(reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj"], "r": 4, "alpha": 8}"#, &st).expect("lora"), model.sites()).expect("attach");
+        adapters
+            .attach(
+                reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj"], "r": 4, "alpha": 8}"#, &st)
+                    .expect("lora"),
+                model.sites(),
+            )
+            .expect("attach");
         for (i, p) in adapters.methods()[0].params().iter().enumerate() {
-            let v = Tensor::arange(0u32, p.var.elem_count() as u32, &Device::Cpu).expect("arange").to_dtype(DType::F32).expect("f32");
+            let v = Tensor::arange(0u32, p.var.elem_count() as u32, &Device::Cpu)
+                .expect("arange")
+                .to_dtype(DType::F32)
+                .expect("f32");
             let v = ((v * (0.37 + i as f64 * 0.11)).expect("scale").sin().expect("sin") * 0.3).expect("scale");
             p.var.set(&v.reshape(p.var.dims()).expect("reshape").to_device(device).expect("to device")).expect("set");
         }
         let ids = Tensor::new(&[[1u32, 5, 9, 3, 60, 12], [7, 2, 2, 30, 41, 0]], device).expect("ids");
         let logits = model.forward(&ids, None, &adapters).expect("forward").logits.expect("logits");
         let g = logits.sqr().expect("sqr").mean_all().expect("mean").backward().expect("backward");
-        adapters.methods()[0].params().iter().map(|p| g.get(p.var.as_tensor()).expect("gradient").to_device(&Device::Cpu).expect("to cpu")).collect()
+        adapters.methods()[0]
+            .params()
+            .iter()
+            .map(|p| g.get(p.var.as_tensor()).expect("gradient").to_device(&Device::Cpu).expect("to cpu"))
+            .collect()
     };
     for (cpu, cuda) in grads(&Device::Cpu).iter().zip(grads(&gpu())) {
         let d = max_abs_diff(cpu, &cuda);
@@ -142,7 +171,8 @@ fn a_pipeline_trains_on_the_gpu_and_resumes_from_its_checkpoints() {
     for precision in ["fp32", "bf16"] {
         let dir = scratch(&format!("gpu-pipeline-{precision}"));
         let run_dir = dir.join("run");
-        let cfg = PipelineConfig::from_str(PIPELINE, "gpu.toml", &[format!("run.precision={precision}")]).expect("config");
+        let cfg =
+            PipelineConfig::from_str(PIPELINE, "gpu.toml", &[format!("run.precision={precision}")]).expect("config");
         let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
         let (p, _) = Pipeline::new(cfg, reg, &run_dir, true).expect("pipeline");
         let summary = p.run().expect("run on the GPU");
@@ -157,7 +187,10 @@ fn a_pipeline_trains_on_the_gpu_and_resumes_from_its_checkpoints() {
             worst = worst.max(d);
             identical &= d == 0.0;
         }
-        println!("{precision}: resume on the GPU vs uninterrupted: {} (max abs diff {worst:e})", if identical { "bit-identical" } else { "not bit-identical" });
+        println!(
+            "{precision}: resume on the GPU vs uninterrupted: {} (max abs diff {worst:e})",
+            if identical { "bit-identical" } else { "not bit-identical" }
+        );
         assert!(worst <= 1e-3, "{precision}: resumed weights differ by {worst}");
     }
 }
@@ -167,9 +200,14 @@ fn greedy_generation_on_the_gpu_gives_the_cpus_tokens() {
     let tokens = |device: &Device| {
         let m = load_model(&fixture("llama-tiny", "base"), device).expect("model");
         let a = Adapters::none(m.sites().len());
-        generate(m.as_ref(), &a, &[5, 17, 42], 8, &Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }, None, device).expect("generate")
+        generate(m.as_ref(), &a, &[5, 17, 42], 8, &Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }, None, device)
+            .expect("generate")
     };
-    let want: Vec<u32> = fixture_tensors("llama-tiny", "reference.safetensors")["greedy_tokens"].flatten_all().and_then(|t| t.to_dtype(DType::U32)).and_then(|t| t.to_vec1()).expect("tokens");
+    let want: Vec<u32> = fixture_tensors("llama-tiny", "reference.safetensors")["greedy_tokens"]
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::U32))
+        .and_then(|t| t.to_vec1())
+        .expect("tokens");
     assert_eq!([vec![5, 17, 42], tokens(&gpu())].concat(), want, "transformers' greedy tokens");
     assert_eq!(tokens(&gpu()), tokens(&Device::Cpu));
 }

@@ -70,12 +70,21 @@ fn adapter_keys(t: &BTreeMap<String, Tensor>) -> Vec<&String> {
 #[test]
 fn merge_leaves_exactly_w_plus_the_scaled_update_in_the_base() {
     // The next stage trains an adapter elsewhere, so its base is frozen.
-    let run = run_pipeline("merge", &pipeline(r#"optimizer = { lr = 1e-2 }
+    let run = run_pipeline(
+        "merge",
+        &pipeline(
+            r#"optimizer = { lr = 1e-2 }
 handoff = { adapters = "merge" }
 adapters = [{ plugin = "lora", targets = ["up_proj"], r = 2 }]
-max_steps = 2"#));
+max_steps = 2"#,
+        ),
+    );
     let (before, after) = (checkpoint_tensors(&run.dir, "adapt_add"), checkpoint_tensors(&run.dir, "next"));
-    assert!(adapter_keys(&after).iter().all(|k| k.contains("up_proj")), "the merged adapter is gone: {:?}", adapter_keys(&after));
+    assert!(
+        adapter_keys(&after).iter().all(|k| k.contains("up_proj")),
+        "the merged adapter is gone: {:?}",
+        adapter_keys(&after)
+    );
     for site in ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"] {
         let w = &before[&format!("model.{site}.weight")];
         let a = &before[&format!("adapter.0.lora.{site}.lora_A.weight")];
@@ -90,7 +99,11 @@ max_steps = 2"#));
 /// The eval loss on `set` logged last in `stage`.
 fn eval_loss(run: &Path, stage: &str, set: &str) -> f64 {
     let rows = support::metrics(run);
-    let row = rows.iter().rev().find(|r| r.stage == stage && r.set.as_deref() == Some(set)).unwrap_or_else(|| panic!("no evaluation of {set} in {stage}"));
+    let row = rows
+        .iter()
+        .rev()
+        .find(|r| r.stage == stage && r.set.as_deref() == Some(set))
+        .unwrap_or_else(|| panic!("no evaluation of {set} in {stage}"));
     row.metrics["loss"]
 }
 
@@ -99,7 +112,9 @@ fn a_stacked_adapter_stays_frozen_and_keeps_being_applied() {
     // A next stage that cannot move anything visible (an LR of 1e-30 on a new adapter
     // whose B starts at zero): on the previous stage's set, it must score what the
     // previous stage ended with — only if the stacked adapter is still applied.
-    let body = |handoff: &str| format!("optimizer = {{ lr = 1e-30 }}\nhandoff = {{ adapters = \"{handoff}\" }}\nadapters = [{{ plugin = \"lora\", targets = [\"up_proj\"], r = 2 }}]\nmax_steps = 1");
+    let body = |handoff: &str| {
+        format!("optimizer = {{ lr = 1e-30 }}\nhandoff = {{ adapters = \"{handoff}\" }}\nadapters = [{{ plugin = \"lora\", targets = [\"up_proj\"], r = 2 }}]\nmax_steps = 1")
+    };
     let stack = run_pipeline("stack", &pipeline(&body("stack")));
     let (before, after) = (checkpoint_tensors(&stack.dir, "adapt_add"), checkpoint_tensors(&stack.dir, "next"));
     for k in adapter_keys(&before) {
@@ -118,14 +133,24 @@ fn a_stacked_adapter_stays_frozen_and_keeps_being_applied() {
 
 #[test]
 fn continue_keeps_training_the_same_adapter_and_drop_removes_it_unmerged() {
-    let run = run_pipeline("continue", &pipeline("optimizer = { lr = 1e-2 }\nhandoff = { adapters = \"continue\" }\nmax_steps = 3"));
+    let run = run_pipeline(
+        "continue",
+        &pipeline("optimizer = { lr = 1e-2 }\nhandoff = { adapters = \"continue\" }\nmax_steps = 3"),
+    );
     let (before, after) = (checkpoint_tensors(&run.dir, "adapt_add"), checkpoint_tensors(&run.dir, "next"));
     assert_eq!(adapter_keys(&before), adapter_keys(&after));
-    assert!(adapter_keys(&before).iter().all(|k| bits(&before[*k]) != bits(&after[*k])), "every continued factor trains");
+    assert!(
+        adapter_keys(&before).iter().all(|k| bits(&before[*k]) != bits(&after[*k])),
+        "every continued factor trains"
+    );
 
     let run = run_pipeline("drop", &pipeline("optimizer = { lr = 1e-2 }\nhandoff = { adapters = \"drop\" }\nadapters = [{ plugin = \"lora\", targets = [\"up_proj\"], r = 2 }]\nmax_steps = 3"));
     let (before, after) = (checkpoint_tensors(&run.dir, "adapt_add"), checkpoint_tensors(&run.dir, "next"));
-    assert!(adapter_keys(&after).iter().all(|k| k.contains("up_proj")) && adapter_keys(&after).len() == 2, "{:?}", adapter_keys(&after));
+    assert!(
+        adapter_keys(&after).iter().all(|k| k.contains("up_proj")) && adapter_keys(&after).len() == 2,
+        "{:?}",
+        adapter_keys(&after)
+    );
     let q = "model.model.layers.0.self_attn.q_proj.weight";
     assert_eq!(bits(&before[q]), bits(&after[q]), "drop does not merge into the base");
 }
@@ -156,10 +181,16 @@ fn compare_all(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>, 
 #[test]
 fn a_rollback_restores_every_tensor_of_the_evaluation_that_passed_before_one_failed() {
     let run = run_pipeline("rollback-mid", &gated(0.1));
-    assert_eq!((run.summary.stages[2].1, &run.summary.stages[2].2), (4, &StageEnd::GateRollback), "{:?}", run.summary.stages);
+    assert_eq!(
+        (run.summary.stages[2].1, &run.summary.stages[2].2),
+        (4, &StageEnd::GateRollback),
+        "{:?}",
+        run.summary.stages
+    );
     // The resume checkpoint of step 2, the evaluation that passed, holds the state the
     // rollback must restore: the new adapter, every optimizer moment, the update count.
-    let passed = checkpoint::load(&run.dir.join("checkpoints/resume"), &candle_core::Device::Cpu).expect("checkpoint of step 2");
+    let passed =
+        checkpoint::load(&run.dir.join("checkpoints/resume"), &candle_core::Device::Cpu).expect("checkpoint of step 2");
     assert_eq!(passed.meta["step"].as_u64(), Some(2));
     let end = checkpoint::load(&run.dir.join("checkpoints/next"), &candle_core::Device::Cpu).expect("stage end");
     compare_all(&end.tensors, &passed.tensors, &["adapter.", "optimizer.", "model."]);
@@ -170,7 +201,10 @@ fn a_rollback_restores_every_tensor_of_the_evaluation_that_passed_before_one_fai
 #[test]
 fn a_rollback_to_the_stage_start_restores_the_fresh_adapter_and_optimizer() {
     // Every evaluation fails: back to the stage start.
-    let run = run_pipeline("rollback-start", &gated(0.0).replace("eval_every = 2", "eval_every = 1").replace("lr = 0.05", "lr = 0.5"));
+    let run = run_pipeline(
+        "rollback-start",
+        &gated(0.0).replace("eval_every = 2", "eval_every = 1").replace("lr = 0.05", "lr = 0.5"),
+    );
     assert_eq!((run.summary.stages[2].1, &run.summary.stages[2].2), (1, &StageEnd::GateRollback));
     let end = checkpoint_tensors(&run.dir, "next");
     // The start: the stacked adapter and base as adapt_add left them...
@@ -178,7 +212,14 @@ fn a_rollback_to_the_stage_start_restores_the_fresh_adapter_and_optimizer() {
     compare_all(&end, &before, &["adapter.0.", "model."]);
     // ...the new adapter as it was created (B zero, A its seeded init: the A of a run
     // whose one step at an LR of 1e-30 cannot move it)...
-    let fresh = checkpoint_tensors(&run_pipeline("rollback-fresh", &gated(100.0).replace("lr = 0.05", "lr = 1e-30").replace("max_steps = 8", "max_steps = 1")).dir, "next");
+    let fresh = checkpoint_tensors(
+        &run_pipeline(
+            "rollback-fresh",
+            &gated(100.0).replace("lr = 0.05", "lr = 1e-30").replace("max_steps = 8", "max_steps = 1"),
+        )
+        .dir,
+        "next",
+    );
     for (k, t) in end.iter().filter(|(k, _)| k.starts_with("adapter.1.")) {
         if k.ends_with("lora_B.weight") {
             assert!(bits(t).iter().all(|&b| b == 0), "{k}: B restored to zero");
@@ -187,5 +228,8 @@ fn a_rollback_to_the_stage_start_restores_the_fresh_adapter_and_optimizer() {
         }
     }
     // ...and no optimizer history.
-    assert!(end.iter().filter(|(k, _)| k.starts_with("optimizer.")).all(|(_, t)| bits(t).iter().all(|&b| b == 0)), "optimizer moments restored to zero");
+    assert!(
+        end.iter().filter(|(k, _)| k.starts_with("optimizer.")).all(|(_, t)| bits(t).iter().all(|&b| b == 0)),
+        "optimizer moments restored to zero"
+    );
 }

@@ -33,20 +33,29 @@ fn ids() -> Tensor {
 
 /// The MlpLm forward with LoRA on up/down projections, written directly in candle.
 fn direct_forward(model: &MlpLm, lora: &[(Var, Var)], ids: &Tensor) -> Tensor {
-    let w: std::collections::HashMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
+    let w: std::collections::HashMap<String, Tensor> =
+        model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
     let scale = ALPHA / R as f64;
     let lin = |x: &Tensor, name: &str, ab: Option<&(Var, Var)>| -> Tensor {
         let y = x.broadcast_matmul(&w[&format!("{name}.weight")].t().expect("t")).expect("mm");
         match ab {
             None => y,
             Some((a, b)) => {
-                let d = x.broadcast_matmul(&a.as_tensor().t().expect("t")).expect("mm").broadcast_matmul(&b.as_tensor().t().expect("t")).expect("mm");
+                let d = x
+                    .broadcast_matmul(&a.as_tensor().t().expect("t"))
+                    .expect("mm")
+                    .broadcast_matmul(&b.as_tensor().t().expect("t"))
+                    .expect("mm");
                 (y + d.affine(scale, 0.0).expect("scale")).expect("add")
             }
         }
     };
     let (b, s) = ids.dims2().expect("dims");
-    let mut x = w["model.embed_tokens.weight"].index_select(&ids.flatten_all().expect("flat"), 0).expect("emb").reshape((b, s, CFG.hidden)).expect("reshape");
+    let mut x = w["model.embed_tokens.weight"]
+        .index_select(&ids.flatten_all().expect("flat"), 0)
+        .expect("emb")
+        .reshape((b, s, CFG.hidden))
+        .expect("reshape");
     for l in 0..CFG.layers {
         let h = lin(&x, &format!("model.layers.{l}.mlp.up_proj"), Some(&lora[2 * l])).gelu_erf().expect("gelu");
         let h = lin(&h, &format!("model.layers.{l}.mlp.down_proj"), Some(&lora[2 * l + 1]));
@@ -80,8 +89,16 @@ fn lora_through_the_plugin_matches_direct_candle_in_outputs_and_gradients() {
     let direct: Vec<(Var, Var)> = params
         .chunks(2)
         .map(|ab| {
-            assert!(ab[0].name.ends_with("lora_A.weight") && ab[1].name.ends_with("lora_B.weight"), "{} {}", ab[0].name, ab[1].name);
-            (Var::from_tensor(&ab[0].var.as_tensor().copy().expect("copy")).expect("var"), Var::from_tensor(&ab[1].var.as_tensor().copy().expect("copy")).expect("var"))
+            assert!(
+                ab[0].name.ends_with("lora_A.weight") && ab[1].name.ends_with("lora_B.weight"),
+                "{} {}",
+                ab[0].name,
+                ab[1].name
+            );
+            (
+                Var::from_tensor(&ab[0].var.as_tensor().copy().expect("copy")).expect("var"),
+                Var::from_tensor(&ab[1].var.as_tensor().copy().expect("copy")).expect("var"),
+            )
         })
         .collect();
 
@@ -98,7 +115,10 @@ fn lora_through_the_plugin_matches_direct_candle_in_outputs_and_gradients() {
             let gp = g_plugin.get(pv.as_tensor()).expect("plugin param has a gradient");
             let gc = g_candle.get(dv.as_tensor()).expect("direct param has a gradient");
             assert_eq!(bits(gp), bits(gc), "gradients differ");
-            assert!(gp.abs().expect("abs").sum_all().expect("sum").to_scalar::<f32>().expect("s") > 0.0, "zero gradient");
+            assert!(
+                gp.abs().expect("abs").sum_all().expect("sum").to_scalar::<f32>().expect("s") > 0.0,
+                "zero gradient"
+            );
         }
     }
     // Frozen base weights get no gradient at all.
@@ -117,7 +137,9 @@ fn a_model_trains_with_nothing_but_plugins() {
     }
     st.register_model(&model);
     let mut adapters = Adapters::none(model.sites().len());
-    let lora = reg.new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st).expect("lora");
+    let lora = reg
+        .new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st)
+        .expect("lora");
     adapters.attach(lora, model.sites()).expect("attach");
     let stage = reg.new_stage("causal_lm", "{}", &st).expect("stage");
     let opt = reg.new_optimizer("adamw", r#"{"lr": 0.01, "weight_decay": 0.0}"#, &st).expect("adamw");
@@ -160,17 +182,28 @@ fn perturb_b(adapters: &Adapters) {
 
 #[test]
 fn merge_adds_the_scaled_product_and_unmerge_takes_it_out() {
-    let (model, adapters, _st) = with_lora(CFG, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}}}"#));
+    let (model, adapters, _st) =
+        with_lora(CFG, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}}}"#));
     perturb_b(&adapters);
     let lora = &adapters.methods()[0];
     let params = lora.params();
-    let weights: std::collections::HashMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
+    let weights: std::collections::HashMap<String, Tensor> =
+        model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
     for ab in params.chunks(2) {
-        let site = ab[0].name.find("model.").and_then(|at| ab[0].name[at..].strip_suffix(".lora_A.weight")).unwrap_or_else(|| panic!("{} is not an A factor", ab[0].name));
+        let site = ab[0]
+            .name
+            .find("model.")
+            .and_then(|at| ab[0].name[at..].strip_suffix(".lora_A.weight"))
+            .unwrap_or_else(|| panic!("{} is not an A factor", ab[0].name));
         let w = &weights[&format!("{site}.weight")];
         let index = model.sites().index(site).expect("site");
         let merged = lora.merge(index, w).expect("merge");
-        let update = ab[1].var.as_tensor().matmul(ab[0].var.as_tensor()).and_then(|d| d.affine(ALPHA / R as f64, 0.0)).expect("B·A");
+        let update = ab[1]
+            .var
+            .as_tensor()
+            .matmul(ab[0].var.as_tensor())
+            .and_then(|d| d.affine(ALPHA / R as f64, 0.0))
+            .expect("B·A");
         let want = (w + &update).expect("W + s·B·A");
         assert_eq!(bits(&merged), bits(&want), "{site}: merged weight is W + (alpha/r)·B·A");
         let back = lora.unmerge(index, &merged).expect("unmerge");
@@ -183,7 +216,15 @@ fn merge_adds_the_scaled_product_and_unmerge_takes_it_out() {
 fn a_dora_merge_cannot_be_undone_and_says_why() {
     let (model, adapters, _st) = with_lora(CFG, r#"{"targets": ["up_proj"], "r": 4, "use_dora": true}"#);
     let index = model.sites().index("model.layers.0.mlp.up_proj").expect("site");
-    let w = model.weights().into_iter().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").expect("weight").1.var().as_tensor().detach();
+    let w = model
+        .weights()
+        .into_iter()
+        .find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight")
+        .expect("weight")
+        .1
+        .var()
+        .as_tensor()
+        .detach();
     let merged = adapters.methods()[0].merge(index, &w).expect("DoRA merges");
     let err = support::one_line(&adapters.methods()[0].unmerge(index, &merged).expect_err("DoRA cannot unmerge"));
     assert!(err.contains("cannot be undone") && err.contains("model.layers.0.mlp.up_proj"), "{err}");
@@ -191,7 +232,8 @@ fn a_dora_merge_cannot_be_undone_and_says_why() {
 
 /// (mean, variance, largest |x|) of a tensor's values.
 fn moments(t: &Tensor) -> (f64, f64, f64) {
-    let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values").into_iter().map(f64::from).collect();
+    let v: Vec<f64> =
+        t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values").into_iter().map(f64::from).collect();
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
@@ -203,7 +245,8 @@ fn lora_starts_as_peft_does_a_kaiming_or_gaussian_and_b_zero() {
     // Sites wide enough (A: [16, 512]) that the sample moments are within a few percent.
     let wide = MlpLmConfig { vocab: 64, hidden: 512, intermediate: 512, layers: 1 };
     for (init, r) in [("kaiming", 16usize), ("gaussian", 16)] {
-        let (_, adapters, _st) = with_lora(wide, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {r}, "init": "{init}"}}"#));
+        let (_, adapters, _st) =
+            with_lora(wide, &format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {r}, "init": "{init}"}}"#));
         let params = adapters.methods()[0].params();
         let mut seen = Vec::new();
         for p in params.iter() {
@@ -218,7 +261,12 @@ fn lora_starts_as_peft_does_a_kaiming_or_gaussian_and_b_zero() {
                 // PEFT: kaiming_uniform_(A, a=√5) = U(-1/√fan_in, 1/√fan_in), variance bound²/3.
                 let bound = 1.0 / fan_in.sqrt();
                 assert!(largest <= bound && largest > 0.99 * bound, "{}: |A| reaches {largest}, bound {bound}", p.name);
-                assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "{}: variance {var}, want {}", p.name, bound * bound / 3.0);
+                assert!(
+                    (var / (bound * bound / 3.0) - 1.0).abs() < 0.05,
+                    "{}: variance {var}, want {}",
+                    p.name,
+                    bound * bound / 3.0
+                );
             } else {
                 // PEFT's "gaussian": normal_(A, std = 1/r).
                 let want = 1.0 / (r * r) as f64;
@@ -234,7 +282,8 @@ fn lora_starts_as_peft_does_a_kaiming_or_gaussian_and_b_zero() {
 
 #[test]
 fn lora_dropout_applies_in_training_and_is_off_in_evaluation() {
-    let config = |p: f64| format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}, "dropout": {p}}}"#);
+    let config =
+        |p: f64| format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}, "dropout": {p}}}"#);
     let (model, dropped, st) = with_lora(CFG, &config(0.5));
     let (_, plain, plain_st) = with_lora(CFG, &config(0.0));
     perturb_b(&dropped);

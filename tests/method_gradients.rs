@@ -17,7 +17,16 @@ use support::{first_party, scratch, state};
 const CFG: MlpLmConfig = MlpLmConfig { vocab: 64, hidden: 32, intermediate: 48, layers: 2 };
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar")
+    (a - b)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar")
 }
 
 fn random(shape: &[usize], seed: u64, mean: f32) -> Tensor {
@@ -38,14 +47,19 @@ type Hook<'a> = dyn Fn(&str, &Tensor, Tensor) -> Tensor + 'a;
 /// The MlpLm forward written directly in candle, with `pre` applied to each linear
 /// site's input and `post` to its output (and to each MLP and block output).
 fn direct_forward(model: &MlpLm, pre: &Hook<'_>, post: &Hook<'_>) -> Tensor {
-    let w: HashMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
+    let w: HashMap<String, Tensor> =
+        model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
     let lin = |x: &Tensor, name: &str| -> Tensor {
         let x = pre(name, x, x.clone());
         let y = x.broadcast_matmul(&w[&format!("{name}.weight")].t().expect("t")).expect("mm");
         post(name, &x, y)
     };
     let (b, s) = ids().dims2().expect("dims");
-    let mut x = w["model.embed_tokens.weight"].index_select(&ids().flatten_all().expect("flat"), 0).expect("emb").reshape((b, s, CFG.hidden)).expect("reshape");
+    let mut x = w["model.embed_tokens.weight"]
+        .index_select(&ids().flatten_all().expect("flat"), 0)
+        .expect("emb")
+        .reshape((b, s, CFG.hidden))
+        .expect("reshape");
     for l in 0..CFG.layers {
         let h = lin(&x, &format!("model.layers.{l}.mlp.up_proj")).gelu_erf().expect("gelu");
         let h = lin(&h, &format!("model.layers.{l}.mlp.down_proj"));
@@ -58,7 +72,11 @@ fn direct_forward(model: &MlpLm, pre: &Hook<'_>, post: &Hook<'_>) -> Tensor {
 /// Attaches `plugin` with `config`, gives every parameter random values (around
 /// `mean_of(name)`), and returns the model, its adapters and direct twins of the
 /// parameters, by name.
-fn setup(plugin: &str, config: &str, mean_of: impl Fn(&str) -> f32) -> (MlpLm, Adapters, Vec<Owned>, HashMap<String, Var>, Registry) {
+fn setup(
+    plugin: &str,
+    config: &str,
+    mean_of: impl Fn(&str) -> f32,
+) -> (MlpLm, Adapters, Vec<Owned>, HashMap<String, Var>, Registry) {
     let mut reg = Registry::empty(scratch(&format!("grads-{plugin}")));
     reg.load_file(&first_party(plugin)).expect("plugin .so loads");
     let st = state();
@@ -89,11 +107,16 @@ fn compare(model: &MlpLm, adapters: &Adapters, params: &[Owned], direct: &HashMa
     let g_candle = (via_candle * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
     for p in params {
         let gp = g_plugin.get(p.var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", p.name));
-        let gc = g_candle.get(direct[&p.name].as_tensor()).unwrap_or_else(|| panic!("no direct gradient for {}", p.name));
+        let gc =
+            g_candle.get(direct[&p.name].as_tensor()).unwrap_or_else(|| panic!("no direct gradient for {}", p.name));
         let d = max_abs_diff(gp, gc);
         println!("{}: gradient max abs diff {d:e}", p.name);
         assert!(d <= 1e-6, "gradient of {} differs by {d}", p.name);
-        assert!(gp.abs().expect("abs").sum_all().expect("sum").to_scalar::<f32>().expect("s") > 0.0, "zero gradient for {}", p.name);
+        assert!(
+            gp.abs().expect("abs").sum_all().expect("sum").to_scalar::<f32>().expect("s") > 0.0,
+            "zero gradient for {}",
+            p.name
+        );
     }
     for (name, w) in model.weights() {
         assert!(g_plugin.get(w.var().as_tensor()).is_none(), "{name} is frozen but got a gradient");
@@ -104,12 +127,18 @@ fn compare(model: &MlpLm, adapters: &Adapters, params: &[Owned], direct: &HashMa
 fn dora_matches_direct_candle_in_outputs_and_gradients() {
     let (r, alpha) = (4usize, 8.0f64);
     let config = format!(r#"{{"targets": ["up_proj"], "r": {r}, "alpha": {alpha}, "use_dora": true}}"#);
-    let (model, adapters, params, direct, _reg) = setup("lora", &config, |n| if n.ends_with("magnitude_vector") { 1.0 } else { 0.0 });
-    let weights: HashMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
+    let (model, adapters, params, direct, _reg) =
+        setup("lora", &config, |n| if n.ends_with("magnitude_vector") { 1.0 } else { 0.0 });
+    let weights: HashMap<String, Tensor> =
+        model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
     let scale = alpha / r as f64;
     let post = |name: &str, x: &Tensor, y: Tensor| -> Tensor {
         let Some(a) = direct.get(&format!("{name}.lora_A.weight")) else { return y };
-        let (a, b, m) = (a.as_tensor(), direct[&format!("{name}.lora_B.weight")].as_tensor(), direct[&format!("{name}.lora_magnitude_vector")].as_tensor());
+        let (a, b, m) = (
+            a.as_tensor(),
+            direct[&format!("{name}.lora_B.weight")].as_tensor(),
+            direct[&format!("{name}.lora_magnitude_vector")].as_tensor(),
+        );
         let w = &weights[&format!("{name}.weight")];
         let updated = (w + b.matmul(a).expect("ba").affine(scale, 0.0).expect("s")).expect("add");
         let norm = updated.sqr().expect("sqr").sum(1).expect("sum").sqrt().expect("sqrt").detach();
@@ -127,13 +156,17 @@ fn ia3_matches_direct_candle_in_outputs_and_gradients() {
     let (model, adapters, params, direct, _reg) = setup("ia3", config, |_| 1.0);
     let pre = |name: &str, _x: &Tensor, x: Tensor| -> Tensor {
         match direct.get(&format!("{name}.ia3_l")) {
-            Some(l) if name.ends_with("down_proj") => x.broadcast_mul(&l.as_tensor().flatten_all().expect("flat")).expect("scale input"),
+            Some(l) if name.ends_with("down_proj") => {
+                x.broadcast_mul(&l.as_tensor().flatten_all().expect("flat")).expect("scale input")
+            }
             _ => x,
         }
     };
     let post = |name: &str, _x: &Tensor, y: Tensor| -> Tensor {
         match direct.get(&format!("{name}.ia3_l")) {
-            Some(l) if name.ends_with("up_proj") => y.broadcast_mul(&l.as_tensor().flatten_all().expect("flat")).expect("scale output"),
+            Some(l) if name.ends_with("up_proj") => {
+                y.broadcast_mul(&l.as_tensor().flatten_all().expect("flat")).expect("scale output")
+            }
             _ => y,
         }
     };
@@ -143,12 +176,23 @@ fn ia3_matches_direct_candle_in_outputs_and_gradients() {
 
 #[test]
 fn bottleneck_matches_direct_candle_in_outputs_and_gradients() {
-    let (model, adapters, params, direct, _reg) = setup("bottleneck", r#"{"variant": "pfeiffer", "reduction_factor": 4, "non_linearity": "gelu"}"#, |_| 0.0);
+    let (model, adapters, params, direct, _reg) =
+        setup("bottleneck", r#"{"variant": "pfeiffer", "reduction_factor": 4, "non_linearity": "gelu"}"#, |_| 0.0);
     let post = |name: &str, _x: &Tensor, y: Tensor| -> Tensor {
         let Some(down_w) = direct.get(&format!("{name}.adapter_down.weight")) else { return y };
         let p = |k: &str| direct[&format!("{name}.adapter_{k}")].as_tensor().clone();
-        let h = y.broadcast_matmul(&down_w.as_tensor().t().expect("t")).expect("down").broadcast_add(&p("down.bias")).expect("bias").gelu_erf().expect("gelu");
-        let h = h.broadcast_matmul(&p("up.weight").t().expect("t")).expect("up").broadcast_add(&p("up.bias")).expect("bias");
+        let h = y
+            .broadcast_matmul(&down_w.as_tensor().t().expect("t"))
+            .expect("down")
+            .broadcast_add(&p("down.bias"))
+            .expect("bias")
+            .gelu_erf()
+            .expect("gelu");
+        let h = h
+            .broadcast_matmul(&p("up.weight").t().expect("t"))
+            .expect("up")
+            .broadcast_add(&p("up.bias"))
+            .expect("bias");
         (y + h).expect("residual")
     };
     let via_candle = direct_forward(&model, &|_, _, x| x, &post);

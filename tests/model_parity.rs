@@ -43,7 +43,12 @@ fn check(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
 
 #[test]
 fn llama_logits_match_transformers() {
-    check("llama-tiny logits vs transformers", &llama_logits(&fixture("llama-tiny", "base")), &reference("llama-tiny")["logits"], TOL);
+    check(
+        "llama-tiny logits vs transformers",
+        &llama_logits(&fixture("llama-tiny", "base")),
+        &reference("llama-tiny")["logits"],
+        TOL,
+    );
 }
 
 #[test]
@@ -53,7 +58,12 @@ fn llama_with_left_padding_matches_transformers_on_real_positions() {
     let r = reference("llama-tiny");
     let model = load_model(&fixture("llama-tiny", "base"), &Device::Cpu).expect("llama loads");
     let out = run(model.as_ref(), &r["input_ids"], Some(&r["attention_mask_left"])).logits.expect("logits");
-    check("llama-tiny row 0 (no padding)", &out.get(0).expect("row"), &r["logits_left_padded"].get(0).expect("row"), TOL);
+    check(
+        "llama-tiny row 0 (no padding)",
+        &out.get(0).expect("row"),
+        &r["logits_left_padded"].get(0).expect("row"),
+        TOL,
+    );
     let real = |t: &Tensor| t.get(1).and_then(|r| r.narrow(0, 3, 9)).expect("real positions");
     check("llama-tiny row 1, left-padded, real positions", &real(&out), &real(&r["logits_left_padded"]), TOL);
     // And the mask is not ignored.
@@ -65,7 +75,12 @@ fn tied_head_llama_with_biases_matches_transformers() {
     let r = reference("llama-tied");
     let model = load_model(&fixture("llama-tied", "base"), &Device::Cpu).expect("tied llama loads");
     assert!(model.weights().iter().all(|(n, _)| n != "lm_head.weight"), "a tied head has no weight of its own");
-    check("llama-tied logits vs transformers", &run(model.as_ref(), &r["input_ids"], None).logits.expect("logits"), &r["logits"], TOL);
+    check(
+        "llama-tied logits vs transformers",
+        &run(model.as_ref(), &r["input_ids"], None).logits.expect("logits"),
+        &r["logits"],
+        TOL,
+    );
 }
 
 #[test]
@@ -74,7 +89,12 @@ fn bert_last_hidden_state_and_pooler_with_padding_match_transformers() {
     let model = load_model(&fixture("bert-tiny", "base"), &Device::Cpu).expect("bert loads");
     let out = run(model.as_ref(), &r["input_ids"], Some(&r["attention_mask"]));
     assert!(out.logits.is_none(), "bert-tiny has no head");
-    check("bert-tiny last_hidden_state (all positions, padded row included)", &out.hidden, &r["last_hidden_state"], TOL);
+    check(
+        "bert-tiny last_hidden_state (all positions, padded row included)",
+        &out.hidden,
+        &r["last_hidden_state"],
+        TOL,
+    );
     check("bert-tiny pooler_output", &out.pooled.expect("a pooler"), &r["pooler_output"], TOL);
 }
 
@@ -83,12 +103,19 @@ fn llama_prompt_tuning_positions_match_peft() {
     // PEFT prompt tuning prepends the virtual token embeddings to the input embeddings.
     let r = reference("llama-tiny");
     let model = Llama::load(&fixture("llama-tiny", "base"), DType::F32, &Device::Cpu).expect("llama loads");
-    let prompt = candle_core::safetensors::load(fixture("llama-tiny", "prompt/adapter_model.safetensors"), &Device::Cpu).expect("prompt loads");
+    let prompt =
+        candle_core::safetensors::load(fixture("llama-tiny", "prompt/adapter_model.safetensors"), &Device::Cpu)
+            .expect("prompt loads");
     let ids = &r["input_ids"];
     let (b, s) = ids.dims2().expect("ids");
     let embed = model.weights().into_iter().find(|(n, _)| n == "model.embed_tokens.weight").expect("embedding").1.get();
-    let x = embed.index_select(&ids.to_dtype(DType::U32).expect("u32").flatten_all().expect("flat"), 0).expect("embed").reshape((b, s, 64)).expect("reshape");
-    let virt = prompt["prompt_embeddings"].unsqueeze(0).expect("unsqueeze").broadcast_as((b, 4, 64)).expect("broadcast");
+    let x = embed
+        .index_select(&ids.to_dtype(DType::U32).expect("u32").flatten_all().expect("flat"), 0)
+        .expect("embed")
+        .reshape((b, s, 64))
+        .expect("reshape");
+    let virt =
+        prompt["prompt_embeddings"].unsqueeze(0).expect("unsqueeze").broadcast_as((b, 4, 64)).expect("broadcast");
     let embeds = Tensor::cat(&[&virt, &x], 1).expect("cat");
     let mask = Tensor::ones((b, s), DType::U32, &Device::Cpu).expect("mask");
     let out = model.forward_embeds(&embeds, Some(&mask), &Adapters::none(model.sites().len())).expect("forward");
@@ -99,7 +126,8 @@ fn llama_prompt_tuning_positions_match_peft() {
 fn llama_matches_candle_transformers_at_last_position() {
     use candle_transformers::models::llama as ct;
     let dir = fixture("llama-tiny", "base");
-    let cfg: ct::LlamaConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config")).expect("candle config");
+    let cfg: ct::LlamaConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+        .expect("candle config");
     let cfg = cfg.into_config(false);
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
     let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
@@ -205,7 +233,9 @@ fn half_precision_checkpoints_compute_what_f32_computes_on_the_rounded_weights()
         edit_weights(dir.path(), |t| t.values_mut().for_each(|w| *w = w.to_dtype(dtype).expect("cast")));
         // The same rounded weights, stored as f32.
         let rounded = scratch_copy("llama-tiny");
-        edit_weights(rounded.path(), |t| t.values_mut().for_each(|w| *w = w.to_dtype(dtype).and_then(|w| w.to_dtype(DType::F32)).expect("round")));
+        edit_weights(rounded.path(), |t| {
+            t.values_mut().for_each(|w| *w = w.to_dtype(dtype).and_then(|w| w.to_dtype(DType::F32)).expect("round"))
+        });
         let want = llama_logits(rounded.path());
         // Loaded into f32: exactly the f32 model on the rounded weights.
         let d = max_abs_diff(&llama_logits(dir.path()), &want);
@@ -216,7 +246,10 @@ fn half_precision_checkpoints_compute_what_f32_computes_on_the_rounded_weights()
         let out = run(model.as_ref(), ids, None).logits.expect("logits");
         assert_eq!(out.dtype(), dtype);
         let d = max_abs_diff(&out, &want);
-        println!("{dtype:?} computed in {dtype:?} vs f32: max abs diff {d:e} ({:.2}% of the largest logit)", 100.0 * d / max_abs(&want));
+        println!(
+            "{dtype:?} computed in {dtype:?} vs f32: max abs diff {d:e} ({:.2}% of the largest logit)",
+            100.0 * d / max_abs(&want)
+        );
         assert!(d <= 0.01 * max_abs(&want), "{dtype:?}: {d}");
     }
 }
@@ -265,7 +298,8 @@ fn sharded_checkpoint_gives_the_same_logits() {
     let base = llama_logits(&fixture("llama-tiny", "base"));
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::copy(fixture("llama-tiny", "base/config.json"), dir.path().join("config.json")).expect("copy");
-    let all = candle_core::safetensors::load(fixture("llama-tiny", "base/model.safetensors"), &Device::Cpu).expect("weights");
+    let all =
+        candle_core::safetensors::load(fixture("llama-tiny", "base/model.safetensors"), &Device::Cpu).expect("weights");
     let mut shards: [HashMap<String, Tensor>; 2] = Default::default();
     let mut weight_map = serde_json::Map::new();
     for (name, t) in all {
@@ -274,7 +308,8 @@ fn sharded_checkpoint_gives_the_same_logits() {
         shards[k].insert(name, t);
     }
     for (k, shard) in shards.iter().enumerate() {
-        candle_core::safetensors::save(shard, dir.path().join(format!("model-0000{}-of-00002.safetensors", k + 1))).expect("save shard");
+        candle_core::safetensors::save(shard, dir.path().join(format!("model-0000{}-of-00002.safetensors", k + 1)))
+            .expect("save shard");
     }
     let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).expect("write index");
@@ -315,7 +350,8 @@ fn bad_checkpoints_are_one_line_errors_naming_file_and_tensor() {
     assert_load_error(dir.path(), &["config.json", "rope_parameters", "yarn"]);
 
     let dir = scratch_copy("llama-tiny");
-    std::fs::write(dir.path().join("config.json"), "{\n  \"model_type\": \"llama\",\n  \"hidden_size\": 64,,\n}").expect("write");
+    std::fs::write(dir.path().join("config.json"), "{\n  \"model_type\": \"llama\",\n  \"hidden_size\": 64,,\n}")
+        .expect("write");
     assert_load_error(dir.path(), &["config.json", "line 3"]);
 
     let dir = scratch_copy("llama-tiny");
@@ -327,11 +363,24 @@ fn bad_checkpoints_are_one_line_errors_naming_file_and_tensor() {
     assert_load_error(dir.path(), &["model.safetensors", "model.norm.weight", "missing"]);
 
     let dir = scratch_copy("llama-tiny");
-    edit_weights(dir.path(), |t| drop(t.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros((172, 32), DType::F32, &Device::Cpu).expect("t"))));
-    assert_load_error(dir.path(), &["model.safetensors", "model.layers.1.mlp.up_proj.weight", "[172, 64]", "[172, 32]"]);
+    edit_weights(dir.path(), |t| {
+        drop(t.insert(
+            "model.layers.1.mlp.up_proj.weight".into(),
+            Tensor::zeros((172, 32), DType::F32, &Device::Cpu).expect("t"),
+        ))
+    });
+    assert_load_error(
+        dir.path(),
+        &["model.safetensors", "model.layers.1.mlp.up_proj.weight", "[172, 64]", "[172, 32]"],
+    );
 
     let dir = scratch_copy("bert-tiny");
-    edit_weights(dir.path(), |t| drop(t.insert("encoder.layer.0.attention.self.query.bias".into(), Tensor::zeros(64, DType::I64, &Device::Cpu).expect("t"))));
+    edit_weights(dir.path(), |t| {
+        drop(t.insert(
+            "encoder.layer.0.attention.self.query.bias".into(),
+            Tensor::zeros(64, DType::I64, &Device::Cpu).expect("t"),
+        ))
+    });
     assert_load_error(dir.path(), &["model.safetensors", "encoder.layer.0.attention.self.query.bias", "I64"]);
 
     let dir = scratch_copy("bert-tiny");

@@ -17,7 +17,9 @@ const STEPS: u64 = 10;
 /// from PyTorch's parameters over all steps.
 fn trajectory(name: &str, case: &str) -> f32 {
     let want = fixture_tensors("optimizers", "trajectories.safetensors");
-    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture("optimizers", "configs.json")).expect("configs.json")).expect("json");
+    let configs: HashMap<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("optimizers", "configs.json")).expect("configs.json"))
+            .expect("json");
     let config = &configs[case];
     let base_lr = config["lr"].as_f64().expect("lr");
 
@@ -31,7 +33,13 @@ fn trajectory(name: &str, case: &str) -> f32 {
         .enumerate()
         .map(|(i, v)| {
             let (lr_mul, decay_mul) = if i == 2 { (0.5, 0.0) } else { (1.0, 1.0) };
-            TrainParam { name: format!("p{i}"), var: v.clone(), handle: st.table.borrow_mut().insert(Entry::Param(v.clone())), lr_mul, decay_mul }
+            TrainParam {
+                name: format!("p{i}"),
+                var: v.clone(),
+                handle: st.table.borrow_mut().insert(Entry::Param(v.clone())),
+                lr_mul,
+                decay_mul,
+            }
         })
         .collect();
     let mut opt = reg.new_optimizer(name, &config.to_string(), &st).expect("optimizer");
@@ -40,7 +48,17 @@ fn trajectory(name: &str, case: &str) -> f32 {
     let mut worst = 0f32;
     for step in 1..=STEPS {
         // d/dp ||p - target||² = 2 (p - target)
-        let grads: Vec<Option<Tensor>> = vars.iter().enumerate().map(|(i, v)| Some((v.as_tensor() - &want[&format!("target.{step}.p{i}")]).and_then(|d| d.affine(2.0, 0.0)).expect("grad"))).collect();
+        let grads: Vec<Option<Tensor>> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                Some(
+                    (v.as_tensor() - &want[&format!("target.{step}.p{i}")])
+                        .and_then(|d| d.affine(2.0, 0.0))
+                        .expect("grad"),
+                )
+            })
+            .collect();
         let lr = base_lr * (1.0 - step as f64 / 20.0);
         opt.step(&params, &grads, lr, step).expect("plugin step");
         st.end_step();
@@ -49,7 +67,9 @@ fn trajectory(name: &str, case: &str) -> f32 {
         }
     }
     // The trajectory moved: a plugin that ignored its inputs could not pass.
-    let moved = (0..3).map(|i| max_abs_diff(&want[&format!("init.p{i}")], &want[&format!("{case}.{STEPS}.p{i}")])).fold(0f32, f32::max);
+    let moved = (0..3)
+        .map(|i| max_abs_diff(&want[&format!("init.p{i}")], &want[&format!("{case}.{STEPS}.p{i}")]))
+        .fold(0f32, f32::max);
     assert!(moved > 0.01, "{case}: the reference barely moves ({moved})");
     worst
 }

@@ -57,9 +57,15 @@ fn peft_lora_reproduces_peft_logits_unmerged_and_merged() {
     assert!(d <= 1e-5, "merged logits differ by {d}");
 }
 
-fn broken_copy(name: &str, edit_config: impl Fn(&mut serde_json::Value), edit_tensors: impl Fn(&mut std::collections::HashMap<String, Tensor>)) -> PathBuf {
+fn broken_copy(
+    name: &str,
+    edit_config: impl Fn(&mut serde_json::Value),
+    edit_tensors: impl Fn(&mut std::collections::HashMap<String, Tensor>),
+) -> PathBuf {
     let dir = scratch(&format!("peft-{name}"));
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("lora/adapter_config.json")).expect("read")).expect("json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("lora/adapter_config.json")).expect("read"))
+            .expect("json");
     edit_config(&mut cfg);
     std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).expect("write");
     let mut t = candle_core::safetensors::load(fixture("lora/adapter_model.safetensors"), &Device::Cpu).expect("load");
@@ -78,28 +84,46 @@ fn load_err(dir: &Path) -> String {
 #[test]
 fn malformed_adapters_are_one_line_errors_naming_the_file() {
     let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
-    let missing = broken_copy("missing", |_| {}, |t| {
-        t.remove(key);
-    });
+    let missing = broken_copy(
+        "missing",
+        |_| {},
+        |t| {
+            t.remove(key);
+        },
+    );
     let e = load_err(&missing);
     assert!(e.contains("adapter_model.safetensors") && e.contains("missing tensor") && e.contains(key), "{e}");
 
-    let shape = broken_copy("shape", |_| {}, |t| {
-        t.insert(key.to_string(), Tensor::zeros((32, 3), candle_core::DType::F32, &Device::Cpu).expect("z"));
-    });
+    let shape = broken_copy(
+        "shape",
+        |_| {},
+        |t| {
+            t.insert(key.to_string(), Tensor::zeros((32, 3), candle_core::DType::F32, &Device::Cpu).expect("z"));
+        },
+    );
     let e = load_err(&shape);
     assert!(e.contains("has shape [32, 3], expected [32, 4]"), "{e}");
 
-    let extra = broken_copy("extra", |_| {}, |t| {
-        t.insert("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight".into(), Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).expect("z"));
-    });
+    let extra = broken_copy(
+        "extra",
+        |_| {},
+        |t| {
+            t.insert(
+                "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight".into(),
+                Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).expect("z"),
+            );
+        },
+    );
     let e = load_err(&extra);
     assert!(e.contains("up_proj.lora_A.weight") && e.contains("matches no parameter"), "{e}");
 
     // DoRA needs its magnitude vectors: a LoRA file is not a DoRA adapter.
     let dora = broken_copy("dora", |c| c["use_dora"] = true.into(), |_| {});
     let e = load_err(&dora);
-    assert!(e.contains("adapter_model.safetensors") && e.contains("missing tensor") && e.contains("lora_magnitude_vector"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains("missing tensor") && e.contains("lora_magnitude_vector"),
+        "{e}"
+    );
 
     let conv = broken_copy("conv", |c| c["fan_in_fan_out"] = true.into(), |_| {});
     let e = load_err(&conv);

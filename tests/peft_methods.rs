@@ -70,10 +70,20 @@ fn check_llama(folder: &str, merged: bool) {
     let want = fixture_tensors("llama-tiny", "methods.safetensors");
     let base = &fixture_tensors("llama-tiny", "reference.safetensors")["logits"];
     let (model, mut adapters, _st, _reg) = with_adapter("llama-tiny", folder);
-    check(&format!("llama {folder}"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{folder}")], base);
+    check(
+        &format!("llama {folder}"),
+        &llama_logits(model.as_ref(), &adapters),
+        &want[&format!("logits_{folder}")],
+        base,
+    );
     if merged {
         merge_into_base(model.as_ref(), &mut adapters).expect("merge");
-        check(&format!("llama {folder} merged"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{folder}_merged")], base);
+        check(
+            &format!("llama {folder} merged"),
+            &llama_logits(model.as_ref(), &adapters),
+            &want[&format!("logits_{folder}_merged")],
+            base,
+        );
     }
 }
 
@@ -81,10 +91,20 @@ fn check_bert(folder: &str, merged: bool) {
     let want = fixture_tensors("bert-tiny", "methods.safetensors");
     let base = &fixture_tensors("bert-tiny", "reference.safetensors")["last_hidden_state"];
     let (model, mut adapters, _st, _reg) = with_adapter("bert-tiny", folder);
-    check(&format!("bert {folder}"), &bert_hidden(model.as_ref(), &adapters), &want[&format!("last_hidden_state_{folder}")], base);
+    check(
+        &format!("bert {folder}"),
+        &bert_hidden(model.as_ref(), &adapters),
+        &want[&format!("last_hidden_state_{folder}")],
+        base,
+    );
     if merged {
         merge_into_base(model.as_ref(), &mut adapters).expect("merge");
-        check(&format!("bert {folder} merged"), &bert_hidden(model.as_ref(), &adapters), &want[&format!("last_hidden_state_{folder}_merged")], base);
+        check(
+            &format!("bert {folder} merged"),
+            &bert_hidden(model.as_ref(), &adapters),
+            &want[&format!("last_hidden_state_{folder}_merged")],
+            base,
+        );
     }
 }
 
@@ -144,6 +164,11 @@ fn stagecraft_exports_give_peft_the_same_outputs() {
     let base = &fixture_tensors("llama-tiny", "reference.safetensors")["logits"];
     for stage in ["lora", "dora", "ia3", "prompt", "prefix"] {
         let (model, adapters, _st, _reg) = with_adapter("llama-tiny", &format!("exported/{stage}"));
-        check(&format!("stagecraft export of {stage} in PEFT"), &llama_logits(model.as_ref(), &adapters), &want[&format!("logits_{stage}")], base);
+        check(
+            &format!("stagecraft export of {stage} in PEFT"),
+            &llama_logits(model.as_ref(), &adapters),
+            &want[&format!("logits_{stage}")],
+            base,
+        );
     }
 }

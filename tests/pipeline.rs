@@ -60,10 +60,19 @@ fn a_bad_plugin_fails_before_training() {
     let dir = scratch("pipe-bad");
     for (text, want) in [
         (three_stages().replace(r#"plugin = "lora""#, r#"plugin = "loraa""#), "no method plugin named `loraa`"),
-        (three_stages().replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"q_proj\"], rank = 4"), "unknown field `rank`"),
-        (three_stages().replace("optimizer = { lr = 3e-3 }", "optimizer = { name = \"adamz\", lr = 3e-3 }"), "no optimizer plugin named `adamz`"),
+        (
+            three_stages().replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"q_proj\"], rank = 4"),
+            "unknown field `rank`",
+        ),
+        (
+            three_stages().replace("optimizer = { lr = 3e-3 }", "optimizer = { name = \"adamz\", lr = 3e-3 }"),
+            "no optimizer plugin named `adamz`",
+        ),
         (three_stages().replace("synthetic:add?n=64", "synthetic:addd?n=64"), "addd"),
-        (three_stages().replace("synthetic:add?n=64&digits=1", "nowhere/missing.jsonl"), "data source `nowhere/missing.jsonl`: no such file"),
+        (
+            three_stages().replace("synthetic:add?n=64&digits=1", "nowhere/missing.jsonl"),
+            "data source `nowhere/missing.jsonl`: no such file",
+        ),
     ] {
         let cfg = PipelineConfig::from_str(&text, "t.toml", &[]).expect("parses");
         let reg = Registry::with_builtins(dir.join("reports")).expect("registry");
@@ -75,7 +84,11 @@ fn a_bad_plugin_fails_before_training() {
 
 #[test]
 fn a_target_matching_no_site_fails_before_training() {
-    let (run, result) = try_pipeline("pipe-target", &three_stages().replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"qq_proj\"]"), &[]);
+    let (run, result) = try_pipeline(
+        "pipe-target",
+        &three_stages().replace("targets = [\"q_proj\", \"v_proj\"]", "targets = [\"qq_proj\"]"),
+        &[],
+    );
     let err = result.expect_err("must fail");
     assert!(err.contains("stage `adapt_add`") && err.contains("`qq_proj` matches no linear site"), "{err}");
     assert!(metrics(&run).is_empty(), "nothing trained");
@@ -117,7 +130,10 @@ fn one_stage(lr: f64, extra: &str) -> String {
 /// The values of every tensor of stage `ft`'s checkpoint.
 fn stage_weights(name: &str, text: &str) -> BTreeMap<String, Vec<f32>> {
     let run = run_pipeline(name, text);
-    checkpoint_tensors(&run.dir, "ft").into_iter().map(|(k, t)| (k, t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32 values"))).collect()
+    checkpoint_tensors(&run.dir, "ft")
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32 values")))
+        .collect()
 }
 
 #[test]
@@ -151,7 +167,8 @@ fn layerwise_lr_decay_scales_each_layers_update() {
 #[test]
 fn unfreezing_starts_training_at_the_step_after_the_given_one() {
     // `at_step = 2`: the layer is frozen for steps 1 and 2 and trains from step 3.
-    let unfreeze = r#"train = { freeze = ["model.layers.0"], unfreeze = [{ at_step = 2, modules = ["model.layers.0"] }] }"#;
+    let unfreeze =
+        r#"train = { freeze = ["model.layers.0"], unfreeze = [{ at_step = 2, modules = ["model.layers.0"] }] }"#;
     let frozen = r#"train = { freeze = ["model.layers.0"] }"#;
     let run = |name: &str, extra: &str, steps: u64| stage_weights(name, &one_stage_of(0.1, steps, extra));
     let l0 = "model.model.layers.0.mlp.up_proj.weight";
@@ -169,7 +186,9 @@ fn weight_decay_leaves_biases_and_norms_alone() {
     // One AdamW step on a model with biases and norm weights, with and without weight
     // decay: the gradient step is the same, so only decayed tensors may differ.
     let base = support::fixture("llama-tied", "base");
-    let text = |wd: f64| one_stage_with(&format!("{{ lr = 1e-2, weight_decay = {wd} }}"), 1, &format!("from = \"{}\"", base.display()));
+    let text = |wd: f64| {
+        one_stage_with(&format!("{{ lr = 1e-2, weight_decay = {wd} }}"), 1, &format!("from = \"{}\"", base.display()))
+    };
     let (plain, decayed) = (run_pipeline("wd-0", &text(0.0)), run_pipeline("wd-1", &text(0.5)));
     let (plain, decayed) = (checkpoint_tensors(&plain.dir, "ft"), checkpoint_tensors(&decayed.dir, "ft"));
     let (mut exempt, mut decays) = (0, 0);
@@ -191,7 +210,11 @@ fn an_exit_threshold_ends_the_stage_at_the_first_evaluation_past_it() {
     let budget = one_stage_of(0.5, 16, "eval_every = 2");
     let full = run_pipeline("exit-none", &budget);
     assert_eq!(full.summary.stages[0].2, StageEnd::Budget);
-    let evals: Vec<(u64, f64)> = metrics(&full.dir).iter().filter(|r| r.set.as_deref() == Some("ft")).map(|r| (r.step, r.metrics["loss"])).collect();
+    let evals: Vec<(u64, f64)> = metrics(&full.dir)
+        .iter()
+        .filter(|r| r.set.as_deref() == Some("ft"))
+        .map(|r| (r.step, r.metrics["loss"]))
+        .collect();
     // A threshold the loss first crosses at an evaluation in the middle of the stage.
     let (k, at_k) = evals.iter().copied().skip(2).find(|&(_, l)| l < evals[0].1 - 0.05).expect("the loss falls");
     assert!(k < 16, "{evals:?}");
@@ -199,7 +222,11 @@ fn an_exit_threshold_ends_the_stage_at_the_first_evaluation_past_it() {
     let threshold = (at_k + before) / 2.0;
     assert!(at_k < threshold && threshold < before, "{evals:?}");
     let exit = run_pipeline("exit", &format!("{budget}exit = {{ metric = \"eval.loss\", below = {threshold} }}\n"));
-    assert_eq!((exit.summary.stages[0].1, &exit.summary.stages[0].2), (k, &StageEnd::Exit), "eval losses {evals:?}, threshold {threshold}");
+    assert_eq!(
+        (exit.summary.stages[0].1, &exit.summary.stages[0].2),
+        (k, &StageEnd::Exit),
+        "eval losses {evals:?}, threshold {threshold}"
+    );
 }
 
 #[test]
@@ -210,12 +237,19 @@ fn epochs_are_a_budget_counted_in_optimizer_steps() {
     assert_eq!((plain.summary.stages[0].1, &plain.summary.stages[0].2), (8, &StageEnd::Budget));
     let accum = run_pipeline("epochs-accum", &epochs("grad_accum = 2"));
     assert_eq!(accum.summary.stages[0].1, 4);
-    let steps: Vec<u64> = metrics(&accum.dir).iter().filter(|r| r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
+    let steps: Vec<u64> =
+        metrics(&accum.dir).iter().filter(|r| r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
     assert_eq!(steps, [1, 2, 3, 4]);
 }
 
-fn faulty(name: &str, objective: &str, extra: &str, steps: u64) -> (std::path::PathBuf, Result<stagecraft_core::pipeline::RunSummary, String>) {
-    let text = one_stage_of(0.05, steps, extra).replace("objective = \"causal_lm\"", &format!("objective = {{ name = \"nan_loss\", {objective} }}"));
+fn faulty(
+    name: &str,
+    objective: &str,
+    extra: &str,
+    steps: u64,
+) -> (std::path::PathBuf, Result<stagecraft_core::pipeline::RunSummary, String>) {
+    let text = one_stage_of(0.05, steps, extra)
+        .replace("objective = \"causal_lm\"", &format!("objective = {{ name = \"nan_loss\", {objective} }}"));
     try_pipeline(name, &text, &[&support::compat().faulty])
 }
 
@@ -228,9 +262,13 @@ fn an_injected_nan_restores_the_last_good_state_and_continues() {
     assert_eq!(nan_rows, 1, "the NaN step is logged once");
     assert_eq!(events(&run).iter().filter(|e| e.2 == "anomaly").count(), 1);
     let log = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
-    assert!(log.iter().any(|e| e.kind == "anomaly" && e.step == 14 && e.message.contains("restored step 10")), "{log:?}");
+    assert!(
+        log.iter().any(|e| e.kind == "anomaly" && e.step == 14 && e.message.contains("restored step 10")),
+        "{log:?}"
+    );
     // Restored to step 10 (the last good state) and retrained from there at half the LR.
-    let lrs: Vec<f64> = rows.iter().filter(|r| r.step == 12 && r.loss.is_some_and(f64::is_finite)).filter_map(|r| r.lr).collect();
+    let lrs: Vec<f64> =
+        rows.iter().filter(|r| r.step == 12 && r.loss.is_some_and(f64::is_finite)).filter_map(|r| r.lr).collect();
     assert_eq!(lrs.len(), 2, "step 12 ran twice: {lrs:?}");
     assert!((lrs[1] - lrs[0] * 0.5).abs() < 1e-12);
 }
@@ -242,7 +280,12 @@ fn a_non_finite_gradient_under_a_finite_loss_is_caught_too() {
     let log = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
     let anomaly: Vec<_> = log.iter().filter(|e| e.kind == "anomaly").collect();
     assert_eq!(anomaly.len(), 1, "{log:?}");
-    assert!(anomaly[0].step == 14 && anomaly[0].message.contains("gradient") && anomaly[0].message.contains("restored step 10"), "{anomaly:?}");
+    assert!(
+        anomaly[0].step == 14
+            && anomaly[0].message.contains("gradient")
+            && anomaly[0].message.contains("restored step 10"),
+        "{anomaly:?}"
+    );
     let at_12 = metrics(&run).iter().filter(|r| r.step == 12 && r.set.is_none()).count();
     assert_eq!(at_12, 2, "restored to step 10 and retrained");
 }
@@ -263,7 +306,12 @@ fn the_guard_gives_up_after_max_recoveries_and_keeps_the_records() {
 #[test]
 fn a_loss_spike_is_rolled_back_unless_within_the_margin() {
     for (margin, recovered) in [(0.5, true), (1000.0, false)] {
-        let (run, result) = faulty(&format!("spike-{margin}"), "spike_at = [14]", &format!("anomaly = {{ spike_margin = {margin} }}"), 20);
+        let (run, result) = faulty(
+            &format!("spike-{margin}"),
+            "spike_at = [14]",
+            &format!("anomaly = {{ spike_margin = {margin} }}"),
+            20,
+        );
         assert_eq!(result.expect("finishes").stages[0].1, 20);
         let rows = metrics(&run);
         let at_14: Vec<f64> = rows.iter().filter(|r| r.step == 14 && r.set.is_none()).filter_map(|r| r.loss).collect();

@@ -23,7 +23,10 @@ fn bf16_logits_stay_within_two_percent_of_the_fp32_reference() {
     assert_eq!(bf16.dtype(), DType::F32, "outputs stay f32");
     let d = max_abs_diff(&bf16, &r["logits"]);
     let d32 = max_abs_diff(&fp32, &r["logits"]);
-    println!("bf16 vs reference: max abs diff {d:e} ({:.2}% of the largest logit); fp32: {d32:e}", 100.0 * d / max_abs(&r["logits"]));
+    println!(
+        "bf16 vs reference: max abs diff {d:e} ({:.2}% of the largest logit); fp32: {d32:e}",
+        100.0 * d / max_abs(&r["logits"])
+    );
     assert!(d <= 0.02 * max_abs(&r["logits"]), "bf16 differs by {d}");
     assert!(d > d32, "bf16 should round more than fp32");
 }
@@ -65,7 +68,11 @@ seq_len = 24
     );
     let run = support::run_pipeline(&format!("precision-{precision}"), &text);
     let rows = support::metrics(&run.dir);
-    let losses: Vec<f64> = rows.iter().filter(|r| r.split == Split::Eval && r.stage == "pretrain" && r.set.as_deref() == Some("pretrain")).filter_map(|r| r.metrics.get("loss").copied()).collect();
+    let losses: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.split == Split::Eval && r.stage == "pretrain" && r.set.as_deref() == Some("pretrain"))
+        .filter_map(|r| r.metrics.get("loss").copied())
+        .collect();
     (losses[0], losses[losses.len() - 1])
 }
 

@@ -68,14 +68,17 @@ fn resume(run: &Path) {
 }
 
 fn checkpoint_step(run: &Path) -> Option<u64> {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/resume/meta.json")).ok()?).ok()?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/resume/meta.json")).ok()?).ok()?;
     meta["step"].as_u64()
 }
 
 /// Whether `adapt` has logged a training step past `step` in the run's metrics.
 fn logged_past(run: &Path, step: u64) -> bool {
     let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else { return false };
-    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|r| r["stage"] == "adapt" && r["step"].as_u64().is_some_and(|s| s > step))
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|r| r["stage"] == "adapt" && r["step"].as_u64().is_some_and(|s| s > step))
 }
 
 /// Starts the pipeline, freezes the process (SIGSTOP) once the mid-stage checkpoint of
@@ -86,9 +89,13 @@ fn logged_past(run: &Path, step: u64) -> bool {
 fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
     for attempt in 0..5 {
         let live = dir.join(format!("live-{attempt}"));
-        let mut child = stagecraft().arg("run").arg(cfg).arg("--run-dir").arg(&live).arg("--quiet").spawn().expect("spawn");
+        let mut child =
+            stagecraft().arg("run").arg(cfg).arg("--run-dir").arg(&live).arg("--quiet").spawn().expect("spawn");
         let t = Instant::now();
-        while checkpoint_step(&live) != Some(step) || !live.join("checkpoints/resume/manifest.json").exists() || !logged_past(&live, step) {
+        while checkpoint_step(&live) != Some(step)
+            || !live.join("checkpoints/resume/manifest.json").exists()
+            || !logged_past(&live, step)
+        {
             assert!(child.try_wait().expect("wait").is_none(), "the run finished before step {step} was checkpointed");
             assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint at step {step}");
             std::thread::sleep(Duration::from_millis(1));
@@ -101,7 +108,10 @@ fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
         child.wait().expect("reap");
         assert!(copied.success());
         if checkpoint_step(&killed) == Some(step) {
-            assert!(logged_past(&killed, step) && !killed.join("checkpoints/adapt").exists(), "killed past the checkpoint, before the end of the stage");
+            assert!(
+                logged_past(&killed, step) && !killed.join("checkpoints/adapt").exists(),
+                "killed past the checkpoint, before the end of the stage"
+            );
             return killed;
         }
     }
@@ -131,8 +141,12 @@ fn check_kill_and_resume(name: &str, adapt: &str, step: u64) {
     // stage, none missing, none twice.
     let rows = metrics(&killed);
     for stage in ["pretrain", "adapt"] {
-        let steps: Vec<u64> = rows.iter().filter(|r| r.stage == stage && r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
-        assert!(steps.windows(2).all(|w| w[1] == w[0] + 1) && steps.first() == Some(&1), "{name}: {stage} logged steps {steps:?}");
+        let steps: Vec<u64> =
+            rows.iter().filter(|r| r.stage == stage && r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
+        assert!(
+            steps.windows(2).all(|w| w[1] == w[0] + 1) && steps.first() == Some(&1),
+            "{name}: {stage} logged steps {steps:?}"
+        );
     }
     // The same end: weights, events (but the resume) and stage ends.
     let (a, b) = (final_bits(&whole), final_bits(&killed));
@@ -167,7 +181,10 @@ eval_every = 2"#;
     let gates: Vec<u64> = events(&dir.join("run")).into_iter().filter(|e| e.2 == "gate").map(|e| e.1).collect();
     let acted: Vec<u64> = events(&dir.join("run")).into_iter().filter(|e| e.2 == "rollback").map(|e| e.1).collect();
     let (last, before) = (gates[gates.len() - 1], gates[gates.len().saturating_sub(2)]);
-    assert!(acted.len() == 1 && last + 2 == acted[0] && before + 2 == last, "the config no longer fails the gate twice in a row before it acts: {gates:?} {acted:?}");
+    assert!(
+        acted.len() == 1 && last + 2 == acted[0] && before + 2 == last,
+        "the config no longer fails the gate twice in a row before it acts: {gates:?} {acted:?}"
+    );
     check_kill_and_resume("resume-gate", adapt, last);
 }
 
@@ -184,7 +201,11 @@ eval_every = 2"#;
     std::fs::write(&cfg, head(adapt)).expect("write");
     let run = dir.join("run");
     run_to_end(&cfg, &run);
-    let scores: Vec<(u64, f64)> = metrics(&run).into_iter().filter(|r| r.stage == "adapt" && r.set.as_deref() == Some("adapt")).map(|r| (r.step, r.metrics["exact_match"])).collect();
+    let scores: Vec<(u64, f64)> = metrics(&run)
+        .into_iter()
+        .filter(|r| r.stage == "adapt" && r.set.as_deref() == Some("adapt"))
+        .map(|r| (r.step, r.metrics["exact_match"]))
+        .collect();
     // The first evaluation no better than the best before it, with the stage running on.
     let mut best = f64::NEG_INFINITY;
     let mid = scores.iter().find_map(|&(step, score)| {

@@ -91,7 +91,9 @@ fn causal_lm_loss_metrics_and_row_losses_equal_the_direct_ones_with_padding() {
     let logits = logits(1);
     // Row 0 has 3 real tokens: targets 1 and 2 count (target 3 is padding).
     let mask = Tensor::new(&[[1u32, 1, 1, 0, 0], [1, 1, 1, 1, 1]], &Device::Cpu).expect("mask");
-    let out = s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids()), ("attention_mask", &mask)]).expect("compute");
+    let out = s
+        .compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids()), ("attention_mask", &mask)])
+        .expect("compute");
     let direct = direct_next_token(logits.as_tensor(), [[true, true, false, false], [true; 4]], 0.0);
     assert_same("causal_lm", &out, &direct, &logits);
     let acc = metric(&out.metrics, "token_accuracy");
@@ -114,7 +116,8 @@ fn completion_loss_counts_only_completion_tokens_and_reports_exact_match() {
     // Prompt = first 3 tokens: labels -100 there. Row 1's last token is made right, so
     // its exact match hangs on one token.
     let labels = Tensor::new(&[[-100i64, -100, -100, 6, 3], [-100, -100, -100, 1, 2]], &Device::Cpu).expect("labels");
-    let out = s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids()), ("labels", &labels)]).expect("compute");
+    let out =
+        s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids()), ("labels", &labels)]).expect("compute");
     let direct = direct_next_token(logits.as_tensor(), [[false, false, true, true]; 2], 0.0);
     assert_same("completion", &out, &direct, &logits);
     let acc = metric(&out.metrics, "token_accuracy");
@@ -148,10 +151,16 @@ fn classification_head_matches_a_direct_linear_head() {
     // Row 0 is padded after 3 tokens; row 1 is full.
     let mask = Tensor::new(&[[1u32, 1, 1, 0, 0], [1, 1, 1, 1, 1]], &Device::Cpu).expect("mask");
     let labels = Tensor::new(&[2i64, 0], &Device::Cpu).expect("labels");
-    let out = s.compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("attention_mask", &mask), ("class_labels", &labels)]).expect("compute");
+    let out = s
+        .compute(
+            &[("hidden", hidden.as_tensor())],
+            &[("input_ids", &ids()), ("attention_mask", &mask), ("class_labels", &labels)],
+        )
+        .expect("compute");
     let last = |row: usize, pos: usize| hidden.as_tensor().get(row).and_then(|t| t.get(pos)).expect("position");
     let pooled = Tensor::stack(&[last(0, 2), last(1, 4)], 0).expect("pooled");
-    let logits = pooled.matmul(&w.as_tensor().t().expect("t")).and_then(|l| l.broadcast_add(b.as_tensor())).expect("head");
+    let logits =
+        pooled.matmul(&w.as_tensor().t().expect("t")).and_then(|l| l.broadcast_add(b.as_tensor())).expect("head");
     let direct = candle_nn::loss::cross_entropy(&logits, &labels.to_dtype(DType::U32).expect("u32")).expect("ce");
     assert!(max_abs_diff(&out.loss, &direct) <= 1e-6, "loss {} vs {}", out.loss, direct);
     let (gp, gd) = (out.loss.backward().expect("b"), direct.backward().expect("b"));
@@ -170,6 +179,8 @@ fn classification_head_matches_a_direct_linear_head() {
     assert_eq!((acc.sum, acc.count), (right as f64, B as f64));
 
     let bad = Tensor::new(&[5i64, 0], &Device::Cpu).expect("labels");
-    let err = s.compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("class_labels", &bad)]).expect_err("label out of range");
+    let err = s
+        .compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("class_labels", &bad)])
+        .expect_err("label out of range");
     assert!(!err.to_string().contains('\n') && err.to_string().contains("has 5 at row 0"), "{err}");
 }

@@ -73,7 +73,11 @@ fn accumulating_padded_micro_batches_averages_their_gradients_and_ignores_paddin
     let ((w_full, l_full), (w_padded, l_padded)) = (moved(&full), moved(&padded(0)));
     let mut accum = trainer(None);
     let out = accum.train_step_accum(&[full.clone(), padded(0)], 1.0).expect("step");
-    assert!((out.loss - (l_full + l_padded) / 2.0).abs() < 1e-6, "loss {} is not the mean of {l_full} and {l_padded}", out.loss);
+    assert!(
+        (out.loss - (l_full + l_padded) / 2.0).abs() < 1e-6,
+        "loss {} is not the mean of {l_full} and {l_padded}",
+        out.loss
+    );
     for (i, got) in weights(&accum).iter().enumerate() {
         // start - (g_full + g_padded)/2 = (w_full + w_padded)/2
         let want = ((&w_full[i] + &w_padded[i]).expect("add") / 2.0).expect("half");
@@ -106,6 +110,14 @@ fn clipping_scales_the_gradient_to_the_global_norm() {
     assert!(d <= 1e-9, "clipped step differs from the gradient scaled to norm {max} by {d}");
     // And the update really has that norm (up to f32 rounding of the weights).
     let start = weights(&trainer(None));
-    let norm: f64 = weights(&clipped).iter().zip(&start).map(|(a, b)| (a - b).and_then(|d| d.sqr()).and_then(|d| d.sum_all()).and_then(|s| s.to_scalar::<f32>()).expect("norm") as f64).sum::<f64>().sqrt();
+    let norm: f64 = weights(&clipped)
+        .iter()
+        .zip(&start)
+        .map(|(a, b)| {
+            (a - b).and_then(|d| d.sqr()).and_then(|d| d.sum_all()).and_then(|s| s.to_scalar::<f32>()).expect("norm")
+                as f64
+        })
+        .sum::<f64>()
+        .sqrt();
     assert!((norm - max).abs() < 1e-3 * max, "update norm {norm}");
 }

@@ -6,8 +6,8 @@
 //! and the method.
 
 use crate::abi::{
-    CallResult, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerAbi, OptimizerAbi_TO,
-    OptimizerBox, PluginLibRef, StageAbi, StageAbi_TO, StageBox,
+    CallResult, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerAbi, OptimizerAbi_TO, OptimizerBox, PluginLibRef,
+    StageAbi, StageAbi_TO, StageBox,
 };
 use crate::error::{Error, Result};
 use crate::host::Host;
@@ -16,8 +16,8 @@ use crate::optimizer::Optimizer;
 use crate::plugin::Plugin;
 use crate::stage::{Named, Stage};
 use crate::types::{
-    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot,
-    PluginInfo, PluginKind, SiteInfo, StepInfo, TensorHandle,
+    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, PluginInfo, PluginKind,
+    SiteInfo, StepInfo, TensorHandle,
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -108,7 +108,14 @@ impl<M: AdaptationMethod> MethodAbi for MethodAdapter<M> {
             self.inner.init_site(Host::new(host), &info)
         })
     }
-    fn forward(&self, host: HostRef<'_>, site: u32, pre: bool, input: TensorHandle, output: TensorHandle) -> CallResult<TensorHandle> {
+    fn forward(
+        &self,
+        host: HostRef<'_>,
+        site: u32,
+        pre: bool,
+        input: TensorHandle,
+        output: TensorHandle,
+    ) -> CallResult<TensorHandle> {
         guard(M::NAME, if pre { "forward_pre" } else { "forward" }, || {
             let h = Host::new(host);
             let info = self.site(site)?;
@@ -202,7 +209,12 @@ impl<S: Stage> StageAbi for StageAdapter<S> {
             RResult::RErr(_) => RVec::new(),
         }
     }
-    fn compute(&mut self, host: HostRef<'_>, outputs: RSlice<'_, NamedTensor>, batch: RSlice<'_, NamedTensor>) -> CallResult<LossOutput> {
+    fn compute(
+        &mut self,
+        host: HostRef<'_>,
+        outputs: RSlice<'_, NamedTensor>,
+        batch: RSlice<'_, NamedTensor>,
+    ) -> CallResult<LossOutput> {
         guard(S::NAME, "compute", || {
             let h = Host::new(host);
             let out = Named::new(outputs.as_slice(), h, "model output");
@@ -245,7 +257,10 @@ inventory::collect!(BuiltinLibrary);
 
 /// The error for a name the library does not provide.
 pub fn unknown(lib: &str, kind: &str, name: &str, have: &[&str]) -> Error {
-    Error(format!("library `{lib}` has no {kind} named `{name}` (it has: {})", if have.is_empty() { "none".to_string() } else { have.join(", ") }))
+    Error(format!(
+        "library `{lib}` has no {kind} named `{name}` (it has: {})",
+        if have.is_empty() { "none".to_string() } else { have.join(", ") }
+    ))
 }
 
 /// Exports a plugin library: its root module for loading as a `.so`, and a

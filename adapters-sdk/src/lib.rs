@@ -142,14 +142,14 @@ mod version;
 pub use error::{from_abi, to_abi, AbiResult, Error, Result};
 pub use host::{Host, Tensor};
 pub use method::AdaptationMethod;
-pub use targets::{select_linear_sites, select_sites, site_matches, target_matches, validate_pattern};
 pub use optimizer::Optimizer;
 pub use plugin::Plugin;
 pub use stage::{Loss, Named, Stage};
+pub use targets::{select_linear_sites, select_sites, site_matches, target_matches, validate_pattern};
 pub use types::{
-    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport,
-    Metric, ModelInfo, ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo,
-    SiteKind, SiteRole, StepInfo, TensorHandle, UnaryOp,
+    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport, Metric, ModelInfo,
+    ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, SiteRole, StepInfo, TensorHandle,
+    UnaryOp,
 };
 pub use version::{SdkVersion, SDK_VERSION};
 
@@ -167,9 +167,9 @@ pub mod reexports {
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern,
-        AdaptationMethod, Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema,
-        LogLevel, Loss, MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot,
-        Plugin, Result, SiteInfo, SiteKind, SiteRole, Stage, StepInfo, Tensor, TensorHandle,
+        bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern, AdaptationMethod,
+        Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss, MergeSupport, Metric,
+        ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind, SiteRole, Stage,
+        StepInfo, Tensor, TensorHandle,
     };
 }

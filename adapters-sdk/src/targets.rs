@@ -77,7 +77,13 @@ pub fn validate_pattern(pattern: &str) -> Result<()> {
 /// Attaches to every site of one of `kinds` that one of `targets` matches, with
 /// `hooks`. Roles are asked from the host only when a pattern names one. An error
 /// names a pattern that matches no site of those kinds, and lists what there is.
-pub fn select_sites(host: Host<'_>, targets: &[String], sites: &[SiteInfo], kinds: &[SiteKind], hooks: Hooks) -> Result<Vec<Attachment>> {
+pub fn select_sites(
+    host: Host<'_>,
+    targets: &[String],
+    sites: &[SiteInfo],
+    kinds: &[SiteKind],
+    hooks: Hooks,
+) -> Result<Vec<Attachment>> {
     let wants_roles = targets.iter().any(|t| t.starts_with(ROLE_PREFIX));
     let mut used = vec![false; targets.len()];
     let mut out = Vec::new();
@@ -99,7 +105,8 @@ pub fn select_sites(host: Host<'_>, targets: &[String], sites: &[SiteInfo], kind
     }
     if let Some((t, _)) = targets.iter().zip(&used).find(|(_, u)| !**u) {
         let what: Vec<&str> = kinds.iter().filter_map(|k| k.name()).collect();
-        let mut names: BTreeSet<String> = sites.iter().filter(|s| kinds.contains(&s.kind)).map(|s| s.short_name().to_string()).collect();
+        let mut names: BTreeSet<String> =
+            sites.iter().filter(|s| kinds.contains(&s.kind)).map(|s| s.short_name().to_string()).collect();
         if wants_roles {
             for s in sites.iter().filter(|s| kinds.contains(&s.kind)) {
                 names.insert(format!("role:{}", host.site_role(s)?));
@@ -136,8 +143,12 @@ pub fn select_linear_sites(targets: &[String], sites: &[SiteInfo], hooks: Hooks)
         }
     }
     if let Some((t, _)) = targets.iter().zip(&used).find(|(_, u)| !**u) {
-        let examples: BTreeSet<&str> = sites.iter().filter(|s| s.kind == SiteKind::LINEAR).map(|s| s.short_name()).collect();
-        bail!("target pattern `{t}` matches no linear site (linear sites end in: {})", examples.into_iter().collect::<Vec<_>>().join(", "));
+        let examples: BTreeSet<&str> =
+            sites.iter().filter(|s| s.kind == SiteKind::LINEAR).map(|s| s.short_name()).collect();
+        bail!(
+            "target pattern `{t}` matches no linear site (linear sites end in: {})",
+            examples.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(out)
 }
@@ -192,14 +203,21 @@ mod tests {
 
     #[test]
     fn role_patterns_match_by_role_only() {
-        let site = SiteInfo { name: "encoder.layer.0.output.dense".into(), kind: SiteKind::LINEAR, dims: vec![8, 4].into(), layer: Some(0).into(), has_bias: true };
+        let site = SiteInfo {
+            name: "encoder.layer.0.output.dense".into(),
+            kind: SiteKind::LINEAR,
+            dims: vec![8, 4].into(),
+            layer: Some(0).into(),
+            has_bias: true,
+        };
         assert!(target_matches("role:mlp_down", &site, SiteRole::MLP_DOWN));
         assert!(!target_matches("role:attn_o", &site, SiteRole::MLP_DOWN));
         assert!(target_matches("output.dense", &site, SiteRole::MLP_DOWN));
         assert!(!site_matches("role:mlp_down", "encoder.layer.0.output.dense"));
         let e = validate_pattern("role:down").err().map(|e| e.0).unwrap_or_default();
         assert!(e.contains("names no site role") && e.contains("mlp_down"), "{e}");
-        let e = select_linear_sites(&["role:attn_q".into()], &[site], Hooks::POST).err().map(|e| e.0).unwrap_or_default();
+        let e =
+            select_linear_sites(&["role:attn_q".into()], &[site], Hooks::POST).err().map(|e| e.0).unwrap_or_default();
         assert!(e.contains("select_sites"), "{e}");
     }
 }

@@ -150,7 +150,9 @@ impl Workload {
     /// The LoRA adapter's config for this workload.
     fn lora_config(self) -> &'static str {
         match self {
-            Workload::W1b => r#"{"targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "r": 16, "alpha": 32}"#,
+            Workload::W1b => {
+                r#"{"targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "r": 16, "alpha": 32}"#
+            }
             _ => r#"{"targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16}"#,
         }
     }
@@ -160,7 +162,12 @@ impl Workload {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -196,7 +203,8 @@ pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
     let opt = registry.new_optimizer("adamw", r#"{"lr": 0.0001, "weight_decay": 0.0}"#, &state)?;
     let mut trainer = Trainer::new(state, Box::new(model), adapters, stage, opt)?;
     let trainable: usize = trainer.params.iter().map(|p| p.var.elem_count()).sum();
-    let adapter_params: usize = trainer.adapters.methods().iter().flat_map(|m| m.params()).map(|p| p.var.elem_count()).sum();
+    let adapter_params: usize =
+        trainer.adapters.methods().iter().flat_map(|m| m.params()).map(|p| p.var.elem_count()).sum();
     let params = trainer.model.weights().iter().map(|(_, w)| w.var().elem_count()).sum::<usize>() + adapter_params;
 
     let mut rng = Rng::new(0);

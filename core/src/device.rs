@@ -35,7 +35,12 @@ pub fn resolve_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| Error::msg(format!("device `{spec}`: cannot open the GPU ({}); check the NVIDIA driver and `nvidia-smi`", first_line(&e.to_string()))))
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::msg(format!(
+            "device `{spec}`: cannot open the GPU ({}); check the NVIDIA driver and `nvidia-smi`",
+            first_line(&e.to_string())
+        ))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -119,7 +124,9 @@ impl Precision {
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Precision::Fp32 => a.broadcast_matmul(b),
-            Precision::Bf16 => a.to_dtype(DType::BF16)?.broadcast_matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(DType::F32),
+            Precision::Bf16 => {
+                a.to_dtype(DType::BF16)?.broadcast_matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)
+            }
         }
     }
 }

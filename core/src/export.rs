@@ -58,7 +58,11 @@ fn lineage(opened: &OpenedStage, run_dir: &Path, base_sha256: &str) -> Lineage {
 /// The Hugging Face directory the stage's model was loaded from, if any: a stage's
 /// `from`, or the pipeline's `[model] from`.
 fn model_source(opened: &OpenedStage) -> Option<PathBuf> {
-    opened.result.model_dir.clone().or_else(|| opened.config.model.from.as_ref().map(|f| opened.config.base_dir().join(f)))
+    opened
+        .result
+        .model_dir
+        .clone()
+        .or_else(|| opened.config.model.from.as_ref().map(|f| opened.config.base_dir().join(f)))
 }
 
 /// sha256 of a model directory's weights file, or a note saying there is none.
@@ -72,7 +76,8 @@ fn weights_sha256(dir: Option<&Path>) -> String {
 /// Whether the model's base weights are exactly those stored in `dir`.
 fn same_as_dir(model: &dyn Model, dir: &Path) -> Result<bool> {
     let Ok(stored) = crate::model::load_model(dir, &Device::Cpu) else { return Ok(false) };
-    let stored: BTreeMap<String, Vec<u32>> = stored.weights().into_iter().map(|(n, w)| Ok((n, bits(w.var().as_tensor())?))).collect::<Result<_>>()?;
+    let stored: BTreeMap<String, Vec<u32>> =
+        stored.weights().into_iter().map(|(n, w)| Ok((n, bits(w.var().as_tensor())?))).collect::<Result<_>>()?;
     for (n, w) in model.weights() {
         if stored.get(&n) != Some(&bits(w.var().as_tensor())?) {
             return Ok(false);
@@ -91,7 +96,10 @@ fn bits(t: &candle_core::Tensor) -> Result<Vec<u32>> {
 pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let methods = opened.adapters.methods();
     if methods.is_empty() {
-        return Err(Error::msg(format!("stage `{}` has no adapters to export as PEFT (it trained the base weights): use --format merged", opened.stage)));
+        return Err(Error::msg(format!(
+            "stage `{}` has no adapters to export as PEFT (it trained the base weights): use --format merged",
+            opened.stage
+        )));
     }
     let model = opened.model.as_ref();
     let source = model_source(opened);
@@ -109,8 +117,15 @@ pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<V
     let sha = weights_sha256(Some(&base));
     for (k, (m, record)) in methods.iter().zip(&opened.result.adapters).enumerate() {
         let dir = if methods.len() == 1 { out.to_path_buf() } else { out.join(format!("{k}-{}", m.core.plugin)) };
-        let config: serde_json::Value = serde_json::from_str(&record.config).map_err(|e| Error::msg(format!("adapter `{}`: recorded config is not JSON: {e}", record.plugin)))?;
-        write_peft(&dir, &ExportedAdapter { method: m, config: &config }, model, &base.display().to_string(), &lineage(opened, run_dir, &sha))?;
+        let config: serde_json::Value = serde_json::from_str(&record.config)
+            .map_err(|e| Error::msg(format!("adapter `{}`: recorded config is not JSON: {e}", record.plugin)))?;
+        write_peft(
+            &dir,
+            &ExportedAdapter { method: m, config: &config },
+            model,
+            &base.display().to_string(),
+            &lineage(opened, run_dir, &sha),
+        )?;
         written.push(dir);
     }
     Ok(written)
@@ -121,6 +136,8 @@ pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<V
 pub fn export_merged(opened: &mut OpenedStage, run_dir: &Path, out: &Path) -> Result<()> {
     let source = model_source(opened);
     let meta = lineage(opened, run_dir, &weights_sha256(source.as_deref())).entries;
-    merge_into_base(opened.model.as_ref(), &mut opened.adapters).map_err(|e| Error::msg(format!("stage `{}` cannot be exported merged: {e}; export it with --format peft", opened.stage)))?;
+    merge_into_base(opened.model.as_ref(), &mut opened.adapters).map_err(|e| {
+        Error::msg(format!("stage `{}` cannot be exported merged: {e}; export it with --format peft", opened.stage))
+    })?;
     save_model_dir(opened.model.as_ref(), &opened.tokenizer, source.as_deref(), out, &meta)
 }

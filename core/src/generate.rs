@@ -29,12 +29,14 @@ impl Default for Sampling {
 
 /// Picks a token id from one row of logits.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
-    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+    let argmax =
+        || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
     if s.temperature <= 0.0 {
         return argmax();
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) / s.temperature).exp())).collect();
+    let mut probs: Vec<(usize, f64)> =
+        logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) / s.temperature).exp())).collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= total);
     probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -60,7 +62,15 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
 }
 
 /// Extends `prompt` by up to `max_tokens` tokens, stopping after `eos`.
-pub fn generate(model: &dyn Model, adapters: &Adapters, prompt: &[u32], max_tokens: usize, sampling: &Sampling, eos: Option<u32>, device: &Device) -> Result<Vec<u32>> {
+pub fn generate(
+    model: &dyn Model,
+    adapters: &Adapters,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    device: &Device,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::msg("the prompt is empty"));
     }

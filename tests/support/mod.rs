@@ -94,7 +94,11 @@ fn newest(dir: &Path) -> std::time::SystemTime {
     let mut t = std::time::UNIX_EPOCH;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
-        let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH) };
+        let m = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH)
+        };
         t = t.max(m);
     }
     t
@@ -105,7 +109,11 @@ fn newest(dir: &Path) -> std::time::SystemTime {
 /// so each compat plugin is built once per change, not once per binary.
 fn build_compat(crate_dir: &str, features: &[&str], built: &str, keep: &Path, sources: &[&str]) -> PathBuf {
     let compat = root().join("tests/compat");
-    let fresh = keep.metadata().and_then(|m| m.modified()).ok().is_some_and(|k| sources.iter().chain([&crate_dir]).all(|s| newest(&compat.join(s)) < k));
+    let fresh = keep
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .is_some_and(|k| sources.iter().chain([&crate_dir]).all(|s| newest(&compat.join(s)) < k));
     if fresh {
         return keep.to_path_buf();
     }
@@ -133,12 +141,48 @@ pub fn compat() -> &'static Compat {
         std::fs::create_dir_all(&keep).expect("mkdir");
         let live = ["../../adapters-sdk/src"];
         Compat {
-            old_mismatch: build_compat("plugin-old", &["mismatch"], "libcompat_plugin_old.so", &keep.join("libcompat_old_mismatch.so"), &["sdk-1.0-prefix"]),
-            old: build_compat("plugin-old", &[], "libcompat_plugin_old.so", &keep.join("libcompat_old.so"), &["sdk-1.0-prefix"]),
-            next: build_compat("plugin-next", &[], "libcompat_plugin_next.so", &keep.join("libcompat_next.so"), &["sdk-1.2-next"]),
-            faulty: build_compat("plugin-faulty", &[], "libcompat_plugin_faulty.so", &keep.join("libcompat_faulty.so"), &live),
-            not_a_plugin: build_compat("not-a-plugin", &[], "libcompat_not_a_plugin.so", &keep.join("libcompat_not_a_plugin.so"), &[]),
-            major: build_compat("plugin-old", &["major2"], "libcompat_plugin_old.so", &keep.join("libcompat_major.so"), &["sdk-1.0-prefix"]),
+            old_mismatch: build_compat(
+                "plugin-old",
+                &["mismatch"],
+                "libcompat_plugin_old.so",
+                &keep.join("libcompat_old_mismatch.so"),
+                &["sdk-1.0-prefix"],
+            ),
+            old: build_compat(
+                "plugin-old",
+                &[],
+                "libcompat_plugin_old.so",
+                &keep.join("libcompat_old.so"),
+                &["sdk-1.0-prefix"],
+            ),
+            next: build_compat(
+                "plugin-next",
+                &[],
+                "libcompat_plugin_next.so",
+                &keep.join("libcompat_next.so"),
+                &["sdk-1.2-next"],
+            ),
+            faulty: build_compat(
+                "plugin-faulty",
+                &[],
+                "libcompat_plugin_faulty.so",
+                &keep.join("libcompat_faulty.so"),
+                &live,
+            ),
+            not_a_plugin: build_compat(
+                "not-a-plugin",
+                &[],
+                "libcompat_not_a_plugin.so",
+                &keep.join("libcompat_not_a_plugin.so"),
+                &[],
+            ),
+            major: build_compat(
+                "plugin-old",
+                &["major2"],
+                "libcompat_plugin_old.so",
+                &keep.join("libcompat_major.so"),
+                &["sdk-1.0-prefix"],
+            ),
         }
     })
 }
@@ -180,17 +224,33 @@ pub fn one_line(e: &impl std::fmt::Display) -> String {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let f = |t: &Tensor| t.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("to f32 on the cpu");
-    (f(a) - f(b)).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("max abs diff")
+    (f(a) - f(b))
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max abs diff")
 }
 
 /// The largest absolute value of a tensor.
 pub fn max_abs(t: &Tensor) -> f32 {
-    t.to_dtype(DType::F32).and_then(|t| t.abs()).and_then(|t| t.flatten_all()).and_then(|t| t.max(0)).and_then(|t| t.to_scalar::<f32>()).expect("max abs")
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.abs())
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.max(0))
+        .and_then(|t| t.to_scalar::<f32>())
+        .expect("max abs")
 }
 
 /// The bit patterns of a float tensor (as f32), for exact comparisons.
 pub fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).expect("to f32").into_iter().map(f32::to_bits).collect()
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("to f32")
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
 }
 
 /// Normal(0, `std`) values from the host's seeded generator.
@@ -245,7 +305,9 @@ pub fn resume_pipeline(run: &Path) -> RunSummary {
 
 /// The tensors of a checkpoint of a run (`checkpoints/<name>`).
 pub fn checkpoint_tensors(run: &Path, name: &str) -> BTreeMap<String, Tensor> {
-    checkpoint::load(&run.join("checkpoints").join(name), &Device::Cpu).unwrap_or_else(|e| panic!("checkpoint {name}: {e}")).tensors
+    checkpoint::load(&run.join("checkpoints").join(name), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("checkpoint {name}: {e}"))
+        .tensors
 }
 
 /// A run's metrics rows.
@@ -255,7 +317,11 @@ pub fn metrics(run: &Path) -> Vec<MetricRow> {
 
 /// A run's events as `(stage, step, kind)`.
 pub fn events(run: &Path) -> Vec<(String, u64, String)> {
-    EventLog::read(&run.join("events.jsonl")).expect("events.jsonl").into_iter().map(|e| (e.stage, e.step, e.kind)).collect()
+    EventLog::read(&run.join("events.jsonl"))
+        .expect("events.jsonl")
+        .into_iter()
+        .map(|e| (e.stage, e.step, e.kind))
+        .collect()
 }
 
 /// The bit patterns of every tensor of a checkpoint, for exact comparisons.

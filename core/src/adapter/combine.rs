@@ -112,7 +112,13 @@ fn combine_site(bs: &[Mat], as_: &[Mat], how: Combine) -> (Mat, Mat) {
 
 /// Combines `inputs` (every one a plain `lora` adapter, no DoRA) into one `lora`
 /// instance, created with `registry` on `state` and attached to `model`'s sites.
-pub fn combine_lora(inputs: &[LoraInput<'_>], how: Combine, registry: &Registry, state: &Rc<HostState>, model: &dyn Model) -> Result<CombinedLora> {
+pub fn combine_lora(
+    inputs: &[LoraInput<'_>],
+    how: Combine,
+    registry: &Registry,
+    state: &Rc<HostState>,
+    model: &dyn Model,
+) -> Result<CombinedLora> {
     if let Combine::Svd { rank: 0 } = how {
         return Err(Error::msg("the combined rank must be > 0"));
     }
@@ -124,13 +130,21 @@ pub fn combine_lora(inputs: &[LoraInput<'_>], how: Combine, registry: &Registry,
             return Err(Error::msg(format!("adapter {} is `{}`: only LoRA adapters combine", n + 1, m.core.plugin)));
         }
         if input.config.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(Error::msg(format!("adapter {} is DoRA: its magnitudes do not add up, so it cannot be combined", n + 1)));
+            return Err(Error::msg(format!(
+                "adapter {} is DoRA: its magnitudes do not add up, so it cannot be combined",
+                n + 1
+            )));
         }
-        let params: BTreeMap<String, Tensor> = m.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
+        let params: BTreeMap<String, Tensor> =
+            m.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
         for att in m.attachments() {
             let site = att.site as usize;
             let name = &model.sites().infos()[site].name;
-            let get = |k: &str| params.get(&format!("{name}.{k}")).ok_or_else(|| Error::msg(format!("adapter {} has no `{name}.{k}`", n + 1)));
+            let get = |k: &str| {
+                params
+                    .get(&format!("{name}.{k}"))
+                    .ok_or_else(|| Error::msg(format!("adapter {} has no `{name}.{k}`", n + 1)))
+            };
             let a = to_mat(get("lora_A.weight")?)?;
             let mut b = to_mat(get("lora_B.weight")?)?;
             let factor = input.weight * site_scaling(input.config, model, site, a.rows);
@@ -141,7 +155,8 @@ pub fn combine_lora(inputs: &[LoraInput<'_>], how: Combine, registry: &Registry,
         }
     }
     let infos = model.sites().infos();
-    let combined: BTreeMap<usize, (Mat, Mat)> = per_site.iter().map(|(&site, (bs, as_))| (site, combine_site(bs, as_, how))).collect();
+    let combined: BTreeMap<usize, (Mat, Mat)> =
+        per_site.iter().map(|(&site, (bs, as_))| (site, combine_site(bs, as_, how))).collect();
     let ranks: BTreeMap<usize, usize> = combined.iter().map(|(&s, (_, a))| (s, a.rows)).collect();
     let r = ranks.values().copied().max().ok_or_else(|| Error::msg("the adapters attach to no site"))?;
     let mut pattern = Map::new();
@@ -149,14 +164,18 @@ pub fn combine_lora(inputs: &[LoraInput<'_>], how: Combine, registry: &Registry,
         pattern.insert(infos[s].name.to_string(), json!(rs));
     }
     let targets: Vec<String> = combined.keys().map(|&s| infos[s].name.to_string()).collect();
-    let config = json!({ "targets": targets, "r": r, "alpha": r as f64, "rank_pattern": pattern, "alpha_pattern": pattern });
+    let config =
+        json!({ "targets": targets, "r": r, "alpha": r as f64, "rank_pattern": pattern, "alpha_pattern": pattern });
     let mut scratch = Adapters::none(model.sites().len());
     let k = scratch.attach(registry.new_method("lora", &config.to_string(), state)?, model.sites())?;
-    let params: BTreeMap<String, candle_core::Var> = scratch.methods()[k].params().into_iter().map(|p| (p.name, p.var)).collect();
+    let params: BTreeMap<String, candle_core::Var> =
+        scratch.methods()[k].params().into_iter().map(|p| (p.name, p.var)).collect();
     for (&s, (b, a)) in &combined {
         let name = &infos[s].name;
         for (suffix, m) in [("lora_A.weight", a), ("lora_B.weight", b)] {
-            let var = params.get(&format!("{name}.{suffix}")).ok_or_else(|| Error::msg(format!("combined lora has no `{name}.{suffix}`")))?;
+            let var = params
+                .get(&format!("{name}.{suffix}"))
+                .ok_or_else(|| Error::msg(format!("combined lora has no `{name}.{suffix}`")))?;
             var.set(&to_tensor(m, &state.device)?)?;
         }
     }

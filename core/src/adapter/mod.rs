@@ -8,4 +8,7 @@ mod peft;
 
 pub use combine::{combine_lora, Combine, CombinedLora, LoraInput};
 pub use merge::merge_into_base;
-pub use peft::{load_peft, peft_to_plugin, plugin_config_of, write_peft, write_safetensors, ExportedAdapter, Lineage, PeftAdapter, PeftType, PEFT_KEY_PREFIX};
+pub use peft::{
+    load_peft, peft_to_plugin, plugin_config_of, write_peft, write_safetensors, ExportedAdapter, Lineage, PeftAdapter,
+    PeftType, PEFT_KEY_PREFIX,
+};

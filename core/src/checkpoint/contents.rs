@@ -44,23 +44,10 @@ pub(crate) mod fixtures {
     pub fn sample(step: u64) -> Result<Checkpoint> {
         let dev = Device::Cpu;
         let mut tensors = BTreeMap::new();
-        let f = vec![
-            1.5f32,
-            -0.0,
-            f32::NAN,
-            f32::INFINITY,
-            1e-45,
-            std::f32::consts::PI,
-        ];
+        let f = vec![1.5f32, -0.0, f32::NAN, f32::INFINITY, 1e-45, std::f32::consts::PI];
         tensors.insert("model.w".to_string(), Tensor::from_vec(f, (2, 3), &dev)?);
-        tensors.insert(
-            "data.cursor".to_string(),
-            Tensor::new(&[i64::MIN, -1, step as i64], &dev)?,
-        );
-        tensors.insert(
-            "rng.words".to_string(),
-            Tensor::new(&[u32::MAX, 0, 7], &dev)?,
-        );
+        tensors.insert("data.cursor".to_string(), Tensor::new(&[i64::MIN, -1, step as i64], &dev)?);
+        tensors.insert("rng.words".to_string(), Tensor::new(&[u32::MAX, 0, 7], &dev)?);
         let h = Tensor::new(&[0.1f32, 3.0], &dev)?.to_dtype(candle_core::DType::BF16)?;
         tensors.insert("optim.m".to_string(), h);
         let meta = serde_json::json!({

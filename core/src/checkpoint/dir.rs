@@ -51,9 +51,7 @@ fn scan(dir: &Path) -> Result<(Ordered, Unordered)> {
         if name.starts_with('.') || !path.is_dir() {
             continue;
         }
-        let seq = std::fs::read(path.join(MANIFEST_FILE))
-            .ok()
-            .and_then(|b| Manifest::peek_seq(&b));
+        let seq = std::fs::read(path.join(MANIFEST_FILE)).ok().and_then(|b| Manifest::peek_seq(&b));
         match seq {
             Some(seq) => ordered.push((seq, name, path)),
             None => unordered.push((name, path)),
@@ -73,10 +71,7 @@ pub(crate) fn list_seq(dir: &Path) -> Result<Ordered> {
 /// in their manifests (not by file times). Directories without a readable manifest are
 /// left out (see [`load_latest_good`], which reports them); a missing `dir` is empty.
 pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    Ok(list_seq(dir)?
-        .into_iter()
-        .map(|(_, name, path)| (name, path))
-        .collect())
+    Ok(list_seq(dir)?.into_iter().map(|(_, name, path)| (name, path)).collect())
 }
 
 /// The newest checkpoint in `dir` whose name starts with `prefix` (all when `None`)
@@ -171,21 +166,14 @@ mod tests {
         save(d, "other-step400", &sample(400)?)?;
         let file = newest.join(TENSORS_FILE);
         let len = std::fs::metadata(&file)?.len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&file)?
-            .set_len(len - 3)?;
+        std::fs::OpenOptions::new().write(true).open(&file)?.set_len(len - 3)?;
 
-        let (path, ckpt, skipped) =
-            load_latest_good(d, Some("s0-"), &Device::Cpu)?.expect("a good checkpoint");
+        let (path, ckpt, skipped) = load_latest_good(d, Some("s0-"), &Device::Cpu)?.expect("a good checkpoint");
         assert_eq!(path, d.join("s0-step200"));
         assert_eq!(ckpt.meta["step"], 200);
         assert_eq!(skipped.len(), 1);
         let msg = skipped[0].to_string();
-        assert!(
-            msg.starts_with(&format!("{}: truncated", file.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("{}: truncated", file.display())), "{msg}");
 
         let (path, _, skipped) = load_latest_good(d, None, &Device::Cpu)?.expect("any");
         assert_eq!((path, skipped.len()), (d.join("other-step400"), 0));

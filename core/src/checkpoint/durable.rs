@@ -20,10 +20,7 @@ use crate::{Error, Result};
 
 /// Wraps an I/O error with the path it concerns.
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 /// Creates (or truncates) `path`, writes `data` and fsyncs the file.
@@ -35,10 +32,7 @@ pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Fsyncs a file that was written by someone else (e.g. a library writing to a path).
 pub fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .map_err(io(path))?
-        .sync_all()
-        .map_err(io(path))
+    File::open(path).map_err(io(path))?.sync_all().map_err(io(path))
 }
 
 /// Fsyncs a directory so that the entries created, renamed or removed in it are
@@ -46,10 +40,7 @@ pub fn sync_file(path: &Path) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir)
-            .map_err(io(dir))?
-            .sync_all()
-            .map_err(io(dir))?;
+        File::open(dir).map_err(io(dir))?.sync_all().map_err(io(dir))?;
     }
     #[cfg(not(unix))]
     let _ = dir;

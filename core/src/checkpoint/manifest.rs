@@ -43,25 +43,16 @@ pub struct FileEntry {
 impl FileEntry {
     /// The entry describing `data`.
     pub fn of_bytes(data: &[u8]) -> Self {
-        FileEntry {
-            bytes: data.len() as u64,
-            sha256: sha256_hex(data),
-        }
+        FileEntry { bytes: data.len() as u64, sha256: sha256_hex(data) }
     }
 
     /// The entry describing the file at `path`, hashed as it streams from disk.
     pub fn of_file(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
         let mut f = std::fs::File::open(path).map_err(io)?;
         let mut hasher = Sha256::new();
         let bytes = std::io::copy(&mut f, &mut hasher).map_err(io)?;
-        Ok(FileEntry {
-            bytes,
-            sha256: hex(&hasher.finalize()),
-        })
+        Ok(FileEntry { bytes, sha256: hex(&hasher.finalize()) })
     }
 }
 
@@ -86,31 +77,22 @@ pub struct Manifest {
 impl Manifest {
     /// An empty manifest for checkpoint `name` with sequence number `seq`.
     pub fn new(name: &str, seq: u64) -> Self {
-        Manifest {
-            format: FORMAT_VERSION,
-            name: name.to_string(),
-            seq,
-            files: BTreeMap::new(),
-            sha256: String::new(),
-        }
+        Manifest { format: FORMAT_VERSION, name: name.to_string(), seq, files: BTreeMap::new(), sha256: String::new() }
     }
 
     /// The SHA-256 of the canonical serialization (with an empty `sha256`).
     fn digest(&self) -> Result<String> {
-        let unsealed = Manifest {
-            sha256: String::new(),
-            ..self.clone()
-        };
-        let bytes = serde_json::to_vec(&unsealed)
-            .map_err(|e| Error::msg(format!("manifest: cannot serialize: {e}")))?;
+        let unsealed = Manifest { sha256: String::new(), ..self.clone() };
+        let bytes =
+            serde_json::to_vec(&unsealed).map_err(|e| Error::msg(format!("manifest: cannot serialize: {e}")))?;
         Ok(sha256_hex(&bytes))
     }
 
     /// Fills in `sha256` and returns the bytes to write (pretty JSON, final newline).
     pub fn seal(&mut self) -> Result<Vec<u8>> {
         self.sha256 = self.digest()?;
-        let mut bytes = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::msg(format!("manifest: cannot serialize: {e}")))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::msg(format!("manifest: cannot serialize: {e}")))?;
         bytes.push(b'\n');
         Ok(bytes)
     }
@@ -127,10 +109,7 @@ impl Manifest {
         if m.format != FORMAT_VERSION {
             return Err(Error::file(
                 path,
-                format!(
-                    "unsupported checkpoint format {} (expected {FORMAT_VERSION})",
-                    m.format
-                ),
+                format!("unsupported checkpoint format {} (expected {FORMAT_VERSION})", m.format),
             ));
         }
         if m.sha256 != m.digest()? {
@@ -175,10 +154,7 @@ mod tests {
 
     #[test]
     fn sha256_of_abc_matches_the_standard_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -191,9 +167,7 @@ mod tests {
 
     #[test]
     fn edited_manifest_fails_its_checksum() {
-        let text = String::from_utf8(sealed())
-            .expect("utf8")
-            .replace("\"seq\": 7", "\"seq\": 8");
+        let text = String::from_utf8(sealed()).expect("utf8").replace("\"seq\": 7", "\"seq\": 8");
         let err = Manifest::parse(Path::new("m.json"), text.as_bytes()).expect_err("edited");
         assert_eq!(err.to_string(), "m.json: checksum mismatch (manifest)");
     }

@@ -28,14 +28,11 @@ use crate::{Error, Result};
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let (_, mut files) = read_verified(path)?;
     let mut take = |name: &str| {
-        files
-            .remove(name)
-            .ok_or_else(|| Error::file(path.join(MANIFEST_FILE), format!("does not list {name}")))
+        files.remove(name).ok_or_else(|| Error::file(path.join(MANIFEST_FILE), format!("does not list {name}")))
     };
     let (meta_bytes, tensor_bytes) = (take(META_FILE)?, take(TENSORS_FILE)?);
     let meta_path = path.join(META_FILE);
-    let meta = serde_json::from_slice(&meta_bytes)
-        .map_err(|e| Error::file(&meta_path, format!("malformed ({e})")))?;
+    let meta = serde_json::from_slice(&meta_bytes).map_err(|e| Error::file(&meta_path, format!("malformed ({e})")))?;
     let tensors_path = path.join(TENSORS_FILE);
     let tensors = candle_core::safetensors::load_buffer(&tensor_bytes, device)
         .map_err(|e| Error::file(&tensors_path, format!("cannot load tensors ({e})")))?
@@ -54,36 +51,24 @@ pub fn verify(path: &Path) -> Result<Manifest> {
 fn read_verified(path: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
     let manifest_path = path.join(MANIFEST_FILE);
     if !manifest_path.exists() {
-        return Err(Error::file(
-            &manifest_path,
-            "missing (not a checkpoint, or an unfinished one)",
-        ));
+        return Err(Error::file(&manifest_path, "missing (not a checkpoint, or an unfinished one)"));
     }
     let manifest = Manifest::parse(&manifest_path, &durable::read(&manifest_path)?)?;
     for required in [TENSORS_FILE, META_FILE] {
         if !manifest.files.contains_key(required) {
-            return Err(Error::file(
-                &manifest_path,
-                format!("does not list {required}"),
-            ));
+            return Err(Error::file(&manifest_path, format!("does not list {required}")));
         }
     }
     let mut files = BTreeMap::new();
     for (file_name, entry) in &manifest.files {
         if file_name.is_empty() || file_name.starts_with('.') || file_name.contains(['/', '\\']) {
-            return Err(Error::file(
-                &manifest_path,
-                format!("lists a bad file name `{file_name}`"),
-            ));
+            return Err(Error::file(&manifest_path, format!("lists a bad file name `{file_name}`")));
         }
         let file_path = path.join(file_name);
         let bytes = durable::read(&file_path)?;
         let len = bytes.len() as u64;
         if len < entry.bytes {
-            return Err(Error::file(
-                &file_path,
-                format!("truncated ({len} of {} bytes)", entry.bytes),
-            ));
+            return Err(Error::file(&file_path, format!("truncated ({len} of {} bytes)", entry.bytes)));
         }
         if len != entry.bytes {
             let msg = format!("checksum mismatch ({len} bytes, expected {})", entry.bytes);
@@ -108,11 +93,7 @@ mod tests {
     fn bits(t: &Tensor) -> anyhow::Result<Vec<u64>> {
         let t = t.flatten_all()?;
         Ok(match t.dtype() {
-            DType::F32 => t
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|x| x.to_bits() as u64)
-                .collect(),
+            DType::F32 => t.to_vec1::<f32>()?.iter().map(|x| x.to_bits() as u64).collect(),
             // bf16 → f32 is exact and keeps NaN payloads.
             DType::BF16 => bits(&t.to_dtype(DType::F32)?)?,
             DType::I64 => t.to_vec1::<i64>()?.iter().map(|&x| x as u64).collect(),
@@ -129,10 +110,7 @@ mod tests {
         let back = load(&path, &Device::Cpu)?;
         assert_eq!(back.meta, ckpt.meta);
         assert_eq!(back.meta["rng"].as_u64(), Some(u64::MAX - 600));
-        assert_eq!(
-            back.tensors.keys().collect::<Vec<_>>(),
-            ckpt.tensors.keys().collect::<Vec<_>>()
-        );
+        assert_eq!(back.tensors.keys().collect::<Vec<_>>(), ckpt.tensors.keys().collect::<Vec<_>>());
         for (name, t) in &ckpt.tensors {
             let b = &back.tensors[name];
             assert_eq!((b.dtype(), b.dims()), (t.dtype(), t.dims()), "{name}");
@@ -151,10 +129,7 @@ mod tests {
         bytes[last] ^= 0x01;
         std::fs::write(&file, &bytes)?;
         let err = load(&path, &Device::Cpu).expect_err("corrupt");
-        assert_eq!(
-            err.to_string(),
-            format!("{}: checksum mismatch", file.display())
-        );
+        assert_eq!(err.to_string(), format!("{}: checksum mismatch", file.display()));
         Ok(())
     }
 
@@ -168,10 +143,7 @@ mod tests {
             std::fs::write(&file, &bytes[..bytes.len() / 2])?;
             let err = load(&path, &Device::Cpu).expect_err("truncated");
             let msg = err.to_string();
-            assert!(
-                msg.starts_with(&format!("{}: truncated", file.display())),
-                "{msg}"
-            );
+            assert!(msg.starts_with(&format!("{}: truncated", file.display())), "{msg}");
             assert_eq!(msg.lines().count(), 1);
             std::fs::write(&file, &bytes)?;
         }

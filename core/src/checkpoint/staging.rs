@@ -51,9 +51,7 @@ pub fn parse_hidden(file_name: &str) -> Option<(String, Stage, u32)> {
     let (head, pid) = rest.rsplit_once('-')?;
     let pid = pid.parse().ok()?;
     let (name, tag) = head.rsplit_once('.')?;
-    let stage = [Stage::Tmp, Stage::Old, Stage::Del]
-        .into_iter()
-        .find(|s| s.tag() == tag)?;
+    let stage = [Stage::Tmp, Stage::Old, Stage::Del].into_iter().find(|s| s.tag() == tag)?;
     (!name.is_empty()).then(|| (name.to_string(), stage, pid))
 }
 
@@ -108,9 +106,7 @@ pub fn recover(dir: &Path) -> Result<Vec<String>> {
         let target = dir.join(&name);
         if stage == Stage::Old && !target.exists() {
             durable::rename(&from, &target)?;
-            actions.push(format!(
-                "restored checkpoint {name} from interrupted save {file_name}"
-            ));
+            actions.push(format!("restored checkpoint {name} from interrupted save {file_name}"));
         } else {
             durable::remove_dir_all(&from)?;
             actions.push(format!("removed leftover {file_name}"));

@@ -62,26 +62,19 @@ fn write_files(tmp: &Path, name: &str, seq: u64, ckpt: &Checkpoint) -> Result<()
     let mut manifest = Manifest::new(name, seq);
 
     let tensors_path = tmp.join(TENSORS_FILE);
-    let tensors: HashMap<&str, candle_core::Tensor> = ckpt
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.clone()))
-        .collect();
+    let tensors: HashMap<&str, candle_core::Tensor> =
+        ckpt.tensors.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
     candle_core::safetensors::save(&tensors, &tensors_path)
         .map_err(|e| Error::file(&tensors_path, format!("cannot write tensors: {e}")))?;
     durable::sync_file(&tensors_path)?;
-    manifest
-        .files
-        .insert(TENSORS_FILE.into(), FileEntry::of_file(&tensors_path)?);
+    manifest.files.insert(TENSORS_FILE.into(), FileEntry::of_file(&tensors_path)?);
 
     let meta_path = tmp.join(META_FILE);
     let mut meta = serde_json::to_vec_pretty(&ckpt.meta)
         .map_err(|e| Error::file(&meta_path, format!("cannot serialize meta: {e}")))?;
     meta.push(b'\n');
     durable::write_synced(&meta_path, &meta)?;
-    manifest
-        .files
-        .insert(META_FILE.into(), FileEntry::of_bytes(&meta));
+    manifest.files.insert(META_FILE.into(), FileEntry::of_bytes(&meta));
 
     durable::write_synced(&tmp.join(MANIFEST_FILE), &manifest.seal()?)?;
     durable::sync_dir(tmp)

@@ -28,7 +28,15 @@ pub struct BenchArgs {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let registry = super::registry()?;
-    let opts = BenchOptions { workload: args.workload, mode: args.mode, steps: args.steps, warmup: 2, device: resolve_device(&args.device)?, precision: args.precision, batch: args.batch };
+    let opts = BenchOptions {
+        workload: args.workload,
+        mode: args.mode,
+        steps: args.steps,
+        warmup: 2,
+        device: resolve_device(&args.device)?,
+        precision: args.precision,
+        batch: args.batch,
+    };
     let report = run(&registry, &opts)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

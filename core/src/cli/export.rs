@@ -3,7 +3,10 @@
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::Args;
-use stagecraft_core::adapter::{combine_lora, load_peft, merge_into_base, plugin_config_of, write_peft, Combine, ExportedAdapter, Lineage, LoraInput};
+use stagecraft_core::adapter::{
+    combine_lora, load_peft, merge_into_base, plugin_config_of, write_peft, Combine, ExportedAdapter, Lineage,
+    LoraInput,
+};
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::export::{export_merged, export_peft, ExportFormat};
 use stagecraft_core::model::hf::save_model_dir;
@@ -86,7 +89,10 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     }
     let mut meta = BTreeMap::new();
     meta.insert("stagecraft_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
-    meta.insert("merged_adapters".to_string(), args.adapters.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    meta.insert(
+        "merged_adapters".to_string(),
+        args.adapters.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    );
     let Some(how) = &args.combine else {
         anyhow::ensure!(args.rank.is_none() && args.weights.is_empty(), "--rank and --weights go with --combine");
         merge_into_base(model.as_ref(), &mut adapters)?;
@@ -103,10 +109,22 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         (other, _) => anyhow::bail!("--combine `{other}`: use `cat` or `svd`"),
     };
     let weights = if args.weights.is_empty() { vec![1.0; args.adapters.len()] } else { args.weights.clone() };
-    anyhow::ensure!(weights.len() == args.adapters.len(), "--weights has {} values for {} adapters", weights.len(), args.adapters.len());
+    anyhow::ensure!(
+        weights.len() == args.adapters.len(),
+        "--weights has {} values for {} adapters",
+        weights.len(),
+        args.adapters.len()
+    );
     let configs = args.adapters.iter().map(|d| plugin_config_of(d).map(|(_, c)| c)).collect::<Result<Vec<_>, _>>()?;
-    let inputs: Vec<LoraInput> = adapters.methods().iter().zip(&configs).zip(&weights).map(|((method, config), &weight)| LoraInput { method, config, weight }).collect();
-    let combined = combine_lora(&inputs, combine, &registry, &state, model.as_ref()).context("cannot combine the adapters")?;
+    let inputs: Vec<LoraInput> = adapters
+        .methods()
+        .iter()
+        .zip(&configs)
+        .zip(&weights)
+        .map(|((method, config), &weight)| LoraInput { method, config, weight })
+        .collect();
+    let combined =
+        combine_lora(&inputs, combine, &registry, &state, model.as_ref()).context("cannot combine the adapters")?;
     meta.insert("combine".to_string(), format!("{how} weights {weights:?}"));
     let exported = ExportedAdapter { method: &combined.method, config: &combined.config };
     write_peft(&args.out, &exported, model.as_ref(), &args.model.display().to_string(), &Lineage { entries: meta })?;

@@ -59,7 +59,9 @@ impl AdapterSource {
             return AdapterSource::Run(PathBuf::from(arg), None);
         }
         match arg.rsplit_once(':') {
-            Some((dir, stage)) if is_run(Path::new(dir)) => AdapterSource::Run(PathBuf::from(dir), Some(stage.to_string())),
+            Some((dir, stage)) if is_run(Path::new(dir)) => {
+                AdapterSource::Run(PathBuf::from(dir), Some(stage.to_string()))
+            }
             _ => AdapterSource::Peft(PathBuf::from(arg)),
         }
     }
@@ -76,14 +78,33 @@ struct Opened {
 }
 
 /// Attaches a run stage's adapters, with their trained values, to `model`.
-fn attach_stage(opened: &OpenedStage, registry: &Registry, state: &Rc<HostState>, model: &dyn Model, adapters: &mut Adapters) -> anyhow::Result<()> {
+fn attach_stage(
+    opened: &OpenedStage,
+    registry: &Registry,
+    state: &Rc<HostState>,
+    model: &dyn Model,
+    adapters: &mut Adapters,
+) -> anyhow::Result<()> {
     for (record, source) in opened.result.adapters.iter().zip(opened.adapters.methods()) {
         let m = registry.new_method(&record.plugin, &record.config, state)?;
-        let k = adapters.attach(m, model.sites()).with_context(|| format!("adapter `{}` of stage `{}`", record.plugin, opened.stage))?;
-        let trained: HashMap<String, Tensor> = source.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
+        let k = adapters
+            .attach(m, model.sites())
+            .with_context(|| format!("adapter `{}` of stage `{}`", record.plugin, opened.stage))?;
+        let trained: HashMap<String, Tensor> =
+            source.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
         for p in adapters.methods()[k].params() {
-            let t = trained.get(&p.name).with_context(|| format!("stage `{}` has no `{}` for adapter `{}`", opened.stage, p.name, record.plugin))?;
-            anyhow::ensure!(t.dims() == p.var.dims(), "adapter `{}` parameter `{}` is {:?} in stage `{}`, {:?} on this model", record.plugin, p.name, t.dims(), opened.stage, p.var.dims());
+            let t = trained.get(&p.name).with_context(|| {
+                format!("stage `{}` has no `{}` for adapter `{}`", opened.stage, p.name, record.plugin)
+            })?;
+            anyhow::ensure!(
+                t.dims() == p.var.dims(),
+                "adapter `{}` parameter `{}` is {:?} in stage `{}`, {:?} on this model",
+                record.plugin,
+                p.name,
+                t.dims(),
+                opened.stage,
+                p.var.dims()
+            );
             p.var.set(t)?;
         }
     }
@@ -111,7 +132,10 @@ fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
             (model, state, adapters, stages.into_iter(), tok)
         }
         None => {
-            anyhow::ensure!(!stages.is_empty(), "--model is required unless an --adapter is a run's stage (RUN_DIR:STAGE)");
+            anyhow::ensure!(
+                !stages.is_empty(),
+                "--model is required unless an --adapter is a run's stage (RUN_DIR:STAGE)"
+            );
             let first = stages.remove(0);
             let tok = Some(first.tokenizer.clone());
             (first.model, first.state, first.adapters, stages.into_iter(), tok)
@@ -183,21 +207,37 @@ pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
     println!("{:<48} {:<13} {:<14} LAYER", "NAME", "KIND", "DIMS");
     for s in m.sites().infos() {
         let layer = s.layer.into_option().map_or("-".to_string(), |l| l.to_string());
-        println!("{:<48} {:<13} {:<14} {layer}", s.name.as_str(), s.kind.to_string(), format!("{:?}", s.dims.as_slice()));
+        println!(
+            "{:<48} {:<13} {:<14} {layer}",
+            s.name.as_str(),
+            s.kind.to_string(),
+            format!("{:?}", s.dims.as_slice())
+        );
     }
     Ok(())
 }
 
 fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
-    let mut t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: cannot read safetensors", path.display()))?;
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let ids = t.remove("input_ids").with_context(|| format!("{}: no tensor `input_ids`", path.display()))?;
     if ids.rank() != 2 || !matches!(ids.dtype(), DType::I64 | DType::U32) {
-        anyhow::bail!("{}: `input_ids` must be I64 [batch, seq], found {:?} {:?}", path.display(), ids.dtype(), ids.dims());
+        anyhow::bail!(
+            "{}: `input_ids` must be I64 [batch, seq], found {:?} {:?}",
+            path.display(),
+            ids.dtype(),
+            ids.dims()
+        );
     }
     let mask = t.remove("attention_mask");
     if let Some(m) = &mask {
         if m.dims() != ids.dims() {
-            anyhow::bail!("{}: `attention_mask` has shape {:?}, `input_ids` {:?}", path.display(), m.dims(), ids.dims());
+            anyhow::bail!(
+                "{}: `attention_mask` has shape {:?}, `input_ids` {:?}",
+                path.display(),
+                m.dims(),
+                ids.dims()
+            );
         }
     }
     Ok((ids.to_dtype(DType::U32)?, mask))
@@ -233,11 +273,15 @@ pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
         None => dir_tokenizer.or(run_tokenizer).unwrap_or_else(Tokenizer::bytes),
     };
     if matches!(tokenizer, Tokenizer::Bytes) && model.info().vocab < 256 {
-        anyhow::bail!("no tokenizer.json, and the byte tokenizer needs a vocabulary of at least 256 (model has {})", model.info().vocab);
+        anyhow::bail!(
+            "no tokenizer.json, and the byte tokenizer needs a vocabulary of at least 256 (model has {})",
+            model.info().vocab
+        );
     }
     let prompt = tokenizer.encode(&args.prompt)?;
     let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
-    let out = generate(model.as_ref(), &adapters, &prompt, args.max_tokens, &sampling, tokenizer.eos_id(), &state.device)?;
+    let out =
+        generate(model.as_ref(), &adapters, &prompt, args.max_tokens, &sampling, tokenizer.eos_id(), &state.device)?;
     println!("{}{}", args.prompt, tokenizer.decode(&out)?);
     Ok(())
 }

@@ -41,7 +41,13 @@ fn list(mut dirs: Vec<PathBuf>) -> anyhow::Result<()> {
     let rows: Vec<[String; 5]> = reg
         .plugins()
         .map(|(name, lib, info)| {
-            [name.to_string(), info.kind.to_string(), info.version.to_string(), format!("{}{}", lib.sdk, compat_note(lib)), lib.source.to_string()]
+            [
+                name.to_string(),
+                info.kind.to_string(),
+                info.version.to_string(),
+                format!("{}{}", lib.sdk, compat_note(lib)),
+                lib.source.to_string(),
+            ]
         })
         .collect();
     let header = ["NAME", "KIND", "VERSION", "SDK", "SOURCE"].map(String::from);

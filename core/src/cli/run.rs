@@ -95,7 +95,10 @@ fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     println!("{}", summary.retention.to_table());
     println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());
     if let Some((name, _, StageEnd::GateStop)) = summary.stages.last() {
-        anyhow::bail!("the pipeline stopped: a retention gate failed in stage `{name}` (see the warning above and {})", summary.run_dir.join("metrics.jsonl").display());
+        anyhow::bail!(
+            "the pipeline stopped: a retention gate failed in stage `{name}` (see the warning above and {})",
+            summary.run_dir.join("metrics.jsonl").display()
+        );
     }
     Ok(())
 }

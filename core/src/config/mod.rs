@@ -37,8 +37,9 @@ pub use model::ModelConfig;
 pub use overrides::apply_override;
 pub use run::RunConfig;
 pub use stage::{
-    AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction, GatesConfig, HandoffConfig, Objective,
-    OptimizerConfig, OptimizerHandoff, Order, ReplayConfig, RetentionGate, ScheduleConfig, StageConfig, TrainConfig, Unfreeze,
+    AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction,
+    GatesConfig, HandoffConfig, Objective, OptimizerConfig, OptimizerHandoff, Order, ReplayConfig, RetentionGate,
+    ScheduleConfig, StageConfig, TrainConfig, Unfreeze,
 };
 
 use crate::error::{Error, Result};
@@ -89,7 +90,8 @@ fn at_path(file: &str, text: &str, e: &toml::de::Error, path: &str) -> Error {
 impl PipelineConfig {
     /// Reads and validates a pipeline file, with `key=value` overrides applied.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::msg(format!("{}: cannot read: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::msg(format!("{}: cannot read: {e}", path.display())))?;
         let mut cfg = Self::from_str(&text, &path.display().to_string(), overrides)?;
         cfg.source = path.to_path_buf();
         Ok(cfg)
@@ -107,7 +109,9 @@ impl PipelineConfig {
                 apply_override(&mut table, o)?;
             }
             let rewritten = toml::to_string(&table).map_err(|e| Error::msg(format!("{file}: {e}")))?;
-            toml::from_str(&rewritten).map_err(|e| Error::msg(format!("{file} (with --set overrides): {}", e.message().trim().replace('\n', " "))))?
+            toml::from_str(&rewritten).map_err(|e| {
+                Error::msg(format!("{file} (with --set overrides): {}", e.message().trim().replace('\n', " ")))
+            })?
         };
         cfg.validate(file)?;
         Ok(cfg)

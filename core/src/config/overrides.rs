@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use toml::{Table, Value};
 
 fn parse_value(raw: &str) -> Value {
-    toml::from_str::<Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_string()))
+    toml::from_str::<Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
 }
 
 /// Applies one `key=value` override to `table`.
@@ -54,7 +57,11 @@ fn set(node: &mut Value, path: &[&str], value: Value, kv: &str) -> Result<()> {
             };
             &mut items[idx]
         }
-        _ => return Err(Error::msg(format!("--set `{kv}`: cannot set `{part}` inside a value that is not a table or a list"))),
+        _ => {
+            return Err(Error::msg(format!(
+                "--set `{kv}`: cannot set `{part}` inside a value that is not a table or a list"
+            )))
+        }
     };
     if rest.is_empty() {
         *child = value;
@@ -69,7 +76,10 @@ mod tests {
 
     #[test]
     fn overrides_reach_run_and_stages_by_index_or_name() {
-        let mut t: Table = toml::from_str("[run]\nseed = 1\n[[stages]]\nname = \"a\"\n[[stages]]\nname = \"b\"\noptimizer = { lr = 0.1 }").expect("test table parses");
+        let mut t: Table = toml::from_str(
+            "[run]\nseed = 1\n[[stages]]\nname = \"a\"\n[[stages]]\nname = \"b\"\noptimizer = { lr = 0.1 }",
+        )
+        .expect("test table parses");
         apply_override(&mut t, "run.seed=7").expect("run.seed=7");
         apply_override(&mut t, "stages.1.max_steps=50").expect("stages.1.max_steps=50");
         apply_override(&mut t, "stages.b.optimizer.lr=1e-3").expect("stages.b.optimizer.lr=1e-3");
@@ -81,7 +91,8 @@ mod tests {
         assert!(apply_override(&mut t, "stages.zz.max_steps=1").is_err());
         assert!(apply_override(&mut t, "stages.9.max_steps=1").is_err());
         assert!(apply_override(&mut t, "noequals").is_err());
-        apply_override(&mut t, "stages.b.adapters=[{ plugin = \"lora\", r = 4 }]").expect("stages.b.adapters=[{ plugin = \"lora\", r = 4 }]");
+        apply_override(&mut t, "stages.b.adapters=[{ plugin = \"lora\", r = 4 }]")
+            .expect("stages.b.adapters=[{ plugin = \"lora\", r = 4 }]");
         apply_override(&mut t, "stages.b.adapters.0.r=16").expect("stages.b.adapters.0.r=16");
         assert_eq!(t["stages"][1]["adapters"][0]["r"].as_integer(), Some(16));
         assert!(apply_override(&mut t, "run.seed.x=1").is_err());

@@ -40,6 +40,12 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: default_name(), seed: default_seed(), device: default_device(), precision: Precision::default(), out_dir: default_out_dir() }
+        RunConfig {
+            name: default_name(),
+            seed: default_seed(),
+            device: default_device(),
+            precision: Precision::default(),
+            out_dir: default_out_dir(),
+        }
     }
 }

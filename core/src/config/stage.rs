@@ -457,6 +457,11 @@ pub struct AnomalyConfig {
 
 impl Default for AnomalyConfig {
     fn default() -> Self {
-        AnomalyConfig { spike_factor: default_spike(), spike_margin: default_spike_margin(), max_recoveries: default_recoveries(), lr_scale: default_lr_scale() }
+        AnomalyConfig {
+            spike_factor: default_spike(),
+            spike_margin: default_spike_margin(),
+            max_recoveries: default_recoveries(),
+            lr_scale: default_lr_scale(),
+        }
     }
 }

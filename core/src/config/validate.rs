@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 /// Metrics the first-party objectives report on eval sets (`eval.<name>`).
 pub fn objective_metrics(objective: &str) -> Option<&'static [&'static str]> {
     const LM: &[&str] = &["loss", "perplexity", "token_accuracy", "loss_p50", "loss_p90", "loss_p99"];
-    const COMPLETION: &[&str] = &["loss", "perplexity", "token_accuracy", "exact_match", "loss_p50", "loss_p90", "loss_p99"];
+    const COMPLETION: &[&str] =
+        &["loss", "perplexity", "token_accuracy", "exact_match", "loss_p50", "loss_p90", "loss_p99"];
     const CLASSIFICATION: &[&str] = &["loss", "accuracy", "loss_p50", "loss_p90", "loss_p99"];
     match objective {
         "causal_lm" => Some(LM),
@@ -25,7 +26,10 @@ fn check_exit(file: &str, s: &StageConfig, exit: &ExitConfig) -> Result<()> {
         (None, None, None) => return Err(bad("give `below`, `above` or `patience`".into())),
         _ => {}
     }
-    let (split, metric) = exit.metric.split_once('.').ok_or_else(|| bad(format!("metric `{}` must be `eval.<name>` or `train.loss`", exit.metric)))?;
+    let (split, metric) = exit
+        .metric
+        .split_once('.')
+        .ok_or_else(|| bad(format!("metric `{}` must be `eval.<name>` or `train.loss`", exit.metric)))?;
     match split {
         "train" if metric == "loss" => Ok(()),
         "train" => Err(bad(format!("metric `{}`: only `train.loss` is tracked on training batches", exit.metric))),
@@ -34,7 +38,12 @@ fn check_exit(file: &str, s: &StageConfig, exit: &ExitConfig) -> Result<()> {
                 return Err(bad(format!("metric `{}` needs `data.eval`", exit.metric)));
             }
             match objective_metrics(s.objective.name()) {
-                Some(known) if !known.contains(&metric) => Err(bad(format!("unknown metric `{}` for objective `{}` (known: {})", exit.metric, s.objective.name(), known.join(", ")))),
+                Some(known) if !known.contains(&metric) => Err(bad(format!(
+                    "unknown metric `{}` for objective `{}` (known: {})",
+                    exit.metric,
+                    s.objective.name(),
+                    known.join(", ")
+                ))),
                 _ => Ok(()),
             }
         }
@@ -101,8 +110,13 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         }
     }
     if let Some(from) = &s.from {
-        if !earlier(from) && !cfg.base_dir().join(from).join("config.json").exists() && !std::path::Path::new(from).join("config.json").exists() {
-            return Err(bad(format!("from `{from}` is neither an earlier stage nor a model directory with a config.json")));
+        if !earlier(from)
+            && !cfg.base_dir().join(from).join("config.json").exists()
+            && !std::path::Path::new(from).join("config.json").exists()
+        {
+            return Err(bad(format!(
+                "from `{from}` is neither an earlier stage nor a model directory with a config.json"
+            )));
         }
     }
     check_handoff(s).map_err(|m| bad(format!("handoff: {m}")))?;
@@ -112,8 +126,13 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
     if let Some(exit) = &s.exit {
         check_exit(file, s, exit)?;
     }
-    if s.anomaly.spike_factor <= 1.0 || s.anomaly.spike_margin < 0.0 || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0) {
-        return Err(bad("anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()));
+    if s.anomaly.spike_factor <= 1.0
+        || s.anomaly.spike_margin < 0.0
+        || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0)
+    {
+        return Err(bad(
+            "anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()
+        ));
     }
     Ok(())
 }
@@ -121,7 +140,10 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
 fn check_handoff(s: &StageConfig) -> std::result::Result<(), String> {
     let h = &s.handoff;
     match (h.adapters, &h.combine) {
-        (AdapterHandoff::Combine, None) => Err("`adapters = \"combine\"` needs `combine = { method = \"cat\" }` or `{ method = \"svd\", rank = 16 }`".into()),
+        (AdapterHandoff::Combine, None) => {
+            Err("`adapters = \"combine\"` needs `combine = { method = \"cat\" }` or `{ method = \"svd\", rank = 16 }`"
+                .into())
+        }
         (AdapterHandoff::Combine, Some(c)) => match (c.method.as_str(), c.rank) {
             ("cat", None) | ("svd", Some(1..)) => match c.weights.iter().find(|w| !w.is_finite()) {
                 Some(w) => Err(format!("combine.weights must be finite numbers, got {w}")),
@@ -142,12 +164,19 @@ impl PipelineConfig {
         let m = &self.model;
         match (&m.arch, &m.from) {
             (Some(_), Some(_)) => return Err(Error::msg(format!("{file}: model: give `arch` or `from`, not both"))),
-            (None, None) => return Err(Error::msg(format!("{file}: model: give `arch` (a fresh model) or `from` (a Hugging Face directory)"))),
+            (None, None) => {
+                return Err(Error::msg(format!(
+                    "{file}: model: give `arch` (a fresh model) or `from` (a Hugging Face directory)"
+                )))
+            }
             (Some(arch), None) => {
                 if !["llama", "bert"].contains(&arch.as_str()) {
-                    return Err(Error::msg(format!("{file}: model.arch `{arch}` is not supported (supported: llama, bert)")));
+                    return Err(Error::msg(format!(
+                        "{file}: model.arch `{arch}` is not supported (supported: llama, bert)"
+                    )));
                 }
-                for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)] {
+                for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)]
+                {
                     if v.unwrap_or(0) == 0 {
                         return Err(Error::msg(format!("{file}: model.{k} is required (> 0) for a fresh `{arch}`")));
                     }
@@ -234,9 +263,12 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
 
     #[test]
     fn overrides_apply_before_validation() {
-        let c = PipelineConfig::from_str(BASE, "p.toml", &["stages.ft.max_steps=3".into(), "run.seed=9".into()]).expect("valid");
+        let c = PipelineConfig::from_str(BASE, "p.toml", &["stages.ft.max_steps=3".into(), "run.seed=9".into()])
+            .expect("valid");
         assert_eq!((c.stages[1].max_steps, c.run.seed), (Some(3), 9));
-        let e = PipelineConfig::from_str(BASE, "p.toml", &["stages.0.batch_size=0".into()]).expect_err("batch_size = 0 should be refused").to_string();
+        let e = PipelineConfig::from_str(BASE, "p.toml", &["stages.0.batch_size=0".into()])
+            .expect_err("batch_size = 0 should be refused")
+            .to_string();
         assert!(e.contains("`batch_size` must be > 0"), "{e}");
     }
 }

@@ -45,14 +45,20 @@ pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Ba
             return Err(Error::msg(format!("collate: example {row} has no tokens")));
         }
         if (ex.kind() == DataKind::Classification) != classification {
-            return Err(Error::msg(format!("collate: example {row} is {} data, example 0 is {}; they cannot share a batch", ex.kind(), first.kind())));
+            return Err(Error::msg(format!(
+                "collate: example {row} is {} data, example 0 is {}; they cannot share a batch",
+                ex.kind(),
+                first.kind()
+            )));
         }
         let pad = seq - n;
         ids.extend(ex.ids.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
         mask.extend(std::iter::repeat_n(1u32, n).chain(std::iter::repeat_n(0, pad)));
         match (&ex.labels, ex.class_label) {
             (_, Some(c)) => classes.push(c),
-            (Some(l), None) if l.len() != n => return Err(Error::msg(format!("collate: example {row} has {} labels for {n} tokens", l.len()))),
+            (Some(l), None) if l.len() != n => {
+                return Err(Error::msg(format!("collate: example {row} has {} labels for {n} tokens", l.len())))
+            }
             (Some(l), None) => labels.extend(l.iter().copied()),
             (None, None) => labels.extend(ex.ids.iter().map(|&i| i64::from(i))),
         }

@@ -124,7 +124,12 @@ impl Example {
             return Err(Error::msg(format!("completion is {targets} tokens, more than max_len {max_len}")));
         }
         let cut = full.len().saturating_sub(max_len);
-        let labels = full.iter().enumerate().skip(cut).map(|(i, &id)| if i < boundary { IGNORE } else { i64::from(id) }).collect();
+        let labels = full
+            .iter()
+            .enumerate()
+            .skip(cut)
+            .map(|(i, &id)| if i < boundary { IGNORE } else { i64::from(id) })
+            .collect();
         let ids: Vec<u32> = full[cut..].to_vec();
         let difficulty = ids.len() as f64;
         Ok(Example { ids, labels: Some(labels), class_label: None, difficulty })
@@ -211,7 +216,10 @@ mod tests {
         let t = Tokenizer::bytes();
         let long = Example::completion(&t, "reverse ab=", "ba\n", 64)?;
         let cut = long.cut(5);
-        assert_eq!((&cut.ids, &cut.labels), (&Example::completion(&t, "reverse ab=", "ba\n", 5)?.ids, &Some(vec![IGNORE, IGNORE, 98, 97, 10])));
+        assert_eq!(
+            (&cut.ids, &cut.labels),
+            (&Example::completion(&t, "reverse ab=", "ba\n", 5)?.ids, &Some(vec![IGNORE, IGNORE, 98, 97, 10]))
+        );
         assert_eq!(Example::text(&t, "abcdef", 64)?.cut(4).ids, Example::text(&t, "abcdef", 4)?.ids);
         assert!(matches!(long.cut(64), std::borrow::Cow::Borrowed(_)));
         Ok(())

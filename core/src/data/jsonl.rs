@@ -64,7 +64,9 @@ fn parse_row(line: &str) -> Result<Row, String> {
     let Value::Object(obj) = value else {
         return Err("expected a json object".into());
     };
-    if let Some(key) = obj.keys().find(|k| !["prompt", "completion", "text", "label", "difficulty"].contains(&k.as_str())) {
+    if let Some(key) =
+        obj.keys().find(|k| !["prompt", "completion", "text", "label", "difficulty"].contains(&k.as_str()))
+    {
         return Err(format!("unknown key `{key}` (keys: prompt, completion, text, label, difficulty)"));
     }
     let has = |k: &str| obj.contains_key(k);
@@ -74,7 +76,10 @@ fn parse_row(line: &str) -> Result<Row, String> {
         (false, false, true, true) => DataKind::Classification,
         _ => {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-            return Err(format!("expected `prompt` + `completion`, `text`, or `text` + `label`; got keys: {}", keys.join(", ")));
+            return Err(format!(
+                "expected `prompt` + `completion`, `text`, or `text` + `label`; got keys: {}",
+                keys.join(", ")
+            ));
         }
     };
     let (a, b) = match kind {
@@ -108,11 +113,21 @@ pub fn load_jsonl(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<
         let named = matches!(row.label, Some(Label::Name(_)));
         let (first_line, kind, first_named) = *first.get_or_insert((n, row.kind, named));
         if row.kind != kind {
-            return Err(at(n, &format!("a `{}` line, but line {first_line} is a `{}` line; every line must have the same keys", shape_name(row.kind), shape_name(kind))));
+            return Err(at(
+                n,
+                &format!(
+                    "a `{}` line, but line {first_line} is a `{}` line; every line must have the same keys",
+                    shape_name(row.kind),
+                    shape_name(kind)
+                ),
+            ));
         }
         if named != first_named {
             let what = |s: bool| if s { "a string" } else { "an integer" };
-            return Err(at(n, &format!("`label` is {}, but line {first_line}'s is {}", what(named), what(first_named))));
+            return Err(at(
+                n,
+                &format!("`label` is {}, but line {first_line}'s is {}", what(named), what(first_named)),
+            ));
         }
         let ex = match (&row.kind, row.label) {
             (DataKind::Completion, _) => Example::completion(tokenizer, &row.a, &row.b, max_len),
@@ -176,14 +191,35 @@ mod tests {
         assert!(err(&format!("{ok}{{\"text\": \"b\"\n")).starts_with("F:2: invalid json: "));
         assert_eq!(err(&format!("{ok}\n[1]\n")), "F:3: expected a json object");
         assert_eq!(err(&format!("{ok}{{\"text\": 5}}\n")), "F:2: `text` must be a string");
-        assert_eq!(err(&format!("{ok}{{\"txt\": \"a\"}}\n")), "F:2: unknown key `txt` (keys: prompt, completion, text, label, difficulty)");
-        assert_eq!(err("{\"prompt\": \"a\"}\n"), "F:1: expected `prompt` + `completion`, `text`, or `text` + `label`; got keys: prompt");
-        assert_eq!(err(&format!("{ok}{{\"prompt\": \"a\", \"completion\": \"b\"}}\n")), "F:2: a `prompt + completion` line, but line 1 is a `text` line; every line must have the same keys");
-        assert_eq!(err("{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": 1}\n"), "F:2: `label` is an integer, but line 1's is a string");
-        assert_eq!(err("{\"text\": \"a\", \"label\": -1}\n"), "F:1: `label` must be an integer >= 0 or a string, got -1");
-        assert_eq!(err("{\"text\": \"a\", \"difficulty\": \"hard\"}\n"), "F:1: `difficulty` must be a number, got \"hard\"");
+        assert_eq!(
+            err(&format!("{ok}{{\"txt\": \"a\"}}\n")),
+            "F:2: unknown key `txt` (keys: prompt, completion, text, label, difficulty)"
+        );
+        assert_eq!(
+            err("{\"prompt\": \"a\"}\n"),
+            "F:1: expected `prompt` + `completion`, `text`, or `text` + `label`; got keys: prompt"
+        );
+        assert_eq!(
+            err(&format!("{ok}{{\"prompt\": \"a\", \"completion\": \"b\"}}\n")),
+            "F:2: a `prompt + completion` line, but line 1 is a `text` line; every line must have the same keys"
+        );
+        assert_eq!(
+            err("{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": 1}\n"),
+            "F:2: `label` is an integer, but line 1's is a string"
+        );
+        assert_eq!(
+            err("{\"text\": \"a\", \"label\": -1}\n"),
+            "F:1: `label` must be an integer >= 0 or a string, got -1"
+        );
+        assert_eq!(
+            err("{\"text\": \"a\", \"difficulty\": \"hard\"}\n"),
+            "F:1: `difficulty` must be a number, got \"hard\""
+        );
         assert_eq!(err("{\"text\": \"\"}\n"), "F:1: text has no tokens");
-        assert_eq!(err("{\"prompt\": \"p\", \"completion\": \"a completion too long\"}\n"), "F:1: completion is 21 tokens, more than max_len 16");
+        assert_eq!(
+            err("{\"prompt\": \"p\", \"completion\": \"a completion too long\"}\n"),
+            "F:1: completion is 21 tokens, more than max_len 16"
+        );
         assert_eq!(err("\n  \n"), "F: no examples (every line is blank)");
     }
 }

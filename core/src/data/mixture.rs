@@ -79,7 +79,10 @@ fn check(primary: &Dataset, replay: &[(Arc<Dataset>, f64)]) -> Result<()> {
             return Err(Error::msg(format!("replay `{}`: ratio {ratio} is not in [0, 1)", ds.name)));
         }
         if !compatible(primary.kind, ds.kind) {
-            return Err(Error::msg(format!("replay `{}` is {} data, which cannot share batches with `{}` ({} data)", ds.name, ds.kind, primary.name, primary.kind)));
+            return Err(Error::msg(format!(
+                "replay `{}` is {} data, which cannot share batches with `{}` ({} data)",
+                ds.name, ds.kind, primary.name, primary.kind
+            )));
         }
     }
     let total: f64 = replay.iter().map(|(_, r)| r).sum();
@@ -109,14 +112,22 @@ impl Mixture {
         check(&primary, &replay)?;
         let all: Vec<(Arc<Dataset>, f64)> = std::iter::once((primary, 0.0)).chain(replay).collect();
         if state.sources.len() != all.len() {
-            return Err(Error::msg(format!("mixture state has {} sources, the stage has {}", state.sources.len(), all.len())));
+            return Err(Error::msg(format!(
+                "mixture state has {} sources, the stage has {}",
+                state.sources.len(),
+                all.len()
+            )));
         }
         let mut sources = Vec::with_capacity(all.len());
         for ((data, ratio), saved) in all.into_iter().zip(&state.sources) {
             if saved.name != data.name || saved.ratio != ratio {
-                return Err(Error::msg(format!("mixture state has source `{}` at ratio {}, the stage has `{}` at ratio {ratio}", saved.name, saved.ratio, data.name)));
+                return Err(Error::msg(format!(
+                    "mixture state has source `{}` at ratio {}, the stage has `{}` at ratio {ratio}",
+                    saved.name, saved.ratio, data.name
+                )));
             }
-            let sampler = Sampler::restore(data.len(), &saved.sampler, &data.difficulties()).map_err(|e| Error::msg(format!("source `{}`: {e}", data.name)))?;
+            let sampler = Sampler::restore(data.len(), &saved.sampler, &data.difficulties())
+                .map_err(|e| Error::msg(format!("source `{}`: {e}", data.name)))?;
             sources.push(Source { data, ratio, sampler });
         }
         Ok(Mixture { sources })
@@ -124,15 +135,27 @@ impl Mixture {
 
     /// The state to save.
     pub fn state(&self) -> MixtureState {
-        MixtureState { sources: self.sources.iter().map(|s| SourceState { name: s.data.name.clone(), ratio: s.ratio, sampler: s.sampler.state() }).collect() }
+        MixtureState {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceState { name: s.data.name.clone(), ratio: s.ratio, sampler: s.sampler.state() })
+                .collect(),
+        }
     }
 
     /// How many examples of a batch of `batch_size` each source gives, primary first.
     pub fn counts(&self, batch_size: usize) -> Result<Vec<usize>> {
-        let replay: Vec<usize> = self.sources[1..].iter().map(|s| if s.ratio > 0.0 { ((s.ratio * batch_size as f64).round() as usize).max(1) } else { 0 }).collect();
+        let replay: Vec<usize> = self.sources[1..]
+            .iter()
+            .map(|s| if s.ratio > 0.0 { ((s.ratio * batch_size as f64).round() as usize).max(1) } else { 0 })
+            .collect();
         let taken: usize = replay.iter().sum();
         if taken >= batch_size {
-            return Err(Error::msg(format!("a batch of {batch_size} leaves no room for `{}` after {taken} replay examples; raise the batch size", self.sources[0].data.name)));
+            return Err(Error::msg(format!(
+                "a batch of {batch_size} leaves no room for `{}` after {taken} replay examples; raise the batch size",
+                self.sources[0].data.name
+            )));
         }
         Ok(std::iter::once(batch_size - taken).chain(replay).collect())
     }
@@ -140,7 +163,8 @@ impl Mixture {
     /// The next batch: the primary's examples, then each replay source's.
     pub fn next_batch(&mut self, batch_size: usize) -> Result<Vec<&Example>> {
         let counts = self.counts(batch_size)?;
-        let picks: Vec<Vec<usize>> = self.sources.iter_mut().zip(&counts).map(|(s, &k)| s.sampler.next_batch(k)).collect();
+        let picks: Vec<Vec<usize>> =
+            self.sources.iter_mut().zip(&counts).map(|(s, &k)| s.sampler.next_batch(k)).collect();
         Ok(self.sources.iter().zip(picks).flat_map(|(s, idx)| idx.into_iter().map(|i| &s.data.examples[i])).collect())
     }
 
@@ -167,7 +191,12 @@ mod tests {
 
     #[test]
     fn batches_follow_the_ratios() -> Result<()> {
-        let mut m = Mixture::new(data("p", 40, 1), vec![(data("a", 9, 2), 0.1), (data("b", 5, 3), 0.02), (data("c", 5, 4), 0.0)], 1, Order::Shuffled)?;
+        let mut m = Mixture::new(
+            data("p", 40, 1),
+            vec![(data("a", 9, 2), 0.1), (data("b", 5, 3), 0.02), (data("c", 5, 4), 0.0)],
+            1,
+            Order::Shuffled,
+        )?;
         assert_eq!(m.counts(16)?, vec![13, 2, 1, 0]);
         assert_eq!(m.counts(10)?, vec![8, 1, 1, 0]);
         assert!(m.counts(2).is_err());
@@ -209,12 +238,20 @@ mod tests {
 
     #[test]
     fn bad_mixtures_are_refused() {
-        let err = |replay: Vec<(Arc<Dataset>, f64)>| Mixture::new(data("p", 4, 1), replay, 0, Order::Shuffled).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |replay: Vec<(Arc<Dataset>, f64)>| {
+            Mixture::new(data("p", 4, 1), replay, 0, Order::Shuffled).err().map(|e| e.to_string()).unwrap_or_default()
+        };
         assert_eq!(err(vec![(data("a", 4, 1), 1.0)]), "replay `a`: ratio 1 is not in [0, 1)");
-        assert_eq!(err(vec![(data("a", 4, 1), 0.6), (data("b", 4, 1), 0.5)]), "replay ratios sum to 1.1, which leaves nothing of `p`");
+        assert_eq!(
+            err(vec![(data("a", 4, 1), 0.6), (data("b", 4, 1), 0.5)]),
+            "replay ratios sum to 1.1, which leaves nothing of `p`"
+        );
         assert_eq!(err(vec![(data("a", 0, 1), 0.1)]), "data source `a` has no examples");
         let mut cls = (*data("c", 2, 1)).clone();
         cls.kind = DataKind::Classification;
-        assert_eq!(err(vec![(Arc::new(cls), 0.1)]), "replay `c` is classification data, which cannot share batches with `p` (text data)");
+        assert_eq!(
+            err(vec![(Arc::new(cls), 0.1)]),
+            "replay `c` is classification data, which cannot share batches with `p` (text data)"
+        );
     }
 }

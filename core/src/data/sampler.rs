@@ -69,7 +69,15 @@ pub struct Sampler {
 impl Sampler {
     /// A shuffling sampler over `0..len` at the start of epoch 0.
     pub fn new(len: usize, seed: u64) -> Sampler {
-        let mut s = Sampler { len, seed, order: Order::Shuffled, epoch: 0, cursor: 0, perm: Vec::new(), curriculum: Vec::new() };
+        let mut s = Sampler {
+            len,
+            seed,
+            order: Order::Shuffled,
+            epoch: 0,
+            cursor: 0,
+            perm: Vec::new(),
+            curriculum: Vec::new(),
+        };
         s.perm = s.order_of(0);
         s
     }
@@ -81,7 +89,11 @@ impl Sampler {
             Order::Shuffled => Vec::new(),
             Order::ByDifficulty => {
                 if difficulties.len() != self.len {
-                    return Err(Error::msg(format!("curriculum: {} difficulties for {} examples", difficulties.len(), self.len)));
+                    return Err(Error::msg(format!(
+                        "curriculum: {} difficulties for {} examples",
+                        difficulties.len(),
+                        self.len
+                    )));
                 }
                 let mut idx: Vec<usize> = (0..self.len).collect();
                 idx.sort_by(|&a, &b| difficulties[a].total_cmp(&difficulties[b]));
@@ -100,7 +112,10 @@ impl Sampler {
             return Err(Error::msg(format!("sampler state is for {} examples, the dataset has {len}", state.len)));
         }
         if state.cursor >= len.max(1) {
-            return Err(Error::msg(format!("sampler state cursor {} is past the dataset's {len} examples", state.cursor)));
+            return Err(Error::msg(format!(
+                "sampler state cursor {} is past the dataset's {len} examples",
+                state.cursor
+            )));
         }
         let s = Sampler { epoch: state.epoch, cursor: state.cursor, ..Sampler::new(len, state.seed) };
         s.with_order(state.order, difficulties)
@@ -188,7 +203,9 @@ mod tests {
 
     #[test]
     fn restored_sampler_yields_the_same_batches() -> Result<()> {
-        for (order, diff) in [(Order::Shuffled, vec![]), (Order::ByDifficulty, (0..7).map(|i| (i % 3) as f64).collect())] {
+        for (order, diff) in
+            [(Order::Shuffled, vec![]), (Order::ByDifficulty, (0..7).map(|i| (i % 3) as f64).collect())]
+        {
             let mut a = Sampler::new(7, 11).with_order(order, &diff)?;
             a.next_batch(5);
             let json = serde_json::to_string(&a.state()).map_err(Error::msg)?;
@@ -200,7 +217,10 @@ mod tests {
             assert_eq!(a.state(), b.state());
         }
         let st = Sampler::new(7, 1).state();
-        assert_eq!(Sampler::restore(8, &st, &[]).err().map(|e| e.to_string()).unwrap_or_default(), "sampler state is for 7 examples, the dataset has 8");
+        assert_eq!(
+            Sampler::restore(8, &st, &[]).err().map(|e| e.to_string()).unwrap_or_default(),
+            "sampler state is for 7 examples, the dataset has 8"
+        );
         let bad = SamplerState { cursor: 7, ..st };
         assert!(Sampler::restore(7, &bad, &[]).is_err());
         Ok(())

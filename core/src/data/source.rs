@@ -32,11 +32,13 @@ fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usiz
         .generate()
         .iter()
         .enumerate()
-        .map(|(i, item)| match item {
-            Item::Text(text) => Example::text(tokenizer, text, max_len),
-            Item::Completion { prompt, completion } => Example::completion(tokenizer, prompt, completion, max_len),
-        }
-        .map_err(|e| Error::msg(format!("data source `{spec}`: example {i}: {e}"))))
+        .map(|(i, item)| {
+            match item {
+                Item::Text(text) => Example::text(tokenizer, text, max_len),
+                Item::Completion { prompt, completion } => Example::completion(tokenizer, prompt, completion, max_len),
+            }
+            .map_err(|e| Error::msg(format!("data source `{spec}`: example {i}: {e}")))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Dataset { name: spec.to_string(), kind: s.kind(), examples, sha256: None, label_names: Vec::new() })
 }
@@ -79,8 +81,12 @@ mod tests {
         let text = load_source("synthetic:arith_text?n=5&lines=4", &t, here, 12)?;
         assert_eq!(text.kind, DataKind::Text);
         assert!(text.examples.iter().all(|e| e.ids.len() == 12 && e.labels.is_none()));
-        let e = load_source("synthetic:reverse?n=3&len=20", &t, here, 16).err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(e, "data source `synthetic:reverse?n=3&len=20`: example 0: completion is 21 tokens, more than max_len 16");
+        let e =
+            load_source("synthetic:reverse?n=3&len=20", &t, here, 16).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            "data source `synthetic:reverse?n=3&len=20`: example 0: completion is 21 tokens, more than max_len 16"
+        );
         Ok(())
     }
 
@@ -93,7 +99,8 @@ mod tests {
         // sha256 of "abc\n".
         assert_eq!(ds.sha256.as_deref(), Some("edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb"));
         std::fs::write(dir.path().join("bad.txt"), b"ok\n\xff\n").map_err(Error::msg)?;
-        let e = load_source("bad.txt", &Tokenizer::bytes(), dir.path(), 8).err().map(|e| e.to_string()).unwrap_or_default();
+        let e =
+            load_source("bad.txt", &Tokenizer::bytes(), dir.path(), 8).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.ends_with("bad.txt:2: not valid utf-8"), "{e}");
         Ok(())
     }

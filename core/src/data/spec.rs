@@ -57,7 +57,11 @@ pub fn parse_spec(spec: &str, base_dir: &Path) -> Result<SourceSpec> {
     let make: fn(PathBuf) -> SourceSpec = match ext {
         "txt" => SourceSpec::TextFile,
         "jsonl" => SourceSpec::JsonlFile,
-        _ => return Err(Error::msg(format!("data source `{spec}`: expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file"))),
+        _ => {
+            return Err(Error::msg(format!(
+                "data source `{spec}`: expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file"
+            )))
+        }
     };
     let resolved = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
     if !resolved.exists() {
@@ -88,7 +92,9 @@ mod tests {
         let abs = dir.path().join("b.jsonl");
         assert_eq!(parse_spec(&abs.to_string_lossy(), Path::new("/elsewhere"))?, SourceSpec::JsonlFile(abs));
         assert!(err("c.txt", dir.path()).starts_with("data source `c.txt`: no such file "));
-        assert!(err("data.csv", dir.path()).contains("expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file"));
+        assert!(
+            err("data.csv", dir.path()).contains("expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file")
+        );
         assert!(err("sub.jsonl", Path::new("/")).contains("no such file"));
         std::fs::create_dir(dir.path().join("d.txt")).map_err(Error::msg)?;
         assert!(err("d.txt", dir.path()).ends_with("is not a file"));

@@ -28,13 +28,21 @@ pub fn load_text(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<D
     let (contents, sha256) = read_source_file(path)?;
     let mut examples = Vec::new();
     for (i, line) in contents.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let ids = tokenizer.encode(&format!("{line}\n")).map_err(|e| Error::msg(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        let ids = tokenizer
+            .encode(&format!("{line}\n"))
+            .map_err(|e| Error::msg(format!("{}:{}: {e}", path.display(), i + 1)))?;
         examples.extend(ids.chunks(max_len).map(|c| Example::from_ids(c.to_vec())));
     }
     if examples.is_empty() {
         return Err(Error::file(path, "no examples (every line is blank)"));
     }
-    Ok(Dataset { name: path.display().to_string(), kind: DataKind::Text, examples, sha256: Some(sha256), label_names: Vec::new() })
+    Ok(Dataset {
+        name: path.display().to_string(),
+        kind: DataKind::Text,
+        examples,
+        sha256: Some(sha256),
+        label_names: Vec::new(),
+    })
 }
 
 #[cfg(test)]

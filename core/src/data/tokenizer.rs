@@ -46,7 +46,8 @@ impl Tokenizer {
 
     /// A `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::msg(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::msg(format!("{}: cannot load tokenizer: {e}", path.display())))?;
         Ok(Tokenizer::Hf { path: path.to_path_buf(), inner: Box::new(inner) })
     }
 
@@ -85,10 +86,15 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             Tokenizer::Bytes => {
-                let bytes: Vec<u8> = ids.iter().map(|&i| u8::try_from(i).map_err(|_| Error::msg(format!("token id {i} is not a byte")))).collect::<Result<_>>()?;
+                let bytes: Vec<u8> = ids
+                    .iter()
+                    .map(|&i| u8::try_from(i).map_err(|_| Error::msg(format!("token id {i} is not a byte"))))
+                    .collect::<Result<_>>()?;
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            Tokenizer::Hf { path, inner } => inner.decode(ids, true).map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display()))),
+            Tokenizer::Hf { path, inner } => {
+                inner.decode(ids, true).map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display())))
+            }
         }
     }
 
@@ -106,9 +112,12 @@ impl Tokenizer {
     /// of their bytes, so that it encodes exactly as [`Tokenizer::Bytes`] does.
     pub fn to_hf_json(&self) -> Result<String> {
         match self {
-            Tokenizer::Hf { path, .. } => std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.clone(), source: e }),
+            Tokenizer::Hf { path, .. } => {
+                std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.clone(), source: e })
+            }
             Tokenizer::Bytes => {
-                let vocab: serde_json::Map<String, serde_json::Value> = (0u8..=255).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
+                let vocab: serde_json::Map<String, serde_json::Value> =
+                    (0u8..=255).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
                 let json = serde_json::json!({
                     "version": "1.0",
                     "truncation": null,
@@ -129,7 +138,9 @@ impl Tokenizer {
     pub fn eos_id(&self) -> Option<u32> {
         match self {
             Tokenizer::Bytes => Some(b'\n' as u32),
-            Tokenizer::Hf { inner, .. } => ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]"].iter().find_map(|t| inner.token_to_id(t)),
+            Tokenizer::Hf { inner, .. } => {
+                ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]"].iter().find_map(|t| inner.token_to_id(t))
+            }
         }
     }
 }

@@ -79,20 +79,52 @@ impl Layer {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let n = |suffix: &str| format!("encoder.layer.{l}{suffix}");
         let kv_dims = [cfg.num_attention_heads, cfg.head_dim()];
-        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims| SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, true);
-        let norm = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role| SiteNorm::build(b, sites, Place::block(&n(suffix), role, l), NormKind::Layer, h, eps);
+        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims| {
+            SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, true)
+        };
+        let norm = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role| {
+            SiteNorm::build(b, sites, Place::block(&n(suffix), role, l), NormKind::Layer, h, eps)
+        };
         Ok(Layer {
             query: lin(b, sites, ".attention.self.query", SiteRole::ATTN_Q, (h, h))?,
             key: lin(b, sites, ".attention.self.key", SiteRole::ATTN_K, (h, h))?,
             value: lin(b, sites, ".attention.self.value", SiteRole::ATTN_V, (h, h))?,
-            key_site: sites.add(&n(".attention.self.key_states"), SiteKind::ATTN_KEY, SiteRole::KEY_STATES, &kv_dims, Some(l), false),
-            value_site: sites.add(&n(".attention.self.value_states"), SiteKind::ATTN_VALUE, SiteRole::VALUE_STATES, &kv_dims, Some(l), false),
+            key_site: sites.add(
+                &n(".attention.self.key_states"),
+                SiteKind::ATTN_KEY,
+                SiteRole::KEY_STATES,
+                &kv_dims,
+                Some(l),
+                false,
+            ),
+            value_site: sites.add(
+                &n(".attention.self.value_states"),
+                SiteKind::ATTN_VALUE,
+                SiteRole::VALUE_STATES,
+                &kv_dims,
+                Some(l),
+                false,
+            ),
             attn_out: lin(b, sites, ".attention.output.dense", SiteRole::ATTN_O, (h, h))?,
-            attn_out_site: sites.add(&n(".attention.sublayer"), SiteKind::ATTN_OUTPUT, SiteRole::ATTN_OUTPUT, &[h], Some(l), false),
+            attn_out_site: sites.add(
+                &n(".attention.sublayer"),
+                SiteKind::ATTN_OUTPUT,
+                SiteRole::ATTN_OUTPUT,
+                &[h],
+                Some(l),
+                false,
+            ),
             attn_norm: norm(b, sites, ".attention.output.LayerNorm", SiteRole::ATTN_NORM)?,
             up: lin(b, sites, ".intermediate.dense", SiteRole::MLP_UP, (h, i))?,
             down: lin(b, sites, ".output.dense", SiteRole::MLP_DOWN, (i, h))?,
-            mlp_out_site: sites.add(&n(".output.sublayer"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false),
+            mlp_out_site: sites.add(
+                &n(".output.sublayer"),
+                SiteKind::MLP_OUTPUT,
+                SiteRole::MLP_OUTPUT,
+                &[h],
+                Some(l),
+                false,
+            ),
             out_norm: norm(b, sites, ".output.LayerNorm", SiteRole::MLP_NORM)?,
             out_site: sites.add(&n(""), SiteKind::BLOCK_OUTPUT, SiteRole::BLOCK_OUTPUT, &[h], Some(l), false),
         })
@@ -100,7 +132,14 @@ impl Layer {
 
     /// `x` is `[b, seq, hidden]`, `pad` the `[b, seq]` padding mask and `mask` its
     /// additive form.
-    fn forward(&self, cfg: &BertConfig, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+    fn forward(
+        &self,
+        cfg: &BertConfig,
+        x: &Tensor,
+        pad: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        a: &Adapters,
+    ) -> Result<Tensor> {
         let ctx = self.attention(cfg, x, pad, mask, a)?;
         let attn = a.post(self.attn_out_site, x, a.dropout(&self.attn_out.forward(a, &ctx)?)?)?;
         let h = self.attn_norm.forward(a, &(attn + x)?)?;
@@ -110,7 +149,14 @@ impl Layer {
         a.post(self.out_site, x, y)
     }
 
-    fn attention(&self, cfg: &BertConfig, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+    fn attention(
+        &self,
+        cfg: &BertConfig,
+        x: &Tensor,
+        pad: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        a: &Adapters,
+    ) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim());
         let heads = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous();
@@ -147,7 +193,13 @@ impl Bert {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let mut cfg = BertConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
         let store = WeightStore::open(dir)?;
-        let prefix = if !store.contains("embeddings.word_embeddings.weight") && store.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let prefix = if !store.contains("embeddings.word_embeddings.weight")
+            && store.contains("bert.embeddings.word_embeddings.weight")
+        {
+            "bert."
+        } else {
+            ""
+        };
         let b = WeightBuilder::from_store(&store, prefix, dtype, device);
         cfg.pooler = b.has("pooler.dense.weight");
         Self::build(&cfg, b)
@@ -156,14 +208,41 @@ impl Bert {
     fn build(cfg: &BertConfig, mut b: WeightBuilder) -> Result<Self> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let mut sites = SiteTable::default();
-        let word = (sites.add("embeddings.word_embeddings", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false), b.normal("embeddings.word_embeddings.weight", &[v, h])?);
-        let input_site = sites.add("embeddings.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
+        let word = (
+            sites.add("embeddings.word_embeddings", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false),
+            b.normal("embeddings.word_embeddings.weight", &[v, h])?,
+        );
+        let input_site =
+            sites.add("embeddings.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
         let position = b.normal("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?;
         let token_type = b.normal("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
-        let embed_norm = SiteNorm::build(&mut b, &mut sites, Place::top("embeddings.LayerNorm", SiteRole::EMBED_NORM), NormKind::Layer, h, cfg.layer_norm_eps)?;
-        let layers = (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
-        let pooler = if cfg.pooler { Some(SiteLinear::build(&mut b, &mut sites, Place::top("pooler.dense", SiteRole::POOLER), (h, h), true)?) } else { None };
-        Ok(Bert { cfg: cfg.clone(), sites, weights: b.finish(), word, input_site, position, token_type, embed_norm, layers, pooler })
+        let embed_norm = SiteNorm::build(
+            &mut b,
+            &mut sites,
+            Place::top("embeddings.LayerNorm", SiteRole::EMBED_NORM),
+            NormKind::Layer,
+            h,
+            cfg.layer_norm_eps,
+        )?;
+        let layers =
+            (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
+        let pooler = if cfg.pooler {
+            Some(SiteLinear::build(&mut b, &mut sites, Place::top("pooler.dense", SiteRole::POOLER), (h, h), true)?)
+        } else {
+            None
+        };
+        Ok(Bert {
+            cfg: cfg.clone(),
+            sites,
+            weights: b.finish(),
+            word,
+            input_site,
+            position,
+            token_type,
+            embed_norm,
+            layers,
+            pooler,
+        })
     }
 
     /// Its configuration.
@@ -177,11 +256,20 @@ impl Bert {
     /// positions are virtual tokens, always attended to. Positions run from the
     /// key/value prefix the adapters declare (`kv_prefix_len`, usually 0); token types
     /// are 0.
-    pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+    ) -> Result<ModelOutput> {
         let (b, len, _) = embeds.dims3()?;
         let past = adapters.kv_prefix_len();
         if past + len > self.cfg.max_position_embeddings {
-            return Err(Error::msg(format!("bert input has {} positions, more than max_position_embeddings {}", past + len, self.cfg.max_position_embeddings)));
+            return Err(Error::msg(format!(
+                "bert input has {} positions, more than max_position_embeddings {}",
+                past + len,
+                self.cfg.max_position_embeddings
+            )));
         }
         let x = embeds.broadcast_add(&self.token_type.get().narrow(0, 0, 1)?)?;
         let x = x.broadcast_add(&self.position.get().narrow(0, past, len)?)?;
@@ -236,7 +324,10 @@ impl Model for Bert {
         let x = adapters.post(self.word.0, input_ids, x)?;
         let x = adapters.post(self.input_site, &x, x.clone())?;
         if x.dim(1)? < s {
-            return Err(Error::msg(format!("site embeddings.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
+            return Err(Error::msg(format!(
+                "site embeddings.input_embeds returned {} positions for {s} tokens",
+                x.dim(1)?
+            )));
         }
         self.forward_embeds(&x, attention_mask, adapters)?.last_positions(s)
     }

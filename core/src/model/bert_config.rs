@@ -67,12 +67,22 @@ impl BertConfig {
 
     /// Checks sizes and the rules across fields.
     pub fn validate(&self) -> Result<()> {
-        let sizes = [("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("num_attention_heads", self.num_attention_heads), ("intermediate_size", self.intermediate_size), ("max_position_embeddings", self.max_position_embeddings), ("type_vocab_size", self.type_vocab_size)];
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::msg(format!("bert config: `{name}` must be > 0")));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(Error::msg(format!("bert config: hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads)));
+            return Err(Error::msg(format!(
+                "bert config: hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
         }
         if !(self.layer_norm_eps >= 0.0 && self.initializer_range >= 0.0) {
             return Err(Error::msg("bert config: layer_norm_eps and initializer_range must be >= 0"));
@@ -88,7 +98,10 @@ impl BertConfig {
             return Err(Error::file(path, format!("hidden_act: `{act}` is not supported (only `gelu`)")));
         }
         if let Some(p) = raw.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            return Err(Error::file(path, format!("position_embedding_type: `{p}` is not supported (only `absolute`)")));
+            return Err(Error::file(
+                path,
+                format!("position_embedding_type: `{p}` is not supported (only `absolute`)"),
+            ));
         }
         let cfg = BertConfig {
             vocab_size: raw.vocab_size,

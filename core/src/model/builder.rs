@@ -36,12 +36,22 @@ pub(crate) struct WeightBuilder<'a> {
 impl<'a> WeightBuilder<'a> {
     /// Fresh weights: matrices `normal(0, std)` drawn from `seed`.
     pub fn fresh(seed: u64, std: f64, dtype: DType, device: &Device) -> Self {
-        WeightBuilder { source: Source::Fresh { rng: Rng::new(seed), std }, dtype, device: device.clone(), made: Vec::new() }
+        WeightBuilder {
+            source: Source::Fresh { rng: Rng::new(seed), std },
+            dtype,
+            device: device.clone(),
+            made: Vec::new(),
+        }
     }
 
     /// Weights from a checkpoint; names are looked up with `prefix` in front.
     pub fn from_store(store: &'a WeightStore, prefix: &str, dtype: DType, device: &Device) -> Self {
-        WeightBuilder { source: Source::Store { store, prefix: prefix.to_string() }, dtype, device: device.clone(), made: Vec::new() }
+        WeightBuilder {
+            source: Source::Store { store, prefix: prefix.to_string() },
+            dtype,
+            device: device.clone(),
+            made: Vec::new(),
+        }
     }
 
     /// Whether the checkpoint has `name` (always false for fresh weights).
@@ -74,7 +84,9 @@ impl<'a> WeightBuilder<'a> {
 
     fn make(&mut self, name: &str, shape: &[usize], fill: Fill) -> Result<Weight> {
         let t = match &mut self.source {
-            Source::Store { store, prefix } => store.load(&format!("{prefix}{name}"), shape, self.dtype, &self.device)?,
+            Source::Store { store, prefix } => {
+                store.load(&format!("{prefix}{name}"), shape, self.dtype, &self.device)?
+            }
             Source::Fresh { rng, std } => match fill {
                 Fill::Ones => Tensor::ones(shape, self.dtype, &self.device)?,
                 Fill::Zeros => Tensor::zeros(shape, self.dtype, &self.device)?,

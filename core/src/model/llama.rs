@@ -79,17 +79,54 @@ impl Layer {
         let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
         let kv_dims = [cfg.kv_heads(), cfg.head_dim()];
         let n = |suffix: &str| format!("model.layers.{l}{suffix}");
-        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims, bias| SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, bias);
+        let lin = |b: &mut WeightBuilder, sites: &mut SiteTable, suffix: &str, role, dims, bias| {
+            SiteLinear::build(b, sites, Place::block(&n(suffix), role, l), dims, bias)
+        };
         Ok(Layer {
-            input_norm: SiteNorm::build(b, sites, Place::block(&n(".input_layernorm"), SiteRole::ATTN_NORM, l), NormKind::Rms, h, eps)?,
+            input_norm: SiteNorm::build(
+                b,
+                sites,
+                Place::block(&n(".input_layernorm"), SiteRole::ATTN_NORM, l),
+                NormKind::Rms,
+                h,
+                eps,
+            )?,
             q: lin(b, sites, ".self_attn.q_proj", SiteRole::ATTN_Q, (h, q_out), ab)?,
             k: lin(b, sites, ".self_attn.k_proj", SiteRole::ATTN_K, (h, kv_out), ab)?,
             v: lin(b, sites, ".self_attn.v_proj", SiteRole::ATTN_V, (h, kv_out), ab)?,
-            key_site: sites.add(&n(".self_attn.key_states"), SiteKind::ATTN_KEY, SiteRole::KEY_STATES, &kv_dims, Some(l), false),
-            value_site: sites.add(&n(".self_attn.value_states"), SiteKind::ATTN_VALUE, SiteRole::VALUE_STATES, &kv_dims, Some(l), false),
+            key_site: sites.add(
+                &n(".self_attn.key_states"),
+                SiteKind::ATTN_KEY,
+                SiteRole::KEY_STATES,
+                &kv_dims,
+                Some(l),
+                false,
+            ),
+            value_site: sites.add(
+                &n(".self_attn.value_states"),
+                SiteKind::ATTN_VALUE,
+                SiteRole::VALUE_STATES,
+                &kv_dims,
+                Some(l),
+                false,
+            ),
             o: lin(b, sites, ".self_attn.o_proj", SiteRole::ATTN_O, (q_out, h), ab)?,
-            attn_out_site: sites.add(&n(".self_attn"), SiteKind::ATTN_OUTPUT, SiteRole::ATTN_OUTPUT, &[h], Some(l), false),
-            post_norm: SiteNorm::build(b, sites, Place::block(&n(".post_attention_layernorm"), SiteRole::MLP_NORM, l), NormKind::Rms, h, eps)?,
+            attn_out_site: sites.add(
+                &n(".self_attn"),
+                SiteKind::ATTN_OUTPUT,
+                SiteRole::ATTN_OUTPUT,
+                &[h],
+                Some(l),
+                false,
+            ),
+            post_norm: SiteNorm::build(
+                b,
+                sites,
+                Place::block(&n(".post_attention_layernorm"), SiteRole::MLP_NORM, l),
+                NormKind::Rms,
+                h,
+                eps,
+            )?,
             gate: lin(b, sites, ".mlp.gate_proj", SiteRole::MLP_GATE, (h, i), mb)?,
             up: lin(b, sites, ".mlp.up_proj", SiteRole::MLP_UP, (h, i), mb)?,
             down: lin(b, sites, ".mlp.down_proj", SiteRole::MLP_DOWN, (i, h), mb)?,
@@ -100,7 +137,15 @@ impl Layer {
 
     /// `x` is `[b, seq, hidden]`; `pad` the `[b, seq]` padding mask (if any) and `mask`
     /// the additive causal mask for `seq` keys.
-    fn forward(&self, cfg: &LlamaConfig, rope: &RopeTables, x: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+    fn forward(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &RopeTables,
+        x: &Tensor,
+        pad: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        a: &Adapters,
+    ) -> Result<Tensor> {
         let h = self.input_norm.forward(a, x)?;
         let attn = a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?;
         let x1 = (x + a.post(self.attn_out_site, &h, attn)?)?;
@@ -111,7 +156,15 @@ impl Layer {
         a.post(self.out_site, x, y)
     }
 
-    fn attention(&self, cfg: &LlamaConfig, rope: &RopeTables, h: &Tensor, pad: Option<&Tensor>, mask: Option<&Tensor>, a: &Adapters) -> Result<Tensor> {
+    fn attention(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &RopeTables,
+        h: &Tensor,
+        pad: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        a: &Adapters,
+    ) -> Result<Tensor> {
         let (b, s, _) = h.dims3()?;
         let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2);
@@ -153,10 +206,22 @@ impl Llama {
     fn build(cfg: &LlamaConfig, mut b: WeightBuilder) -> Result<Self> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let mut sites = SiteTable::default();
-        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false), b.normal("model.embed_tokens.weight", &[v, h])?);
-        let input_site = sites.add("model.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
-        let layers = (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
-        let norm = SiteNorm::build(&mut b, &mut sites, Place::top("model.norm", SiteRole::FINAL_NORM), NormKind::Rms, h, cfg.rms_norm_eps)?;
+        let embed = (
+            sites.add("model.embed_tokens", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false),
+            b.normal("model.embed_tokens.weight", &[v, h])?,
+        );
+        let input_site =
+            sites.add("model.input_embeds", SiteKind::INPUT_EMBEDS, SiteRole::INPUT_EMBEDS, &[h], None, false);
+        let layers =
+            (0..cfg.num_hidden_layers).map(|l| Layer::build(&mut b, &mut sites, cfg, l)).collect::<Result<Vec<_>>>()?;
+        let norm = SiteNorm::build(
+            &mut b,
+            &mut sites,
+            Place::top("model.norm", SiteRole::FINAL_NORM),
+            NormKind::Rms,
+            h,
+            cfg.rms_norm_eps,
+        )?;
         let head = if cfg.tie_word_embeddings {
             let site = sites.add("lm_head", SiteKind::LINEAR, SiteRole::LM_HEAD, &[h, v], None, false);
             SiteLinear { site, weight: embed.1.clone(), bias: None }
@@ -177,7 +242,12 @@ impl Llama {
     /// `attention_mask` is `[batch, seq]` with `seq <= len`: the `len - seq` leading
     /// positions are virtual tokens, always attended to. Positions start after the
     /// key/value prefix the adapters declare (`kv_prefix_len`).
-    pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+    ) -> Result<ModelOutput> {
         let (b, len, _) = embeds.dims3()?;
         let pad = extend_mask(attention_mask, b, len)?;
         let mask = super::layers::attention_mask(pad.as_ref(), b, len, len, true, embeds.device())?;

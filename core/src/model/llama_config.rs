@@ -86,12 +86,23 @@ impl LlamaConfig {
 
     /// Checks sizes and the rules across fields.
     pub fn validate(&self) -> Result<()> {
-        let sizes = [("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size), ("num_attention_heads", self.num_attention_heads), ("num_key_value_heads", self.kv_heads()), ("head_dim", self.head_dim())];
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+        ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::msg(format!("llama config: `{name}` must be > 0")));
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
-            return Err(Error::msg(format!("llama config: num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_attention_heads, self.kv_heads())));
+            return Err(Error::msg(format!(
+                "llama config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            )));
         }
         if self.head_dim() % 2 != 0 {
             return Err(Error::msg(format!("llama config: head_dim {} must be even for rope", self.head_dim())));
@@ -222,14 +233,19 @@ mod tests {
     use super::*;
 
     fn parse(extra: &str) -> std::result::Result<LlamaConfig, String> {
-        let json = format!(r#"{{"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2 {extra}}}"#);
+        let json = format!(
+            r#"{{"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2 {extra}}}"#
+        );
         serde_json::from_str::<HfLlamaConfig>(&json).map_err(|e| e.to_string())?.into_config()
     }
 
     #[test]
     fn rope_theta_is_read_from_both_layouts() {
         assert_eq!(parse(r#", "rope_theta": 500.0, "rope_scaling": null"#).map(|c| c.rope_theta), Ok(500.0));
-        assert_eq!(parse(r#", "rope_parameters": {"rope_theta": 7.0, "rope_type": "default"}"#).map(|c| c.rope_theta), Ok(7.0));
+        assert_eq!(
+            parse(r#", "rope_parameters": {"rope_theta": 7.0, "rope_type": "default"}"#).map(|c| c.rope_theta),
+            Ok(7.0)
+        );
         assert_eq!(parse("").map(|c| c.rope_theta), Ok(10_000.0));
     }
 

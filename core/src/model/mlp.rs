@@ -56,13 +56,19 @@ impl MlpLm {
         let mut rng = Rng::new(seed);
         let mut sites = SiteTable::default();
         let (h, i, v) = (cfg.hidden, cfg.intermediate, cfg.vocab);
-        let embed = (sites.add("model.embed_tokens", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false), Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?);
+        let embed = (
+            sites.add("model.embed_tokens", SiteKind::EMBEDDING, SiteRole::EMBED_TOKENS, &[v, h], None, false),
+            Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?,
+        );
         let mut blocks = Vec::new();
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
-            let up = sites.add(&format!("{p}.mlp.up_proj"), SiteKind::LINEAR, SiteRole::MLP_UP, &[h, i], Some(l), false);
-            let down = sites.add(&format!("{p}.mlp.down_proj"), SiteKind::LINEAR, SiteRole::MLP_DOWN, &[i, h], Some(l), false);
-            let mlp_site = sites.add(&format!("{p}.mlp"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false);
+            let up =
+                sites.add(&format!("{p}.mlp.up_proj"), SiteKind::LINEAR, SiteRole::MLP_UP, &[h, i], Some(l), false);
+            let down =
+                sites.add(&format!("{p}.mlp.down_proj"), SiteKind::LINEAR, SiteRole::MLP_DOWN, &[i, h], Some(l), false);
+            let mlp_site =
+                sites.add(&format!("{p}.mlp"), SiteKind::MLP_OUTPUT, SiteRole::MLP_OUTPUT, &[h], Some(l), false);
             let out_site = sites.add(&p, SiteKind::BLOCK_OUTPUT, SiteRole::BLOCK_OUTPUT, &[h], Some(l), false);
             blocks.push(Block {
                 up: (up, Weight::new(normal(&mut rng, &[i, h], 0.02, device)?)?),
@@ -71,7 +77,10 @@ impl MlpLm {
                 out_site,
             });
         }
-        let head = (sites.add("lm_head", SiteKind::LINEAR, SiteRole::LM_HEAD, &[h, v], None, false), Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?);
+        let head = (
+            sites.add("lm_head", SiteKind::LINEAR, SiteRole::LM_HEAD, &[h, v], None, false),
+            Weight::new(normal(&mut rng, &[v, h], 0.02, device)?)?,
+        );
         Ok(MlpLm { cfg, sites, embed, blocks, head })
     }
 
@@ -84,7 +93,18 @@ impl MlpLm {
 impl Model for MlpLm {
     fn spec(&self) -> ModelSpec {
         let c = self.cfg;
-        ModelSpec { arch: "mlp".into(), hidden: c.hidden, vocab: c.vocab, num_layers: c.layers, num_heads: 0, num_kv_heads: 0, head_dim: 0, intermediate: c.intermediate, causal: true, max_positions: 0 }
+        ModelSpec {
+            arch: "mlp".into(),
+            hidden: c.hidden,
+            vocab: c.vocab,
+            num_layers: c.layers,
+            num_heads: 0,
+            num_kv_heads: 0,
+            head_dim: 0,
+            intermediate: c.intermediate,
+            causal: true,
+            max_positions: 0,
+        }
     }
 
     fn sites(&self) -> &SiteTable {
@@ -101,7 +121,12 @@ impl Model for MlpLm {
         w
     }
 
-    fn forward(&self, input_ids: &Tensor, _attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        _attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+    ) -> Result<ModelOutput> {
         adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;

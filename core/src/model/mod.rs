@@ -87,7 +87,11 @@ impl ModelOutput {
             return Ok(self);
         }
         let cut = |t: &Tensor| t.narrow(1, len - seq, seq);
-        Ok(ModelOutput { logits: self.logits.as_ref().map(cut).transpose()?, hidden: cut(&self.hidden)?, pooled: self.pooled })
+        Ok(ModelOutput {
+            logits: self.logits.as_ref().map(cut).transpose()?,
+            hidden: cut(&self.hidden)?,
+            pooled: self.pooled,
+        })
     }
 }
 
@@ -126,7 +130,10 @@ pub trait Model {
 }
 
 /// Each site's `<site>.weight` and `<site>.bias` among `weights`.
-pub(crate) fn named_site_tensors(sites: &SiteTable, weights: &[(String, Weight)]) -> Vec<(String, &'static str, Tensor)> {
+pub(crate) fn named_site_tensors(
+    sites: &SiteTable,
+    weights: &[(String, Weight)],
+) -> Vec<(String, &'static str, Tensor)> {
     let by_name: std::collections::HashMap<&str, &Weight> = weights.iter().map(|(n, w)| (n.as_str(), w)).collect();
     let mut out = Vec::new();
     for site in sites.infos() {

@@ -46,7 +46,13 @@ pub(crate) struct SiteLinear {
 impl SiteLinear {
     /// Adds a linear site at `at` (`dims = [in, out]`) and makes `<name>.weight` (and
     /// `<name>.bias`).
-    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, at: Place<'_>, (d_in, d_out): (usize, usize), bias: bool) -> Result<Self> {
+    pub fn build(
+        b: &mut WeightBuilder,
+        sites: &mut SiteTable,
+        at: Place<'_>,
+        (d_in, d_out): (usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
         let name = at.name;
         let site = sites.add(name, SiteKind::LINEAR, at.role, &[d_in, d_out], at.layer, bias);
         let weight = b.normal(&format!("{name}.weight"), &[d_out, d_in])?;
@@ -88,7 +94,14 @@ pub(crate) struct SiteNorm {
 impl SiteNorm {
     /// Adds a norm site at `at` (`dims = [dim]`) and makes `<name>.weight` (and
     /// `<name>.bias` for LayerNorm).
-    pub fn build(b: &mut WeightBuilder, sites: &mut SiteTable, at: Place<'_>, kind: NormKind, dim: usize, eps: f64) -> Result<Self> {
+    pub fn build(
+        b: &mut WeightBuilder,
+        sites: &mut SiteTable,
+        at: Place<'_>,
+        kind: NormKind,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
         let (name, has_bias) = (at.name, kind == NormKind::Layer);
         let site = sites.add(name, SiteKind::NORM, at.role, &[dim], at.layer, has_bias);
         let weight = b.ones(&format!("{name}.weight"), &[dim])?;

@@ -21,10 +21,24 @@ pub struct SiteTable {
 
 impl SiteTable {
     /// Adds a site and returns its index.
-    pub fn add(&mut self, name: &str, kind: SiteKind, role: SiteRole, dims: &[usize], layer: Option<usize>, has_bias: bool) -> usize {
+    pub fn add(
+        &mut self,
+        name: &str,
+        kind: SiteKind,
+        role: SiteRole,
+        dims: &[usize],
+        layer: Option<usize>,
+        has_bias: bool,
+    ) -> usize {
         let i = self.infos.len();
         let layer = layer.map(|l| l as u32);
-        self.infos.push(SiteInfo { name: name.into(), kind, dims: dims.to_vec().into(), layer: layer.into(), has_bias });
+        self.infos.push(SiteInfo {
+            name: name.into(),
+            kind,
+            dims: dims.to_vec().into(),
+            layer: layer.into(),
+            has_bias,
+        });
         self.roles.push(role);
         self.by_name.insert(name.to_string(), i);
         i
@@ -67,7 +81,15 @@ pub struct Adapters {
 impl Adapters {
     /// No adapters, for a model with `num_sites` sites.
     pub fn none(num_sites: usize) -> Self {
-        Adapters { dropout: None, precision: Precision::Fp32, methods: Vec::new(), active: Vec::new(), frozen: Vec::new(), pre: vec![Vec::new(); num_sites], post: vec![Vec::new(); num_sites] }
+        Adapters {
+            dropout: None,
+            precision: Precision::Fp32,
+            methods: Vec::new(),
+            active: Vec::new(),
+            frozen: Vec::new(),
+            pre: vec![Vec::new(); num_sites],
+            post: vec![Vec::new(); num_sites],
+        }
     }
 
     /// Attaches a method instance: it chooses its sites and creates its parameters.

@@ -14,7 +14,11 @@ pub struct Console {
 }
 
 fn summary(m: &Metrics) -> String {
-    ["loss", "exact_match", "accuracy"].iter().filter_map(|k| m.get(*k).map(|v| format!("{k} {v:.4}"))).collect::<Vec<_>>().join(", ")
+    ["loss", "exact_match", "accuracy"]
+        .iter()
+        .filter_map(|k| m.get(*k).map(|v| format!("{k} {v:.4}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Console {
@@ -30,7 +34,9 @@ impl Console {
         }
         if self.terminal {
             let bar = ProgressBar::new(total).with_position(step).with_prefix(stage.to_string());
-            let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style =
+                ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style.progress_chars("=> "));
             self.bar = Some(bar);
         } else {
@@ -45,7 +51,9 @@ impl Console {
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.4}"));
             }
-            None if !self.quiet && (step % 50 == 0 || step == total) => eprintln!("[{stage}] step {step}/{total} loss {loss:.4}"),
+            None if !self.quiet && (step % 50 == 0 || step == total) => {
+                eprintln!("[{stage}] step {step}/{total} loss {loss:.4}")
+            }
             None => {}
         }
     }

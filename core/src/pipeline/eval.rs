@@ -22,7 +22,15 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Evaluates `data` in order, `batch_size` examples at a time, in evaluation mode.
-pub fn evaluate(model: &dyn Model, adapters: &Adapters, objective: &mut StageInstance, state: &HostState, data: &Dataset, batch_size: usize, device: &Device) -> Result<Metrics> {
+pub fn evaluate(
+    model: &dyn Model,
+    adapters: &Adapters,
+    objective: &mut StageInstance,
+    state: &HostState,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Metrics> {
     state.set_training(false);
     let r = evaluate_inner(model, adapters, objective, state, data, batch_size, device);
     state.end_step();
@@ -30,7 +38,15 @@ pub fn evaluate(model: &dyn Model, adapters: &Adapters, objective: &mut StageIns
     r
 }
 
-fn evaluate_inner(model: &dyn Model, adapters: &Adapters, objective: &mut StageInstance, state: &HostState, data: &Dataset, batch_size: usize, device: &Device) -> Result<Metrics> {
+fn evaluate_inner(
+    model: &dyn Model,
+    adapters: &Adapters,
+    objective: &mut StageInstance,
+    state: &HostState,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Metrics> {
     let mut per_example: Vec<f64> = Vec::with_capacity(data.len());
     let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut weighted_loss = 0.0;

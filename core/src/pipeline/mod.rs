@@ -20,8 +20,8 @@ mod stage;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use result::{open_stage, run_config, AdapterRecord, OpenedStage, StageResult};
-pub use snapshot::Snapshot;
 pub use resume::ResumeMeta;
+pub use snapshot::Snapshot;
 pub use stage::{MarkSteps, Marks, Progress, StageEnd};
 
 use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
@@ -89,13 +89,21 @@ impl Pipeline {
         let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::Io { path: run_dir.to_path_buf(), source: e })?;
-        let resolved = toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
-        std::fs::write(run_dir.join("config.toml"), resolved).map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
-        let data_json: Vec<_> = train_data.iter().chain(eval_data.iter().flatten()).map(|d| serde_json::json!({"source": d.name, "examples": d.len(), "sha256": d.sha256})).collect();
-        std::fs::write(run_dir.join("data.json"), serde_json::to_string_pretty(&data_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("data.json"), source: e })?;
+        let resolved =
+            toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
+        std::fs::write(run_dir.join("config.toml"), resolved)
+            .map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
+        let data_json: Vec<_> = train_data
+            .iter()
+            .chain(eval_data.iter().flatten())
+            .map(|d| serde_json::json!({"source": d.name, "examples": d.len(), "sha256": d.sha256}))
+            .collect();
+        std::fs::write(run_dir.join("data.json"), serde_json::to_string_pretty(&data_json).unwrap_or_default())
+            .map_err(|e| Error::Io { path: run_dir.join("data.json"), source: e })?;
         let source = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
         let run_json = serde_json::json!({ "config_source": source, "base_dir": std::fs::canonicalize(cfg.base_dir()).unwrap_or_else(|_| cfg.base_dir()) });
-        std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&run_json).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("run.json"), source: e })?;
+        std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&run_json).unwrap_or_default())
+            .map_err(|e| Error::Io { path: run_dir.join("run.json"), source: e })?;
         let plugins: Vec<_> = registry
             .libraries()
             .iter()
@@ -108,7 +116,8 @@ impl Pipeline {
                 serde_json::json!({ "library": l.id, "source": l.source.to_string(), "sdk": l.sdk.to_string(), "plugins": names, "sha256": sha256 })
             })
             .collect();
-        std::fs::write(run_dir.join("plugins.json"), serde_json::to_string_pretty(&plugins).unwrap_or_default()).map_err(|e| Error::Io { path: run_dir.join("plugins.json"), source: e })?;
+        std::fs::write(run_dir.join("plugins.json"), serde_json::to_string_pretty(&plugins).unwrap_or_default())
+            .map_err(|e| Error::Io { path: run_dir.join("plugins.json"), source: e })?;
         let log = MetricsLog::open(run_dir)?;
         let events = EventLog::open(run_dir)?;
         let n = cfg.stages.len();
@@ -159,14 +168,25 @@ impl Pipeline {
     /// weight when the stage trains adapters and names no patterns.
     fn freeze(&self, model: &dyn Model, s: &StageConfig, adapters_train: bool) {
         for (name, w) in model.weights() {
-            let frozen = if s.train.freeze.is_empty() { adapters_train } else { s.train.freeze.iter().any(|p| module_matches(p, &name)) };
-            let unfrozen_now = s.train.unfreeze.iter().any(|u| u.at_step == 0 && u.modules.iter().any(|p| module_matches(p, &name)));
+            let frozen = if s.train.freeze.is_empty() {
+                adapters_train
+            } else {
+                s.train.freeze.iter().any(|p| module_matches(p, &name))
+            };
+            let unfrozen_now =
+                s.train.unfreeze.iter().any(|u| u.at_step == 0 && u.modules.iter().any(|p| module_matches(p, &name)));
             w.set_trainable(!frozen || unfrozen_now);
         }
     }
 
     fn apply_unfreeze(&mut self, trainer: &mut Trainer, s: &StageConfig, step: u64) -> Result<()> {
-        let due: Vec<&String> = s.train.unfreeze.iter().filter(|u| u.at_step + 1 == step && u.at_step > 0).flat_map(|u| &u.modules).collect();
+        let due: Vec<&String> = s
+            .train
+            .unfreeze
+            .iter()
+            .filter(|u| u.at_step + 1 == step && u.at_step > 0)
+            .flat_map(|u| &u.modules)
+            .collect();
         if due.is_empty() {
             return Ok(());
         }
@@ -204,7 +224,9 @@ impl Pipeline {
         }
         for a in &s.adapters {
             let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
-            adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            adapters
+                .attach(m, model.sites())
+                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
             self.lineage.push(AdapterRecord { plugin: a.plugin.clone(), config: a.config_json(), frozen: false });
         }
         Ok(())
@@ -213,7 +235,11 @@ impl Pipeline {
     /// Replaces the attached LoRA adapters by their combination (see
     /// [`combine_lora`]), which keeps training.
     fn combine(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
-        let c = s.handoff.combine.clone().ok_or_else(|| Error::msg(format!("stage `{}`: handoff `combine` without `combine`", s.name)))?;
+        let c = s
+            .handoff
+            .combine
+            .clone()
+            .ok_or_else(|| Error::msg(format!("stage `{}`: handoff `combine` without `combine`", s.name)))?;
         let how = match c.rank {
             Some(rank) if c.method == "svd" => Combine::Svd { rank },
             _ => Combine::Cat,
@@ -221,15 +247,31 @@ impl Pipeline {
         let n = adapters.methods().len();
         let weights = if c.weights.is_empty() { vec![1.0; n] } else { c.weights.clone() };
         if weights.len() != n {
-            return Err(Error::msg(format!("stage `{}`: handoff.combine.weights has {} values for the {n} adapters attached", s.name, weights.len())));
+            return Err(Error::msg(format!(
+                "stage `{}`: handoff.combine.weights has {} values for the {n} adapters attached",
+                s.name,
+                weights.len()
+            )));
         }
-        let configs = self.lineage.iter().map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin)))).collect::<Result<Vec<serde_json::Value>>>()?;
-        let inputs: Vec<LoraInput> = adapters.methods().iter().zip(&configs).zip(&weights).map(|((method, config), &weight)| LoraInput { method, config, weight }).collect();
-        let combined = combine_lora(&inputs, how, &self.registry, &self.state, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `combine`: {e}", s.name)))?;
+        let configs = self
+            .lineage
+            .iter()
+            .map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin))))
+            .collect::<Result<Vec<serde_json::Value>>>()?;
+        let inputs: Vec<LoraInput> = adapters
+            .methods()
+            .iter()
+            .zip(&configs)
+            .zip(&weights)
+            .map(|((method, config), &weight)| LoraInput { method, config, weight })
+            .collect();
+        let combined = combine_lora(&inputs, how, &self.registry, &self.state, model)
+            .map_err(|e| Error::msg(format!("stage `{}`: handoff `combine`: {e}", s.name)))?;
         drop(adapters.take());
         let k = adapters.adopt(combined.method, model.sites())?;
         adapters.set_frozen(k, false);
-        self.lineage = vec![AdapterRecord { plugin: "lora".into(), config: combined.config.to_string(), frozen: false }];
+        self.lineage =
+            vec![AdapterRecord { plugin: "lora".into(), config: combined.config.to_string(), frozen: false }];
         Ok(())
     }
 
@@ -276,7 +318,9 @@ impl Pipeline {
     /// this step when `reuse` (the state has not changed since), else a new one, logged.
     fn end_metrics(&mut self, trainer: &mut Trainer, k: usize, reuse: bool) -> Result<Option<Metrics>> {
         let (stage, set) = (self.cfg.stages[self.current].name.clone(), self.cfg.stages[k].name.clone());
-        let logged = self.rows.iter().rev().find(|r| r.split == Split::Eval && r.stage == stage && r.step == trainer.step && r.set.as_ref() == Some(&set));
+        let logged = self.rows.iter().rev().find(|r| {
+            r.split == Split::Eval && r.stage == stage && r.step == trainer.step && r.set.as_ref() == Some(&set)
+        });
         if let (true, Some(row)) = (reuse, logged) {
             return Ok(Some(row.metrics.clone()));
         }
@@ -290,7 +334,12 @@ impl Pipeline {
     /// Where the current model came from and the attached adapters with their frozen
     /// flags: what a later stage needs to start `from` this point.
     fn structure(&self, adapters: &Adapters) -> StageResult {
-        let records = self.lineage.iter().enumerate().map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() }).collect();
+        let records = self
+            .lineage
+            .iter()
+            .enumerate()
+            .map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() })
+            .collect();
         StageResult { model_dir: self.model_dir.clone(), adapters: records }
     }
 
@@ -304,7 +353,8 @@ impl Pipeline {
 
     /// Runs every stage.
     pub fn run(mut self) -> Result<RunSummary> {
-        let mut model = build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
+        let mut model =
+            build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
         self.state.register_model(model.as_ref());
         let tokenizer = self.state.tokenizer().ok_or_else(|| Error::msg("the pipeline has no tokenizer"))?;
         plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref(), tokenizer)?;
@@ -349,7 +399,8 @@ impl Pipeline {
                 crate::config::Order::Shuffled => Order::Shuffled,
                 crate::config::Order::Curriculum => Order::ByDifficulty,
             };
-            let mut mixture = Mixture::new(self.train_data[i].clone(), replay, self.cfg.run.seed.wrapping_add(i as u64), order)?;
+            let mut mixture =
+                Mixture::new(self.train_data[i].clone(), replay, self.cfg.run.seed.wrapping_add(i as u64), order)?;
             // On resume: stages before the checkpoint's only rebuild their structure; the
             // checkpoint's stage gets every value back and continues where it stopped.
             let target = self.resume.as_ref().map(|(_, m)| (m.stage, m.stage_done));
@@ -387,7 +438,13 @@ impl Pipeline {
                 }
                 marks = Some(Marks::load(&ckpt, &meta.marks, &meta.progress, &trainer)?);
                 progress = meta.progress.clone();
-                self.event(&s.name, meta.step, "resume", format!("resumed from the checkpoint at step {}", meta.step), false)?;
+                self.event(
+                    &s.name,
+                    meta.step,
+                    "resume",
+                    format!("resumed from the checkpoint at step {}", meta.step),
+                    false,
+                )?;
             }
             let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
             // The retention row: every stage's eval set so far, at the end of this stage.

@@ -7,8 +7,8 @@ use crate::data::{load_source, Dataset, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plugin::{HostState, MethodInstance, Registry};
-use stagecraft_sdk::{MergeSupport, SiteKind};
 use candle_core::{DType, Device};
+use stagecraft_sdk::{MergeSupport, SiteKind};
 use std::fmt::Write;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,16 +30,26 @@ pub(super) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
     let mut train_data = Vec::new();
     let mut eval_data = Vec::new();
     for s in &cfg.stages {
-        let load = |spec: &str| load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)));
+        let load = |spec: &str| {
+            load_source(spec, &tokenizer, &base, s.seq_len)
+                .map(Arc::new)
+                .map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)))
+        };
         train_data.push(load(&s.data.train)?);
         eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
     }
     for s in &cfg.stages {
         let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
-        registry.new_stage(s.objective.name(), &s.objective.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
-        registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
+        registry
+            .new_stage(s.objective.name(), &s.objective.config_json(), &scratch)
+            .map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
+        registry
+            .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
+            .map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
         for a in &s.adapters {
-            registry.new_method(&a.plugin, &a.config_json(), &scratch).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            registry
+                .new_method(&a.plugin, &a.config_json(), &scratch)
+                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
         }
     }
     Ok(Loaded { device, tokenizer, train_data, eval_data })
@@ -52,7 +62,13 @@ pub(super) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
 ///
 /// Returns how many sites each stage's adapters attach to (`None` for stages on
 /// another model, checked when they start).
-pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &Device, model: &dyn Model, tokenizer: Rc<Tokenizer>) -> Result<Vec<Option<Vec<usize>>>> {
+pub(super) fn adapter_sites(
+    cfg: &PipelineConfig,
+    registry: &Registry,
+    device: &Device,
+    model: &dyn Model,
+    tokenizer: Rc<Tokenizer>,
+) -> Result<Vec<Option<Vec<usize>>>> {
     let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
     scratch.register_model(model);
     scratch.set_tokenizer(tokenizer);
@@ -80,7 +96,8 @@ pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &
             }
         }
         if i > 0 && s.handoff.adapters == AdapterHandoff::Combine {
-            let plain_lora = |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
+            let plain_lora =
+                |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
             if let Some(&k) = alive.iter().find(|&&k| !plain_lora(&made[k].1, &made[k].2)) {
                 let (from, m, _) = &made[k];
                 return Err(Error::msg(format!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin)));
@@ -89,15 +106,21 @@ pub(super) fn adapter_sites(cfg: &PipelineConfig, registry: &Registry, device: &
                 return Err(Error::msg(format!("stage `{}`: handoff `combine` has no adapters to combine", s.name)));
             }
         }
-        if i > 0 && matches!(s.handoff.adapters, AdapterHandoff::Merge | AdapterHandoff::Drop | AdapterHandoff::Combine) {
+        if i > 0 && matches!(s.handoff.adapters, AdapterHandoff::Merge | AdapterHandoff::Drop | AdapterHandoff::Combine)
+        {
             // A combination is one new LoRA adapter; its sites are those of the ones it replaces.
-            let combined: Vec<usize> = if s.handoff.adapters == AdapterHandoff::Combine { alive.first().copied().into_iter().collect() } else { Vec::new() };
+            let combined: Vec<usize> = if s.handoff.adapters == AdapterHandoff::Combine {
+                alive.first().copied().into_iter().collect()
+            } else {
+                Vec::new()
+            };
             alive = combined;
         }
         let mut counts = Vec::new();
         for a in &s.adapters {
             let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
-            m.attach(model.sites().infos()).map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            m.attach(model.sites().infos())
+                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
             counts.push(m.attachments().len());
             alive.push(made.len());
             made.push((s.name.clone(), m, a.config_json()));
@@ -119,14 +142,21 @@ fn check_mergeable(m: &MethodInstance, model: &dyn Model) -> Result<()> {
             let weights = model.weights();
             for a in m.attachments() {
                 let site = &sites[a.site as usize];
-                let w = weights.iter().find(|(n, _)| *n == format!("{}.weight", site.name)).map(|(_, w)| w.var().as_tensor().copy()).transpose()?;
+                let w = weights
+                    .iter()
+                    .find(|(n, _)| *n == format!("{}.weight", site.name))
+                    .map(|(_, w)| w.var().as_tensor().copy())
+                    .transpose()?;
                 let w = w.ok_or_else(|| Error::msg(format!("`{}` has no weight to merge into", site.name)))?;
                 m.merge(a.site as usize, &w).map_err(|e| Error::msg(format!("a trial merge failed: {e}")))?;
             }
         }
     }
     match m.attachments().iter().map(|a| &sites[a.site as usize]).find(|s| s.kind != SiteKind::LINEAR) {
-        Some(site) => Err(Error::msg(format!("it is attached to `{}`, which is not a linear site (kind {}), and only linear sites can be merged", site.name, site.kind))),
+        Some(site) => Err(Error::msg(format!(
+            "it is attached to `{}`, which is not a linear site (kind {}), and only linear sites can be merged",
+            site.name, site.kind
+        ))),
         None => Ok(()),
     }
 }
@@ -140,27 +170,59 @@ impl Pipeline {
     /// adapter targets) without training or writing anything, and describes the run.
     pub fn plan(cfg: &PipelineConfig, registry: &Registry) -> Result<String> {
         let loaded = load(cfg, registry)?;
-        let model = build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?;
+        let model =
+            build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?;
         let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref(), Rc::new(loaded.tokenizer.clone()))?;
         let info = model.info();
         let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
         let mut out = String::new();
-        let _ = writeln!(out, "model: {} ({} layers, hidden {}, vocab {}), {} parameters, on {}", info.arch, info.num_layers, info.hidden, info.vocab, millions(params), cfg.run.device);
+        let _ = writeln!(
+            out,
+            "model: {} ({} layers, hidden {}, vocab {}), {} parameters, on {}",
+            info.arch,
+            info.num_layers,
+            info.hidden,
+            info.vocab,
+            millions(params),
+            cfg.run.device
+        );
         for (i, s) in cfg.stages.iter().enumerate() {
             let train = &loaded.train_data[i];
             let per_step = s.batch_size * s.grad_accum;
             let steps = s.total_steps(train.len()).unwrap_or(0);
             let epochs = steps as f64 * per_step as f64 / train.len() as f64;
-            let _ = writeln!(out, "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})", i + 1, s.name, s.objective.name(), steps, per_step, train.len(), train.name);
+            let _ = writeln!(
+                out,
+                "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})",
+                i + 1,
+                s.name,
+                s.objective.name(),
+                steps,
+                per_step,
+                train.len(),
+                train.name
+            );
             let start = match &s.from {
                 Some(f) => format!("from `{f}`"),
                 None if i == 0 => "from the model".into(),
                 None => "from the previous stage".into(),
             };
-            let handoff = if i > 0 { format!(", previous adapters {}, optimizer {}", handoff_word(s.handoff.adapters), format!("{:?}", s.handoff.optimizer).to_lowercase()) } else { String::new() };
+            let handoff = if i > 0 {
+                format!(
+                    ", previous adapters {}, optimizer {}",
+                    handoff_word(s.handoff.adapters),
+                    format!("{:?}", s.handoff.optimizer).to_lowercase()
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(out, "   starts {start}{handoff}");
             let decay = format!("{:?}", s.schedule.decay).to_lowercase();
-            let _ = writeln!(out, "   {} lr {} ({decay} after {} warm-up steps), seq_len {}", s.optimizer.name, s.optimizer.lr, s.schedule.warmup_steps, s.seq_len);
+            let _ = writeln!(
+                out,
+                "   {} lr {} ({decay} after {} warm-up steps), seq_len {}",
+                s.optimizer.name, s.optimizer.lr, s.schedule.warmup_steps, s.seq_len
+            );
             for (a, n) in s.adapters.iter().zip(sites[i].iter().flatten()) {
                 let _ = writeln!(out, "   adapter {} on {n} sites", a.plugin);
             }
@@ -177,12 +239,24 @@ impl Pipeline {
                 (None, _) => {}
             }
             if let Some(x) = &s.exit {
-                let rule = [x.above.map(|v| format!("above {v}")), x.below.map(|v| format!("below {v}")), x.patience.map(|p| format!("patience {p}"))].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                let rule = [
+                    x.above.map(|v| format!("above {v}")),
+                    x.below.map(|v| format!("below {v}")),
+                    x.patience.map(|p| format!("patience {p}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
                 let _ = writeln!(out, "   exits on {} {rule}", x.metric);
             }
             for g in &s.gates.retention {
                 let action = format!("{:?}", g.on_fail).to_lowercase();
-                let _ = writeln!(out, "   gate: `{}` may drop at most {} ({action} on failure, patience {})", g.stage, g.max_drop, g.patience);
+                let _ = writeln!(
+                    out,
+                    "   gate: `{}` may drop at most {} ({action} on failure, patience {})",
+                    g.stage, g.max_drop, g.patience
+                );
             }
         }
         Ok(out)

@@ -41,7 +41,13 @@ pub struct StageResult {
 
 /// Builds `result`'s model and attaches its adapters (with their initial values; the
 /// caller loads the checkpoint's). The model is registered with `state`.
-pub(super) fn rebuild(result: &StageResult, cfg: &PipelineConfig, vocab: usize, registry: &Registry, state: &Rc<HostState>) -> Result<(Box<dyn Model>, Adapters)> {
+pub(super) fn rebuild(
+    result: &StageResult,
+    cfg: &PipelineConfig,
+    vocab: usize,
+    registry: &Registry,
+    state: &Rc<HostState>,
+) -> Result<(Box<dyn Model>, Adapters)> {
     let model = match &result.model_dir {
         Some(dir) => load_model(dir, &state.device)?,
         None => build::model(&cfg.model, vocab, cfg.run.seed, &cfg.base_dir(), &state.device)?,
@@ -60,7 +66,10 @@ pub(super) fn rebuild(result: &StageResult, cfg: &PipelineConfig, vocab: usize, 
 /// when it ran (against the original config file's directory).
 pub fn run_config(run_dir: &Path) -> Result<PipelineConfig> {
     let mut cfg = PipelineConfig::from_file(&run_dir.join("config.toml"), &[])?;
-    let run_json: serde_json::Value = std::fs::read_to_string(run_dir.join("run.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let run_json: serde_json::Value = std::fs::read_to_string(run_dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     if let Some(src) = run_json.get("config_source").and_then(|v| v.as_str()) {
         cfg.source = PathBuf::from(src);
     }
@@ -92,18 +101,36 @@ pub fn open_stage(run_dir: &Path, stage: Option<&str>, registry: &Registry, devi
     let ckpts = run_dir.join("checkpoints");
     let name = match stage {
         Some(s) => {
-            cfg.stage(s).ok_or_else(|| Error::msg(format!("{}: the run has no stage `{s}` (stages: {})", run_dir.display(), stage_names(&cfg))))?;
+            cfg.stage(s).ok_or_else(|| {
+                Error::msg(format!("{}: the run has no stage `{s}` (stages: {})", run_dir.display(), stage_names(&cfg)))
+            })?;
             s.to_string()
         }
-        None => cfg.stages.iter().rev().map(|s| s.name.clone()).find(|s| ckpts.join(s).is_dir()).ok_or_else(|| Error::msg(format!("{}: no stage of this run has finished", run_dir.display())))?,
+        None => cfg
+            .stages
+            .iter()
+            .rev()
+            .map(|s| s.name.clone())
+            .find(|s| ckpts.join(s).is_dir())
+            .ok_or_else(|| Error::msg(format!("{}: no stage of this run has finished", run_dir.display())))?,
     };
     let path = ckpts.join(&name);
     if !path.is_dir() {
-        return Err(Error::msg(format!("{}: stage `{name}` has not finished (no {})", run_dir.display(), path.display())));
+        return Err(Error::msg(format!(
+            "{}: stage `{name}` has not finished (no {})",
+            run_dir.display(),
+            path.display()
+        )));
     }
     let ckpt = checkpoint::load(&path, device)?;
-    let meta: resume::ResumeMeta = serde_json::from_value(ckpt.meta.clone()).map_err(|e| Error::msg(format!("{}: not a stage checkpoint: {e}", path.display())))?;
-    let result = meta.result.ok_or_else(|| Error::msg(format!("{}: this checkpoint does not record its adapters (written by an older stagecraft): rerun the stage", path.display())))?;
+    let meta: resume::ResumeMeta = serde_json::from_value(ckpt.meta.clone())
+        .map_err(|e| Error::msg(format!("{}: not a stage checkpoint: {e}", path.display())))?;
+    let result = meta.result.ok_or_else(|| {
+        Error::msg(format!(
+            "{}: this checkpoint does not record its adapters (written by an older stagecraft): rerun the stage",
+            path.display()
+        ))
+    })?;
     let tokenizer = build::tokenizer(&cfg.model, &cfg.base_dir())?;
     let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
     state.set_tokenizer(Rc::new(tokenizer.clone()));

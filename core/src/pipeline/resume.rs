@@ -13,10 +13,10 @@
 use super::eval::Metrics;
 use super::result::StageResult;
 use super::stage::{MarkSteps, Progress};
-use crate::model::{Adapters, Model};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::MixtureState;
 use crate::error::{Error, Result};
+use crate::model::{Adapters, Model};
 use crate::plugin::{MethodInstance, StageInstance};
 use crate::train::Trainer;
 use candle_core::{Device, Tensor};
@@ -54,7 +54,15 @@ pub struct ResumeMeta {
 
 /// Saves a resume checkpoint named `name` under `<run_dir>/checkpoints`, with `extra`
 /// tensors (the stage's snapshots).
-pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize, meta: &ResumeMeta, extra: BTreeMap<String, Tensor>) -> Result<()> {
+pub fn save(
+    run_dir: &Path,
+    name: &str,
+    trainer: &Trainer,
+    objectives: &[Option<StageInstance>],
+    current: usize,
+    meta: &ResumeMeta,
+    extra: BTreeMap<String, Tensor>,
+) -> Result<()> {
     let mut tensors = extra;
     for (n, w) in trainer.model.weights() {
         tensors.insert(format!("model.{n}"), w.var().as_tensor().clone());
@@ -89,18 +97,27 @@ pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, objectives: &[Option<
 /// reported and skipped).
 pub fn latest(run_dir: &Path, device: &Device) -> Result<(Checkpoint, ResumeMeta)> {
     let dir = run_dir.join("checkpoints");
-    let (path, ckpt, skipped) = checkpoint::load_latest_good(&dir, None, device)?.ok_or_else(|| Error::msg(format!("{}: no checkpoint to resume from", dir.display())))?;
+    let (path, ckpt, skipped) = checkpoint::load_latest_good(&dir, None, device)?
+        .ok_or_else(|| Error::msg(format!("{}: no checkpoint to resume from", dir.display())))?;
     for e in skipped {
         tracing::warn!("{e}; using {}", path.display());
     }
-    let meta: ResumeMeta = serde_json::from_value(ckpt.meta.clone()).map_err(|e| Error::msg(format!("{}: not a pipeline checkpoint: {e}", path.display())))?;
+    let meta: ResumeMeta = serde_json::from_value(ckpt.meta.clone())
+        .map_err(|e| Error::msg(format!("{}: not a pipeline checkpoint: {e}", path.display())))?;
     Ok((ckpt, meta))
 }
 
 fn set(name: &str, var: &candle_core::Var, ckpt: &Checkpoint) -> Result<()> {
-    let t: &Tensor = ckpt.tensors.get(name).ok_or_else(|| Error::msg(format!("checkpoint lacks `{name}`: the config changed since it was written")))?;
+    let t: &Tensor = ckpt
+        .tensors
+        .get(name)
+        .ok_or_else(|| Error::msg(format!("checkpoint lacks `{name}`: the config changed since it was written")))?;
     if t.dims() != var.dims() {
-        return Err(Error::msg(format!("checkpoint tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+        return Err(Error::msg(format!(
+            "checkpoint tensor `{name}` has shape {:?}, expected {:?}",
+            t.dims(),
+            var.dims()
+        )));
     }
     Ok(var.set(t)?)
 }
@@ -133,7 +150,12 @@ fn adapter_buffer_key(k: usize, m: &MethodInstance, local: &str) -> String {
 }
 
 /// Overwrites every value the checkpoint holds for the running stage.
-pub fn load_values(ckpt: &Checkpoint, trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize) -> Result<()> {
+pub fn load_values(
+    ckpt: &Checkpoint,
+    trainer: &Trainer,
+    objectives: &[Option<StageInstance>],
+    current: usize,
+) -> Result<()> {
     load_result(ckpt, trainer.model.as_ref(), &trainer.adapters)?;
     for b in trainer.optimizer.buffers() {
         set(&format!("optimizer.{}", b.name), &b.var, ckpt)?;

@@ -20,7 +20,12 @@ impl Snapshot {
     /// Copies the trainer's current state.
     pub fn take(t: &Trainer) -> Result<Snapshot> {
         let params = t.params.iter().map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?))).collect::<Result<_>>()?;
-        let buffers = t.optimizer.buffers().iter().map(|b| Ok((b.name.clone(), b.var.as_tensor().copy()?))).collect::<Result<_>>()?;
+        let buffers = t
+            .optimizer
+            .buffers()
+            .iter()
+            .map(|b| Ok((b.name.clone(), b.var.as_tensor().copy()?)))
+            .collect::<Result<_>>()?;
         Ok(Snapshot { step: t.step, updates: t.optimizer.updates, params, buffers })
     }
 
@@ -60,14 +65,20 @@ impl Snapshot {
             .params
             .iter()
             .map(|p| (format!("param.{}", p.name), p.var.as_tensor().clone()))
-            .chain(trainer.optimizer.buffers().iter().map(|b| (format!("buffer.{}", b.name), b.var.as_tensor().clone())))
+            .chain(
+                trainer.optimizer.buffers().iter().map(|b| (format!("buffer.{}", b.name), b.var.as_tensor().clone())),
+            )
             .collect();
         let prefix = format!("snapshot.{role}.");
         let mut snap = Snapshot { step, updates, params: BTreeMap::new(), buffers: BTreeMap::new() };
         for (name, t) in ckpt.tensors.iter().filter_map(|(n, t)| n.strip_prefix(&prefix).map(|n| (n, t))) {
             let want = like.get(name).ok_or_else(|| Error::msg(format!("checkpoint tensor `{prefix}{name}` matches nothing that trains: the config changed since it was written")))?;
             if t.dims() != want.dims() {
-                return Err(Error::msg(format!("checkpoint tensor `{prefix}{name}` has shape {:?}, expected {:?}", t.dims(), want.dims())));
+                return Err(Error::msg(format!(
+                    "checkpoint tensor `{prefix}{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    want.dims()
+                )));
             }
             match name.split_once('.') {
                 Some(("param", n)) => snap.params.insert(n.to_string(), t.clone()),

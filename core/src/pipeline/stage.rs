@@ -43,7 +43,15 @@ pub struct Progress {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { lr_scale: 1.0, recoveries: 0, running: None, best: None, since_best: 0, passing: None, gate_fails: 0 }
+        Progress {
+            lr_scale: 1.0,
+            recoveries: 0,
+            running: None,
+            best: None,
+            since_best: 0,
+            passing: None,
+            gate_fails: 0,
+        }
     }
 }
 
@@ -86,7 +94,9 @@ impl Marks {
     /// Every snapshot's tensors, named for a checkpoint.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for (role, snap) in [("last_good", Some(&self.last_good)), ("best", self.best.as_ref()), ("passing", self.passing.as_ref())] {
+        for (role, snap) in
+            [("last_good", Some(&self.last_good)), ("best", self.best.as_ref()), ("passing", self.passing.as_ref())]
+        {
             if let Some(snap) = snap {
                 out.extend(snap.tensors(role));
             }
@@ -99,7 +109,8 @@ impl Marks {
         let [lg, b, p] = steps.updates;
         let last_good = Snapshot::load(ckpt, "last_good", steps.last_good, lg, trainer)?;
         let best = progress.best.map(|_| Snapshot::load(ckpt, "best", steps.best, b, trainer)).transpose()?;
-        let passing = progress.passing.map(|_| Snapshot::load(ckpt, "passing", steps.passing, p, trainer)).transpose()?;
+        let passing =
+            progress.passing.map(|_| Snapshot::load(ckpt, "passing", steps.passing, p, trainer)).transpose()?;
         Ok(Marks { last_good, best, passing })
     }
 
@@ -156,7 +167,10 @@ fn gate_score(m: &Metrics, metric: Option<&str>) -> Option<f64> {
     if let Some(name) = metric {
         return m.get(name).map(|v| if crate::report::lower_is_better(name) { -v } else { *v });
     }
-    ["exact_match", "accuracy", "token_accuracy"].iter().find_map(|k| m.get(*k).copied()).or_else(|| m.get("loss").map(|l| -l))
+    ["exact_match", "accuracy", "token_accuracy"]
+        .iter()
+        .find_map(|k| m.get(*k).copied())
+        .or_else(|| m.get("loss").map(|l| -l))
 }
 
 impl Pipeline {
@@ -166,7 +180,8 @@ impl Pipeline {
         let bs = self.cfg.stages[k].batch_size;
         let (running, set) = (&self.cfg.stages[self.current].name, &self.cfg.stages[k].name);
         let obj = self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{set}` has not run yet")))?;
-        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, obj, &self.state, &data, bs, &self.device).map_err(|e| Error::msg(format!("stage `{running}`: evaluating the eval set of stage `{set}`: {e}")))?;
+        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, obj, &self.state, &data, bs, &self.device)
+            .map_err(|e| Error::msg(format!("stage `{running}`: evaluating the eval set of stage `{set}`: {e}")))?;
         Ok(Some(m))
     }
 
@@ -175,7 +190,16 @@ impl Pipeline {
         let k = self.current;
         let Some(data) = self.eval_data[k].clone() else { return Ok(None) };
         let bs = self.cfg.stages[k].batch_size;
-        let m = evaluate(trainer.model.as_ref(), &trainer.adapters, &mut trainer.stage, &self.state, &data, bs, &self.device).map_err(|e| Error::msg(format!("stage `{}`: evaluating its eval set: {e}", self.cfg.stages[k].name)))?;
+        let m = evaluate(
+            trainer.model.as_ref(),
+            &trainer.adapters,
+            &mut trainer.stage,
+            &self.state,
+            &data,
+            bs,
+            &self.device,
+        )
+        .map_err(|e| Error::msg(format!("stage `{}`: evaluating its eval set: {e}", self.cfg.stages[k].name)))?;
         Ok(Some(m))
     }
 
@@ -187,9 +211,17 @@ impl Pipeline {
 
     /// Trains stage `self.current` to its end, from `trainer.step` (non-zero on resume,
     /// where `marks` come from the checkpoint).
-    pub(super) fn train_stage(&mut self, trainer: &mut Trainer, mixture: &mut Mixture, mut progress: Progress, marks: Option<Marks>) -> Result<StageEnd> {
+    pub(super) fn train_stage(
+        &mut self,
+        trainer: &mut Trainer,
+        mixture: &mut Mixture,
+        mut progress: Progress,
+        marks: Option<Marks>,
+    ) -> Result<StageEnd> {
         let s: StageConfig = self.cfg.stages[self.current].clone();
-        let total = s.total_steps(mixture.primary().len()).ok_or_else(|| Error::msg(format!("stage `{}`: no step budget", s.name)))?;
+        let total = s
+            .total_steps(mixture.primary().len())
+            .ok_or_else(|| Error::msg(format!("stage `{}`: no step budget", s.name)))?;
         trainer.grad_clip = s.grad_clip;
         trainer.adapters.set_dropout(s.train.dropout, trainer.state.clone());
         let mut marks = match marks {
@@ -220,7 +252,9 @@ impl Pipeline {
             let lr = lr_at(&s.schedule, s.optimizer.lr, step, total) * progress.lr_scale;
             let out = trainer.train_step_accum(&micro, lr);
             let spike = match (&out, progress.running) {
-                (Ok(o), Some(mean)) => step > 10 && o.loss > s.anomaly.spike_factor * mean && o.loss - mean > s.anomaly.spike_margin,
+                (Ok(o), Some(mean)) => {
+                    step > 10 && o.loss > s.anomaly.spike_factor * mean && o.loss - mean > s.anomaly.spike_margin
+                }
                 _ => false,
             };
             if let Err(e) = &out {
@@ -231,18 +265,41 @@ impl Pipeline {
             if out.is_err() || spike {
                 let why = match &out {
                     Err(e) => e.to_string(),
-                    Ok(o) => format!("loss spike {:.4} > {} x running mean {:.4}", o.loss, s.anomaly.spike_factor, progress.running.unwrap_or(0.0)),
+                    Ok(o) => format!(
+                        "loss spike {:.4} > {} x running mean {:.4}",
+                        o.loss,
+                        s.anomaly.spike_factor,
+                        progress.running.unwrap_or(0.0)
+                    ),
                 };
                 if progress.recoveries >= s.anomaly.max_recoveries {
-                    return Err(Error::msg(format!("stage `{}` step {step}: {why}; gave up after {} recoveries", s.name, progress.recoveries)));
+                    return Err(Error::msg(format!(
+                        "stage `{}` step {step}: {why}; gave up after {} recoveries",
+                        s.name, progress.recoveries
+                    )));
                 }
                 progress.recoveries += 1;
                 progress.lr_scale *= s.anomaly.lr_scale;
                 marks.last_good.restore(trainer)?;
                 trainer.step = marks.last_good.step;
-                self.event(&s.name, step, "anomaly", format!("{why}; restored step {} and scaled the LR to x{}", marks.last_good.step, progress.lr_scale), true)?;
+                self.event(
+                    &s.name,
+                    step,
+                    "anomaly",
+                    format!(
+                        "{why}; restored step {} and scaled the LR to x{}",
+                        marks.last_good.step, progress.lr_scale
+                    ),
+                    true,
+                )?;
                 // The rejected step stays in the log: NaN for a non-finite loss, else the spike.
-                self.log.append(&MetricRow::train(&s.name, step, out.as_ref().map_or(f64::NAN, |o| o.loss), lr, None))?;
+                self.log.append(&MetricRow::train(
+                    &s.name,
+                    step,
+                    out.as_ref().map_or(f64::NAN, |o| o.loss),
+                    lr,
+                    None,
+                ))?;
                 continue;
             }
             let o = out?;
@@ -276,7 +333,15 @@ impl Pipeline {
                     rows: self.rows.len(),
                     result: None,
                 };
-                super::resume::save(&self.run_dir, "resume", trainer, &self.objectives, self.current, &meta, marks.tensors())?;
+                super::resume::save(
+                    &self.run_dir,
+                    "resume",
+                    trainer,
+                    &self.objectives,
+                    self.current,
+                    &meta,
+                    marks.tensors(),
+                )?;
             }
         }
         self.console.stage_end();
@@ -293,7 +358,14 @@ impl Pipeline {
         }
     }
 
-    fn evaluate_and_decide(&mut self, trainer: &mut Trainer, s: &StageConfig, total: u64, progress: &mut Progress, marks: &mut Marks) -> Result<Option<StageEnd>> {
+    fn evaluate_and_decide(
+        &mut self,
+        trainer: &mut Trainer,
+        s: &StageConfig,
+        total: u64,
+        progress: &mut Progress,
+        marks: &mut Marks,
+    ) -> Result<Option<StageEnd>> {
         let step = trainer.step;
         let own = self.eval_own(trainer)?;
         if let Some(m) = &own {
@@ -320,18 +392,42 @@ impl Pipeline {
         if gate_failing {
             progress.gate_fails += 1;
             let patience = failing.iter().map(|f| f.3).min().unwrap_or(0);
-            let what = failing.iter().map(|(stage, drop, max, _, _)| format!("`{stage}` (drop {drop:.4} > {max})")).collect::<Vec<_>>().join(", ");
+            let what = failing
+                .iter()
+                .map(|(stage, drop, max, _, _)| format!("`{stage}` (drop {drop:.4} > {max})"))
+                .collect::<Vec<_>>()
+                .join(", ");
             if progress.gate_fails <= patience && step < total {
-                self.event(&s.name, step, "gate", format!("retention gate failing on {what}, {}/{patience} tolerated", progress.gate_fails), true)?;
+                self.event(
+                    &s.name,
+                    step,
+                    "gate",
+                    format!("retention gate failing on {what}, {}/{patience} tolerated", progress.gate_fails),
+                    true,
+                )?;
             } else {
                 let stop = failing.iter().any(|f| f.4 == GateAction::Stop);
                 let back = marks.passing.as_ref().map_or(0, |p| p.step);
-                let action = if stop { "stopping the pipeline".to_string() } else { format!("rolled back to step {back}, the best state that passed") };
-                self.event(&s.name, step, if stop { "stop" } else { "rollback" }, format!("retention gate failed on {what}; {action}"), true)?;
+                let action = if stop {
+                    "stopping the pipeline".to_string()
+                } else {
+                    format!("rolled back to step {back}, the best state that passed")
+                };
+                self.event(
+                    &s.name,
+                    step,
+                    if stop { "stop" } else { "rollback" },
+                    format!("retention gate failed on {what}; {action}"),
+                    true,
+                )?;
                 if stop {
                     return Ok(Some(StageEnd::GateStop));
                 }
-                marks.passing.as_ref().ok_or_else(|| Error::msg(format!("stage `{}`: no state to roll back to", s.name)))?.restore(trainer)?;
+                marks
+                    .passing
+                    .as_ref()
+                    .ok_or_else(|| Error::msg(format!("stage `{}`: no state to roll back to", s.name)))?
+                    .restore(trainer)?;
                 return Ok(Some(StageEnd::GateRollback));
             }
         } else if !s.gates.retention.is_empty() {
@@ -353,7 +449,8 @@ impl Pipeline {
             return Ok(Some(StageEnd::Exit));
         }
         if let Some(patience) = exit.patience {
-            let score = if crate::report::lower_is_better(exit.metric.rsplit('.').next().unwrap_or("")) { -v } else { v };
+            let score =
+                if crate::report::lower_is_better(exit.metric.rsplit('.').next().unwrap_or("")) { -v } else { v };
             if progress.best.is_none_or(|b| score > b) {
                 progress.best = Some(score);
                 progress.since_best = 0;
@@ -363,7 +460,16 @@ impl Pipeline {
                 if progress.since_best >= patience {
                     if let Some(snap) = marks.best.as_ref() {
                         snap.restore(trainer)?;
-                        self.event(&s.name, step, "patience", format!("no improvement of {} in {patience} evaluations; restored the best state (step {})", exit.metric, snap.step), false)?;
+                        self.event(
+                            &s.name,
+                            step,
+                            "patience",
+                            format!(
+                                "no improvement of {} in {patience} evaluations; restored the best state (step {})",
+                                exit.metric, snap.step
+                            ),
+                            false,
+                        )?;
                     }
                     return Ok(Some(StageEnd::Patience));
                 }

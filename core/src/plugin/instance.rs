@@ -9,8 +9,8 @@ use abi_stable::{sabi_trait::TD_Opaque, std_types::RArc, std_types::RResult, std
 use candle_core::{Tensor, Var};
 use stagecraft_sdk::abi::{HostObj, HostOps_TO, MethodBox, OptimizerBox, StageBox};
 use stagecraft_sdk::{
-    Attachment, Control, Hooks, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo,
-    SiteKind, StepInfo, TensorHandle,
+    Attachment, Control, Hooks, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, SiteKind, StepInfo,
+    TensorHandle,
 };
 use std::rc::Rc;
 
@@ -42,7 +42,14 @@ impl InstanceCore {
         let store = Rc::new(InstanceStore::default());
         let host = host_for(state, &store, plugin);
         let serial = state.next_instance_serial();
-        InstanceCore { plugin: plugin.to_string(), serial, source: source.to_string(), host, store, state: state.clone() }
+        InstanceCore {
+            plugin: plugin.to_string(),
+            serial,
+            source: source.to_string(),
+            host,
+            store,
+            state: state.clone(),
+        }
     }
 
     /// A tensor's name as the optimizer and snapshots see it: `<plugin>#<serial>.<local>`
@@ -56,7 +63,9 @@ impl InstanceCore {
     fn check<T>(&self, method: impl Into<String>, r: RResult<T, RString>) -> Result<T> {
         match r {
             RResult::ROk(v) => Ok(v),
-            RResult::RErr(msg) => Err(Error::Plugin { plugin: self.plugin.clone(), method: method.into(), msg: msg.into_string() }),
+            RResult::RErr(msg) => {
+                Err(Error::Plugin { plugin: self.plugin.clone(), method: method.into(), msg: msg.into_string() })
+            }
         }
     }
 
@@ -103,7 +112,10 @@ impl MethodInstance {
                 return Err(Error::Plugin {
                     plugin: self.core.plugin.clone(),
                     method: "select_sites".into(),
-                    msg: format!("asked for a pre-hook at `{}`, a {} site; pre-hooks exist only on linear sites", site.name, site.kind),
+                    msg: format!(
+                        "asked for a pre-hook at `{}`, a {} site; pre-hooks exist only on linear sites",
+                        site.name, site.kind
+                    ),
                 });
             }
             self.core.check(format!("init_site({})", site.name), self.obj.init_site(&self.core.host, a.site))?;
@@ -163,7 +175,9 @@ impl MethodInstance {
     /// The site's base weight with the adapter merged in.
     pub fn merge(&self, site: usize, weight: &Tensor) -> Result<Tensor> {
         let hw = self.core.state.temp(weight.clone());
-        let h = self.core.check(format!("merge at {}", self.sites[site].name), self.obj.merge(&self.core.host, site as u32, hw))?;
+        let h = self
+            .core
+            .check(format!("merge at {}", self.sites[site].name), self.obj.merge(&self.core.host, site as u32, hw))?;
         let out = self.core.out("merge", h)?;
         if out.dims() != weight.dims() {
             return Err(self.shape_error("merge", site, weight.dims(), out.dims()));
@@ -174,7 +188,10 @@ impl MethodInstance {
     /// The site's base weight with the adapter taken out.
     pub fn unmerge(&self, site: usize, weight: &Tensor) -> Result<Tensor> {
         let hw = self.core.state.temp(weight.clone());
-        let h = self.core.check(format!("unmerge at {}", self.sites[site].name), self.obj.unmerge(&self.core.host, site as u32, hw))?;
+        let h = self.core.check(
+            format!("unmerge at {}", self.sites[site].name),
+            self.obj.unmerge(&self.core.host, site as u32, hw),
+        )?;
         self.core.out("unmerge", h)
     }
 
@@ -182,7 +199,10 @@ impl MethodInstance {
     /// not touch it).
     pub fn merge_bias(&self, site: usize, bias: &Tensor) -> Result<Tensor> {
         let hb = self.core.state.temp(bias.clone());
-        let h = self.core.check(format!("merge_bias at {}", self.sites[site].name), self.obj.merge_bias(&self.core.host, site as u32, hb))?;
+        let h = self.core.check(
+            format!("merge_bias at {}", self.sites[site].name),
+            self.obj.merge_bias(&self.core.host, site as u32, hb),
+        )?;
         let out = self.core.out("merge_bias", h)?;
         if out.dims() != bias.dims() {
             return Err(self.shape_error("merge_bias", site, bias.dims(), out.dims()));
@@ -193,7 +213,10 @@ impl MethodInstance {
     /// The site's base bias with the adapter taken out.
     pub fn unmerge_bias(&self, site: usize, bias: &Tensor) -> Result<Tensor> {
         let hb = self.core.state.temp(bias.clone());
-        let h = self.core.check(format!("unmerge_bias at {}", self.sites[site].name), self.obj.unmerge_bias(&self.core.host, site as u32, hb))?;
+        let h = self.core.check(
+            format!("unmerge_bias at {}", self.sites[site].name),
+            self.obj.unmerge_bias(&self.core.host, site as u32, hb),
+        )?;
         self.core.out("unmerge_bias", h)
     }
 
@@ -330,10 +353,14 @@ impl StageInstance {
     /// Loss and metrics for one batch.
     pub fn compute(&mut self, outputs: &[(&str, &Tensor)], batch: &[(&str, &Tensor)]) -> Result<StageLoss> {
         let named = |items: &[(&str, &Tensor)]| -> Vec<NamedTensor> {
-            items.iter().map(|(n, t)| NamedTensor { name: (*n).into(), tensor: self.core.state.temp((*t).clone()) }).collect()
+            items
+                .iter()
+                .map(|(n, t)| NamedTensor { name: (*n).into(), tensor: self.core.state.temp((*t).clone()) })
+                .collect()
         };
         let (o, b) = (named(outputs), named(batch));
-        let out = self.core.check("compute", self.obj.compute(&self.core.host, o.as_slice().into(), b.as_slice().into()))?;
+        let out =
+            self.core.check("compute", self.obj.compute(&self.core.host, o.as_slice().into(), b.as_slice().into()))?;
         let loss = self.core.out("compute", out.loss)?;
         if loss.elem_count() != 1 {
             return Err(Error::Plugin {
@@ -342,7 +369,8 @@ impl StageInstance {
                 msg: format!("returned a loss of shape {:?}, expected a scalar", loss.dims()),
             });
         }
-        let per_example = if out.per_example.is_none() { None } else { Some(self.core.out("compute", out.per_example)?) };
+        let per_example =
+            if out.per_example.is_none() { None } else { Some(self.core.out("compute", out.per_example)?) };
         Ok(StageLoss { loss: loss.reshape(())?, per_example, metrics: out.metrics.into_vec() })
     }
 

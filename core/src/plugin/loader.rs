@@ -115,21 +115,33 @@ pub fn first_mismatch(report: &str) -> String {
                 last.1 = l["type:".len()..].trim().to_string();
             }
         } else if let Some(kind) = l.strip_prefix("Error:") {
-            let expected = lines[i..].iter().position(|x| x.trim() == "Expected:").map(|k| next_value(i + k)).unwrap_or_default();
-            let found = lines[i..].iter().position(|x| x.trim() == "Found:").map(|k| next_value(i + k)).unwrap_or_default();
+            let expected =
+                lines[i..].iter().position(|x| x.trim() == "Expected:").map(|k| next_value(i + k)).unwrap_or_default();
+            let found =
+                lines[i..].iter().position(|x| x.trim() == "Found:").map(|k| next_value(i + k)).unwrap_or_default();
             all.push(Found { kind: kind.trim().to_string(), expected, found, path: path.clone() });
         }
     }
     // Size and alignment errors are consequences of a mismatch further in: prefer that.
-    let consequence = |k: &str| k == "too many fields" || k.starts_with("incompatible type size") || k.starts_with("incompatible alignment");
-    let pick = all.iter().find(|f| !consequence(&f.kind)).or_else(|| all.iter().find(|f| f.kind != "too many fields")).or(all.first());
+    let consequence = |k: &str| {
+        k == "too many fields" || k.starts_with("incompatible type size") || k.starts_with("incompatible alignment")
+    };
+    let pick = all
+        .iter()
+        .find(|f| !consequence(&f.kind))
+        .or_else(|| all.iter().find(|f| f.kind != "too many fields"))
+        .or(all.first());
     let Some(f) = pick else { return "layouts differ (no detail in the report)".to_string() };
     let mut steps: Vec<String> = Vec::new();
     for (k, (name, _)) in f.path.iter().enumerate() {
         if name == "0" || name == "obj" || name == "vtable" || name.starts_with("param_") {
             continue;
         }
-        let parent = f.path[..k].iter().rev().map(|(_, t)| t.as_str()).find(|t| !t.is_empty() && *t != "AFunctionPointer" && !t.contains('<') && !t.starts_with('&'));
+        let parent = f.path[..k]
+            .iter()
+            .rev()
+            .map(|(_, t)| t.as_str())
+            .find(|t| !t.is_empty() && *t != "AFunctionPointer" && !t.contains('<') && !t.starts_with('&'));
         steps.push(match parent {
             Some(t) => format!("{t}.{name}"),
             None => name.clone(),
@@ -145,24 +157,29 @@ pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
     let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
     let ids = exported_ids(path, &bytes)?;
     let id = match ids.as_slice() {
-        [] => return Err(load_err(path, format!("not a stagecraft plugin: it exports no `{SYMBOL_PREFIX}<id>` symbol"))),
+        [] => {
+            return Err(load_err(path, format!("not a stagecraft plugin: it exports no `{SYMBOL_PREFIX}<id>` symbol")))
+        }
         [one] => one.clone(),
-        many => return Err(load_err(path, format!("exports several plugin libraries ({}); one per file", many.join(", ")))),
+        many => {
+            return Err(load_err(path, format!("exports several plugin libraries ({}); one per file", many.join(", "))))
+        }
     };
     drop(bytes);
 
-    let raw = RawLibrary::load_at(path).map_err(|e| load_err(path, format!("cannot be loaded: {}", one_line(&e.to_string()))))?;
+    let raw = RawLibrary::load_at(path)
+        .map_err(|e| load_err(path, format!("cannot be loaded: {}", one_line(&e.to_string()))))?;
     let symbol = format!("{SYMBOL_PREFIX}{id}\0");
     // SAFETY: the symbol was found in the file's export table under the name the SDK's
     // `export_plugin!` gives its `LibHeader` static; `AbiHeaderRef` is a reference to the
     // header that starts that static, and `upgrade` validates it before any use. The
     // library is leaked below, so the `'static` references stay valid.
-    let header = unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) }
-        .map(|s| *s)
-        .map_err(|e| load_err(path, format!("cannot read symbol `{SYMBOL_PREFIX}{id}`: {}", one_line(&e.to_string()))))?;
-    let header = header.upgrade().map_err(|e| {
-        load_err(path, format!("built with an incompatible abi_stable ({})", one_line(&e.to_string())))
+    let header = unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) }.map(|s| *s).map_err(|e| {
+        load_err(path, format!("cannot read symbol `{SYMBOL_PREFIX}{id}`: {}", one_line(&e.to_string())))
     })?;
+    let header = header
+        .upgrade()
+        .map_err(|e| load_err(path, format!("built with an incompatible abi_stable ({})", one_line(&e.to_string()))))?;
     std::mem::forget(raw);
 
     let sdk = parse_version(path, header.version_strings())?;

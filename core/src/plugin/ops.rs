@@ -157,7 +157,13 @@ impl HostCtx {
         guarded(name, || Ok(self.state.temp(f()?)))
     }
 
-    fn binary(&self, name: &str, a: TensorHandle, b: TensorHandle, f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> OpResult {
+    fn binary(
+        &self,
+        name: &str,
+        a: TensorHandle,
+        b: TensorHandle,
+        f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> OpResult {
         self.op(name, || Ok(f(&self.t(a)?, &self.t(b)?)?))
     }
 }
@@ -383,7 +389,9 @@ impl HostOps for HostCtx {
                     }
                     Ok(v.set(&src.to_dtype(v.dtype())?.detach())?)
                 }
-                super::table::Entry::Temp(_) => Err(Error::msg("assign target must be a parameter or buffer, not a temporary")),
+                super::table::Entry::Temp(_) => {
+                    Err(Error::msg("assign target must be a parameter or buffer, not a temporary"))
+                }
             }
         })
     }
@@ -416,4 +424,3 @@ impl HostOps for HostCtx {
         guarded("encode", || Ok(self.state.encode(text.as_str())?.into()))
     }
 }
-

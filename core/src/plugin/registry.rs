@@ -103,21 +103,38 @@ impl Registry {
         self.by_name.iter().map(|(n, &(l, p))| (n.as_str(), &self.libs[l], &self.libs[l].plugins[p]))
     }
 
-    fn add(&mut self, id: String, source: Source, sdk: SdkVersion, compat: Option<Compat>, lib: PluginLibRef) -> Result<usize> {
+    fn add(
+        &mut self,
+        id: String,
+        source: Source,
+        sdk: SdkVersion,
+        compat: Option<Compat>,
+        lib: PluginLibRef,
+    ) -> Result<usize> {
         let manifest = (lib.manifest())();
         let plugins: Vec<PluginInfo> = manifest.into_vec();
         let mut seen = std::collections::BTreeSet::new();
         for p in &plugins {
             if !stagecraft_sdk::export::valid_name(&p.name) {
-                return Err(Error::Load { path: PathBuf::from(source.to_string()), msg: format!("plugin name `{}` is not lowercase snake_case", p.name) });
+                return Err(Error::Load {
+                    path: PathBuf::from(source.to_string()),
+                    msg: format!("plugin name `{}` is not lowercase snake_case", p.name),
+                });
             }
             if !seen.insert((p.name.to_string(), p.kind.0)) {
-                return Err(Error::Load { path: PathBuf::from(source.to_string()), msg: format!("provides `{}` twice", p.name) });
+                return Err(Error::Load {
+                    path: PathBuf::from(source.to_string()),
+                    msg: format!("provides `{}` twice", p.name),
+                });
             }
             if let Some(&(l, _)) = self.by_name.get(p.name.as_str()) {
                 let other = &self.libs[l];
                 if other.source != Source::Builtin || source == Source::Builtin {
-                    return Err(Error::Duplicate { name: p.name.to_string(), first: other.source.to_string(), second: source.to_string() });
+                    return Err(Error::Duplicate {
+                        name: p.name.to_string(),
+                        first: other.source.to_string(),
+                        second: source.to_string(),
+                    });
                 }
             }
         }
@@ -153,7 +170,8 @@ impl Registry {
         let mut errors = Vec::new();
         for dir in dirs {
             let Ok(rd) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library_file(p)).collect();
+            let mut files: Vec<PathBuf> =
+                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library_file(p)).collect();
             files.sort();
             for f in files {
                 if let Err(e) = self.load_file(&f) {
@@ -169,7 +187,8 @@ impl Registry {
         match self.by_name.get(name) {
             Some(&(l, p)) if self.libs[l].plugins[p].kind == kind => Ok((&self.libs[l], &self.libs[l].plugins[p])),
             _ => {
-                let available: Vec<&str> = self.plugins().filter(|(_, _, i)| i.kind == kind).map(|(n, _, _)| n).collect();
+                let available: Vec<&str> =
+                    self.plugins().filter(|(_, _, i)| i.kind == kind).map(|(n, _, _)| n).collect();
                 Err(Error::UnknownPlugin {
                     kind: kind.to_string(),
                     name: name.to_string(),
@@ -209,6 +228,8 @@ impl Registry {
 fn created<T>(plugin: &str, method: &str, r: RResult<T, abi_stable::std_types::RString>) -> Result<T> {
     match r {
         RResult::ROk(v) => Ok(v),
-        RResult::RErr(msg) => Err(Error::Plugin { plugin: plugin.to_string(), method: method.to_string(), msg: msg.into_string() }),
+        RResult::RErr(msg) => {
+            Err(Error::Plugin { plugin: plugin.to_string(), method: method.to_string(), msg: msg.into_string() })
+        }
     }
 }

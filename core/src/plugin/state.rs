@@ -74,7 +74,8 @@ impl HostState {
     /// (`site_role`) and its sites' base tensors (`site_weight`). Replaces whatever
     /// model was registered before.
     pub fn register_model(&self, model: &dyn Model) {
-        let roles = model.sites().infos().iter().zip(model.sites().roles()).map(|(s, r)| (s.name.to_string(), *r)).collect();
+        let roles =
+            model.sites().infos().iter().zip(model.sites().roles()).map(|(s, r)| (s.name.to_string(), *r)).collect();
         *self.model.borrow_mut() = Some(ModelView { spec: model.spec(), roles });
         let mut tensors = self.site_tensors.borrow_mut();
         tensors.clear();
@@ -85,7 +86,11 @@ impl HostState {
 
     /// The registered model's shape.
     pub fn model_spec(&self) -> Result<ModelSpec> {
-        self.model.borrow().as_ref().map(|m| m.spec.clone()).ok_or_else(|| Error::msg("no model is registered with the host"))
+        self.model
+            .borrow()
+            .as_ref()
+            .map(|m| m.spec.clone())
+            .ok_or_else(|| Error::msg("no model is registered with the host"))
     }
 
     /// The role of a site of the registered model.
@@ -109,7 +114,11 @@ impl HostState {
     /// Face tokenizers do by default).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let t = self.tokenizer.borrow();
-        let t = t.as_ref().ok_or_else(|| Error::msg("this host has no tokenizer (initialising from a text needs a pipeline or a model directory with one)"))?;
+        let t = t.as_ref().ok_or_else(|| {
+            Error::msg(
+                "this host has no tokenizer (initialising from a text needs a pipeline or a model directory with one)",
+            )
+        })?;
         t.encode(text)
     }
 
@@ -223,7 +232,8 @@ impl InstanceStore {
     /// Whether the instance may overwrite `h` with `assign`: its own parameters and
     /// buffers, and what is lent to it now.
     pub fn may_write(&self, h: TensorHandle) -> bool {
-        self.params.borrow().iter().chain(self.buffers.borrow().iter()).any(|o| o.handle == h) || self.lent.borrow().contains(&h)
+        self.params.borrow().iter().chain(self.buffers.borrow().iter()).any(|o| o.handle == h)
+            || self.lent.borrow().contains(&h)
     }
 
     /// Lends `handles` for writing until [`end_loan`](Self::end_loan).
@@ -261,7 +271,10 @@ impl InstanceStore {
     pub fn new_buffer(&self, state: &HostState, name: &str, shape: &[usize], init: Init) -> Result<TensorHandle> {
         if let Some(b) = self.buffers.borrow().iter().find(|b| b.name == name) {
             if b.var.dims() != shape {
-                return Err(Error::msg(format!("buffer `{name}` exists with shape {:?}, requested {shape:?}", b.var.dims())));
+                return Err(Error::msg(format!(
+                    "buffer `{name}` exists with shape {:?}, requested {shape:?}",
+                    b.var.dims()
+                )));
             }
             return Ok(b.handle);
         }

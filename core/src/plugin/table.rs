@@ -77,10 +77,9 @@ impl TensorTable {
         }
         let index = (h.0 & 0xFFFF_FFFF) as usize;
         let generation = (h.0 >> 32) as u32;
-        let slot = self
-            .slots
-            .get(index)
-            .ok_or_else(|| Error::msg(format!("invalid tensor handle {:#x}: no such slot (forged or corrupted)", h.0)))?;
+        let slot = self.slots.get(index).ok_or_else(|| {
+            Error::msg(format!("invalid tensor handle {:#x}: no such slot (forged or corrupted)", h.0))
+        })?;
         match &slot.entry {
             Some(e) if slot.generation == generation => Ok(e),
             _ if generation < slot.generation || slot.entry.is_none() => Err(Error::msg(format!(

@@ -53,7 +53,11 @@ impl EventLog {
     /// Opens (or creates) `<run_dir>/events.jsonl` for appending.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(Self::FILE_NAME);
-        let file = OpenOptions::new().append(true).create(true).open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(EventLog { path, file })
     }
 
@@ -64,7 +68,8 @@ impl EventLog {
 
     /// Appends one event as a line.
     pub fn append(&mut self, e: &Event) -> Result<()> {
-        let mut line = serde_json::to_string(e).map_err(|err| Error::file(&self.path, format!("cannot serialize event ({err})")))?;
+        let mut line = serde_json::to_string(e)
+            .map_err(|err| Error::file(&self.path, format!("cannot serialize event ({err})")))?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|source| Error::Io { path: self.path.clone(), source })
     }

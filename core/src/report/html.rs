@@ -65,20 +65,25 @@ pub fn render_html(
         s.push_str(&retention_table(m));
     }
     for stage in stage_order(rows) {
-        let _ = writeln!(
-            s,
-            "<h2>Stage {}</h2>\n<div class=\"plots\">",
-            escape(&stage)
-        );
+        let _ = writeln!(s, "<h2>Stage {}</h2>\n<div class=\"plots\">", escape(&stage));
         for plot in stage_plots(rows, &stage) {
             let _ = writeln!(s, "<figure>{}</figure>", plot.to_svg());
         }
         s.push_str("</div>\n");
     }
     if !events.is_empty() {
-        s.push_str("<h2>Events</h2>\n<table><tr><th>stage</th><th>step</th><th>event</th><th>what happened</th></tr>\n");
+        s.push_str(
+            "<h2>Events</h2>\n<table><tr><th>stage</th><th>step</th><th>event</th><th>what happened</th></tr>\n",
+        );
         for e in events {
-            let _ = writeln!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape(&e.stage), e.step, escape(&e.kind), escape(&e.message));
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&e.stage),
+                e.step,
+                escape(&e.kind),
+                escape(&e.message)
+            );
         }
         s.push_str("</table>\n");
     }
@@ -104,14 +109,8 @@ pub fn write_html(
     let path = run_dir.join(REPORT_FILE);
     let tmp = run_dir.join(format!(".{REPORT_FILE}.tmp-{}", std::process::id()));
     let html = render_html(title, rows, retention, events, extra);
-    std::fs::write(&tmp, html).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::write(&tmp, html).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
     Ok(path)
 }
 
@@ -131,18 +130,8 @@ mod tests {
         for step in 50..60 {
             rows.push(MetricRow::train("a&b", step, 0.7, 5e-4, None));
         }
-        rows.push(MetricRow::eval(
-            "a&b",
-            59,
-            "pre<train>",
-            [("loss".to_string(), 1.1)].into(),
-        ));
-        rows.push(MetricRow::eval(
-            "a&b",
-            59,
-            "a&b",
-            [("loss".to_string(), 0.6)].into(),
-        ));
+        rows.push(MetricRow::eval("a&b", 59, "pre<train>", [("loss".to_string(), 1.1)].into()));
+        rows.push(MetricRow::eval("a&b", 59, "a&b", [("loss".to_string(), 0.6)].into()));
         rows
     }
 
@@ -151,9 +140,15 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         let rows = rows();
         let retention = RetentionMatrix::from_rows(&rows, "loss");
-        let extra =
-            serde_json::json!({ "config": "name = \"x<y\"", "data_hashes": { "a&b": "00ff" } });
-        let path = write_html(tmp.path(), "run <1> & co", &rows, Some(&retention), &[Event::new("a&b", 55, "gate", "drop <0.5>")], &extra)?;
+        let extra = serde_json::json!({ "config": "name = \"x<y\"", "data_hashes": { "a&b": "00ff" } });
+        let path = write_html(
+            tmp.path(),
+            "run <1> & co",
+            &rows,
+            Some(&retention),
+            &[Event::new("a&b", 55, "gate", "drop <0.5>")],
+            &extra,
+        )?;
         let html = std::fs::read_to_string(path)?;
         // pre<train>: loss, lr, grad norm, eval exact_match, eval loss; a&b: loss, lr, eval loss.
         assert_eq!(html.matches("<svg").count(), 8);

@@ -116,16 +116,8 @@ impl MetricsLog {
     /// never join onto it.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(Self::FILE_NAME);
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io)?;
+        let io = |source| Error::Io { path: path.clone(), source };
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io)?;
         let mut text = Vec::new();
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.read_to_end(&mut text).map_err(io)?;
@@ -144,28 +136,19 @@ impl MetricsLog {
 
     /// Appends `row` as one line and hands it to the OS at once.
     pub fn append(&mut self, row: &MetricRow) -> Result<()> {
-        let mut line = serde_json::to_string(row)
-            .map_err(|e| Error::file(&self.path, format!("cannot serialize row ({e})")))?;
+        let mut line =
+            serde_json::to_string(row).map_err(|e| Error::file(&self.path, format!("cannot serialize row ({e})")))?;
         line.push('\n');
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| Error::Io { path: self.path.clone(), source };
         self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.flush().map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.file.flush().map_err(|source| Error::Io { path: self.path.clone(), source })
     }
 
     /// Reads every row of a `metrics.jsonl`. A malformed line is an error
     /// `FILE:LINE: ...`; blank lines are skipped, and so is an unparsable last line
     /// without its newline (a write cut short by a kill).
     pub fn read(path: &Path) -> Result<Vec<MetricRow>> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         let torn = !text.is_empty() && !text.ends_with('\n');
         let mut rows = Vec::with_capacity(lines.len());
@@ -176,13 +159,7 @@ impl MetricsLog {
             match serde_json::from_str(line) {
                 Ok(row) => rows.push(row),
                 Err(_) if torn && i + 1 == lines.len() => {}
-                Err(e) => {
-                    return Err(Error::msg(format!(
-                        "{}:{}: malformed metrics row ({e})",
-                        path.display(),
-                        i + 1
-                    )))
-                }
+                Err(e) => return Err(Error::msg(format!("{}:{}: malformed metrics row ({e})", path.display(), i + 1))),
             }
         }
         Ok(rows)
@@ -198,11 +175,7 @@ mod tests {
             "finetune_add",
             200,
             "finetune_add",
-            [
-                ("loss".to_string(), 0.4),
-                ("exact_match".to_string(), f64::NAN),
-            ]
-            .into(),
+            [("loss".to_string(), 0.4), ("exact_match".to_string(), f64::NAN)].into(),
         );
         eval.extra.insert("wall_s".into(), serde_json::json!(12.5));
         vec![
@@ -221,10 +194,7 @@ mod tests {
         }
         let text = std::fs::read_to_string(log.path())?;
         let first = text.lines().next().unwrap_or_default();
-        assert_eq!(
-            first,
-            r#"{"stage":"pretrain","step":120,"split":"train","loss":1.93,"lr":0.0028,"grad_norm":0.7}"#
-        );
+        assert_eq!(first, r#"{"stage":"pretrain","step":120,"split":"train","loss":1.93,"lr":0.0028,"grad_norm":0.7}"#);
         let back = MetricsLog::read(log.path())?;
         assert_eq!(back.len(), 3);
         assert_eq!(back[0], rows()[0]);
@@ -245,10 +215,7 @@ mod tests {
         std::fs::write(&path, format!("{good}\n\n{{\"stage\": 3}}\n{good}\n"))?;
         let err = MetricsLog::read(&path).expect_err("malformed");
         let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!("{}:3: malformed", path.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("{}:3: malformed", path.display())), "{msg}");
         assert_eq!(msg.lines().count(), 1);
         Ok(())
     }

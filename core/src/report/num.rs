@@ -56,8 +56,6 @@ pub mod map {
     /// Reads `null` values as NaN.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
         let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
-        Ok(m.into_iter()
-            .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
-            .collect())
+        Ok(m.into_iter().map(|(k, v)| (k, v.unwrap_or(f64::NAN))).collect())
     }
 }

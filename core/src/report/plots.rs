@@ -32,10 +32,7 @@ pub fn stage_order(rows: &[MetricRow]) -> Vec<String> {
 /// Eval set names of `stage` in order of first appearance.
 pub fn eval_sets(rows: &[MetricRow], stage: &str) -> Vec<String> {
     let mut sets: Vec<String> = Vec::new();
-    for row in rows
-        .iter()
-        .filter(|r| r.stage == stage && r.split == Split::Eval)
-    {
+    for row in rows.iter().filter(|r| r.stage == stage && r.split == Split::Eval) {
         if let Some(set) = &row.set {
             if !sets.contains(set) {
                 sets.push(set.clone());
@@ -46,12 +43,7 @@ pub fn eval_sets(rows: &[MetricRow], stage: &str) -> Vec<String> {
 }
 
 /// A one-series plot of a training field against step, or `None` if never logged.
-fn train_plot(
-    rows: &[MetricRow],
-    stage: &str,
-    what: &str,
-    field: fn(&MetricRow) -> Option<f64>,
-) -> Option<Plot> {
+fn train_plot(rows: &[MetricRow], stage: &str, what: &str, field: fn(&MetricRow) -> Option<f64>) -> Option<Plot> {
     let points: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.stage == stage && r.split == Split::Train)
@@ -61,10 +53,7 @@ fn train_plot(
         title: format!("{stage}: {what}"),
         x_label: "step".into(),
         y_label: what.into(),
-        series: vec![Series {
-            label: what.into(),
-            points,
-        }],
+        series: vec![Series { label: what.into(), points }],
     })
 }
 
@@ -79,10 +68,7 @@ pub fn stage_plots(rows: &[MetricRow], stage: &str) -> Vec<Plot> {
     .flatten()
     .collect();
 
-    let evals: Vec<&MetricRow> = rows
-        .iter()
-        .filter(|r| r.stage == stage && r.split == Split::Eval)
-        .collect();
+    let evals: Vec<&MetricRow> = rows.iter().filter(|r| r.stage == stage && r.split == Split::Eval).collect();
     let metrics: BTreeSet<&String> = evals.iter().flat_map(|r| r.metrics.keys()).collect();
     let sets = eval_sets(rows, stage);
     for metric in metrics {
@@ -126,13 +112,7 @@ mod tests {
         let titles: Vec<&str> = plots.iter().map(|p| p.title.as_str()).collect();
         assert_eq!(
             titles,
-            [
-                "b: training loss",
-                "b: learning rate",
-                "b: gradient norm",
-                "b: eval exact_match",
-                "b: eval loss"
-            ]
+            ["b: training loss", "b: learning rate", "b: gradient norm", "b: eval exact_match", "b: eval loss"]
         );
         let loss = &plots[4];
         assert_eq!(loss.series.len(), 2);

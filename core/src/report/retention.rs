@@ -55,9 +55,7 @@ pub struct RetentionMatrix {
 /// `perplexity` or `error`.
 pub fn lower_is_better(metric: &str) -> bool {
     let m = metric.to_ascii_lowercase();
-    ["loss", "ppl", "perplexity", "error"]
-        .iter()
-        .any(|k| m.contains(k))
+    ["loss", "ppl", "perplexity", "error"].iter().any(|k| m.contains(k))
 }
 
 impl RetentionMatrix {
@@ -91,13 +89,7 @@ impl RetentionMatrix {
                 }
             }
         }
-        RetentionMatrix {
-            stages,
-            sets,
-            metric: metric.to_string(),
-            metrics: Vec::new(),
-            values,
-        }
+        RetentionMatrix { stages, sets, metric: metric.to_string(), metrics: Vec::new(), values }
     }
 
     /// The matrix with each set on its main score: the first of `preference` that the
@@ -109,7 +101,11 @@ impl RetentionMatrix {
             .sets
             .iter()
             .map(|set| {
-                let reports = |k: &str| rows.iter().any(|r| r.split == Split::Eval && r.set.as_deref() == Some(set.as_str()) && r.metrics.contains_key(k));
+                let reports = |k: &str| {
+                    rows.iter().any(|r| {
+                        r.split == Split::Eval && r.set.as_deref() == Some(set.as_str()) && r.metrics.contains_key(k)
+                    })
+                };
                 preference.iter().find(|k| reports(k)).unwrap_or(&fallback).to_string()
             })
             .collect();
@@ -157,19 +153,13 @@ impl RetentionMatrix {
             return None;
         }
         let (reference, now) = (self.value(own, col)?, self.value(row, col)?);
-        Some(if lower_is_better(self.metric_of(col)) {
-            now - reference
-        } else {
-            reference - now
-        })
+        Some(if lower_is_better(self.metric_of(col)) { now - reference } else { reference - now })
     }
 
     /// For each set, the forgetting at the final row.
     pub fn forgetting(&self) -> Vec<Option<f64>> {
         let last = self.stages.len().saturating_sub(1);
-        (0..self.sets.len())
-            .map(|j| self.drop_at(last, j))
-            .collect()
+        (0..self.sets.len()).map(|j| self.drop_at(last, j)).collect()
     }
 
     /// The final forgetting of the set named `set`.
@@ -184,7 +174,13 @@ impl RetentionMatrix {
     pub fn to_table(&self) -> String {
         let mut grid: Vec<Vec<String>> = Vec::new();
         let mut header = vec![self.metric.clone()];
-        header.extend(self.sets.iter().enumerate().map(|(j, s)| if self.metrics.is_empty() { s.clone() } else { format!("{s} ({})", self.metric_of(j)) }));
+        header.extend(self.sets.iter().enumerate().map(|(j, s)| {
+            if self.metrics.is_empty() {
+                s.clone()
+            } else {
+                format!("{s} ({})", self.metric_of(j))
+            }
+        }));
         grid.push(header);
         for (i, stage) in self.stages.iter().enumerate() {
             let mut line = vec![stage.clone()];
@@ -194,11 +190,7 @@ impl RetentionMatrix {
             grid.push(line);
         }
         let mut last = vec!["forgetting".to_string()];
-        last.extend(
-            self.forgetting()
-                .iter()
-                .map(|f| f.map_or("-".into(), |f| format!("{f:.4}"))),
-        );
+        last.extend(self.forgetting().iter().map(|f| f.map_or("-".into(), |f| format!("{f:.4}"))));
         grid.push(last);
         render_grid(&grid)
     }
@@ -208,10 +200,7 @@ impl RetentionMatrix {
         let Some(v) = self.value(row, col) else {
             return "-".to_string();
         };
-        match (
-            self.own_row(col),
-            self.own_row(col).and_then(|o| self.value(o, col)),
-        ) {
+        match (self.own_row(col), self.own_row(col).and_then(|o| self.value(o, col))) {
             (Some(own), Some(reference)) if row > own => format!("{v:.4} ({:+.4})", v - reference),
             _ => format!("{v:.4}"),
         }
@@ -220,24 +209,18 @@ impl RetentionMatrix {
     /// Writes the matrix as `<run_dir>/retention.json`; returns the path.
     pub fn write_json(&self, run_dir: &Path) -> Result<PathBuf> {
         let path = run_dir.join(RETENTION_FILE);
-        let mut text = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::file(&path, format!("cannot serialize ({e})")))?;
+        let mut text =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::file(&path, format!("cannot serialize ({e})")))?;
         text.push(b'\n');
-        std::fs::write(&path, text).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, text).map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(path)
     }
 
     /// Reads a `retention.json`, checking that `values` is stages × sets.
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let m: RetentionMatrix = serde_json::from_slice(&text)
-            .map_err(|e| Error::file(path, format!("malformed ({e})")))?;
+        let text = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let m: RetentionMatrix =
+            serde_json::from_slice(&text).map_err(|e| Error::file(path, format!("malformed ({e})")))?;
         if m.values.len() != m.stages.len() || m.values.iter().any(|r| r.len() != m.sets.len()) {
             return Err(Error::file(path, "values is not stages × sets"));
         }
@@ -248,12 +231,7 @@ impl RetentionMatrix {
 /// Aligned text: first column left-aligned, the others right-aligned, two spaces apart.
 fn render_grid(grid: &[Vec<String>]) -> String {
     let cols = grid.iter().map(Vec::len).max().unwrap_or(0);
-    let width = |j: usize| {
-        grid.iter()
-            .filter_map(|r| r.get(j))
-            .map(|c| c.chars().count())
-            .max()
-    };
+    let width = |j: usize| grid.iter().filter_map(|r| r.get(j)).map(|c| c.chars().count()).max();
     let widths: Vec<usize> = (0..cols).map(|j| width(j).unwrap_or(0)).collect();
     let mut out = String::new();
     for row in grid {
@@ -311,10 +289,7 @@ mod tests {
     fn forgetting_is_positive_when_worse_whatever_the_direction() {
         let m = matrix("exact_match");
         let f = m.forgetting();
-        assert!(
-            close(f[0], 0.20) && close(f[1], -0.02) && close(f[2], 0.0),
-            "{f:?}"
-        );
+        assert!(close(f[0], 0.20) && close(f[1], -0.02) && close(f[2], 0.0), "{f:?}");
         assert!(close(m.drop_at(1, 0), 0.05));
         assert_eq!(m.drop_at(0, 1), None);
         let loss = matrix("loss");
@@ -325,7 +300,9 @@ mod tests {
 
     #[test]
     fn each_set_gets_its_main_score() {
-        let eval = |stage: &str, set: &str, kv: &[(&str, f64)]| MetricRow::eval(stage, 1, set, kv.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+        let eval = |stage: &str, set: &str, kv: &[(&str, f64)]| {
+            MetricRow::eval(stage, 1, set, kv.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        };
         let rows = vec![
             eval("lm", "lm", &[("loss", 1.0)]),
             eval("add", "add", &[("loss", 0.1), ("exact_match", 0.9)]),
@@ -368,10 +345,7 @@ mod tests {
         let m = matrix("loss");
         let path = m.write_json(tmp.path())?;
         assert_eq!(RetentionMatrix::read_json(&path)?, m);
-        std::fs::write(
-            &path,
-            r#"{"stages":["a"],"sets":[],"metric":"x","values":[]}"#,
-        )?;
+        std::fs::write(&path, r#"{"stages":["a"],"sets":[],"metric":"x","values":[]}"#)?;
         assert!(RetentionMatrix::read_json(&path).is_err());
         Ok(())
     }

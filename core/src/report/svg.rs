@@ -46,9 +46,7 @@ pub struct Plot {
 }
 
 /// Line colors, in series order (repeating).
-const PALETTE: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-];
+const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 const WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 300.0;
 const LEGEND_WIDTH: f64 = 150.0;
@@ -73,12 +71,10 @@ impl Scale {
 
 /// `(min, max)` of the finite values, or `None` when there are none.
 fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values
-        .filter(|v| v.is_finite())
-        .fold(None, |acc, v| match acc {
-            None => Some((v, v)),
-            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-        })
+    values.filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
 }
 
 impl Plot {
@@ -158,10 +154,7 @@ fn axis_scale(ticks: &[f64], r0: f64, r1: f64) -> Scale {
 
 /// Grid lines and labels for both axes.
 fn draw_ticks(s: &mut String, x_ticks: &[f64], y_ticks: &[f64], xs: Scale, ys: Scale) {
-    let x_step = x_ticks
-        .get(1)
-        .zip(x_ticks.first())
-        .map_or(1.0, |(b, a)| b - a);
+    let x_step = x_ticks.get(1).zip(x_ticks.first()).map_or(1.0, |(b, a)| b - a);
     for &t in x_ticks {
         let x = xs.map(t);
         let _ = write!(
@@ -173,10 +166,7 @@ fn draw_ticks(s: &mut String, x_ticks: &[f64], y_ticks: &[f64], xs: Scale, ys: S
             format_tick(t, x_step)
         );
     }
-    let y_step = y_ticks
-        .get(1)
-        .zip(y_ticks.first())
-        .map_or(1.0, |(b, a)| b - a);
+    let y_step = y_ticks.get(1).zip(y_ticks.first()).map_or(1.0, |(b, a)| b - a);
     for &t in y_ticks {
         let y = ys.map(t);
         let _ = write!(
@@ -195,32 +185,17 @@ fn draw_ticks(s: &mut String, x_ticks: &[f64], y_ticks: &[f64], xs: Scale, ys: S
 fn draw_series(s: &mut String, series: &Series, color: &str, xs: Scale, ys: Scale) {
     let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
     for run in series.points.split(|p| !finite(p)).filter(|r| r.len() > 1) {
-        let pts: Vec<String> = run
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", xs.map(x), ys.map(y)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            pts.join(" ")
-        );
+        let pts: Vec<String> = run.iter().map(|&(x, y)| format!("{:.1},{:.1}", xs.map(x), ys.map(y))).collect();
+        let _ = write!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#, pts.join(" "));
     }
     let marked: Vec<_> = series.points.iter().filter(|p| finite(p)).collect();
     let lone = |i: usize| {
-        let bad = |j: Option<usize>| {
-            j.and_then(|j| series.points.get(j))
-                .is_none_or(|p| !finite(p))
-        };
+        let bad = |j: Option<usize>| j.and_then(|j| series.points.get(j)).is_none_or(|p| !finite(p));
         bad(i.checked_sub(1)) && bad(Some(i + 1))
     };
     for (i, &(x, y)) in series.points.iter().enumerate() {
         if finite(&(x, y)) && (marked.len() <= MAX_MARKED || lone(i)) {
-            let _ = write!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#,
-                xs.map(x),
-                ys.map(y)
-            );
+            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, xs.map(x), ys.map(y));
         }
     }
 }
@@ -246,19 +221,11 @@ mod tests {
     use super::*;
 
     fn plot(series: Vec<Series>) -> Plot {
-        Plot {
-            title: "t".into(),
-            x_label: "step".into(),
-            y_label: "y".into(),
-            series,
-        }
+        Plot { title: "t".into(), x_label: "step".into(), y_label: "y".into(), series }
     }
 
     fn line(label: &str, points: &[(f64, f64)]) -> Series {
-        Series {
-            label: label.into(),
-            points: points.to_vec(),
-        }
+        Series { label: label.into(), points: points.to_vec() }
     }
 
     #[test]
@@ -276,24 +243,13 @@ mod tests {
                 assert!(!svg.contains(bad), "{bad} in {svg}");
             }
         }
-        assert!(plot(vec![line("one", &[(7.0, 0.5)])])
-            .to_svg()
-            .contains("<circle"));
+        assert!(plot(vec![line("one", &[(7.0, 0.5)])]).to_svg().contains("<circle"));
     }
 
     #[test]
     fn a_nan_breaks_the_line_and_a_legend_lists_every_series() {
         let p = plot(vec![
-            line(
-                "a<b",
-                &[
-                    (0.0, 1.0),
-                    (1.0, 2.0),
-                    (2.0, f64::NAN),
-                    (3.0, 1.0),
-                    (4.0, 0.5),
-                ],
-            ),
+            line("a<b", &[(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN), (3.0, 1.0), (4.0, 0.5)]),
             line("c&d", &[(0.0, 3.0), (4.0, 3.5)]),
         ]);
         let svg = p.to_svg();

@@ -33,31 +33,18 @@ pub fn summary_table(rows: &[MetricRow]) -> String {
     );
     for stage in stage_order(rows) {
         let of_stage: Vec<&MetricRow> = rows.iter().filter(|r| r.stage == stage).collect();
-        let train: Vec<&&MetricRow> = of_stage
-            .iter()
-            .filter(|r| r.split == Split::Train)
-            .collect();
+        let train: Vec<&&MetricRow> = of_stage.iter().filter(|r| r.split == Split::Train).collect();
         let first = of_stage.iter().map(|r| r.step).min().unwrap_or(0);
         let last = of_stage.iter().map(|r| r.step).max().unwrap_or(0);
         let final_loss = train.iter().rev().find_map(|r| r.loss);
-        let best = train
-            .iter()
-            .filter_map(|r| r.loss)
-            .filter(|v| v.is_finite())
-            .reduce(f64::min);
+        let best = train.iter().filter_map(|r| r.loss).filter(|v| v.is_finite()).reduce(f64::min);
         let final_lr = train.iter().rev().find_map(|r| r.lr);
         let mut evals = Vec::new();
         for set in eval_sets(rows, &stage) {
-            let last_row = of_stage
-                .iter()
-                .rev()
-                .find(|r| r.split == Split::Eval && r.set.as_ref() == Some(&set));
+            let last_row = of_stage.iter().rev().find(|r| r.split == Split::Eval && r.set.as_ref() == Some(&set));
             if let Some(r) = last_row {
-                let ms: Vec<String> = r
-                    .metrics
-                    .iter()
-                    .map(|(k, v)| format!("{} {}", escape(k), num(Some(*v))))
-                    .collect();
+                let ms: Vec<String> =
+                    r.metrics.iter().map(|(k, v)| format!("{} {}", escape(k), num(Some(*v)))).collect();
                 evals.push(format!("<b>{}</b>: {}", escape(&set), ms.join(", ")));
             }
         }
@@ -95,10 +82,7 @@ pub fn retention_table(m: &RetentionMatrix) -> String {
         .filter(|d| d.is_finite())
         .collect();
     let scale = drops.iter().fold(0.0f64, |a, d| a.max(d.abs()));
-    let mut s = format!(
-        "<table class=\"retention\"><tr><th>{} after ↓ / set →</th>",
-        escape(&m.metric)
-    );
+    let mut s = format!("<table class=\"retention\"><tr><th>{} after ↓ / set →</th>", escape(&m.metric));
     for (j, set) in m.sets.iter().enumerate() {
         if m.metrics.is_empty() {
             let _ = write!(s, "<th>{}</th>", escape(set));
@@ -110,32 +94,15 @@ pub fn retention_table(m: &RetentionMatrix) -> String {
     for (i, stage) in m.stages.iter().enumerate() {
         let _ = write!(s, "<tr><th>{}</th>", escape(stage));
         for j in 0..m.sets.len() {
-            let style = m
-                .drop_at(i, j)
-                .filter(|_| m.own_row(j) != Some(i))
-                .map(|d| shade(d, scale));
-            let own = if m.own_row(j) == Some(i) {
-                " class=\"own\""
-            } else {
-                ""
-            };
-            let _ = write!(
-                s,
-                "<td{own}{}>{}</td>",
-                style.unwrap_or_default(),
-                escape(&m.cell_text(i, j))
-            );
+            let style = m.drop_at(i, j).filter(|_| m.own_row(j) != Some(i)).map(|d| shade(d, scale));
+            let own = if m.own_row(j) == Some(i) { " class=\"own\"" } else { "" };
+            let _ = write!(s, "<td{own}{}>{}</td>", style.unwrap_or_default(), escape(&m.cell_text(i, j)));
         }
         s.push_str("</tr>\n");
     }
     s.push_str("<tr class=\"total\"><th>forgetting</th>");
     for f in m.forgetting() {
-        let _ = write!(
-            s,
-            "<td{}>{}</td>",
-            f.map(|d| shade(d, scale)).unwrap_or_default(),
-            num(f)
-        );
+        let _ = write!(s, "<td{}>{}</td>", f.map(|d| shade(d, scale)).unwrap_or_default(), num(f));
     }
     s.push_str("</tr>\n</table>\n");
     s
@@ -187,9 +154,7 @@ mod tests {
 
     #[test]
     fn details_escape_and_keep_strings_raw() {
-        let d = details(
-            &serde_json::json!({ "config": "[run]\nname = \"a<b\"", "hashes": { "x": 1 } }),
-        );
+        let d = details(&serde_json::json!({ "config": "[run]\nname = \"a<b\"", "hashes": { "x": 1 } }));
         assert!(d.contains("name = &quot;a&lt;b&quot;"), "{d}");
         assert!(d.contains("<summary>hashes</summary>"));
         assert!(details(&serde_json::Value::Null).is_empty());

@@ -31,11 +31,7 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     if span > size * 1e-9 && span > f64::MIN_POSITIVE {
         return (lo, hi);
     }
-    let pad = if size > f64::MIN_POSITIVE * 1e9 {
-        size * 0.1
-    } else {
-        1.0
-    };
+    let pad = if size > f64::MIN_POSITIVE * 1e9 { size * 0.1 } else { 1.0 };
     (lo - pad, hi + pad)
 }
 
@@ -80,23 +76,11 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert!(approx(
-            &nice_ticks(0.0, 1.0, 5),
-            &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-        ));
-        assert!(approx(
-            &nice_ticks(0.93, 2.41, 5),
-            &[0.5, 1.0, 1.5, 2.0, 2.5]
-        ));
+        assert!(approx(&nice_ticks(0.0, 1.0, 5), &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]));
+        assert!(approx(&nice_ticks(0.93, 2.41, 5), &[0.5, 1.0, 1.5, 2.0, 2.5]));
         // Degenerate ranges are padded: 5 ± 0.5, and 0 ± 1.
-        assert!(approx(
-            &nice_ticks(5.0, 5.0, 5),
-            &[4.4, 4.6, 4.8, 5.0, 5.2, 5.4, 5.6]
-        ));
-        assert!(approx(
-            &nice_ticks(0.0, 0.0, 4),
-            &[-1.0, -0.5, 0.0, 0.5, 1.0]
-        ));
+        assert!(approx(&nice_ticks(5.0, 5.0, 5), &[4.4, 4.6, 4.8, 5.0, 5.2, 5.4, 5.6]));
+        assert!(approx(&nice_ticks(0.0, 0.0, 4), &[-1.0, -0.5, 0.0, 0.5, 1.0]));
         assert!(nice_ticks(f64::NAN, 1.0, 4).iter().all(|t| t.is_finite()));
         assert_eq!(format_tick(0.6000000000000001, 0.2), "0.6");
         assert_eq!(format_tick(300.0, 100.0), "300");

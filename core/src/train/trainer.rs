@@ -20,7 +20,12 @@ pub struct StepOutput {
 }
 
 /// Runs the model (with adapters) on a batch and the objective on its outputs.
-pub fn forward_loss(model: &dyn Model, adapters: &Adapters, stage: &mut StageInstance, batch: &Batch) -> Result<StageLoss> {
+pub fn forward_loss(
+    model: &dyn Model,
+    adapters: &Adapters,
+    stage: &mut StageInstance,
+    batch: &Batch,
+) -> Result<StageLoss> {
     let out = model.forward(&batch.input_ids, batch.attention_mask.as_ref(), adapters)?;
     let mut outputs: Vec<(&str, &Tensor)> = vec![("hidden", &out.hidden)];
     if let Some(l) = &out.logits {
@@ -56,9 +61,25 @@ pub struct Trainer {
 impl Trainer {
     /// Collects the trainable parameters (trainable base weights, then adapter
     /// parameters, then stage head parameters) and lets the optimizer create its state.
-    pub fn new(state: Rc<HostState>, model: Box<dyn Model>, adapters: Adapters, mut stage: StageInstance, optimizer: OptimizerInstance) -> Result<Self> {
+    pub fn new(
+        state: Rc<HostState>,
+        model: Box<dyn Model>,
+        adapters: Adapters,
+        mut stage: StageInstance,
+        optimizer: OptimizerInstance,
+    ) -> Result<Self> {
         stage.init(&model.info())?;
-        let mut t = Trainer { state, model, adapters, stage, optimizer, params: Vec::new(), step: 0, grad_clip: None, weight_handles: HashMap::new() };
+        let mut t = Trainer {
+            state,
+            model,
+            adapters,
+            stage,
+            optimizer,
+            params: Vec::new(),
+            step: 0,
+            grad_clip: None,
+            weight_handles: HashMap::new(),
+        };
         t.refresh_params()?;
         Ok(t)
     }
@@ -67,11 +88,15 @@ impl Trainer {
     /// frozen or new adapter), keeping per-parameter multipliers, and lets the optimizer
     /// create state for the new ones.
     pub fn refresh_params(&mut self) -> Result<()> {
-        let old: HashMap<String, (f64, f64)> = self.params.iter().map(|p| (p.name.clone(), (p.lr_mul, p.decay_mul))).collect();
+        let old: HashMap<String, (f64, f64)> =
+            self.params.iter().map(|p| (p.name.clone(), (p.lr_mul, p.decay_mul))).collect();
         let mut params = Vec::new();
         for (name, w) in self.model.weights() {
             if w.is_trainable() {
-                let handle = *self.weight_handles.entry(name.clone()).or_insert_with(|| self.state.table.borrow_mut().insert(Entry::Param(w.var().clone())));
+                let handle = *self
+                    .weight_handles
+                    .entry(name.clone())
+                    .or_insert_with(|| self.state.table.borrow_mut().insert(Entry::Param(w.var().clone())));
                 params.push(TrainParam { name, var: w.var().clone(), handle, lr_mul: 1.0, decay_mul: 1.0 });
             }
         }
@@ -80,11 +105,23 @@ impl Trainer {
                 continue;
             }
             for p in m.params() {
-                params.push(TrainParam { name: m.core.qualified(&p.name), var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
+                params.push(TrainParam {
+                    name: m.core.qualified(&p.name),
+                    var: p.var,
+                    handle: p.handle,
+                    lr_mul: 1.0,
+                    decay_mul: 1.0,
+                });
             }
         }
         for p in self.stage.params() {
-            params.push(TrainParam { name: self.stage.core.qualified(&p.name), var: p.var, handle: p.handle, lr_mul: 1.0, decay_mul: 1.0 });
+            params.push(TrainParam {
+                name: self.stage.core.qualified(&p.name),
+                var: p.var,
+                handle: p.handle,
+                lr_mul: 1.0,
+                decay_mul: 1.0,
+            });
         }
         if params.is_empty() {
             return Err(Error::msg("nothing to train: every weight is frozen and no adapter has parameters"));
@@ -179,7 +216,9 @@ impl Trainer {
     /// Loss and metrics on `batch` in evaluation mode (no update).
     pub fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, Vec<stagecraft_sdk::Metric>)> {
         self.state.set_training(false);
-        let r = self.loss(batch).and_then(|l| Ok((l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64, l.metrics)));
+        let r = self
+            .loss(batch)
+            .and_then(|l| Ok((l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64, l.metrics)));
         self.state.end_step();
         self.state.set_training(true);
         r

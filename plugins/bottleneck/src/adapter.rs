@@ -58,7 +58,11 @@ impl AdaptationMethod for Bottleneck {
             .collect();
         if picked.is_empty() {
             let want: Vec<&str> = kinds.iter().filter_map(|k| k.name()).collect();
-            bail!("the model has no {} site{}", want.join(" or "), self.cfg.layers.as_ref().map(|l| format!(" in layers {l:?}")).unwrap_or_default());
+            bail!(
+                "the model has no {} site{}",
+                want.join(" or "),
+                self.cfg.layers.as_ref().map(|l| format!(" in layers {l:?}")).unwrap_or_default()
+            );
         }
         Ok(picked)
     }
@@ -82,7 +86,9 @@ impl AdaptationMethod for Bottleneck {
     }
 
     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
-        let Some(p) = self.params.get(site.name.as_str()) else { bail!("bottleneck has no parameters for `{}`", site.name) };
+        let Some(p) = self.params.get(site.name.as_str()) else {
+            bail!("bottleneck has no parameters for `{}`", site.name)
+        };
         let h = y.matmul(&host.tensor(p.down_w).t()?)?.add(&host.tensor(p.down_b))?;
         let h = match self.activation {
             Activation::Relu => h.relu()?,

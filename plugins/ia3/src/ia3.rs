@@ -58,7 +58,10 @@ impl AdaptationMethod for Ia3 {
         let ff = select_sites(host, &self.cfg.feedforward, sites, &[SiteKind::LINEAR], Hooks::PRE)?;
         for a in &ff {
             let Some(p) = picked.iter_mut().find(|p| p.site == a.site) else {
-                bail!("feedforward matches `{}`, which targets does not: feed-forward sites must be targeted too", sites[a.site as usize].name);
+                bail!(
+                    "feedforward matches `{}`, which targets does not: feed-forward sites must be targeted too",
+                    sites[a.site as usize].name
+                );
             };
             p.hooks = Hooks::PRE;
             self.feedforward.push(sites[a.site as usize].name.to_string());

@@ -36,7 +36,16 @@ pub(crate) fn init_magnitude(host: Host<'_>, site: &SiteInfo, f: &SiteFactors) -
 /// The site's output with the DoRA update; `x` is the (dropped-out) input, `delta` the
 /// scaled LoRA term `s·x·Aᵀ·Bᵀ`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward<'h>(host: Host<'h>, site: &SiteInfo, f: &SiteFactors, magnitude: Tensor<'h>, x: Tensor<'h>, y: Tensor<'h>, delta: Tensor<'h>, dropout: bool) -> Result<Tensor<'h>> {
+pub(crate) fn forward<'h>(
+    host: Host<'h>,
+    site: &SiteInfo,
+    f: &SiteFactors,
+    magnitude: Tensor<'h>,
+    x: Tensor<'h>,
+    y: Tensor<'h>,
+    delta: Tensor<'h>,
+    dropout: bool,
+) -> Result<Tensor<'h>> {
     let norm = row_norms(&updated_weight(host, site, f)?)?.detach()?;
     let scale = magnitude.div(&norm)?;
     let base = if dropout && host.is_training() {

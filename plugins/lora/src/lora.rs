@@ -55,7 +55,12 @@ pub struct Lora {
 
 /// The value the patterns give a site, if any; two patterns giving it different values
 /// is an error naming both.
-fn pattern_value<T: PartialEq + Copy + std::fmt::Display>(field: &str, patterns: &BTreeMap<String, T>, site: &SiteInfo, role: SiteRole) -> Result<Option<T>> {
+fn pattern_value<T: PartialEq + Copy + std::fmt::Display>(
+    field: &str,
+    patterns: &BTreeMap<String, T>,
+    site: &SiteInfo,
+    role: SiteRole,
+) -> Result<Option<T>> {
     let mut found: Option<(&str, T)> = None;
     for (p, v) in patterns {
         if !target_matches(p, site, role) {
@@ -111,7 +116,8 @@ impl AdaptationMethod for Lora {
                 bail!("no targeted site is in layers_to_transform {layers:?}");
             }
         }
-        let roles_needed = self.cfg.rank_pattern.keys().chain(self.cfg.alpha_pattern.keys()).any(|p| p.starts_with("role:"));
+        let roles_needed =
+            self.cfg.rank_pattern.keys().chain(self.cfg.alpha_pattern.keys()).any(|p| p.starts_with("role:"));
         for a in &picked {
             let site = &sites[a.site as usize];
             let role = if roles_needed { host.site_role(site)? } else { SiteRole::OTHER };
@@ -127,7 +133,8 @@ impl AdaptationMethod for Lora {
             [i, o] => (*i, *o),
             d => bail!("lora: site `{}` has dims {d:?}, expected [in, out] of a linear layer", site.name),
         };
-        let SiteShape { r, alpha } = self.shapes.get(site.name.as_str()).copied().unwrap_or(SiteShape { r: self.cfg.r, alpha: self.cfg.alpha });
+        let SiteShape { r, alpha } =
+            self.shapes.get(site.name.as_str()).copied().unwrap_or(SiteShape { r: self.cfg.r, alpha: self.cfg.alpha });
         let a_init = match self.init {
             LoraInit::Kaiming => Init::kaiming_uniform(fan_in),
             LoraInit::Gaussian => Init::normal(0.0, 1.0 / r as f64),

@@ -95,8 +95,8 @@ impl Optimizer for AdamW {
             host.assign(&v, &next_v)?;
             host.assign(&p, &next_p)?;
             release_all(vec![
-                m_b1, g_b1, next_m, v_b2, g_sq, g_sq_b2, next_v, m_hat, v_hat, decayed, root, denom, adjusted,
-                update, next_p,
+                m_b1, g_b1, next_m, v_b2, g_sq, g_sq_b2, next_v, m_hat, v_hat, decayed, root, denom, adjusted, update,
+                next_p,
             ]);
         }
         Ok(())

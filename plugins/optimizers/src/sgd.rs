@@ -52,7 +52,13 @@ impl Plugin for SgdMomentum {
 impl SgdMomentum {
     /// The new momentum buffer from the old one and the decayed gradient `d_p`, plus
     /// the temporaries made on the way.
-    fn next_buf<'h>(&self, host: Host<'h>, state: &Momentum, d_p: Tensor<'h>, temps: &mut Vec<Tensor<'h>>) -> Result<Tensor<'h>> {
+    fn next_buf<'h>(
+        &self,
+        host: Host<'h>,
+        state: &Momentum,
+        d_p: Tensor<'h>,
+        temps: &mut Vec<Tensor<'h>>,
+    ) -> Result<Tensor<'h>> {
         let buf = host.tensor(state.buf);
         let kept = buf.affine(self.cfg.momentum, 0.0)?;
         temps.push(kept);

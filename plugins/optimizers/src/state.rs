@@ -22,7 +22,12 @@ impl<S> StateMap<S> {
     }
 
     /// Creates the state of every parameter with `make(name, shape)`.
-    pub(crate) fn init(&mut self, host: Host<'_>, params: &[ParamSlot], mut make: impl FnMut(&str, &[usize]) -> Result<S>) -> Result<()> {
+    pub(crate) fn init(
+        &mut self,
+        host: Host<'_>,
+        params: &[ParamSlot],
+        mut make: impl FnMut(&str, &[usize]) -> Result<S>,
+    ) -> Result<()> {
         for slot in params {
             let shape = host.tensor(slot.param).shape()?;
             let state = make(slot.name.as_str(), &shape)?;

@@ -60,7 +60,9 @@ impl PromptTuningConfig {
         match (init, &self.init_text) {
             (PromptInit::Text, None) => bail!("init = \"text\" needs init_text"),
             (PromptInit::Text, Some(t)) if t.is_empty() => bail!("init_text is empty"),
-            (PromptInit::Random | PromptInit::SampleVocab, Some(_)) => bail!("init_text is only used with init = \"text\" (init is \"{}\")", self.init),
+            (PromptInit::Random | PromptInit::SampleVocab, Some(_)) => {
+                bail!("init_text is only used with init = \"text\" (init is \"{}\")", self.init)
+            }
             _ => Ok(init),
         }
     }
@@ -130,11 +132,15 @@ mod tests {
     fn errors_name_the_field() {
         assert!(prompt_err(r#"{"num_virtual_tokens": 0}"#).starts_with("num_virtual_tokens"));
         assert!(prompt_err(r#"{"num_virtual_tokens": 4, "init": "text"}"#).contains("needs init_text"));
-        assert!(prompt_err(r#"{"num_virtual_tokens": 4, "init_text": "hi"}"#).contains("only used with init = \"text\""));
+        assert!(
+            prompt_err(r#"{"num_virtual_tokens": 4, "init_text": "hi"}"#).contains("only used with init = \"text\"")
+        );
         assert!(prompt_err(r#"{"num_virtual_tokens": 4, "init": "vocab"}"#).starts_with("init must be"));
         assert!(prompt_err(r#"{}"#).contains("missing field `num_virtual_tokens`"));
         assert_eq!(prompt_err(r#"{"num_virtual_tokens": 4, "init": "text", "init_text": "hi"}"#), "");
-        assert!(prefix_err(r#"{"num_virtual_tokens": 4, "encoder_hidden_size": 8}"#).contains("needs prefix_projection"));
+        assert!(
+            prefix_err(r#"{"num_virtual_tokens": 4, "encoder_hidden_size": 8}"#).contains("needs prefix_projection")
+        );
         assert!(prefix_err(r#"{"num_virtual_tokens": 4, "init": "ones"}"#).starts_with("init must be"));
         assert_eq!(prefix_err(r#"{"num_virtual_tokens": 4, "prefix_projection": true, "encoder_hidden_size": 8}"#), "");
     }

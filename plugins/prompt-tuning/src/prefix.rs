@@ -117,7 +117,13 @@ impl AdaptationMethod for PrefixTuning {
             };
             let Some(layer) = s.layer.into_option() else { bail!("attention site `{}` is in no layer", s.name) };
             if s.dims.as_slice() != [shape.kv_heads, shape.head_dim] {
-                bail!("attention site `{}` has dims {:?}, but the model has {} key/value heads of {}", s.name, s.dims.as_slice(), shape.kv_heads, shape.head_dim);
+                bail!(
+                    "attention site `{}` has dims {:?}, but the model has {} key/value heads of {}",
+                    s.name,
+                    s.dims.as_slice(),
+                    shape.kv_heads,
+                    shape.head_dim
+                );
             }
             self.slots.insert(s.name.to_string(), (layer as usize, is_value));
             picked.push(Attachment { site: i as u32, hooks: Hooks::POST });
@@ -144,13 +150,19 @@ impl AdaptationMethod for PrefixTuning {
 
     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
         let Some(table) = *self.table.borrow() else { bail!("prefix_tuning: the host did not call begin_forward") };
-        let Some(&(layer, is_value)) = self.slots.get(site.name.as_str()) else { bail!("prefix_tuning is not attached to `{}`", site.name) };
+        let Some(&(layer, is_value)) = self.slots.get(site.name.as_str()) else {
+            bail!("prefix_tuning is not attached to `{}`", site.name)
+        };
         let shape = self.shape()?;
         let (n, t) = (self.cfg.num_virtual_tokens, shape.width());
         let b = y.dim(0)?;
         let column = (2 * layer + usize::from(is_value)) * t;
-        let prefix = host.tensor(table).narrow(1, column, t)?.reshape(&[n, shape.kv_heads, shape.head_dim])?.transpose(0, 1)?;
-        let prefix = prefix.reshape(&[1, shape.kv_heads, n, shape.head_dim])?.broadcast_as(&[b, shape.kv_heads, n, shape.head_dim])?.to_dtype(y.dtype()?)?;
+        let prefix =
+            host.tensor(table).narrow(1, column, t)?.reshape(&[n, shape.kv_heads, shape.head_dim])?.transpose(0, 1)?;
+        let prefix = prefix
+            .reshape(&[1, shape.kv_heads, n, shape.head_dim])?
+            .broadcast_as(&[b, shape.kv_heads, n, shape.head_dim])?
+            .to_dtype(y.dtype()?)?;
         host.cat(&[prefix, y], 2)
     }
 

@@ -64,12 +64,15 @@ impl Plugin for PromptTuning {
 
 impl AdaptationMethod for PromptTuning {
     fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
-        let inputs: Vec<usize> = sites.iter().enumerate().filter(|(_, s)| s.kind == SiteKind::INPUT_EMBEDS).map(|(i, _)| i).collect();
+        let inputs: Vec<usize> =
+            sites.iter().enumerate().filter(|(_, s)| s.kind == SiteKind::INPUT_EMBEDS).map(|(i, _)| i).collect();
         let &[site] = inputs.as_slice() else {
             bail!("prompt tuning needs exactly one input-embeddings site, the model has {}", inputs.len());
         };
         if self.init != PromptInit::Random {
-            let embed = sites.iter().find(|s| s.kind == SiteKind::EMBEDDING).ok_or_else(|| Error::msg("init from the vocabulary needs a token embedding site, the model has none"))?;
+            let embed = sites.iter().find(|s| s.kind == SiteKind::EMBEDDING).ok_or_else(|| {
+                Error::msg("init from the vocabulary needs a token embedding site, the model has none")
+            })?;
             self.embed_site = Some(embed.clone());
         }
         Ok(vec![Attachment { site: site as u32, hooks: Hooks::POST }])

@@ -52,7 +52,13 @@ impl Stage for Completion {
                 have.join(", ")
             );
         };
-        let lm = next_token_loss(host, Self::NAME, outputs.get("logits")?, labels.to_dtype(DType::I64)?, self.cfg.label_smoothing)?;
+        let lm = next_token_loss(
+            host,
+            Self::NAME,
+            outputs.get("logits")?,
+            labels.to_dtype(DType::I64)?,
+            self.cfg.label_smoothing,
+        )?;
         let (exact, counted) = exact_matches(&lm.correct, &lm.tokens);
         let metrics = vec![lm.token_accuracy(), Metric::new("exact_match", exact, counted)];
         Ok(Loss { loss: lm.loss, per_example: Some(lm.per_example), metrics })

@@ -85,7 +85,9 @@ impl ClassificationConfig {
             "last" => Pooling::Last,
             "first" => Pooling::First,
             "mean" => Pooling::Mean,
-            other => bail!("pooling must be one of \"auto\", \"pooled\", \"last\", \"first\", \"mean\", got \"{other}\""),
+            other => {
+                bail!("pooling must be one of \"auto\", \"pooled\", \"last\", \"first\", \"mean\", got \"{other}\"")
+            }
         })
     }
 }
@@ -115,7 +117,8 @@ mod tests {
         let check = ClassificationConfig::validate;
         assert_eq!(validate::<ClassificationConfig>(r#"{"num_classes": 2, "pooling": "mean"}"#, check), "");
         assert!(validate::<ClassificationConfig>(r#"{"num_classes": 1}"#, check).starts_with("num_classes must be > 1"));
-        assert!(validate::<ClassificationConfig>(r#"{"num_classes": 3, "pooling": "max"}"#, check).starts_with("pooling must be"));
+        assert!(validate::<ClassificationConfig>(r#"{"num_classes": 3, "pooling": "max"}"#, check)
+            .starts_with("pooling must be"));
         assert!(validate::<ClassificationConfig>("{}", check).contains("missing field `num_classes`"));
     }
 }

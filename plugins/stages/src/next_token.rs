@@ -43,7 +43,13 @@ fn at_least_one<'h>(host: Host<'h>, x: &Tensor<'h>) -> Result<Tensor<'h>> {
 
 /// The loss of `logits` against `targets` shifted by one; `stage` names the caller in
 /// errors, `smoothing` is the label smoothing ε.
-pub(crate) fn next_token_loss<'h>(host: Host<'h>, stage: &str, logits: Tensor<'h>, targets: Tensor<'h>, smoothing: f64) -> Result<NextToken<'h>> {
+pub(crate) fn next_token_loss<'h>(
+    host: Host<'h>,
+    stage: &str,
+    logits: Tensor<'h>,
+    targets: Tensor<'h>,
+    smoothing: f64,
+) -> Result<NextToken<'h>> {
     let (b, s, v) = match logits.shape()?.as_slice() {
         &[b, s, v] => (b, s, v),
         d => bail!("{stage}: model output `logits` has shape {d:?}, expected [batch, seq, vocab]"),

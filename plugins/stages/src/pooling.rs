@@ -14,7 +14,13 @@ use stagecraft_sdk::prelude::*;
 
 /// `[b, h]` from the model outputs. `causal` picks `auto`'s fallback when the model
 /// gives no `pooled` output: the last real token for decoders, the first for encoders.
-pub(crate) fn pool<'h>(host: Host<'h>, pooling: Pooling, causal: bool, outputs: &Named<'h>, batch: &Named<'h>) -> Result<Tensor<'h>> {
+pub(crate) fn pool<'h>(
+    host: Host<'h>,
+    pooling: Pooling,
+    causal: bool,
+    outputs: &Named<'h>,
+    batch: &Named<'h>,
+) -> Result<Tensor<'h>> {
     let pooling = match (pooling, outputs.opt("pooled")) {
         (Pooling::Auto, Some(pooled)) => return Ok(pooled),
         (Pooling::Auto, None) if causal => Pooling::Last,
@@ -32,7 +38,9 @@ pub(crate) fn pool<'h>(host: Host<'h>, pooling: Pooling, causal: bool, outputs: 
     }
     let mask = match batch.opt("attention_mask") {
         Some(m) if m.shape()? == [b, s] => Some(m.to_dtype(DType::F32)?),
-        Some(m) => bail!("classification: batch `attention_mask` has shape {:?}, but `hidden` is {:?}", m.shape()?, [b, s, h]),
+        Some(m) => {
+            bail!("classification: batch `attention_mask` has shape {:?}, but `hidden` is {:?}", m.shape()?, [b, s, h])
+        }
         None => None,
     };
     match (pooling, mask) {

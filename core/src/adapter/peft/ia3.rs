@@ -24,7 +24,9 @@ pub(super) fn to_plugin(cfg: &PeftConfig<'_>) -> Result<Value> {
 pub(super) fn from_plugin(_config: &Value, model: &ModelView<'_>, params: &BTreeMap<String, Tensor>) -> Result<Value> {
     let (mut targets, mut feedforward) = (Vec::new(), Vec::new());
     for (site, _) in &model.sites {
-        let l = params.get(&format!("{}.ia3_l", site.name)).ok_or_else(|| Error::msg(format!("ia3 adapter has no `{}.ia3_l`", site.name)))?;
+        let l = params
+            .get(&format!("{}.ia3_l", site.name))
+            .ok_or_else(|| Error::msg(format!("ia3 adapter has no `{}.ia3_l`", site.name)))?;
         targets.push(site.name.to_string());
         if l.dims().first() == Some(&1) && l.dims() != [1, 1] {
             feedforward.push(site.name.to_string());

@@ -55,12 +55,15 @@ pub(super) fn to_plugin(cfg: &PeftConfig<'_>) -> Result<Value> {
 pub(super) fn from_plugin(config: &Value, model: &ModelView<'_>, params: &BTreeMap<String, Tensor>) -> Result<Value> {
     let r = config.get("r").and_then(Value::as_u64).unwrap_or(8) as usize;
     let alpha = config.get("alpha").and_then(Value::as_f64).unwrap_or(16.0);
-    let alpha_pattern: BTreeMap<String, f64> = config.get("alpha_pattern").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    let alpha_pattern: BTreeMap<String, f64> =
+        config.get("alpha_pattern").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
     let mut targets = Vec::new();
     let (mut ranks, mut alphas) = (Map::new(), Map::new());
     for (site, role) in &model.sites {
         targets.push(site.name.to_string());
-        let a = params.get(&format!("{}.lora_A.weight", site.name)).ok_or_else(|| Error::msg(format!("lora adapter has no `{}.lora_A.weight`", site.name)))?;
+        let a = params
+            .get(&format!("{}.lora_A.weight", site.name))
+            .ok_or_else(|| Error::msg(format!("lora adapter has no `{}.lora_A.weight`", site.name)))?;
         let site_r = a.dim(0)?;
         if site_r != r {
             ranks.insert(exact_pattern(&site.name), json!(site_r));

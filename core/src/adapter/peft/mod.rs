@@ -67,7 +67,8 @@ impl PeftAdapter {
                 err(&st_path, "missing")
             });
         }
-        let raw = candle_core::safetensors::load(&st_path, device).map_err(|e| err(&st_path, format!("cannot load: {e}")))?;
+        let raw =
+            candle_core::safetensors::load(&st_path, device).map_err(|e| err(&st_path, format!("cannot load: {e}")))?;
         let mut tensors = HashMap::new();
         for (k, t) in raw {
             let name = k.strip_prefix(PEFT_KEY_PREFIX).unwrap_or(&k).to_string();
@@ -78,7 +79,10 @@ impl PeftAdapter {
 
     /// `peft_type` from the config.
     pub fn peft_type(&self) -> Result<&str> {
-        self.config.get("peft_type").and_then(Value::as_str).ok_or_else(|| err(&self.dir.join(CONFIG_FILE), "no `peft_type`"))
+        self.config
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err(&self.dir.join(CONFIG_FILE), "no `peft_type`"))
     }
 }
 
@@ -135,7 +139,8 @@ impl PeftType {
 
     /// The plugin's JSON config for a PEFT config.
     pub fn to_plugin(self, config: &Value, cfg_path: &Path) -> Result<Value> {
-        let cfg = PeftConfig { map: config.as_object().ok_or_else(|| err(cfg_path, "not a JSON object"))?, path: cfg_path };
+        let cfg =
+            PeftConfig { map: config.as_object().ok_or_else(|| err(cfg_path, "not a JSON object"))?, path: cfg_path };
         match self {
             PeftType::Lora => lora::to_plugin(&cfg),
             PeftType::Ia3 => ia3::to_plugin(&cfg),
@@ -163,7 +168,10 @@ impl PeftConfig<'_> {
         self.get(key).and_then(Value::as_f64).unwrap_or(default)
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| self.error(format!("`{key}` is missing or not a whole number")))
+        self.get(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| self.error(format!("`{key}` is missing or not a whole number")))
     }
     fn error(&self, msg: impl std::fmt::Display) -> Error {
         err(self.path, msg)
@@ -187,7 +195,11 @@ impl PeftConfig<'_> {
     fn patterns(&self, key: &str) -> Result<Option<Vec<String>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.error(format!("`{key}` must hold strings")))).collect::<Result<Vec<_>>>().map(Some),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.error(format!("`{key}` must hold strings"))))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
             Some(Value::String(s)) => Ok(Some(vec![format!("re:{s}")])),
             Some(_) => Err(self.error(format!("`{key}` must be a list of names or a regular expression"))),
         }
@@ -202,7 +214,13 @@ pub fn peft_to_plugin(config: &Value, cfg_path: &Path) -> Result<(String, Value)
         None if name.is_empty() => return Err(err(cfg_path, "no `peft_type`")),
         None => {
             let known: Vec<&str> = PeftType::ALL.iter().map(|t| t.peft_name()).collect();
-            return Err(err(cfg_path, format!("peft_type `{name}` has no adaptation-method plugin that reads it (supported: {})", known.join(", "))));
+            return Err(err(
+                cfg_path,
+                format!(
+                    "peft_type `{name}` has no adaptation-method plugin that reads it (supported: {})",
+                    known.join(", ")
+                ),
+            ));
         }
     };
     Ok((t.plugin().to_string(), t.to_plugin(config, cfg_path)?))
@@ -218,19 +236,39 @@ pub fn plugin_config_of(dir: &Path) -> Result<(String, Value)> {
 
 /// Reads a PEFT adapter directory and attaches it to `model` through its plugin, with
 /// the file's values. Returns the index of the new method in `adapters`.
-pub fn load_peft(dir: &Path, registry: &Registry, state: &Rc<HostState>, model: &dyn Model, adapters: &mut Adapters) -> Result<usize> {
+pub fn load_peft(
+    dir: &Path,
+    registry: &Registry,
+    state: &Rc<HostState>,
+    model: &dyn Model,
+    adapters: &mut Adapters,
+) -> Result<usize> {
     let peft = PeftAdapter::read(dir, &state.device)?;
     let cfg_path = dir.join(CONFIG_FILE);
     let st_path = dir.join(WEIGHTS_FILE);
     let (plugin, cfg) = peft_to_plugin(&peft.config, &cfg_path)?;
     let method = registry.new_method(&plugin, &cfg.to_string(), state).map_err(|e| err(&cfg_path, e))?;
     let k = adapters.attach(method, model.sites()).map_err(|e| err(&cfg_path, e))?;
-    let key = |name: &str| if PeftType::for_plugin(&plugin).is_some_and(PeftType::prefixed) { format!("{PEFT_KEY_PREFIX}{name}") } else { name.to_string() };
+    let key = |name: &str| {
+        if PeftType::for_plugin(&plugin).is_some_and(PeftType::prefixed) {
+            format!("{PEFT_KEY_PREFIX}{name}")
+        } else {
+            name.to_string()
+        }
+    };
     let mut unused: std::collections::BTreeSet<&str> = peft.tensors.keys().map(String::as_str).collect();
     for p in &adapters.methods()[k].params() {
         let t = peft.tensors.get(&p.name).ok_or_else(|| err(&st_path, format!("missing tensor `{}`", key(&p.name))))?;
         if t.dims() != p.var.dims() {
-            return Err(err(&st_path, format!("tensor `{}` has shape {:?}, expected {:?} (wrong base model?)", key(&p.name), t.dims(), p.var.dims())));
+            return Err(err(
+                &st_path,
+                format!(
+                    "tensor `{}` has shape {:?}, expected {:?} (wrong base model?)",
+                    key(&p.name),
+                    t.dims(),
+                    p.var.dims()
+                ),
+            ));
         }
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             return Err(err(&st_path, format!("tensor `{}` has unsupported dtype {:?}", key(&p.name), t.dtype())));
@@ -239,7 +277,10 @@ pub fn load_peft(dir: &Path, registry: &Registry, state: &Rc<HostState>, model: 
         unused.remove(p.name.as_str());
     }
     if let Some(extra) = unused.first() {
-        return Err(err(&st_path, format!("tensor `{}` matches no parameter of the `{plugin}` adapter (wrong base model?)", key(extra))));
+        return Err(err(
+            &st_path,
+            format!("tensor `{}` matches no parameter of the `{plugin}` adapter (wrong base model?)", key(extra)),
+        ));
     }
     Ok(k)
 }
@@ -268,7 +309,13 @@ pub(crate) struct ModelView<'a> {
 
 /// Writes an attached adapter as a PEFT directory (`adapter_config.json` and
 /// `adapter_model.safetensors`). `base_model` goes into `base_model_name_or_path`.
-pub fn write_peft(dir: &Path, adapter: &ExportedAdapter<'_>, model: &dyn Model, base_model: &str, lineage: &Lineage) -> Result<()> {
+pub fn write_peft(
+    dir: &Path,
+    adapter: &ExportedAdapter<'_>,
+    model: &dyn Model,
+    base_model: &str,
+    lineage: &Lineage,
+) -> Result<()> {
     let plugin = adapter.method.core.plugin.as_str();
     let t = PeftType::for_plugin(plugin).ok_or_else(|| {
         let known: Vec<&str> = PeftType::ALL.iter().map(|t| t.plugin()).collect();
@@ -276,10 +323,16 @@ pub fn write_peft(dir: &Path, adapter: &ExportedAdapter<'_>, model: &dyn Model, 
     })?;
     let infos = model.sites().infos();
     let view = ModelView {
-        sites: adapter.method.attachments().iter().map(|a| (&infos[a.site as usize], model.sites().roles()[a.site as usize])).collect(),
+        sites: adapter
+            .method
+            .attachments()
+            .iter()
+            .map(|a| (&infos[a.site as usize], model.sites().roles()[a.site as usize]))
+            .collect(),
         spec: model.spec(),
     };
-    let params: BTreeMap<String, Tensor> = adapter.method.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
+    let params: BTreeMap<String, Tensor> =
+        adapter.method.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect();
     let mut config = match t {
         PeftType::Lora => lora::from_plugin(adapter.config, &view, &params)?,
         PeftType::Ia3 => ia3::from_plugin(adapter.config, &view, &params)?,
@@ -305,16 +358,22 @@ pub fn write_peft(dir: &Path, adapter: &ExportedAdapter<'_>, model: &dyn Model, 
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config).map_err(|e| err(&cfg_path, e))?;
     std::fs::write(&cfg_path, text + "\n").map_err(|e| Error::Io { path: cfg_path.clone(), source: e })?;
-    let keyed: BTreeMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (if t.prefixed() { format!("{PEFT_KEY_PREFIX}{k}") } else { k }, v)).collect();
+    let keyed: BTreeMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| (if t.prefixed() { format!("{PEFT_KEY_PREFIX}{k}") } else { k }, v)).collect();
     let mut meta: HashMap<String, String> = lineage.entries.clone().into_iter().collect();
     meta.insert("format".into(), "pt".into());
     write_safetensors(&dir.join(WEIGHTS_FILE), &keyed, meta)
 }
 
 /// Writes tensors (contiguous, as stored) with `__metadata__`.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let contiguous = tensors.iter().map(|(k, t)| Ok((k.clone(), t.contiguous()?))).collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(contiguous.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), path).map_err(|e| err(path, format!("cannot write: {e}")))
+    safetensors::serialize_to_file(contiguous.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), path)
+        .map_err(|e| err(path, format!("cannot write: {e}")))
 }
 
 /// A site name as a PEFT pattern key that matches exactly that module (PEFT matches

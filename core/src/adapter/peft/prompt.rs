@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 fn single_submodule(cfg: &PeftConfig<'_>, plugin: &str) -> Result<()> {
     match cfg.get("num_transformer_submodules").and_then(Value::as_u64) {
         None | Some(1) => Ok(()),
-        Some(n) => Err(cfg.error(format!("`num_transformer_submodules` {n}: encoder-decoder prompts are not supported by the {plugin} plugin"))),
+        Some(n) => Err(cfg.error(format!(
+            "`num_transformer_submodules` {n}: encoder-decoder prompts are not supported by the {plugin} plugin"
+        ))),
     }
 }
 
@@ -34,7 +36,10 @@ pub(super) fn prefix_to_plugin(cfg: &PeftConfig<'_>) -> Result<Value> {
 }
 
 fn virtual_tokens(config: &Value) -> Result<u64> {
-    config.get("num_virtual_tokens").and_then(Value::as_u64).ok_or_else(|| Error::msg("adapter config has no num_virtual_tokens"))
+    config
+        .get("num_virtual_tokens")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::msg("adapter config has no num_virtual_tokens"))
 }
 
 /// The PEFT `PromptTuningConfig` of an attached `prompt_tuning` instance.
@@ -68,12 +73,20 @@ pub(super) fn prefix_from_plugin(config: &Value, model: &ModelView<'_>) -> Resul
 
 /// `prompt_embeddings`: the table itself, or the table the MLP computes from the
 /// instance's parameters.
-pub(super) fn prefix_tensors(method: &MethodInstance, params: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+pub(super) fn prefix_tensors(
+    method: &MethodInstance,
+    params: &BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>> {
     if let Some(t) = params.get("prompt_embeddings") {
         return Ok(BTreeMap::from([("prompt_embeddings".to_string(), t.clone())]));
     }
-    let get = |k: &str| params.get(k).ok_or_else(|| Error::msg(format!("prefix_tuning adapter `{}` has no `{k}`", method.core.plugin)));
-    let hidden = get("embedding.weight")?.matmul(&get("transform.0.weight")?.t()?)?.broadcast_add(get("transform.0.bias")?)?.tanh()?;
+    let get = |k: &str| {
+        params.get(k).ok_or_else(|| Error::msg(format!("prefix_tuning adapter `{}` has no `{k}`", method.core.plugin)))
+    };
+    let hidden = get("embedding.weight")?
+        .matmul(&get("transform.0.weight")?.t()?)?
+        .broadcast_add(get("transform.0.bias")?)?
+        .tanh()?;
     let table = hidden.matmul(&get("transform.2.weight")?.t()?)?.broadcast_add(get("transform.2.bias")?)?;
     Ok(BTreeMap::from([("prompt_embeddings".to_string(), table)]))
 }

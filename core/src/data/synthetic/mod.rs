@@ -89,7 +89,8 @@ impl SyntheticSpec {
     /// task or option at fault.
     pub fn parse(spec: &str) -> Result<SyntheticSpec> {
         let err = |m: String| Error::msg(format!("data source `{spec}`: {m}"));
-        let rest = spec.strip_prefix("synthetic:").ok_or_else(|| err("expected `synthetic:<task>?n=<count>`".into()))?;
+        let rest =
+            spec.strip_prefix("synthetic:").ok_or_else(|| err("expected `synthetic:<task>?n=<count>`".into()))?;
         let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
         let opts = Options::parse(query).map_err(err)?;
         let allowed: &[&str] = match name {
@@ -104,7 +105,11 @@ impl SyntheticSpec {
         let n = opts.int("n", None, 1, MAX_N).map_err(err)? as usize;
         let seed = opts.int("seed", Some(0), 0, u64::MAX).map_err(err)?;
         let task = match name {
-            "arith_text" => Task::ArithText { digits: digits(&opts).map_err(err)?, len: len_range(&opts).map_err(err)?, lines: opts.int("lines", Some(1), 1, 1000).map_err(err)? as usize },
+            "arith_text" => Task::ArithText {
+                digits: digits(&opts).map_err(err)?,
+                len: len_range(&opts).map_err(err)?,
+                lines: opts.int("lines", Some(1), 1, 1000).map_err(err)? as usize,
+            },
             "add" => Task::Add { digits: digits(&opts).map_err(err)? },
             "sub" => Task::Sub { digits: digits(&opts).map_err(err)? },
             _ => Task::Reverse { len: len_range(&opts).map_err(err)? },
@@ -134,7 +139,9 @@ fn len_range(opts: &Options) -> Result<LenRange, String> {
     let min = opts.opt_int("min_len", 1, 1000)?;
     let max = opts.opt_int("max_len", 1, 1000)?;
     let (min, max) = match (len, min, max) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err("give either `len` or `min_len`/`max_len`, not both".into()),
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err("give either `len` or `min_len`/`max_len`, not both".into())
+        }
         (Some(len), None, None) => (len, len),
         (None, Some(min), Some(max)) => (min, max),
         (None, Some(min), None) => (min, min.max(4)),
@@ -214,18 +221,42 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_spec_and_the_option() {
-        assert_eq!(err("synthetic:mul?n=5"), "data source `synthetic:mul?n=5`: unknown synthetic task `mul` (tasks: arith_text, add, sub, reverse)");
-        assert_eq!(err("synthetic:add?n=5&len=3"), "data source `synthetic:add?n=5&len=3`: unknown option `len` for task `add` (options: n, seed, digits)");
-        assert_eq!(err("synthetic:add?n=five"), "data source `synthetic:add?n=five`: option `n` must be an integer in 1..=10000000, got `five`");
+        assert_eq!(
+            err("synthetic:mul?n=5"),
+            "data source `synthetic:mul?n=5`: unknown synthetic task `mul` (tasks: arith_text, add, sub, reverse)"
+        );
+        assert_eq!(
+            err("synthetic:add?n=5&len=3"),
+            "data source `synthetic:add?n=5&len=3`: unknown option `len` for task `add` (options: n, seed, digits)"
+        );
+        assert_eq!(
+            err("synthetic:add?n=five"),
+            "data source `synthetic:add?n=five`: option `n` must be an integer in 1..=10000000, got `five`"
+        );
         assert_eq!(err("synthetic:add"), "data source `synthetic:add`: option `n` is required");
-        assert_eq!(err("synthetic:add?n=0"), "data source `synthetic:add?n=0`: option `n` must be an integer in 1..=10000000, got `0`");
-        assert_eq!(err("synthetic:sub?n=1&digits=19"), "data source `synthetic:sub?n=1&digits=19`: option `digits` must be an integer in 1..=18, got `19`");
-        assert_eq!(err("synthetic:add?n=1&seed=-1"), "data source `synthetic:add?n=1&seed=-1`: option `seed` must be an integer >= 0, got `-1`");
+        assert_eq!(
+            err("synthetic:add?n=0"),
+            "data source `synthetic:add?n=0`: option `n` must be an integer in 1..=10000000, got `0`"
+        );
+        assert_eq!(
+            err("synthetic:sub?n=1&digits=19"),
+            "data source `synthetic:sub?n=1&digits=19`: option `digits` must be an integer in 1..=18, got `19`"
+        );
+        assert_eq!(
+            err("synthetic:add?n=1&seed=-1"),
+            "data source `synthetic:add?n=1&seed=-1`: option `seed` must be an integer >= 0, got `-1`"
+        );
         assert!(err("synthetic:add?n=1&n=2").contains("option `n` is given twice"));
         assert!(err("synthetic:add?n").contains("option `n` has no `=value`"));
         assert!(err("synthetic:reverse?n=1&len=2&max_len=3").contains("not both"));
-        assert!(err("synthetic:reverse?n=1&min_len=5&max_len=3").contains("`min_len` (5) is greater than `max_len` (3)"));
-        assert!(err("synthetic:reverse?n=1&min_len=x").contains("option `min_len` must be an integer in 1..=1000, got `x`"));
-        assert!(err("synthetic:reverse?n=1&max_len=0").contains("option `max_len` must be an integer in 1..=1000, got `0`"));
+        assert!(
+            err("synthetic:reverse?n=1&min_len=5&max_len=3").contains("`min_len` (5) is greater than `max_len` (3)")
+        );
+        assert!(
+            err("synthetic:reverse?n=1&min_len=x").contains("option `min_len` must be an integer in 1..=1000, got `x`")
+        );
+        assert!(
+            err("synthetic:reverse?n=1&max_len=0").contains("option `max_len` must be an integer in 1..=1000, got `0`")
+        );
     }
 }

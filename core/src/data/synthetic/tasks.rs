@@ -134,7 +134,11 @@ mod tests {
 
     #[test]
     fn completion_tasks_are_correct_arithmetic_and_reversal() -> Result<()> {
-        for (spec, task) in [("synthetic:add?n=300&digits=3", "add"), ("synthetic:sub?n=300", "sub"), ("synthetic:reverse?n=300&min_len=1&max_len=6", "reverse")] {
+        for (spec, task) in [
+            ("synthetic:add?n=300&digits=3", "add"),
+            ("synthetic:sub?n=300", "sub"),
+            ("synthetic:reverse?n=300&min_len=1&max_len=6", "reverse"),
+        ] {
             let mut max_operand = 0;
             let mut lens = std::collections::BTreeSet::new();
             for item in gen(spec)? {

@@ -55,7 +55,10 @@ pub fn load_model_as(dir: &Path, dtype: DType, device: &Device) -> Result<Box<dy
     match ty.model_type.as_deref() {
         Some("llama") => Ok(Box::new(Llama::load(dir, dtype, device)?)),
         Some("bert") => Ok(Box::new(Bert::load(dir, dtype, device)?)),
-        Some(other) => Err(Error::file(&config, format!("unsupported architecture: model_type `{other}` (supported: {})", SUPPORTED_MODEL_TYPES.join(", ")))),
+        Some(other) => Err(Error::file(
+            &config,
+            format!("unsupported architecture: model_type `{other}` (supported: {})", SUPPORTED_MODEL_TYPES.join(", ")),
+        )),
         None => Err(Error::file(&config, "no `model_type` field")),
     }
 }

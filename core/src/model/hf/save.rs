@@ -17,25 +17,37 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Files of a model directory copied as they are when the model came from one.
-const SIDE_FILES: [&str; 4] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "tokenizer.model"];
+const SIDE_FILES: [&str; 4] =
+    ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "tokenizer.model"];
 
 /// Writes `model` (its current weights) as a Hugging Face directory in `dir`.
 /// `source` is the directory the model was loaded from, if any; `metadata` goes into
 /// the safetensors header next to `format: pt`.
-pub fn save_model_dir(model: &dyn Model, tokenizer: &Tokenizer, source: Option<&Path>, dir: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save_model_dir(
+    model: &dyn Model,
+    tokenizer: &Tokenizer,
+    source: Option<&Path>,
+    dir: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| Error::Io { path: dir.join(name), source: e });
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| Error::Io { path: dir.join(name), source: e })
+    };
     match source.map(|s| s.join(CONFIG_FILE)).filter(|p| p.is_file()) {
         Some(config) => {
             std::fs::copy(&config, dir.join(CONFIG_FILE)).map_err(|e| Error::Io { path: config.clone(), source: e })?;
         }
         None => {
             let arch = model.spec().arch;
-            let config = model.hf_config(tokenizer.eos_id()).ok_or_else(|| Error::msg(format!("a `{arch}` model has no Hugging Face format")))?;
+            let config = model
+                .hf_config(tokenizer.eos_id())
+                .ok_or_else(|| Error::msg(format!("a `{arch}` model has no Hugging Face format")))?;
             write(CONFIG_FILE, serde_json::to_string_pretty(&config).unwrap_or_default() + "\n")?;
         }
     }
-    let weights: BTreeMap<String, Tensor> = model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().clone())).collect();
+    let weights: BTreeMap<String, Tensor> =
+        model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().clone())).collect();
     let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     meta.insert("format".into(), "pt".into());
     write_safetensors(&dir.join(SINGLE_FILE), &weights, meta)?;
@@ -52,7 +64,12 @@ pub fn save_model_dir(model: &dyn Model, tokenizer: &Tokenizer, source: Option<&
     }
     if !copied_tokenizer_config {
         // A `tokenizer.json` alone loads through `PreTrainedTokenizerFast`.
-        write("tokenizer_config.json", serde_json::to_string_pretty(&serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" })).unwrap_or_default() + "\n")?;
+        write(
+            "tokenizer_config.json",
+            serde_json::to_string_pretty(&serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" }))
+                .unwrap_or_default()
+                + "\n",
+        )?;
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ pub struct WeightStore {
 
 fn open_shard(path: &Path) -> Result<Shard> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let tensors = BufferedSafetensors::new(bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let tensors =
+        BufferedSafetensors::new(bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     Ok(Shard { path: path.to_path_buf(), tensors })
 }
 
@@ -61,7 +62,10 @@ impl WeightStore {
         let mut names = HashMap::with_capacity(map.weight_map.len());
         for file in files {
             if Path::new(file).components().count() != 1 {
-                return Err(Error::file(&index, format!("shard `{file}` is not a file name in the checkpoint directory")));
+                return Err(Error::file(
+                    &index,
+                    format!("shard `{file}` is not a file name in the checkpoint directory"),
+                ));
             }
             let i = shards.len();
             names.extend(map.weight_map.iter().filter(|(_, f)| *f == file).map(|(n, _)| (n.clone(), i)));
@@ -87,7 +91,10 @@ impl WeightStore {
         };
         let shard = &self.shards[i];
         let at = |msg: String| Error::file(&shard.path, format!("tensor `{name}`: {msg}"));
-        let view = shard.tensors.get(name).map_err(|_| Error::file(&shard.path, format!("missing tensor `{name}` (listed in {INDEX_FILE})")))?;
+        let view = shard
+            .tensors
+            .get(name)
+            .map_err(|_| Error::file(&shard.path, format!("missing tensor `{name}` (listed in {INDEX_FILE})")))?;
         if view.shape() != shape {
             return Err(at(format!("expected shape {shape:?}, found {:?}", view.shape())));
         }

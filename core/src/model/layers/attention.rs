@@ -31,7 +31,14 @@ pub const MASK_VALUE: f32 = f32::MIN;
 /// `padding` is `[batch, kv_len]`, non-zero for real tokens. With `causal`, query `i`
 /// sits at key position `kv_len - q_len + i` and sees keys up to it: extra leading keys
 /// (a prefix) are visible to every query.
-pub fn attention_mask(padding: Option<&Tensor>, batch: usize, q_len: usize, kv_len: usize, causal: bool, device: &Device) -> Result<Option<Tensor>> {
+pub fn attention_mask(
+    padding: Option<&Tensor>,
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    causal: bool,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     if padding.is_none() && (!causal || q_len == 1) {
         return Ok(None);
     }
@@ -90,7 +97,14 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 
 /// `softmax(q·kᵀ · scale + mask) · v`, with keys and values repeated to the number of
 /// query heads; the two products in `precision`, the softmax in f32.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, precision: Precision) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    precision: Precision,
+) -> Result<Tensor> {
     let (_, heads, _, _) = q.dims4()?;
     let (_, kv_heads, kv_len, _) = k.dims4()?;
     if v.dim(2)? != kv_len {
@@ -120,7 +134,8 @@ mod tests {
 
     #[test]
     fn prefix_keys_are_visible_to_every_query() -> Result<()> {
-        let m = attention_mask(None, 1, 2, 4, true, &Device::Cpu)?.ok_or_else(|| candle_core::Error::Msg("no mask".into()))?;
+        let m = attention_mask(None, 1, 2, 4, true, &Device::Cpu)?
+            .ok_or_else(|| candle_core::Error::Msg("no mask".into()))?;
         let rows = m.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
         assert_eq!(rows[0], vec![0.0, 0.0, 0.0, MASK_VALUE]);
         assert_eq!(rows[1], vec![0.0, 0.0, 0.0, 0.0]);

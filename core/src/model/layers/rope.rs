@@ -73,7 +73,10 @@ impl RopeTables {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, seq, d) = x.dims4()?;
         if (seq, d) != self.cos.dims2()? {
-            candle_core::bail!("rope tables are {:?}, applied to a tensor with seq {seq} and head_dim {d}", self.cos.dims())
+            candle_core::bail!(
+                "rope tables are {:?}, applied to a tensor with seq {seq} and head_dim {d}",
+                self.cos.dims()
+            )
         }
         let half = d / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
