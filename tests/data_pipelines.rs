@@ -53,7 +53,7 @@ fn bert_learns_to_classify_labelled_jsonl_through_a_tokenizer_json() {
     // The label is carried by one word among noise: positive words → "pos".
     let row = |i: usize| {
         let (word, label) = [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("awful", "neg")][i % 4];
-        let noun = if i % 3 == 0 { "film" } else { "movie" };
+        let noun = if i.is_multiple_of(3) { "film" } else { "movie" };
         let adverb = if i % 5 < 2 { "very" } else { "quite" };
         format!("{{\"text\": \"the {noun} was {adverb} {word}\", \"label\": \"{label}\"}}\n")
     };

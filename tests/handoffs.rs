@@ -182,7 +182,7 @@ fn compare_all(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>, 
 fn a_rollback_restores_every_tensor_of_the_evaluation_that_passed_before_one_failed() {
     let run = run_pipeline("rollback-mid", &gated(0.1));
     assert_eq!(
-        (run.summary.stages[2].1, &run.summary.stages[2].2),
+        (run.summary.stages[2].steps, &run.summary.stages[2].end),
         (4, &StageEnd::GateRollback),
         "{:?}",
         run.summary.stages
@@ -205,7 +205,7 @@ fn a_rollback_to_the_stage_start_restores_the_fresh_adapter_and_optimizer() {
         "rollback-start",
         &gated(0.0).replace("eval_every = 2", "eval_every = 1").replace("lr = 0.05", "lr = 0.5"),
     );
-    assert_eq!((run.summary.stages[2].1, &run.summary.stages[2].2), (1, &StageEnd::GateRollback));
+    assert_eq!((run.summary.stages[2].steps, &run.summary.stages[2].end), (1, &StageEnd::GateRollback));
     let end = checkpoint_tensors(&run.dir, "next");
     // The start: the stacked adapter and base as adapt_add left them...
     let before = checkpoint_tensors(&run.dir, "adapt_add");

@@ -209,7 +209,7 @@ fn weight_decay_leaves_biases_and_norms_alone() {
 fn an_exit_threshold_ends_the_stage_at_the_first_evaluation_past_it() {
     let budget = one_stage_of(0.5, 16, "eval_every = 2");
     let full = run_pipeline("exit-none", &budget);
-    assert_eq!(full.summary.stages[0].2, StageEnd::Budget);
+    assert_eq!(full.summary.stages[0].end, StageEnd::Budget);
     let evals: Vec<(u64, f64)> = metrics(&full.dir)
         .iter()
         .filter(|r| r.set.as_deref() == Some("ft"))
@@ -223,7 +223,7 @@ fn an_exit_threshold_ends_the_stage_at_the_first_evaluation_past_it() {
     assert!(at_k < threshold && threshold < before, "{evals:?}");
     let exit = run_pipeline("exit", &format!("{budget}exit = {{ metric = \"eval.loss\", below = {threshold} }}\n"));
     assert_eq!(
-        (exit.summary.stages[0].1, &exit.summary.stages[0].2),
+        (exit.summary.stages[0].steps, &exit.summary.stages[0].end),
         (k, &StageEnd::Exit),
         "eval losses {evals:?}, threshold {threshold}"
     );
@@ -234,9 +234,9 @@ fn epochs_are_a_budget_counted_in_optimizer_steps() {
     // 32 training examples, batches of 8: 4 steps an epoch; 2 with two micro-batches.
     let epochs = |extra: &str| one_stage_of(0.1, 1, &format!("epochs = 2\n{extra}")).replace("max_steps = 1\n", "");
     let plain = run_pipeline("epochs", &epochs(""));
-    assert_eq!((plain.summary.stages[0].1, &plain.summary.stages[0].2), (8, &StageEnd::Budget));
+    assert_eq!((plain.summary.stages[0].steps, &plain.summary.stages[0].end), (8, &StageEnd::Budget));
     let accum = run_pipeline("epochs-accum", &epochs("grad_accum = 2"));
-    assert_eq!(accum.summary.stages[0].1, 4);
+    assert_eq!(accum.summary.stages[0].steps, 4);
     let steps: Vec<u64> =
         metrics(&accum.dir).iter().filter(|r| r.set.is_none() && r.loss.is_some()).map(|r| r.step).collect();
     assert_eq!(steps, [1, 2, 3, 4]);
@@ -256,14 +256,16 @@ fn faulty(
 #[test]
 fn an_injected_nan_restores_the_last_good_state_and_continues() {
     let (run, result) = faulty("nan", "nan_at = [14]", "", 30);
-    assert_eq!(result.expect("recovers and finishes").stages[0].1, 30);
+    assert_eq!(result.expect("recovers and finishes").stages[0].steps, 30);
     let rows = metrics(&run);
     let nan_rows = rows.iter().filter(|r| r.loss.is_some_and(f64::is_nan)).count();
     assert_eq!(nan_rows, 1, "the NaN step is logged once");
     assert_eq!(events(&run).iter().filter(|e| e.2 == "anomaly").count(), 1);
     let log = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
     assert!(
-        log.iter().any(|e| e.kind == "anomaly" && e.step == 14 && e.message.contains("restored step 10")),
+        log.iter().any(|e| e.kind == stagecraft_core::report::EventKind::Anomaly
+            && e.step == 14
+            && e.message.contains("restored step 10")),
         "{log:?}"
     );
     // Restored to step 10 (the last good state) and retrained from there at half the LR.
@@ -276,9 +278,9 @@ fn an_injected_nan_restores_the_last_good_state_and_continues() {
 #[test]
 fn a_non_finite_gradient_under_a_finite_loss_is_caught_too() {
     let (run, result) = faulty("nan-grad", "nan_grad_at = [14]", "", 20);
-    assert_eq!(result.expect("recovers and finishes").stages[0].1, 20);
+    assert_eq!(result.expect("recovers and finishes").stages[0].steps, 20);
     let log = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
-    let anomaly: Vec<_> = log.iter().filter(|e| e.kind == "anomaly").collect();
+    let anomaly: Vec<_> = log.iter().filter(|e| e.kind == stagecraft_core::report::EventKind::Anomaly).collect();
     assert_eq!(anomaly.len(), 1, "{log:?}");
     assert!(
         anomaly[0].step == 14
@@ -312,7 +314,7 @@ fn a_loss_spike_is_rolled_back_unless_within_the_margin() {
             &format!("anomaly = {{ spike_margin = {margin} }}"),
             20,
         );
-        assert_eq!(result.expect("finishes").stages[0].1, 20);
+        assert_eq!(result.expect("finishes").stages[0].steps, 20);
         let rows = metrics(&run);
         let at_14: Vec<f64> = rows.iter().filter(|r| r.step == 14 && r.set.is_none()).filter_map(|r| r.loss).collect();
         let at_12 = rows.iter().filter(|r| r.step == 12 && r.set.is_none()).count();

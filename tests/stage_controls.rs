@@ -129,10 +129,10 @@ fn gate_config(patience: u32) -> String {
 #[test]
 fn gate_patience_tolerates_failing_evaluations_then_rolls_back() {
     let (strict_run, strict) = run("gate-0", &gate_config(0));
-    assert_eq!((strict.stages[1].1, &strict.stages[1].2), (1, &StageEnd::GateRollback));
+    assert_eq!((strict.stages[1].steps, &strict.stages[1].end), (1, &StageEnd::GateRollback));
     let (run, patient) = run("gate-2", &gate_config(2));
     assert_eq!(
-        (patient.stages[1].1, &patient.stages[1].2),
+        (patient.stages[1].steps, &patient.stages[1].end),
         (3, &StageEnd::GateRollback),
         "two failures tolerated, the third acts"
     );
@@ -154,7 +154,7 @@ fn early_stopping_restores_the_best_evaluation() {
     let text =
         [HEAD.to_string(), stage("lm", "causal_lm", 40, exit).replace("optimizer = { lr = 1e-2 }\n", "")].concat();
     let (run, summary) = run("patience", &text);
-    assert_eq!(summary.stages[0].2, StageEnd::Patience, "{:?}", summary.stages);
+    assert_eq!(summary.stages[0].end, StageEnd::Patience, "{:?}", summary.stages);
     let rows = support::metrics(&run);
     let losses: Vec<f64> =
         rows.iter().filter(|r| r.set.as_deref() == Some("lm")).filter_map(|r| r.metrics.get("loss").copied()).collect();
@@ -206,10 +206,9 @@ fn resume_skips_a_corrupt_checkpoint_and_finishes_identically() {
     let bytes = std::fs::read(&file).expect("read");
     std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("truncate");
     let summary = support::resume_pipeline(&run);
-    assert_eq!(summary.stages.last().map(|s| s.1), Some(6));
+    assert_eq!(summary.stages.last().map(|s| s.steps), Some(6));
     assert_eq!(tensors(&run, "add"), whole, "bit-identical to the uninterrupted run");
-    let events = stagecraft_core::report::EventLog::read(&run.join("events.jsonl")).expect("events");
-    assert!(events.iter().any(|e| e.kind == "resume" && e.stage == "add" && e.step == 4), "{events:?}");
+    assert_eq!(support::resumes(&run), [("add".to_string(), 4, Some("resume".to_string()))]);
 }
 
 #[test]

@@ -77,6 +77,16 @@ pub enum Error {
     /// Training produced a NaN or infinite loss or gradient (the anomaly guard recovers).
     #[error("{0}")]
     NonFinite(String),
+
+    /// An error with what was being done when it happened (see [`Context`]); the inner
+    /// error keeps its variant ([`Error::root`]).
+    #[error("{what}: {source}")]
+    Context {
+        /// What was being done: "stage `adapt` step 40", "evaluating the eval set of stage `add`".
+        what: String,
+        /// The error.
+        source: Box<Error>,
+    },
 }
 
 /// `Result` with the host's [`Error`].
@@ -94,6 +104,42 @@ impl Error {
         let msg = msg.to_string();
         let first = msg.lines().next().unwrap_or("").trim_end().to_string();
         Error::File { path: path.into(), msg: first }
+    }
+}
+
+impl Error {
+    /// The error under every [`Error::Context`] layer.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// Adds what was being done to an error: `result.context("loading stage `add`")?`.
+///
+/// ```
+/// use stagecraft_core::error::{Context, Error, Result};
+/// let r: Result<()> = Err(Error::NonFinite("loss is NaN".into()));
+/// let e = r.context("stage `adapt` step 3").expect_err("an error");
+/// assert_eq!(e.to_string(), "stage `adapt` step 3: loss is NaN");
+/// assert!(matches!(e.root(), Error::NonFinite(_)));
+/// ```
+pub trait Context<T> {
+    /// The error, if any, with `what` in front.
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+    /// The error, if any, with `what()` in front (built only on error).
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::Context { what: what.to_string(), source: Box::new(e.into()) })
+    }
+
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| Error::Context { what: what().to_string(), source: Box::new(e.into()) })
     }
 }
 

@@ -14,9 +14,10 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use stagecraft_core::checkpoint;
 use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::pipeline::ResumeRecord;
 use stagecraft_core::pipeline::{Pipeline, RunSummary};
 use stagecraft_core::plugin::{HostState, Registry};
-use stagecraft_core::report::{EventLog, MetricRow, MetricsLog};
+use stagecraft_core::report::{EventLog, Jsonl, MetricRow, MetricsLog};
 
 // ---- where things are -----------------------------------------------------------
 
@@ -320,7 +321,20 @@ pub fn events(run: &Path) -> Vec<(String, u64, String)> {
     EventLog::read(&run.join("events.jsonl"))
         .expect("events.jsonl")
         .into_iter()
-        .map(|e| (e.stage, e.step, e.kind))
+        .map(|e| (e.stage, e.step, e.kind.to_string()))
+        .collect()
+}
+
+/// `(stage, step, checkpoint)` of each resume in `resumes.jsonl` (none: no file).
+pub fn resumes(run: &Path) -> Vec<(String, u64, Option<String>)> {
+    let path = run.join("resumes.jsonl");
+    if !path.exists() {
+        return Vec::new();
+    }
+    Jsonl::read::<ResumeRecord>(&path)
+        .expect("resumes.jsonl")
+        .into_iter()
+        .map(|r| (r.stage, r.step, r.checkpoint))
         .collect()
 }
 

@@ -30,6 +30,18 @@ pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     f.sync_all().map_err(io(path))
 }
 
+/// Replaces the file at `path` with `data` atomically: written to a hidden temporary
+/// file beside it, fsynced, renamed over `path`, and the directory fsynced. A kill at
+/// any moment leaves either the old file or the new one, never a partial one.
+pub fn replace(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    write_synced(&tmp, data)?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(dir)
+}
+
 /// Fsyncs a file that was written by someone else (e.g. a library writing to a path).
 pub fn sync_file(path: &Path) -> Result<()> {
     File::open(path).map_err(io(path))?.sync_all().map_err(io(path))
@@ -74,6 +86,11 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         remove_dir_all(&tmp.path().join("nope"))?;
         let err = read(&tmp.path().join("missing.bin")).expect_err("missing");
+        let file = tmp.path().join("config.toml");
+        replace(&file, b"old")?;
+        replace(&file, b"new")?;
+        assert_eq!(read(&file)?, b"new");
+        assert_eq!(std::fs::read_dir(tmp.path())?.count(), 1, "no temporary file is left");
         assert!(err.to_string().contains("missing.bin"), "{err}");
         Ok(())
     }

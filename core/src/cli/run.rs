@@ -4,7 +4,7 @@
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{Pipeline, StageEnd};
+use stagecraft_core::pipeline::{Pipeline, RunDir, StageEnd};
 use std::path::PathBuf;
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -62,12 +62,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
         return Ok(());
     }
-    let run_dir = args.run_dir.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name).join(timestamp(secs))
-    });
+    let run_dir = match &args.run_dir {
+        Some(dir) => RunDir::create(dir)?,
+        None => {
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            RunDir::create_unique(&PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name), &timestamp(secs))?
+        }
+    };
     let t = std::time::Instant::now();
-    let (pipeline, _tokenizer) = Pipeline::new(cfg, registry, &run_dir, args.quiet)?;
+    let (pipeline, _tokenizer) = Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?;
     finish(pipeline, t)
 }
 
@@ -89,14 +93,15 @@ fn timestamp(secs: u64) -> String {
 
 fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
-    for (name, steps, end) in &summary.stages {
-        println!("stage {name}: {steps} steps, ended by {end}");
+    for s in &summary.stages {
+        println!("stage {}: {} steps, ended by {}", s.stage, s.steps, s.end);
     }
     println!("{}", summary.retention.to_table());
     println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());
-    if let Some((name, _, StageEnd::GateStop)) = summary.stages.last() {
+    if let Some(s) = summary.stages.last().filter(|s| s.end == StageEnd::GateStop) {
         anyhow::bail!(
-            "the pipeline stopped: a retention gate failed in stage `{name}` (see the warning above and {})",
+            "the pipeline stopped: a retention gate failed in stage `{}` (see the warning above and {})",
+            s.stage,
             summary.run_dir.join("metrics.jsonl").display()
         );
     }

@@ -158,6 +158,27 @@ fn check_handoff(s: &StageConfig) -> std::result::Result<(), String> {
     }
 }
 
+/// The name the rolling resume checkpoint takes in `checkpoints/`.
+const RESERVED_STAGE_NAME: &str = "resume";
+
+/// A stage's name names its checkpoint directory: one plain, visible path component
+/// (no `/`, `\`, control characters, nor a leading `.`), and not `resume`.
+fn check_stage_name(file: &str, i: usize, name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("is empty")
+    } else if name == RESERVED_STAGE_NAME {
+        Some("is reserved for the rolling resume checkpoint")
+    } else if name.starts_with('.') || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        Some("must be one plain path component (no `/`, `\\`, control characters or leading `.`)")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::msg(format!("{file}: stage {}: name `{}` {why}", i + 1, name.escape_debug()))),
+        None => Ok(()),
+    }
+}
+
 impl PipelineConfig {
     /// Checks the rules across fields; errors name the file and the stage.
     pub fn validate(&self, file: &str) -> Result<()> {
@@ -189,8 +210,9 @@ impl PipelineConfig {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.stages.iter().enumerate() {
-            if s.name.is_empty() || !seen.insert(s.name.as_str()) {
-                return Err(Error::msg(format!("{file}: stage {}: name `{}` is empty or used twice", i + 1, s.name)));
+            check_stage_name(file, i, &s.name)?;
+            if !seen.insert(s.name.as_str()) {
+                return Err(Error::msg(format!("{file}: stage {}: name `{}` is used twice", i + 1, s.name)));
             }
             check_stage(file, self, i, s)?;
         }
@@ -259,6 +281,21 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
         assert!(e.contains("gates.retention.stage `ft`"), "{e}");
         let e = err(&BASE.replace("max_steps = 10\nexit", "exit"));
         assert!(e.contains("give `max_steps` or `epochs`"), "{e}");
+    }
+
+    #[test]
+    fn stage_names_are_plain_path_components_and_not_resume() {
+        for (name, why) in [
+            ("resume", "reserved"),
+            ("a/b", "one plain path component"),
+            ("..", "one plain path component"),
+            (".hidden", "one plain path component"),
+            ("tab\\there", "one plain path component"),
+            ("", "is empty"),
+        ] {
+            let e = err(&BASE.replace("name = \"ft\"", &format!("name = \"{name}\"")));
+            assert!(e.contains("stage 2: name") && e.contains(why), "{name}: {e}");
+        }
     }
 
     #[test]

@@ -97,14 +97,14 @@ impl LlamaConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::msg(format!("llama config: `{name}` must be > 0")));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::msg(format!(
                 "llama config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
             )));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::msg(format!("llama config: head_dim {} must be even for rope", self.head_dim())));
         }
         if !(self.rms_norm_eps >= 0.0 && self.rope_theta > 0.0 && self.initializer_range >= 0.0) {

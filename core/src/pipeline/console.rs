@@ -51,7 +51,7 @@ impl Console {
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.4}"));
             }
-            None if !self.quiet && (step % 50 == 0 || step == total) => {
+            None if !self.quiet && (step.is_multiple_of(50) || step == total) => {
                 eprintln!("[{stage}] step {step}/{total} loss {loss:.4}")
             }
             None => {}

@@ -1,13 +1,16 @@
 //! Evaluating a model (with its adapters) on a data set with an objective: loss,
 //! perplexity, the objective's metrics, and per-example loss quantiles.
 
+use crate::config::StageConfig;
 use crate::data::{collate, Dataset};
-use crate::error::Result;
+use crate::error::{Context, Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, StageInstance};
-use crate::train::forward_loss;
+use crate::train::{forward_loss, Trainer};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// Metric name → value (`loss`, `perplexity`, `exact_match`, `loss_p90`, ...).
 pub type Metrics = BTreeMap<String, f64>;
@@ -79,6 +82,61 @@ fn evaluate_inner(
         }
     }
     Ok(metrics)
+}
+
+/// Every stage's eval set, and the objective that scores it once the stage has run.
+pub(crate) struct EvalSets {
+    names: Vec<String>,
+    batch_sizes: Vec<usize>,
+    data: Vec<Option<Arc<Dataset>>>,
+    objectives: Vec<Option<StageInstance>>,
+    state: Rc<HostState>,
+}
+
+impl EvalSets {
+    /// The eval sets of `stages` (`data[k]` for stage `k`).
+    pub fn new(stages: &[StageConfig], data: Vec<Option<Arc<Dataset>>>, state: Rc<HostState>) -> Self {
+        EvalSets {
+            names: stages.iter().map(|s| s.name.clone()).collect(),
+            batch_sizes: stages.iter().map(|s| s.batch_size).collect(),
+            objectives: data.iter().map(|_| None).collect(),
+            data,
+            state,
+        }
+    }
+
+    /// The eval sets (`[k]` for stage `k`).
+    pub fn data(&self) -> &[Option<Arc<Dataset>>] {
+        &self.data
+    }
+
+    /// The objectives of the stages that ran (`[k]` for stage `k`).
+    pub fn objectives(&self) -> &[Option<StageInstance>] {
+        &self.objectives
+    }
+
+    /// Keeps a finished stage's objective, to score its set later.
+    pub fn keep_objective(&mut self, k: usize, objective: StageInstance) {
+        self.objectives[k] = Some(objective);
+    }
+
+    /// Scores stage `k`'s eval set on the trainer's model while stage `running` trains
+    /// (its own set with the trainer's objective); `None` for a stage without one.
+    pub fn evaluate(&mut self, k: usize, running: usize, trainer: &mut Trainer) -> Result<Option<Metrics>> {
+        let Some(data) = self.data[k].clone() else { return Ok(None) };
+        let (set, by) = (&self.names[k], &self.names[running]);
+        let objective = match k == running {
+            true => &mut trainer.stage,
+            false => self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{set}` has not run yet")))?,
+        };
+        let device = self.state.device.clone();
+        evaluate(trainer.model.as_ref(), &trainer.adapters, objective, &self.state, &data, self.batch_sizes[k], &device)
+            .map(Some)
+            .with_context(|| match k == running {
+                true => format!("stage `{by}`: evaluating its eval set"),
+                false => format!("stage `{by}`: evaluating the eval set of stage `{set}`"),
+            })
+    }
 }
 
 #[cfg(test)]

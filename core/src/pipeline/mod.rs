@@ -3,37 +3,60 @@
 //! earlier stage's eval set (the retention matrix), and stops on its exit criteria or a
 //! forgetting gate.
 //!
-//! Everything lands in the run directory: `config.toml` (resolved), `data.json`
-//! (sources and sha256 of files), `plugins.json` (libraries, their SDK versions and the
-//! sha256 of plugin files), `metrics.jsonl`, `events.jsonl`, `retention.json`, `report.html`,
-//! `checkpoints/<stage>/` at the end of each stage and `checkpoints/resume/` at each
-//! evaluation (see [`Pipeline::resume`]).
+//! Everything lands in the run directory ([`RunDir`]): `config.toml` (resolved),
+//! `data.json` (sources and sha256 of files), `plugins.json` (libraries, their SDK
+//! versions and the sha256 of plugin files), `metrics.jsonl`, `events.jsonl`,
+//! `resumes.jsonl`, `retention.json`, `report.html`, `checkpoints/<stage>/` at the end
+//! of each stage and `checkpoints/resume/` at each evaluation (see [`Pipeline::resume`]).
+//!
+//! From `stagecraft run` to one optimizer step: [`Pipeline::new`] loads and checks
+//! everything ([`plan`]); [`Pipeline::run`] prepares each stage ([`handoff`], [`freeze`],
+//! a [`Trainer`]), restores it when resuming ([`resume`]), trains it ([`stage`]: one
+//! loop; the per-step rules are [`guard`], [`gate`] and [`early_stopping`]) and
+//! finishes it (retention row, end event, end-of-stage checkpoint); the step itself is
+//! [`Trainer::train_step_accum`].
 
 mod build;
 mod console;
+mod early_stopping;
 mod eval;
+mod float_bits;
+mod freeze;
+mod gate;
+mod guard;
+mod handoff;
+mod outcome;
 mod plan;
+mod records;
 mod result;
 mod resume;
+mod rules;
+mod run_dir;
+mod score;
 mod snapshot;
 mod stage;
 
 pub use eval::{evaluate, quantile, Metrics};
-pub use result::{open_stage, run_config, AdapterRecord, OpenedStage, StageResult};
-pub use resume::ResumeMeta;
-pub use snapshot::Snapshot;
-pub use stage::{MarkSteps, Marks, Progress, StageEnd};
+pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
+pub use records::ResumeRecord;
+pub use result::{open_stage, run_config, OpenedStage};
+pub use run_dir::RunDir;
 
-use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
 use crate::checkpoint::Checkpoint;
-use crate::config::{AdapterHandoff, OptimizerHandoff, PipelineConfig, StageConfig};
+use crate::config::{OptimizerHandoff, PipelineConfig, StageConfig};
 use crate::data::{Dataset, Mixture, Order, Tokenizer};
 use crate::error::{Error, Result};
-use crate::model::{Adapters, Model};
-use crate::plugin::{HostState, OptimizerInstance, Registry, StageInstance};
-use crate::report::{write_html, Event, EventLog, MetricRow, MetricsLog, RetentionMatrix, Split};
-use crate::train::{decays, lr_multiplier, module_matches, Trainer};
-use candle_core::{DType, Device};
+use crate::model::Adapters;
+use crate::plugin::{HostState, Registry};
+use crate::report::{write_html, EventKind, RetentionMatrix};
+use crate::train::Trainer;
+use candle_core::DType;
+use eval::EvalSets;
+use handoff::{Carried, Env};
+use records::{Records, RecordsMark};
+use resume::{Position, ResumeMeta};
+use rules::StageRules;
+use stage::{StageContext, StageRun};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -44,249 +67,192 @@ use std::sync::Arc;
 pub struct RunSummary {
     /// The run directory.
     pub run_dir: PathBuf,
-    /// `(stage, steps, end)` per stage that ran.
-    pub stages: Vec<(String, u64, StageEnd)>,
+    /// Each stage that ran, in order.
+    pub stages: Vec<StageSummary>,
     /// Stages × eval sets, on each set's main score.
     pub retention: RetentionMatrix,
+}
+
+/// A checkpoint to resume from.
+struct Resume {
+    ckpt: Checkpoint,
+    meta: ResumeMeta,
+    name: String,
+}
+
+/// How stage `i` starts, once prepared (one value per stage: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    /// It ended before the checkpoint being resumed from: nothing to train.
+    Finished,
+    /// It trains, from the trainer's step.
+    Train { mixture: Mixture, rules: StageRules },
 }
 
 /// A pipeline being run.
 pub struct Pipeline {
     cfg: PipelineConfig,
     registry: Registry,
-    device: Device,
     state: Rc<HostState>,
-    train_data: Vec<Arc<Dataset>>,
-    eval_data: Vec<Option<Arc<Dataset>>>,
-    objectives: Vec<Option<StageInstance>>,
-    own_scores: BTreeMap<String, Metrics>,
-    current: usize,
-    run_dir: PathBuf,
-    log: MetricsLog,
-    rows: Vec<MetricRow>,
-    events: EventLog,
-    event_rows: Vec<Event>,
-    console: console::Console,
-    resume: Option<(Checkpoint, ResumeMeta)>,
-    /// The adapters attached now, in order (their frozen flags are read when a stage
-    /// ends).
-    lineage: Vec<AdapterRecord>,
-    /// The Hugging Face directory the current model came from (`None`: `[model]`).
-    model_dir: Option<PathBuf>,
-    /// Each finished stage's result, for stages that start `from` it.
-    ended: Vec<Option<StageResult>>,
     vocab: usize,
-}
-
-pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
-    crate::device::resolve_device(spec).map_err(|e| Error::msg(format!("run.device: {e}")))
+    train_data: Vec<Arc<Dataset>>,
+    sets: EvalSets,
+    run_dir: RunDir,
+    records: Records,
+    resume: Option<Resume>,
+    /// Where the current model came from and the adapters attached now, in order
+    /// (their frozen flags are read when a stage ends).
+    lineage: StageResult,
+    /// Each finished stage's result, for stages that start `from` it.
+    results: Vec<Option<StageResult>>,
+    /// Each finished stage's final metrics on its own eval set.
+    own_scores: BTreeMap<String, Metrics>,
+    /// How each finished stage ended.
+    ended: Vec<StageSummary>,
 }
 
 impl Pipeline {
-    /// Loads every data set and checks every plugin config before any training.
+    /// A new run in `run_dir` (created; refused when it holds a run already): loads
+    /// every data set and checks every plugin config before any training.
     pub fn new(cfg: PipelineConfig, registry: Registry, run_dir: &Path, quiet: bool) -> Result<(Self, Tokenizer)> {
-        let plan::Loaded { device, tokenizer, train_data, eval_data } = plan::load(&cfg, &registry)?;
-        let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
-        state.set_tokenizer(Rc::new(tokenizer.clone()));
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::Io { path: run_dir.to_path_buf(), source: e })?;
+        Pipeline::in_dir(cfg, registry, RunDir::create(run_dir)?, quiet)
+    }
+
+    /// A new run in a run directory already made for it (see [`RunDir::create_unique`]).
+    pub fn in_dir(cfg: PipelineConfig, registry: Registry, run_dir: RunDir, quiet: bool) -> Result<(Self, Tokenizer)> {
+        let (p, tokenizer) = Pipeline::open(cfg, registry, run_dir, RecordsMark::default(), quiet)?;
         let resolved =
-            toml::to_string(&cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
-        std::fs::write(run_dir.join("config.toml"), resolved)
-            .map_err(|e| Error::Io { path: run_dir.join("config.toml"), source: e })?;
-        let data_json: Vec<_> = train_data
-            .iter()
-            .chain(eval_data.iter().flatten())
-            .map(|d| serde_json::json!({"source": d.name, "examples": d.len(), "sha256": d.sha256}))
-            .collect();
-        std::fs::write(run_dir.join("data.json"), serde_json::to_string_pretty(&data_json).unwrap_or_default())
-            .map_err(|e| Error::Io { path: run_dir.join("data.json"), source: e })?;
-        let source = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
-        let run_json = serde_json::json!({ "config_source": source, "base_dir": std::fs::canonicalize(cfg.base_dir()).unwrap_or_else(|_| cfg.base_dir()) });
-        std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&run_json).unwrap_or_default())
-            .map_err(|e| Error::Io { path: run_dir.join("run.json"), source: e })?;
-        let plugins: Vec<_> = registry
-            .libraries()
-            .iter()
-            .map(|l| {
-                let sha256 = match &l.source {
-                    crate::plugin::Source::File { path } => crate::plugin::loader::sha256_file(path).ok(),
-                    crate::plugin::Source::Builtin => None,
-                };
-                let names: Vec<&str> = l.plugins.iter().map(|p| p.name.as_str()).collect();
-                serde_json::json!({ "library": l.id, "source": l.source.to_string(), "sdk": l.sdk.to_string(), "plugins": names, "sha256": sha256 })
-            })
-            .collect();
-        std::fs::write(run_dir.join("plugins.json"), serde_json::to_string_pretty(&plugins).unwrap_or_default())
-            .map_err(|e| Error::Io { path: run_dir.join("plugins.json"), source: e })?;
-        let log = MetricsLog::open(run_dir)?;
-        let events = EventLog::open(run_dir)?;
+            toml::to_string(&p.cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
+        let source = std::fs::canonicalize(&p.cfg.source).unwrap_or_else(|_| p.cfg.source.clone());
+        let base_dir = std::fs::canonicalize(p.cfg.base_dir()).unwrap_or_else(|_| p.cfg.base_dir());
+        p.run_dir.write_json("run.json", &serde_json::json!({ "config_source": source, "base_dir": base_dir }))?;
+        p.run_dir.write_json("data.json", &plan::data_record(&p.train_data, p.sets.data()))?;
+        p.run_dir.write_json("plugins.json", &plan::plugins_record(&p.registry))?;
+        // Last: its presence marks the directory as holding a run.
+        p.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())?;
+        Ok((p, tokenizer))
+    }
+
+    /// Reopens an interrupted (or finished) run: its resolved config, its newest good
+    /// checkpoint, and its logs cut back to what that checkpoint covers. A run killed
+    /// before its first checkpoint starts over. The data must be what the run started
+    /// with (`data.json`).
+    pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
+        let dir = RunDir::reopen(run_dir)?;
+        let cfg = run_config(run_dir)?;
+        let found = resume::latest(run_dir, &plan::resolve_device(&cfg.run.device)?)?;
+        let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
+        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, mark, quiet)?;
+        plan::check_same_data(&p.run_dir, &plan::data_record(&p.train_data, p.sets.data()))?;
+        match found {
+            Some((ckpt, meta, name)) => {
+                p.own_scores = meta.own_scores.clone();
+                p.ended = meta.ended.clone();
+                p.resume = Some(Resume { ckpt, meta, name });
+            }
+            None => {
+                let first = p.cfg.stages.first().map(|s| s.name.clone()).unwrap_or_default();
+                p.records.resumed(ResumeRecord { stage: first, step: 0, checkpoint: None })?;
+            }
+        }
+        Ok((p, tokenizer))
+    }
+
+    fn open(
+        cfg: PipelineConfig,
+        registry: Registry,
+        run_dir: RunDir,
+        mark: RecordsMark,
+        quiet: bool,
+    ) -> Result<(Self, Tokenizer)> {
+        let plan::Loaded { device, tokenizer, train_data, eval_data } = plan::load(&cfg, &registry)?;
+        let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
+        state.set_tokenizer(Rc::new(tokenizer.clone()));
+        let records = Records::open(&run_dir, mark, quiet)?;
         let n = cfg.stages.len();
         let p = Pipeline {
+            sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),
+            vocab: tokenizer.vocab_size(),
             cfg,
             registry,
-            device,
             state,
             train_data,
-            eval_data,
-            objectives: (0..n).map(|_| None).collect(),
-            own_scores: BTreeMap::new(),
-            current: 0,
-            run_dir: run_dir.to_path_buf(),
-            log,
-            rows: Vec::new(),
-            events,
-            event_rows: Vec::new(),
-            console: console::Console::new(quiet),
+            run_dir,
+            records,
             resume: None,
-            lineage: Vec::new(),
-            model_dir: None,
-            ended: (0..n).map(|_| None).collect(),
-            vocab: tokenizer.vocab_size(),
+            lineage: StageResult::default(),
+            results: vec![None; n],
+            own_scores: BTreeMap::new(),
+            ended: Vec::new(),
         };
         Ok((p, tokenizer))
     }
 
-    /// Reopens an interrupted run: its resolved config, its newest good checkpoint, and
-    /// its metrics up to that checkpoint.
-    pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
-        let cfg = run_config(run_dir)?;
-        let (ckpt, meta) = resume::latest(run_dir, &resolve_device(&cfg.run.device)?)?;
-        let metrics = run_dir.join("metrics.jsonl");
-        let mut rows = if metrics.exists() { crate::report::MetricsLog::read(&metrics)? } else { Vec::new() };
-        rows.truncate(meta.rows);
-        let text: String = rows.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|l| l + "\n").collect();
-        std::fs::write(&metrics, text).map_err(|e| Error::Io { path: metrics.clone(), source: e })?;
-        let (mut p, tok) = Pipeline::new(cfg, registry, run_dir, quiet)?;
-        p.rows = rows;
-        p.event_rows = EventLog::read(p.events.path())?;
-        p.own_scores = meta.own_scores.clone();
-        p.resume = Some((ckpt, meta));
-        Ok((p, tok))
-    }
-
-    /// Freezes base weights for stage `s`: its `train.freeze` patterns, or every base
-    /// weight when the stage trains adapters and names no patterns.
-    fn freeze(&self, model: &dyn Model, s: &StageConfig, adapters_train: bool) {
-        for (name, w) in model.weights() {
-            let frozen = if s.train.freeze.is_empty() {
-                adapters_train
-            } else {
-                s.train.freeze.iter().any(|p| module_matches(p, &name))
-            };
-            let unfrozen_now =
-                s.train.unfreeze.iter().any(|u| u.at_step == 0 && u.modules.iter().any(|p| module_matches(p, &name)));
-            w.set_trainable(!frozen || unfrozen_now);
-        }
-    }
-
-    fn apply_unfreeze(&mut self, trainer: &mut Trainer, s: &StageConfig, step: u64) -> Result<()> {
-        let due: Vec<&String> = s
-            .train
-            .unfreeze
-            .iter()
-            .filter(|u| u.at_step + 1 == step && u.at_step > 0)
-            .flat_map(|u| &u.modules)
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        for (name, w) in trainer.model.weights() {
-            if due.iter().any(|p| module_matches(p, &name)) {
-                w.set_trainable(true);
+    /// Runs every stage: prepare it, restore it when resuming, train it, finish it.
+    pub fn run(mut self) -> Result<RunSummary> {
+        let mut carried = self.first_model()?;
+        for i in 0..self.cfg.stages.len() {
+            let (mut trainer, mixture) = self.prepare(i, carried)?;
+            if let Start::Train { mixture, rules } = self.restore(i, &mut trainer, mixture)? {
+                let end = self.train(i, &mut trainer, mixture, rules)?;
+                self.finish(i, &mut trainer, end)?;
+            }
+            let (model, adapters, objective, optimizer) = trainer.into_parts();
+            self.sets.keep_objective(i, objective);
+            carried = Carried { model, adapters, optimizer: Some(optimizer) };
+            if self.ended.last().is_some_and(|e| e.end == StageEnd::GateStop) {
+                break;
             }
         }
-        self.set_lr_multipliers(trainer, s)
+        self.write_reports()
     }
 
-    fn set_lr_multipliers(&self, trainer: &mut Trainer, s: &StageConfig) -> Result<()> {
-        trainer.refresh_params()?;
-        let layers = trainer.model.info().num_layers;
-        for p in trainer.params.iter_mut() {
-            p.lr_mul = lr_multiplier(&p.name, layers, s.train.layer_lr_decay);
-            p.decay_mul = if decays(p.var.dims()) { 1.0 } else { 0.0 };
-        }
-        Ok(())
+    /// The model `[model]` describes, checked against every stage's adapters.
+    fn first_model(&mut self) -> Result<Carried> {
+        let model =
+            build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.state.device)?;
+        self.state.register_model(model.as_ref());
+        let tokenizer = self.state.tokenizer().ok_or_else(|| Error::msg("the pipeline has no tokenizer"))?;
+        plan::adapter_sites(&self.cfg, &self.registry, &self.state.device, model.as_ref(), tokenizer)?;
+        Ok(Carried { adapters: Adapters::none(model.sites().len()), model, optimizer: None })
     }
 
-    fn handoff(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
-        match s.handoff.adapters {
-            AdapterHandoff::Merge => {
-                merge_into_base(model, adapters)?;
-                self.lineage.clear();
-            }
-            AdapterHandoff::Drop => {
-                drop(adapters.take());
-                self.lineage.clear();
-            }
-            AdapterHandoff::Stack => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, true)),
-            AdapterHandoff::Continue => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, false)),
-            AdapterHandoff::Combine => self.combine(model, adapters, s)?,
-        }
-        for a in &s.adapters {
-            let m = self.registry.new_method(&a.plugin, &a.config_json(), &self.state)?;
-            adapters
-                .attach(m, model.sites())
-                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
-            self.lineage.push(AdapterRecord { plugin: a.plugin.clone(), config: a.config_json(), frozen: false });
-        }
-        Ok(())
-    }
-
-    /// Replaces the attached LoRA adapters by their combination (see
-    /// [`combine_lora`]), which keeps training.
-    fn combine(&mut self, model: &dyn Model, adapters: &mut Adapters, s: &StageConfig) -> Result<()> {
-        let c = s
-            .handoff
-            .combine
-            .clone()
-            .ok_or_else(|| Error::msg(format!("stage `{}`: handoff `combine` without `combine`", s.name)))?;
-        let how = match c.rank {
-            Some(rank) if c.method == "svd" => Combine::Svd { rank },
-            _ => Combine::Cat,
+    /// Stage `i`'s trainer (its model, adapters after the handoff, frozen weights,
+    /// objective and optimizer) and data mixture, at its start.
+    fn prepare(&mut self, i: usize, carried: Carried) -> Result<(Trainer, Mixture)> {
+        let s = self.cfg.stages[i].clone();
+        let env = Env {
+            cfg: &self.cfg,
+            registry: &self.registry,
+            state: &self.state,
+            run_dir: self.run_dir.path(),
+            vocab: self.vocab,
         };
-        let n = adapters.methods().len();
-        let weights = if c.weights.is_empty() { vec![1.0; n] } else { c.weights.clone() };
-        if weights.len() != n {
-            return Err(Error::msg(format!(
-                "stage `{}`: handoff.combine.weights has {} values for the {n} adapters attached",
-                s.name,
-                weights.len()
-            )));
+        let Carried { model, mut adapters, optimizer } =
+            handoff::start_from(&env, i, carried, &self.results, &mut self.lineage)?;
+        if i > 0 || !s.adapters.is_empty() {
+            handoff::apply(&s, model.as_ref(), &mut adapters, &mut self.lineage, &env)?;
         }
-        let configs = self
-            .lineage
-            .iter()
-            .map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin))))
-            .collect::<Result<Vec<serde_json::Value>>>()?;
-        let inputs: Vec<LoraInput> = adapters
-            .methods()
-            .iter()
-            .zip(&configs)
-            .zip(&weights)
-            .map(|((method, config), &weight)| LoraInput { method, config, weight })
-            .collect();
-        let combined = combine_lora(&inputs, how, &self.registry, &self.state, model)
-            .map_err(|e| Error::msg(format!("stage `{}`: handoff `combine`: {e}", s.name)))?;
-        drop(adapters.take());
-        let k = adapters.adopt(combined.method, model.sites())?;
-        adapters.set_frozen(k, false);
-        self.lineage =
-            vec![AdapterRecord { plugin: "lora".into(), config: combined.config.to_string(), frozen: false }];
-        Ok(())
-    }
-
-    /// Stage `k`'s result, for a stage that starts `from` it: a fresh model with the
-    /// adapters stage `k` ended with, every value read from its end-of-stage checkpoint.
-    fn branch(&mut self, k: usize) -> Result<(Box<dyn Model>, Adapters)> {
-        let name = self.cfg.stages[k].name.clone();
-        let ended = self.ended[k].clone().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
-        let (model, adapters) = result::rebuild(&ended, &self.cfg, self.vocab, &self.registry, &self.state)?;
-        let path = self.run_dir.join("checkpoints").join(&name);
-        let ckpt = crate::checkpoint::load(&path, &self.device)?;
-        resume::load_result(&ckpt, model.as_ref(), &adapters)?;
-        self.lineage = ended.adapters;
-        self.model_dir = ended.model_dir;
-        Ok((model, adapters))
+        freeze::set_flags(model.as_ref(), &adapters, &s, 0);
+        let objective = self.registry.new_stage(s.objective.name(), &s.objective.config_json(), &self.state)?;
+        let optimizer = match (s.handoff.optimizer, optimizer) {
+            (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
+            _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,
+        };
+        adapters.set_precision(self.cfg.run.precision);
+        let mut trainer = Trainer::new(self.state.clone(), model, adapters, objective, optimizer)?;
+        freeze::refresh(&mut trainer, &s)?;
+        let order = match s.data.order {
+            crate::config::Order::Shuffled => Order::Shuffled,
+            crate::config::Order::Curriculum => Order::ByDifficulty,
+        };
+        let mixture = Mixture::new(
+            self.train_data[i].clone(),
+            self.replay_sources(&s),
+            self.cfg.run.seed.wrapping_add(i as u64),
+            order,
+        )?;
+        Ok((trainer, mixture))
     }
 
     /// Earlier stages' training data replayed in stage `s`, with each one's share.
@@ -299,191 +265,134 @@ impl Pipeline {
             .collect()
     }
 
-    /// Records an event in `events.jsonl` and the report, and shows it: as a warning
-    /// (recoveries, gates) or, without `--quiet`, as a notice.
-    pub(super) fn event(&mut self, stage: &str, step: u64, kind: &str, message: String, warn: bool) -> Result<()> {
-        let line = format!("stage `{stage}` step {step}: {message}");
-        if warn {
-            self.console.warn(&line);
-        } else {
-            self.console.info(&line);
+    /// How stage `i` starts: fresh, or — when resuming — finished before the checkpoint
+    /// (only its structure is rebuilt) or with every value the checkpoint holds.
+    fn restore(&mut self, i: usize, trainer: &mut Trainer, mixture: Mixture) -> Result<Start> {
+        let s = self.cfg.stages[i].clone();
+        let target = self.resume.as_ref().map(|r| r.meta.stage);
+        if target.is_none_or(|t| t < i) {
+            return Ok(Start::Train { rules: StageRules::new(&s, trainer)?, mixture });
         }
-        let e = Event::new(stage, step, kind, &message);
-        self.events.append(&e)?;
-        self.event_rows.push(e);
+        if target.is_some_and(|t| t > i) {
+            let steps = self.ended.get(i).map_or(0, |e| e.steps);
+            freeze::apply(trainer, &s, steps.saturating_sub(1))?;
+            self.results[i] = Some(self.structure(&trainer.adapters));
+            return Ok(Start::Finished);
+        }
+        let Some(Resume { ckpt, meta, name }) = self.resume.take() else { return Ok(Start::Finished) };
+        freeze::apply(trainer, &s, meta.step.saturating_sub(1))?;
+        resume::load_values(&ckpt, trainer, self.sets.objectives(), i)?;
+        self.state.rng.borrow_mut().set_state(meta.rng);
+        trainer.step = meta.step;
+        trainer.optimizer.updates = meta.optimizer_updates;
+        if meta.stage_done {
+            self.results[i] = meta.result;
+            return Ok(Start::Finished);
+        }
+        let (Some(ms), Some(rules)) = (&meta.mixture, meta.rules) else {
+            return Err(Error::msg(format!("checkpoint `{name}`: no data or rule state for a stage in progress")));
+        };
+        drop(mixture);
+        let mixture = Mixture::restore(self.train_data[i].clone(), self.replay_sources(&s), ms)?;
+        let rules = StageRules::load(&s, rules, &ckpt, trainer)?;
+        self.records.resumed(ResumeRecord { stage: s.name.clone(), step: meta.step, checkpoint: Some(name) })?;
+        Ok(Start::Train { mixture, rules })
+    }
+
+    fn train(&mut self, i: usize, trainer: &mut Trainer, mixture: Mixture, rules: StageRules) -> Result<StageEnd> {
+        let ctx = StageContext {
+            index: i,
+            stages: &self.cfg.stages,
+            sets: &mut self.sets,
+            records: &mut self.records,
+            own_scores: &self.own_scores,
+            ended: &self.ended,
+            run_dir: self.run_dir.path(),
+            device: &self.state.device,
+        };
+        StageRun::new(ctx, trainer, mixture, rules)?.run()
+    }
+
+    /// Ends stage `i`: its retention row, its `end` event, then its end-of-stage
+    /// checkpoint (which covers the event, so a resume never loses nor repeats it).
+    fn finish(&mut self, i: usize, trainer: &mut Trainer, end: StageEnd) -> Result<()> {
+        let name = self.cfg.stages[i].name.clone();
+        // A stage that ran to its budget or exit rule was just evaluated in this state
+        // (its own set and gated sets): those results are reused, not recomputed.
+        let unchanged = matches!(end, StageEnd::Budget | StageEnd::Exit);
+        for k in 0..=i {
+            if let Some(m) = self.end_metrics(i, k, trainer, unchanged)? {
+                if k == i {
+                    self.own_scores.insert(name.clone(), m);
+                }
+            }
+        }
+        self.ended.push(StageSummary { stage: name.clone(), steps: trainer.step, end });
+        self.records.event(
+            &name,
+            trainer.step,
+            EventKind::End,
+            format!("ended after {} steps by {end}", trainer.step),
+        )?;
+        let result = self.structure(&trainer.adapters);
+        let meta = ResumeMeta::new(
+            i,
+            trainer,
+            Position::End(result.clone()),
+            &self.own_scores,
+            &self.ended,
+            self.records.mark()?,
+        );
+        resume::save(self.run_dir.path(), &name, trainer, self.sets.objectives(), &meta, BTreeMap::new())?;
+        self.results[i] = Some(result);
         Ok(())
     }
 
-    /// Stage `k`'s eval set at the end of the running stage: the evaluation logged at
-    /// this step when `reuse` (the state has not changed since), else a new one, logged.
-    fn end_metrics(&mut self, trainer: &mut Trainer, k: usize, reuse: bool) -> Result<Option<Metrics>> {
-        let (stage, set) = (self.cfg.stages[self.current].name.clone(), self.cfg.stages[k].name.clone());
-        let logged = self.rows.iter().rev().find(|r| {
-            r.split == Split::Eval && r.stage == stage && r.step == trainer.step && r.set.as_ref() == Some(&set)
+    /// Stage `k`'s eval set at the end of stage `i`: the evaluation logged at this step
+    /// when `reuse` (the state has not changed since), else a new one, logged.
+    fn end_metrics(&mut self, i: usize, k: usize, trainer: &mut Trainer, reuse: bool) -> Result<Option<Metrics>> {
+        let (stage, set) = (&self.cfg.stages[i].name, &self.cfg.stages[k].name);
+        let logged = self.records.rows().iter().rev().find(|r| {
+            r.split == crate::report::Split::Eval
+                && &r.stage == stage
+                && r.step == trainer.step
+                && r.set.as_ref() == Some(set)
         });
         if let (true, Some(row)) = (reuse, logged) {
             return Ok(Some(row.metrics.clone()));
         }
-        let m = if k == self.current { self.eval_own(trainer)? } else { self.eval_set(trainer, k)? };
+        let m = self.sets.evaluate(k, i, trainer)?;
         if let Some(m) = &m {
-            self.log_eval(&stage, trainer.step, &set, m)?;
+            self.records.eval(stage, trainer.step, set, m)?;
         }
         Ok(m)
     }
 
-    /// Where the current model came from and the attached adapters with their frozen
-    /// flags: what a later stage needs to start `from` this point.
+    /// The lineage with the adapters' frozen flags now: what a later stage needs to
+    /// start `from` this point.
     fn structure(&self, adapters: &Adapters) -> StageResult {
         let records = self
             .lineage
+            .adapters
             .iter()
             .enumerate()
-            .map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() })
-            .collect();
-        StageResult { model_dir: self.model_dir.clone(), adapters: records }
+            .map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() });
+        StageResult { model_dir: self.lineage.model_dir.clone(), adapters: records.collect() }
     }
 
-    /// Takes a finished stage's trainer apart: keeps its objective (for evaluating its
-    /// eval set later) and hands the rest to the next stage.
-    fn absorb(&mut self, trainer: Trainer, i: usize) -> (Box<dyn Model>, Adapters, Option<OptimizerInstance>) {
-        let (m, a, obj, o) = trainer.into_parts();
-        self.objectives[i] = Some(obj);
-        (m, a, Some(o))
-    }
-
-    /// Runs every stage.
-    pub fn run(mut self) -> Result<RunSummary> {
-        let mut model =
-            build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.device)?;
-        self.state.register_model(model.as_ref());
-        let tokenizer = self.state.tokenizer().ok_or_else(|| Error::msg("the pipeline has no tokenizer"))?;
-        plan::adapter_sites(&self.cfg, &self.registry, &self.device, model.as_ref(), tokenizer)?;
-        let mut adapters = Adapters::none(model.sites().len());
-        let mut optimizer: Option<OptimizerInstance> = None;
-        let mut summary = Vec::new();
-        for i in 0..self.cfg.stages.len() {
-            self.current = i;
-            let s = self.cfg.stages[i].clone();
-            match s.from.as_ref().map(|f| (f, self.cfg.stage(f).map(|(k, _)| k))) {
-                Some((dir, None)) => {
-                    let dir = self.cfg.base_dir().join(dir);
-                    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-                    model = crate::model::load_model(&dir, &self.device)?;
-                    self.model_dir = Some(dir);
-                    self.state.register_model(model.as_ref());
-                    adapters = Adapters::none(model.sites().len());
-                    self.lineage.clear();
-                    optimizer = None;
-                }
-                Some((_, Some(k))) if k + 1 != i => {
-                    (model, adapters) = self.branch(k)?;
-                    optimizer = None;
-                }
-                _ => {}
-            }
-            if i > 0 || !s.adapters.is_empty() {
-                self.handoff(model.as_ref(), &mut adapters, &s)?;
-            }
-            let adapters_train = (0..adapters.methods().len()).any(|k| !adapters.is_frozen(k));
-            self.freeze(model.as_ref(), &s, adapters_train);
-            let stage_obj = self.registry.new_stage(s.objective.name(), &s.objective.config_json(), &self.state)?;
-            let opt = match (s.handoff.optimizer, optimizer.take()) {
-                (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
-                _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,
-            };
-            adapters.set_precision(self.cfg.run.precision);
-            let mut trainer = Trainer::new(self.state.clone(), model, adapters, stage_obj, opt)?;
-            self.set_lr_multipliers(&mut trainer, &s)?;
-            let replay = self.replay_sources(&s);
-            let order = match s.data.order {
-                crate::config::Order::Shuffled => Order::Shuffled,
-                crate::config::Order::Curriculum => Order::ByDifficulty,
-            };
-            let mut mixture =
-                Mixture::new(self.train_data[i].clone(), replay, self.cfg.run.seed.wrapping_add(i as u64), order)?;
-            // On resume: stages before the checkpoint's only rebuild their structure; the
-            // checkpoint's stage gets every value back and continues where it stopped.
-            let target = self.resume.as_ref().map(|(_, m)| (m.stage, m.stage_done));
-            if let Some((t, _)) = target {
-                if i < t {
-                    self.ended[i] = Some(self.structure(&trainer.adapters));
-                    (model, adapters, optimizer) = self.absorb(trainer, i);
-                    continue;
-                }
-            }
-            let mut progress = Progress::default();
-            let mut marks = None;
-            if let Some((ckpt, meta)) = self.resume.take() {
-                for u in s.train.unfreeze.iter().filter(|u| u.at_step > 0 && u.at_step < meta.step) {
-                    for (name, w) in trainer.model.weights() {
-                        if u.modules.iter().any(|p| module_matches(p, &name)) {
-                            w.set_trainable(true);
-                        }
-                    }
-                }
-                self.set_lr_multipliers(&mut trainer, &s)?;
-                resume::load_values(&ckpt, &trainer, &self.objectives, i)?;
-                self.state.rng.borrow_mut().set_state(meta.rng);
-                trainer.step = meta.step;
-                trainer.optimizer.updates = meta.optimizer_updates;
-                if meta.stage_done {
-                    self.ended[i] = Some(self.structure(&trainer.adapters));
-                    summary.push((s.name.clone(), trainer.step, StageEnd::Budget));
-                    (model, adapters, optimizer) = self.absorb(trainer, i);
-                    continue;
-                }
-                if let Some(ms) = &meta.mixture {
-                    let replay = self.replay_sources(&s);
-                    mixture = Mixture::restore(self.train_data[i].clone(), replay, ms)?;
-                }
-                marks = Some(Marks::load(&ckpt, &meta.marks, &meta.progress, &trainer)?);
-                progress = meta.progress.clone();
-                self.event(
-                    &s.name,
-                    meta.step,
-                    "resume",
-                    format!("resumed from the checkpoint at step {}", meta.step),
-                    false,
-                )?;
-            }
-            let end = self.train_stage(&mut trainer, &mut mixture, progress, marks)?;
-            // The retention row: every stage's eval set so far, at the end of this stage.
-            // A stage that ran to its budget or exit rule was just evaluated in this state
-            // (its own set and gated sets): those results are reused, not recomputed.
-            let unchanged = matches!(end, StageEnd::Budget | StageEnd::Exit);
-            for k in 0..=i {
-                if let Some(m) = self.end_metrics(&mut trainer, k, unchanged)? {
-                    if k == i {
-                        self.own_scores.insert(s.name.clone(), m);
-                    }
-                }
-            }
-            let meta = ResumeMeta {
-                stage: i,
-                stage_done: true,
-                step: trainer.step,
-                rng: self.state.rng.borrow().state(),
-                mixture: None,
-                progress: Progress::default(),
-                optimizer_updates: trainer.optimizer.updates,
-                marks: MarkSteps::default(),
-                own_scores: self.own_scores.clone(),
-                rows: self.rows.len(),
-                result: Some(self.structure(&trainer.adapters)),
-            };
-            resume::save(&self.run_dir, &s.name, &trainer, &self.objectives, i, &meta, BTreeMap::new())?;
-            self.ended[i] = meta.result;
-            self.event(&s.name, trainer.step, "end", format!("ended after {} steps by {end}", trainer.step), false)?;
-            summary.push((s.name.clone(), trainer.step, end.clone()));
-            (model, adapters, optimizer) = self.absorb(trainer, i);
-            if end == StageEnd::GateStop {
-                break;
-            }
-        }
-        let retention = RetentionMatrix::from_rows_main(&self.rows, &["exact_match", "accuracy", "loss"]);
-        retention.write_json(&self.run_dir)?;
+    /// `retention.json` and `report.html`, from the logs.
+    fn write_reports(self) -> Result<RunSummary> {
+        let retention = RetentionMatrix::from_rows_main(self.records.rows(), &score::MAIN_SCORE);
+        retention.write_json(self.run_dir.path())?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
-        write_html(&self.run_dir, &self.cfg.run.name, &self.rows, Some(&retention), &self.event_rows, &extra)?;
-        Ok(RunSummary { run_dir: self.run_dir.clone(), stages: summary, retention })
+        write_html(
+            self.run_dir.path(),
+            &self.cfg.run.name,
+            self.records.rows(),
+            Some(&retention),
+            self.records.events(),
+            &extra,
+        )?;
+        Ok(RunSummary { run_dir: self.run_dir.path().to_path_buf(), stages: self.ended, retention })
     }
 }

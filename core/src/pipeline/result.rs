@@ -6,6 +6,7 @@
 //! rebuild the stage's model exactly: for a later stage that starts `from` it, and
 //! outside the pipeline, for `export`, `forward` and `generate` ([`open_stage`]).
 
+use super::outcome::StageResult;
 use super::{build, resume};
 use crate::checkpoint;
 use crate::config::PipelineConfig;
@@ -14,30 +15,9 @@ use crate::error::{Error, Result};
 use crate::model::{load_model, Adapters, Model};
 use crate::plugin::{HostState, Registry};
 use candle_core::{DType, Device};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-
-/// One attached adapter, as a stage hands it on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdapterRecord {
-    /// The adaptation-method plugin.
-    pub plugin: String,
-    /// Its config, as JSON (what the plugin was given).
-    pub config: String,
-    /// Whether it had stopped training (stacked under a later adapter).
-    pub frozen: bool,
-}
-
-/// What a stage ended with, besides the values in its checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageResult {
-    /// The Hugging Face directory the model was loaded from (absolute); `None`: built
-    /// from the pipeline's `[model]`.
-    pub model_dir: Option<PathBuf>,
-    /// The attached adapters, in the order they apply.
-    pub adapters: Vec<AdapterRecord>,
-}
 
 /// Builds `result`'s model and attaches its adapters (with their initial values; the
 /// caller loads the checkpoint's). The model is registered with `state`.
@@ -74,6 +54,14 @@ pub fn run_config(run_dir: &Path) -> Result<PipelineConfig> {
         cfg.source = PathBuf::from(src);
     }
     Ok(cfg)
+}
+
+/// What [`open_stage`] reads of a checkpoint's meta (every stagecraft that records
+/// adapters writes it).
+#[derive(Deserialize)]
+struct StageCheckpointMeta {
+    #[serde(default)]
+    result: Option<StageResult>,
 }
 
 /// A finished stage of a run, rebuilt: its model with its adapters and trained values.
@@ -123,7 +111,7 @@ pub fn open_stage(run_dir: &Path, stage: Option<&str>, registry: &Registry, devi
         )));
     }
     let ckpt = checkpoint::load(&path, device)?;
-    let meta: resume::ResumeMeta = serde_json::from_value(ckpt.meta.clone())
+    let meta: StageCheckpointMeta = serde_json::from_value(ckpt.meta.clone())
         .map_err(|e| Error::msg(format!("{}: not a stage checkpoint: {e}", path.display())))?;
     let result = meta.result.ok_or_else(|| {
         Error::msg(format!(

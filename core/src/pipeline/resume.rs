@@ -1,32 +1,41 @@
-//! Exact resume: what a checkpoint holds beyond tensors, saving it, and putting a
-//! pipeline back exactly where a checkpoint left it.
+//! Exact resume: what a checkpoint holds beyond tensors, the checkpoint's tensor names,
+//! saving one, and putting a pipeline's values back from one.
 //!
-//! A checkpoint (at every evaluation and at the end of every stage) holds all model
-//! weights, every adapter's parameters, the optimizer's state buffers, every objective's
-//! parameters (classification heads), and in its meta the stage index and step, the
-//! host RNG state (dropout), the data mixture's sampler states, the anomaly guard's,
-//! early stopping's and the retention gate's state with their snapshots, and how many
-//! metric rows were logged. Resuming rebuilds the stage structure
-//! (handoffs, adapters, frozen sets) by replaying the config, then overwrites every
-//! value from the checkpoint, so training continues bit-identically.
+//! A checkpoint (`checkpoints/resume/` at every evaluation, `checkpoints/<stage>/` at
+//! the end of every stage) holds all model weights, every adapter's parameters and
+//! buffers, the optimizer's state, every objective's parameters (classification
+//! heads), the stage rules' snapshots, and in its meta ([`ResumeMeta`]) the stage and
+//! step, the host RNG state (dropout), the data mixture's sampler states, the stage
+//! rules' state, each finished stage's own scores and how many bytes of the logs it
+//! covers. Resuming rebuilds the stage structure (handoffs, adapters, frozen sets) by
+//! replaying the config, then overwrites every value from the checkpoint, so training
+//! continues bit-identically.
+//!
+//! Tensor names: `model.<weight>`, `adapter.<k>.<plugin>.<param>`,
+//! `adapter_buffer.<k>.<plugin>.<buffer>`, `optimizer.<buffer>`,
+//! `objective.<stage index>.<param>`, `snapshot.<role>.{param,buffer}.<name>`.
 
 use super::eval::Metrics;
-use super::result::StageResult;
-use super::stage::{MarkSteps, Progress};
+use super::outcome::{StageResult, StageSummary};
+use super::records::RecordsMark;
+use super::rules::RulesState;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::MixtureState;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
-use crate::plugin::{MethodInstance, StageInstance};
+use crate::plugin::StageInstance;
 use crate::train::Trainer;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The rolling checkpoint taken at every evaluation (a stage may not take this name).
+pub(crate) const RESUME_CHECKPOINT: &str = "resume";
+
 /// Where the pipeline is, besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResumeMeta {
+pub(crate) struct ResumeMeta {
     /// Index of the stage.
     pub stage: usize,
     /// Whether that stage had finished (resume starts with the next one).
@@ -35,79 +44,118 @@ pub struct ResumeMeta {
     pub step: u64,
     /// Host RNG state.
     pub rng: u64,
-    /// Data sampler states (absent at a stage end).
+    /// Within a stage: the data sampler states.
     pub mixture: Option<MixtureState>,
-    /// The anomaly guard, early stopping and retention gate state.
-    pub progress: Progress,
+    /// Within a stage: the anomaly guard's, the gate's and early stopping's state.
+    pub rules: Option<RulesState>,
     /// The optimizer's update count (continues across stages that carry it).
     pub optimizer_updates: u64,
-    /// Steps of the snapshots saved with the checkpoint (last good, best, best passing).
-    pub marks: MarkSteps,
     /// Each finished stage's final metrics on its own eval set.
     pub own_scores: BTreeMap<String, Metrics>,
-    /// Rows in metrics.jsonl at the time.
-    pub rows: usize,
+    /// How much of the logs the checkpoint covers.
+    pub records: RecordsMark,
+    /// How the stages before this one ended.
+    pub ended: Vec<StageSummary>,
     /// At a stage end: the model source and adapters the stage ended with.
-    #[serde(default)]
     pub result: Option<StageResult>,
 }
 
-/// Saves a resume checkpoint named `name` under `<run_dir>/checkpoints`, with `extra`
-/// tensors (the stage's snapshots).
-pub fn save(
+/// Where in a stage a checkpoint is taken.
+pub(crate) enum Position {
+    /// At an evaluation within the stage.
+    Within { mixture: MixtureState, rules: RulesState },
+    /// At the stage's end, with what it ended with.
+    End(StageResult),
+}
+
+impl ResumeMeta {
+    /// The meta of a checkpoint of stage `stage` taken now.
+    pub fn new(
+        stage: usize,
+        trainer: &Trainer,
+        at: Position,
+        own_scores: &BTreeMap<String, Metrics>,
+        ended: &[StageSummary],
+        records: RecordsMark,
+    ) -> Self {
+        let (mixture, rules, result) = match at {
+            Position::Within { mixture, rules } => (Some(mixture), Some(rules), None),
+            Position::End(result) => (None, None, Some(result)),
+        };
+        ResumeMeta {
+            stage,
+            stage_done: result.is_some(),
+            step: trainer.step,
+            rng: trainer.state.rng.borrow().state(),
+            mixture,
+            rules,
+            optimizer_updates: trainer.optimizer.updates,
+            own_scores: own_scores.clone(),
+            records,
+            ended: ended.to_vec(),
+            result,
+        }
+    }
+}
+
+/// Every value a model with its adapters holds, by checkpoint name.
+fn result_vars(model: &dyn Model, adapters: &Adapters) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> =
+        model.weights().into_iter().map(|(n, w)| (format!("model.{n}"), w.var().clone())).collect();
+    for (k, m) in adapters.methods().iter().enumerate() {
+        let plugin = &m.core.plugin;
+        vars.extend(m.params().iter().map(|p| (format!("adapter.{k}.{plugin}.{}", p.name), p.var.clone())));
+        vars.extend(m.buffers().iter().map(|b| (format!("adapter_buffer.{k}.{plugin}.{}", b.name), b.var.clone())));
+    }
+    vars
+}
+
+/// Every value training holds: the model's and adapters', the optimizer's state, and
+/// every objective's parameters (`objectives[k]` for stage `k`; the running stage's is
+/// the trainer's).
+fn training_vars(trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize) -> Vec<(String, Var)> {
+    let mut vars = result_vars(trainer.model.as_ref(), &trainer.adapters);
+    vars.extend(trainer.optimizer.buffers().iter().map(|b| (format!("optimizer.{}", b.name), b.var.clone())));
+    let others =
+        objectives.iter().enumerate().filter(|(j, _)| *j != current).filter_map(|(j, o)| Some((j, o.as_ref()?)));
+    for (j, objective) in std::iter::once((current, &trainer.stage)).chain(others) {
+        vars.extend(objective.params().iter().map(|p| (format!("objective.{j}.{}", p.name), p.var.clone())));
+    }
+    vars
+}
+
+/// Saves checkpoint `name` under `<run_dir>/checkpoints`: every value training holds,
+/// `extra` tensors (the stage rules' snapshots) and `meta`.
+pub(crate) fn save(
     run_dir: &Path,
     name: &str,
     trainer: &Trainer,
     objectives: &[Option<StageInstance>],
-    current: usize,
     meta: &ResumeMeta,
     extra: BTreeMap<String, Tensor>,
 ) -> Result<()> {
     let mut tensors = extra;
-    for (n, w) in trainer.model.weights() {
-        tensors.insert(format!("model.{n}"), w.var().as_tensor().clone());
-    }
-    for (k, m) in trainer.adapters.methods().iter().enumerate() {
-        for p in m.params() {
-            tensors.insert(adapter_key(k, m, &p.name), p.var.as_tensor().clone());
-        }
-        for b in m.buffers() {
-            tensors.insert(adapter_buffer_key(k, m, &b.name), b.var.as_tensor().clone());
-        }
-    }
-    for b in trainer.optimizer.buffers() {
-        tensors.insert(format!("optimizer.{}", b.name), b.var.as_tensor().clone());
-    }
-    for p in trainer.stage.params() {
-        tensors.insert(format!("objective.{current}.{}", p.name), p.var.as_tensor().clone());
-    }
-    for (j, o) in objectives.iter().enumerate() {
-        if let (true, Some(o)) = (j != current, o) {
-            for p in o.params() {
-                tensors.insert(format!("objective.{j}.{}", p.name), p.var.as_tensor().clone());
-            }
-        }
-    }
+    tensors.extend(training_vars(trainer, objectives, meta.stage).into_iter().map(|(k, v)| (k, v.as_tensor().clone())));
     let meta = serde_json::to_value(meta).map_err(|e| Error::msg(format!("cannot record the checkpoint meta: {e}")))?;
-    checkpoint::save(&run_dir.join("checkpoints"), name, &Checkpoint { tensors, meta })?;
-    Ok(())
+    checkpoint::save(&run_dir.join("checkpoints"), name, &Checkpoint { tensors, meta }).map(|_| ())
 }
 
-/// The newest checkpoint of a run that verifies, with its meta (corrupt ones are
-/// reported and skipped).
-pub fn latest(run_dir: &Path, device: &Device) -> Result<(Checkpoint, ResumeMeta)> {
+/// The newest checkpoint of a run that verifies, with its meta and name (corrupt ones
+/// are reported and skipped); `None` when the run wrote none yet.
+pub(crate) fn latest(run_dir: &Path, device: &Device) -> Result<Option<(Checkpoint, ResumeMeta, String)>> {
     let dir = run_dir.join("checkpoints");
-    let (path, ckpt, skipped) = checkpoint::load_latest_good(&dir, None, device)?
-        .ok_or_else(|| Error::msg(format!("{}: no checkpoint to resume from", dir.display())))?;
+    let Some((path, ckpt, skipped)) = checkpoint::load_latest_good(&dir, None, device)? else { return Ok(None) };
     for e in skipped {
         tracing::warn!("{e}; using {}", path.display());
     }
-    let meta: ResumeMeta = serde_json::from_value(ckpt.meta.clone())
-        .map_err(|e| Error::msg(format!("{}: not a pipeline checkpoint: {e}", path.display())))?;
-    Ok((ckpt, meta))
+    let meta: ResumeMeta = serde_json::from_value(ckpt.meta.clone()).map_err(|e| {
+        Error::msg(format!("{}: not a checkpoint this stagecraft can resume from: {e}", path.display()))
+    })?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Some((ckpt, meta, name)))
 }
 
-fn set(name: &str, var: &candle_core::Var, ckpt: &Checkpoint) -> Result<()> {
+fn set(name: &str, var: &Var, ckpt: &Checkpoint) -> Result<()> {
     let t: &Tensor = ckpt
         .tensors
         .get(name)
@@ -122,53 +170,17 @@ fn set(name: &str, var: &candle_core::Var, ckpt: &Checkpoint) -> Result<()> {
     Ok(var.set(t)?)
 }
 
-/// Overwrites a model's weights and its adapters' parameters with a stage's result.
-pub fn load_result(ckpt: &Checkpoint, model: &dyn Model, adapters: &Adapters) -> Result<()> {
-    for (n, w) in model.weights() {
-        set(&format!("model.{n}"), w.var(), ckpt)?;
-    }
-    for (k, m) in adapters.methods().iter().enumerate() {
-        for p in m.params() {
-            set(&adapter_key(k, m, &p.name), &p.var, ckpt)?;
-        }
-        for b in m.buffers() {
-            set(&adapter_buffer_key(k, m, &b.name), &b.var, ckpt)?;
-        }
-    }
-    Ok(())
+/// Overwrites a model's weights and its adapters' values with a stage's result.
+pub(crate) fn load_result(ckpt: &Checkpoint, model: &dyn Model, adapters: &Adapters) -> Result<()> {
+    result_vars(model, adapters).iter().try_for_each(|(name, var)| set(name, var, ckpt))
 }
 
-/// The checkpoint key of parameter `local` of the `k`-th attached adapter:
-/// `adapter.<k>.<plugin>.<local>`.
-pub fn adapter_key(k: usize, m: &MethodInstance, local: &str) -> String {
-    format!("adapter.{k}.{}.{local}", m.core.plugin)
-}
-
-/// The checkpoint key of a buffer (running state) of the `k`-th attached adapter.
-fn adapter_buffer_key(k: usize, m: &MethodInstance, local: &str) -> String {
-    format!("adapter_buffer.{k}.{}.{local}", m.core.plugin)
-}
-
-/// Overwrites every value the checkpoint holds for the running stage.
-pub fn load_values(
+/// Overwrites every value training holds with the checkpoint's.
+pub(crate) fn load_values(
     ckpt: &Checkpoint,
     trainer: &Trainer,
     objectives: &[Option<StageInstance>],
     current: usize,
 ) -> Result<()> {
-    load_result(ckpt, trainer.model.as_ref(), &trainer.adapters)?;
-    for b in trainer.optimizer.buffers() {
-        set(&format!("optimizer.{}", b.name), &b.var, ckpt)?;
-    }
-    for p in trainer.stage.params() {
-        set(&format!("objective.{current}.{}", p.name), &p.var, ckpt)?;
-    }
-    for (j, o) in objectives.iter().enumerate() {
-        if let (true, Some(o)) = (j != current, o) {
-            for p in o.params() {
-                set(&format!("objective.{j}.{}", p.name), &p.var, ckpt)?;
-            }
-        }
-    }
-    Ok(())
+    training_vars(trainer, objectives, current).iter().try_for_each(|(name, var)| set(name, var, ckpt))
 }

@@ -5,10 +5,19 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::train::Trainer;
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Where a snapshot was taken: the stage's step and the optimizer's update count (what
+/// a checkpoint's meta records of a snapshot besides its tensors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SnapshotAt {
+    pub step: u64,
+    pub updates: u64,
+}
+
 /// Copies of the trainer's parameters and optimizer buffers, by name.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Optimizer step it was taken at.
     pub step: u64,
     updates: u64,
@@ -29,9 +38,9 @@ impl Snapshot {
         Ok(Snapshot { step: t.step, updates: t.optimizer.updates, params, buffers })
     }
 
-    /// The optimizer's update count at the snapshot.
-    pub fn updates(&self) -> u64 {
-        self.updates
+    /// Where it was taken.
+    pub fn at(&self) -> SnapshotAt {
+        SnapshotAt { step: self.step, updates: self.updates }
     }
 
     /// Puts the copied values back (parameters and optimizer state). What started
@@ -60,7 +69,7 @@ impl Snapshot {
 
     /// Reads back a snapshot saved by [`tensors`](Self::tensors), checking each tensor
     /// against the trainer's.
-    pub fn load(ckpt: &Checkpoint, role: &str, step: u64, updates: u64, trainer: &Trainer) -> Result<Snapshot> {
+    pub fn load(ckpt: &Checkpoint, role: &str, at: SnapshotAt, trainer: &Trainer) -> Result<Snapshot> {
         let like: BTreeMap<String, Tensor> = trainer
             .params
             .iter()
@@ -70,7 +79,8 @@ impl Snapshot {
             )
             .collect();
         let prefix = format!("snapshot.{role}.");
-        let mut snap = Snapshot { step, updates, params: BTreeMap::new(), buffers: BTreeMap::new() };
+        let mut snap =
+            Snapshot { step: at.step, updates: at.updates, params: BTreeMap::new(), buffers: BTreeMap::new() };
         for (name, t) in ckpt.tensors.iter().filter_map(|(n, t)| n.strip_prefix(&prefix).map(|n| (n, t))) {
             let want = like.get(name).ok_or_else(|| Error::msg(format!("checkpoint tensor `{prefix}{name}` matches nothing that trains: the config changed since it was written")))?;
             if t.dims() != want.dims() {

@@ -1,24 +1,67 @@
 //! `events.jsonl`: what happened besides training steps, one JSON object per line: the
 //! anomaly guard's recoveries, retention gates failing, rolling back or stopping, early
-//! stops, each stage's end and each resume. Append-only: a resumed run keeps the events
-//! of the part it redoes, followed by a `resume` event.
+//! stops and each stage's end. Append-only; a resume cuts it back to what its checkpoint
+//! covers, so a resumed run's events are those of an uninterrupted one.
 //!
 //! ```
-//! use stagecraft_core::report::{Event, EventLog};
+//! use stagecraft_core::report::{Event, EventKind, EventLog};
 //! let dir = std::env::temp_dir().join(format!("events-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
 //! let mut log = EventLog::open(&dir)?;
-//! log.append(&Event::new("adapt", 50, "gate", "retention gate failing on `add`"))?;
-//! assert_eq!(EventLog::read(log.path())?[0].kind, "gate");
+//! log.append(&Event::new("adapt", 50, EventKind::Gate, "retention gate failing on `add`"))?;
+//! assert_eq!(EventLog::read(log.path())?[0].kind, EventKind::Gate);
 //! std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::{Error, Result};
+use super::jsonl::Jsonl;
+use crate::Result;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+/// What kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The anomaly guard rejected a step (non-finite or spiking loss) and restored the
+    /// last good state.
+    Anomaly,
+    /// A retention gate failed, within its patience.
+    Gate,
+    /// A retention gate failed past its patience and rolled the stage back.
+    Rollback,
+    /// A retention gate failed past its patience and stopped the pipeline.
+    Stop,
+    /// Early stopping ran out of patience and restored the best state.
+    Patience,
+    /// A stage ended.
+    End,
+}
+
+impl EventKind {
+    /// Its name in `events.jsonl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Anomaly => "anomaly",
+            EventKind::Gate => "gate",
+            EventKind::Rollback => "rollback",
+            EventKind::Stop => "stop",
+            EventKind::Patience => "patience",
+            EventKind::End => "end",
+        }
+    }
+
+    /// Whether it is shown as a warning (something went wrong) rather than a notice.
+    pub fn is_warning(self) -> bool {
+        matches!(self, EventKind::Anomaly | EventKind::Gate | EventKind::Rollback | EventKind::Stop)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,23 +70,22 @@ pub struct Event {
     pub stage: String,
     /// The stage's step.
     pub step: u64,
-    /// `anomaly`, `gate`, `rollback`, `stop`, `patience`, `end` or `resume`.
-    pub kind: String,
+    /// What kind of event.
+    pub kind: EventKind,
     /// What happened, in words.
     pub message: String,
 }
 
 impl Event {
     /// An event.
-    pub fn new(stage: &str, step: u64, kind: &str, message: &str) -> Self {
-        Event { stage: stage.to_string(), step, kind: kind.to_string(), message: message.to_string() }
+    pub fn new(stage: &str, step: u64, kind: EventKind, message: &str) -> Self {
+        Event { stage: stage.to_string(), step, kind, message: message.to_string() }
     }
 }
 
 /// The open `events.jsonl` of a run directory.
 pub struct EventLog {
-    path: PathBuf,
-    file: File,
+    file: Jsonl,
 }
 
 impl EventLog {
@@ -52,37 +94,41 @@ impl EventLog {
 
     /// Opens (or creates) `<run_dir>/events.jsonl` for appending.
     pub fn open(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join(Self::FILE_NAME);
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
-        Ok(EventLog { path, file })
+        Ok(EventLog { file: Jsonl::open(&run_dir.join(Self::FILE_NAME))? })
     }
 
     /// Its path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
+    }
+
+    /// The file's length in bytes (see [`Jsonl::truncate_to`]).
+    pub fn len(&self) -> u64 {
+        self.file.len()
+    }
+
+    /// Whether no event has been written.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
     }
 
     /// Appends one event as a line.
     pub fn append(&mut self, e: &Event) -> Result<()> {
-        let mut line = serde_json::to_string(e)
-            .map_err(|err| Error::file(&self.path, format!("cannot serialize event ({err})")))?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|source| Error::Io { path: self.path.clone(), source })
+        self.file.append(e)
+    }
+
+    /// Cuts the log back to its first `len` bytes.
+    pub fn truncate_to(&mut self, len: u64) -> Result<()> {
+        self.file.truncate_to(len)
+    }
+
+    /// Makes every event appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync()
     }
 
     /// Reads every event; a torn last line (a crash mid-write) is skipped.
     pub fn read(path: &Path) -> Result<Vec<Event>> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::file(path, format!("line {}: {e}", i + 1))))
-            .collect()
+        Jsonl::read(path)
     }
 }

@@ -22,7 +22,7 @@ use super::metrics::MetricRow;
 use super::plots::{stage_order, stage_plots};
 use super::retention::RetentionMatrix;
 use super::tables::{details, retention_table, summary_table};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The report's file name inside the run directory.
 pub const REPORT_FILE: &str = "report.html";
@@ -81,7 +81,7 @@ pub fn render_html(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&e.stage),
                 e.step,
-                escape(&e.kind),
+                escape(e.kind.as_str()),
                 escape(&e.message)
             );
         }
@@ -107,10 +107,8 @@ pub fn write_html(
     extra: &serde_json::Value,
 ) -> Result<PathBuf> {
     let path = run_dir.join(REPORT_FILE);
-    let tmp = run_dir.join(format!(".{REPORT_FILE}.tmp-{}", std::process::id()));
     let html = render_html(title, rows, retention, events, extra);
-    std::fs::write(&tmp, html).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    crate::checkpoint::durable::replace(&path, html.as_bytes())?;
     Ok(path)
 }
 
@@ -146,7 +144,7 @@ mod tests {
             "run <1> & co",
             &rows,
             Some(&retention),
-            &[Event::new("a&b", 55, "gate", "drop <0.5>")],
+            &[Event::new("a&b", 55, super::super::events::EventKind::Gate, "drop <0.5>")],
             &extra,
         )?;
         let html = std::fs::read_to_string(path)?;

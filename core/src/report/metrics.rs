@@ -20,14 +20,13 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::jsonl::Jsonl;
 use super::num;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Which kind of row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -103,8 +102,7 @@ impl MetricRow {
 /// An open `metrics.jsonl`, appended one line (one `write`) per row.
 #[derive(Debug)]
 pub struct MetricsLog {
-    path: PathBuf,
-    file: File,
+    file: Jsonl,
 }
 
 impl MetricsLog {
@@ -115,54 +113,44 @@ impl MetricsLog {
     /// without its newline (a process killed mid-write) is cut off first, so new rows
     /// never join onto it.
     pub fn open(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join(Self::FILE_NAME);
-        let io = |source| Error::Io { path: path.clone(), source };
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io)?;
-        let mut text = Vec::new();
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        file.read_to_end(&mut text).map_err(io)?;
-        if text.last().is_some_and(|&b| b != b'\n') {
-            let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            file.set_len(keep as u64).map_err(io)?;
-            tracing::warn!("{}: dropped an unfinished last line", path.display());
-        }
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog { file: Jsonl::open(&run_dir.join(Self::FILE_NAME))? })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
+    }
+
+    /// The file's length in bytes (see [`Jsonl::truncate_to`]).
+    pub fn len(&self) -> u64 {
+        self.file.len()
+    }
+
+    /// Whether no row has been written.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
     }
 
     /// Appends `row` as one line and hands it to the OS at once.
     pub fn append(&mut self, row: &MetricRow) -> Result<()> {
-        let mut line =
-            serde_json::to_string(row).map_err(|e| Error::file(&self.path, format!("cannot serialize row ({e})")))?;
-        line.push('\n');
-        let io = |source| Error::Io { path: self.path.clone(), source };
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.flush().map_err(|source| Error::Io { path: self.path.clone(), source })
+        self.file.append(row)
+    }
+
+    /// Cuts the log back to its first `len` bytes.
+    pub fn truncate_to(&mut self, len: u64) -> Result<()> {
+        self.file.truncate_to(len)
+    }
+
+    /// Makes every row appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync()
     }
 
     /// Reads every row of a `metrics.jsonl`. A malformed line is an error
     /// `FILE:LINE: ...`; blank lines are skipped, and so is an unparsable last line
     /// without its newline (a write cut short by a kill).
     pub fn read(path: &Path) -> Result<Vec<MetricRow>> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let lines: Vec<&str> = text.split_terminator('\n').collect();
-        let torn = !text.is_empty() && !text.ends_with('\n');
-        let mut rows = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str(line) {
-                Ok(row) => rows.push(row),
-                Err(_) if torn && i + 1 == lines.len() => {}
-                Err(e) => return Err(Error::msg(format!("{}:{}: malformed metrics row ({e})", path.display(), i + 1))),
-            }
-        }
-        Ok(rows)
+        Jsonl::read(path)
     }
 }
 

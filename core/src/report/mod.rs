@@ -30,6 +30,7 @@
 mod escape;
 mod events;
 mod html;
+mod jsonl;
 mod metrics;
 pub mod num;
 pub mod plots;
@@ -39,7 +40,8 @@ pub mod tables;
 pub mod ticks;
 
 pub use escape::escape;
-pub use events::{Event, EventLog};
+pub use events::{Event, EventKind, EventLog};
 pub use html::{render_html, write_html, REPORT_FILE};
+pub use jsonl::Jsonl;
 pub use metrics::{MetricRow, MetricsLog, Split};
 pub use retention::{lower_is_better, RetentionMatrix, RETENTION_FILE};

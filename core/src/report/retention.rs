@@ -212,7 +212,7 @@ impl RetentionMatrix {
         let mut text =
             serde_json::to_vec_pretty(self).map_err(|e| Error::file(&path, format!("cannot serialize ({e})")))?;
         text.push(b'\n');
-        std::fs::write(&path, text).map_err(|source| Error::Io { path: path.clone(), source })?;
+        crate::checkpoint::durable::replace(&path, &text)?;
         Ok(path)
     }
 

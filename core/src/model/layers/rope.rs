@@ -29,7 +29,7 @@ pub struct Rope {
 impl Rope {
     /// For heads of size `head_dim` (even) and base `theta` (`rope_theta`).
     pub fn new(head_dim: usize, theta: f64) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             candle_core::bail!("rope needs an even head_dim, got {head_dim}")
         }
         // transformers computes the frequencies in f32: 1 / theta^(2i/d).

@@ -1,0 +1,146 @@
+//! What a stage starts from: the previous stage's model, adapters and optimizer, a
+//! Hugging Face directory, or an earlier stage's result (`from`); and what it does with
+//! the adapters it receives (`handoff.adapters`: merge, drop, stack, continue, combine)
+//! before attaching its own.
+
+use super::outcome::{AdapterRecord, StageResult};
+use super::result;
+use super::resume;
+use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
+use crate::checkpoint;
+use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
+use crate::error::{Context, Error, Result};
+use crate::model::{Adapters, Model};
+use crate::plugin::{HostState, OptimizerInstance, Registry};
+use std::path::Path;
+use std::rc::Rc;
+
+/// What passes from one stage to the next.
+pub(crate) struct Carried {
+    pub model: Box<dyn Model>,
+    pub adapters: Adapters,
+    pub optimizer: Option<OptimizerInstance>,
+}
+
+/// What building models and adapters takes: the config, the plugins and the state they
+/// share, the run directory (earlier stages' checkpoints) and the tokenizer's size.
+pub(crate) struct Env<'a> {
+    pub cfg: &'a PipelineConfig,
+    pub registry: &'a Registry,
+    pub state: &'a Rc<HostState>,
+    pub run_dir: &'a Path,
+    pub vocab: usize,
+}
+
+/// Where stage `i` starts: what the previous stage carried, a model directory named in
+/// `from` (no adapters, a new optimizer), or the result of an earlier stage named in
+/// `from` (its model and adapters, read from its end-of-stage checkpoint).
+pub(crate) fn start_from(
+    env: &Env,
+    i: usize,
+    carried: Carried,
+    results: &[Option<StageResult>],
+    lineage: &mut StageResult,
+) -> Result<Carried> {
+    let cfg = env.cfg;
+    let s = &cfg.stages[i];
+    let Some(from) = &s.from else { return Ok(carried) };
+    match cfg.stage(from).map(|(k, _)| k) {
+        Some(k) if k + 1 == i => Ok(carried),
+        Some(k) => {
+            let ended = results[k].clone().ok_or_else(|| Error::msg(format!("stage `{from}` has not run yet")))?;
+            let (model, adapters) = result::rebuild(&ended, cfg, env.vocab, env.registry, env.state)?;
+            let ckpt = checkpoint::load(&env.run_dir.join("checkpoints").join(from), &env.state.device)?;
+            resume::load_result(&ckpt, model.as_ref(), &adapters)?;
+            *lineage = ended;
+            Ok(Carried { model, adapters, optimizer: None })
+        }
+        None => {
+            let dir = cfg.base_dir().join(from);
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            let model = crate::model::load_model(&dir, &env.state.device)?;
+            env.state.register_model(model.as_ref());
+            *lineage = StageResult { model_dir: Some(dir), adapters: Vec::new() };
+            Ok(Carried { adapters: Adapters::none(model.sites().len()), model, optimizer: None })
+        }
+    }
+}
+
+/// Applies stage `s`'s handoff to the adapters it received, then attaches its own;
+/// `lineage` follows (the adapters attached, in order).
+pub(crate) fn apply(
+    s: &StageConfig,
+    model: &dyn Model,
+    adapters: &mut Adapters,
+    lineage: &mut StageResult,
+    env: &Env,
+) -> Result<()> {
+    match s.handoff.adapters {
+        AdapterHandoff::Merge => {
+            merge_into_base(model, adapters)?;
+            lineage.adapters.clear();
+        }
+        AdapterHandoff::Drop => {
+            drop(adapters.take());
+            lineage.adapters.clear();
+        }
+        AdapterHandoff::Stack => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, true)),
+        AdapterHandoff::Continue => (0..adapters.methods().len()).for_each(|k| adapters.set_frozen(k, false)),
+        AdapterHandoff::Combine => combine(s, model, adapters, lineage, env)?,
+    }
+    for a in &s.adapters {
+        let m = env.registry.new_method(&a.plugin, &a.config_json(), env.state)?;
+        adapters.attach(m, model.sites()).with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
+        lineage.adapters.push(AdapterRecord { plugin: a.plugin.clone(), config: a.config_json(), frozen: false });
+    }
+    Ok(())
+}
+
+/// Replaces the attached LoRA adapters by their combination (see [`combine_lora`]),
+/// which keeps training.
+fn combine(
+    s: &StageConfig,
+    model: &dyn Model,
+    adapters: &mut Adapters,
+    lineage: &mut StageResult,
+    env: &Env,
+) -> Result<()> {
+    let c = s
+        .handoff
+        .combine
+        .clone()
+        .ok_or_else(|| Error::msg(format!("stage `{}`: handoff `combine` without `combine`", s.name)))?;
+    let how = match c.rank {
+        Some(rank) if c.method == "svd" => Combine::Svd { rank },
+        _ => Combine::Cat,
+    };
+    let n = adapters.methods().len();
+    let weights = if c.weights.is_empty() { vec![1.0; n] } else { c.weights.clone() };
+    if weights.len() != n {
+        return Err(Error::msg(format!(
+            "stage `{}`: handoff.combine.weights has {} values for the {n} adapters attached",
+            s.name,
+            weights.len()
+        )));
+    }
+    let configs = lineage
+        .adapters
+        .iter()
+        .map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin))))
+        .collect::<Result<Vec<serde_json::Value>>>()?;
+    let inputs: Vec<LoraInput> = adapters
+        .methods()
+        .iter()
+        .zip(&configs)
+        .zip(&weights)
+        .map(|((method, config), &weight)| LoraInput { method, config, weight })
+        .collect();
+    let combined = combine_lora(&inputs, how, env.registry, env.state, model)
+        .with_context(|| format!("stage `{}`: handoff `combine`", s.name))?;
+    drop(adapters.take());
+    let k = adapters.adopt(combined.method, model.sites())?;
+    adapters.set_frozen(k, false);
+    lineage.adapters =
+        vec![AdapterRecord { plugin: "lora".into(), config: combined.config.to_string(), frozen: false }];
+    Ok(())
+}
