@@ -1,7 +1,7 @@
 //! The anomaly guard: rejects a step whose loss or gradient is not finite, or whose
 //! loss spikes far above its running mean, restores the last good state (taken every
-//! [`SNAPSHOT_EVERY`] steps), scales the learning rate down and goes on — up to
-//! `max_recoveries` times per stage.
+//! [`SNAPSHOT_EVERY`] steps) with the running mean it had then, scales the learning
+//! rate down and goes on — up to `max_recoveries` times per stage.
 
 use super::float_bits::{bits, opt_bits};
 use super::snapshot::{Snapshot, SnapshotAt};
@@ -36,6 +36,10 @@ pub(crate) struct GuardState {
     running: Option<f64>,
     /// Where the last good state was taken.
     last_good: SnapshotAt,
+    /// The running mean when it was taken (a recovery goes back to it too, so that the
+    /// steps redone are judged against the losses that led to them).
+    #[serde(with = "opt_bits")]
+    running_at_last_good: Option<f64>,
 }
 
 /// A rejected step, undone.
@@ -59,7 +63,13 @@ impl AnomalyGuard {
     /// A guard whose last good state is the trainer's now.
     pub fn new(cfg: &AnomalyConfig, trainer: &Trainer) -> Result<Self> {
         let last_good = Snapshot::take(trainer)?;
-        let state = GuardState { lr_scale: 1.0, recoveries: 0, running: None, last_good: last_good.at() };
+        let state = GuardState {
+            lr_scale: 1.0,
+            recoveries: 0,
+            running: None,
+            last_good: last_good.at(),
+            running_at_last_good: None,
+        };
         Ok(AnomalyGuard { cfg: cfg.clone(), state, last_good })
     }
 
@@ -108,6 +118,7 @@ impl AnomalyGuard {
         if trainer.step.is_multiple_of(SNAPSHOT_EVERY) {
             self.last_good = Snapshot::take(trainer)?;
             self.state.last_good = self.last_good.at();
+            self.state.running_at_last_good = self.state.running;
         }
         Ok(())
     }
@@ -122,6 +133,7 @@ impl AnomalyGuard {
         self.state.lr_scale *= self.cfg.lr_scale;
         self.last_good.restore(trainer)?;
         trainer.step = self.last_good.step;
+        self.state.running = self.state.running_at_last_good;
         Ok(Recovery { why, restored: self.last_good.step, lr_scale: self.state.lr_scale })
     }
 }
