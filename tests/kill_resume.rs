@@ -130,7 +130,10 @@ fn same_end(whole: &Path, killed: &Path, what: &str) {
     }
     for stage in ["pretrain", "add", "adapt"] {
         let tensors = format!("checkpoints/{stage}/tensors.safetensors");
-        let (a, b) = (std::fs::read(whole.join(&tensors)).expect("whole"), std::fs::read(killed.join(&tensors)).expect("killed"));
+        let (a, b) = (
+            std::fs::read(whole.join(&tensors)).expect("whole"),
+            std::fs::read(killed.join(&tensors)).expect("killed"),
+        );
         assert!(a == b, "{what}: stage `{stage}` ended with other weights");
     }
 }
@@ -164,4 +167,34 @@ fn random_kills_and_resumes_end_with_the_same_weights_and_records() {
     }
     println!("{kills} kills landed in a running process, over {TRIALS} trials of a {span:?} run");
     assert!(kills >= 10, "only {kills} kills landed while the run was going");
+}
+
+#[test]
+fn a_finished_run_resumes_to_the_same_records_and_its_directory_is_never_reused() {
+    let dir = scratch("finished-resume");
+    let cfg = dir.join("p.toml");
+    std::fs::write(&cfg, PIPELINE).expect("write config");
+    let run = dir.join("run");
+    finish(start(&cfg, &run));
+    let read = |file: &str| std::fs::read(run.join(file)).unwrap_or_default();
+    let before: Vec<Vec<u8>> = RECORDS.iter().chain(&["config.toml"]).map(|f| read(f)).collect();
+    assert!(String::from_utf8_lossy(&before[1]).contains("\"anomaly\""), "a recovery's row is among the records");
+
+    // Resuming the finished run redoes nothing and changes nothing.
+    finish(start(&cfg, &run));
+    let after: Vec<Vec<u8>> = RECORDS.iter().chain(&["config.toml"]).map(|f| read(f)).collect();
+    assert!(before == after, "resuming a finished run changed its records");
+
+    // A second run into the same directory is refused, and touches nothing.
+    let out = stagecraft().arg("run").arg(&cfg).arg("--run-dir").arg(&run).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds a run already") && err.contains("--resume"), "{err}");
+    assert!(read("metrics.jsonl") == before[0], "the refused run wrote into the directory");
+
+    // A run whose metrics lost lines is refused, not resumed into an empty matrix.
+    std::fs::remove_file(run.join("metrics.jsonl")).expect("remove");
+    let out = stagecraft().arg("run").arg("--resume").arg(&run).output().expect("resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("metrics.jsonl") && err.contains("damaged"), "{err}");
+    assert!(read("retention.json") == before[2], "retention.json was rewritten");
 }

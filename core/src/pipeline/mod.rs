@@ -10,13 +10,14 @@
 //! of each stage and `checkpoints/resume/` at each evaluation (see [`Pipeline::resume`]).
 //!
 //! From `stagecraft run` to one optimizer step: [`Pipeline::new`] loads and checks
-//! everything ([`plan`]); [`Pipeline::run`] prepares each stage ([`handoff`], [`freeze`],
+//! everything ([`check`]); [`Pipeline::run`] prepares each stage ([`handoff`], [`freeze`],
 //! a [`Trainer`]), restores it when resuming ([`resume`]), trains it ([`stage`]: one
 //! loop; the per-step rules are [`guard`], [`gate`] and [`early_stopping`]) and
 //! finishes it (retention row, end event, end-of-stage checkpoint); the step itself is
 //! [`Trainer::train_step_accum`].
 
 mod build;
+mod check;
 mod console;
 mod early_stopping;
 mod eval;
@@ -27,6 +28,7 @@ mod guard;
 mod handoff;
 mod outcome;
 mod plan;
+mod provenance;
 mod records;
 mod result;
 mod resume;
@@ -126,8 +128,8 @@ impl Pipeline {
         let source = std::fs::canonicalize(&p.cfg.source).unwrap_or_else(|_| p.cfg.source.clone());
         let base_dir = std::fs::canonicalize(p.cfg.base_dir()).unwrap_or_else(|_| p.cfg.base_dir());
         p.run_dir.write_json("run.json", &serde_json::json!({ "config_source": source, "base_dir": base_dir }))?;
-        p.run_dir.write_json("data.json", &plan::data_record(&p.train_data, p.sets.data()))?;
-        p.run_dir.write_json("plugins.json", &plan::plugins_record(&p.registry))?;
+        p.run_dir.write_json("data.json", &provenance::data_record(&p.train_data, p.sets.data()))?;
+        p.run_dir.write_json("plugins.json", &provenance::plugins_record(&p.registry))?;
         // Last: its presence marks the directory as holding a run.
         p.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())?;
         Ok((p, tokenizer))
@@ -140,10 +142,10 @@ impl Pipeline {
     pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
         let dir = RunDir::reopen(run_dir)?;
         let cfg = run_config(run_dir)?;
-        let found = resume::latest(run_dir, &plan::resolve_device(&cfg.run.device)?)?;
+        let found = resume::latest(run_dir, &check::resolve_device(&cfg.run.device)?)?;
         let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
         let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, mark, quiet)?;
-        plan::check_same_data(&p.run_dir, &plan::data_record(&p.train_data, p.sets.data()))?;
+        provenance::check_same_data(&p.run_dir, &provenance::data_record(&p.train_data, p.sets.data()))?;
         match found {
             Some((ckpt, meta, name)) => {
                 p.own_scores = meta.own_scores.clone();
@@ -165,7 +167,7 @@ impl Pipeline {
         mark: RecordsMark,
         quiet: bool,
     ) -> Result<(Self, Tokenizer)> {
-        let plan::Loaded { device, tokenizer, train_data, eval_data } = plan::load(&cfg, &registry)?;
+        let check::Loaded { device, tokenizer, train_data, eval_data } = check::load(&cfg, &registry)?;
         let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
         let records = Records::open(&run_dir, mark, quiet)?;
@@ -213,7 +215,7 @@ impl Pipeline {
             build::model(&self.cfg.model, self.vocab, self.cfg.run.seed, &self.cfg.base_dir(), &self.state.device)?;
         self.state.register_model(model.as_ref());
         let tokenizer = self.state.tokenizer().ok_or_else(|| Error::msg("the pipeline has no tokenizer"))?;
-        plan::adapter_sites(&self.cfg, &self.registry, &self.state.device, model.as_ref(), tokenizer)?;
+        check::adapter_sites(&self.cfg, &self.registry, &self.state.device, model.as_ref(), tokenizer)?;
         Ok(Carried { adapters: Adapters::none(model.sites().len()), model, optimizer: None })
     }
 

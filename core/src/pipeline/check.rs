@@ -1,0 +1,177 @@
+//! Everything a pipeline checks before it trains: the device, every data set, every
+//! stage's plugins and their configs, and the adapters' targets along the handoffs.
+
+use super::build;
+use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
+use crate::data::{load_source, Dataset, Tokenizer};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::plugin::{HostState, MethodInstance, Registry};
+use candle_core::{DType, Device};
+use stagecraft_sdk::{MergeSupport, SiteKind};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// `run.device` as a candle device.
+pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
+    crate::device::resolve_device(spec).map_err(|e| Error::msg(format!("run.device: {e}")))
+}
+
+/// A pipeline's inputs, loaded and checked.
+pub(crate) struct Loaded {
+    pub device: Device,
+    pub tokenizer: Tokenizer,
+    pub train_data: Vec<Arc<Dataset>>,
+    pub eval_data: Vec<Option<Arc<Dataset>>>,
+}
+
+/// Loads every data set and instantiates each stage's plugins once, so a missing file,
+/// a bad plugin name or a bad plugin config fails before the first step.
+pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> {
+    let device = resolve_device(&cfg.run.device)?;
+    let base = cfg.base_dir();
+    let tokenizer = build::tokenizer(&cfg.model, &base)?;
+    let mut train_data = Vec::new();
+    let mut eval_data = Vec::new();
+    for s in &cfg.stages {
+        let load = |spec: &str| {
+            load_source(spec, &tokenizer, &base, s.seq_len)
+                .map(Arc::new)
+                .map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)))
+        };
+        train_data.push(load(&s.data.train)?);
+        eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
+    }
+    for s in &cfg.stages {
+        let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+        registry
+            .new_stage(s.objective.name(), &s.objective.config_json(), &scratch)
+            .map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
+        registry
+            .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
+            .map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
+        for a in &s.adapters {
+            registry
+                .new_method(&a.plugin, &a.config_json(), &scratch)
+                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+        }
+    }
+    Ok(Loaded { device, tokenizer, train_data, eval_data })
+}
+
+/// Attaches every stage's adapters to a throwaway copy of the model's sites, following
+/// the handoffs from stage to stage, so that before the first step
+/// - a target pattern that matches no site fails, naming the stage and adapter;
+/// - a `merge` handoff of an adapter that cannot be merged fails, naming both stages.
+///
+/// Returns how many sites each stage's adapters attach to (`None` for stages on
+/// another model, checked when they start).
+pub(crate) fn adapter_sites(
+    cfg: &PipelineConfig,
+    registry: &Registry,
+    device: &Device,
+    model: &dyn Model,
+    tokenizer: Rc<Tokenizer>,
+) -> Result<Vec<Option<Vec<usize>>>> {
+    let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+    scratch.register_model(model);
+    scratch.set_tokenizer(tokenizer);
+    let mut made: Vec<(String, MethodInstance, String)> = Vec::new();
+    // The adapters alive at the end of each stage (indices into `made`); `None` on
+    // another model.
+    let mut alive_after: Vec<Option<Vec<usize>>> = Vec::new();
+    let mut out = Vec::new();
+    for (i, s) in cfg.stages.iter().enumerate() {
+        let start = match s.from.as_ref().map(|f| cfg.stage(f)) {
+            Some(None) => None,
+            Some(Some((k, _))) => alive_after[k].clone(),
+            None if i == 0 => Some(Vec::new()),
+            None => alive_after[i - 1].clone(),
+        };
+        let Some(mut alive) = start else {
+            alive_after.push(None);
+            out.push(None);
+            continue;
+        };
+        if i > 0 {
+            alive = after_handoff(s, alive, &made, model)?;
+        }
+        let mut counts = Vec::new();
+        for a in &s.adapters {
+            let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
+            m.attach(model.sites().infos())
+                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            counts.push(m.attachments().len());
+            alive.push(made.len());
+            made.push((s.name.clone(), m, a.config_json()));
+        }
+        alive_after.push(Some(alive));
+        out.push(Some(counts));
+    }
+    Ok(out)
+}
+
+/// The adapters alive after stage `s`'s handoff, once checked: a `merge` of an adapter
+/// that cannot be merged, a `combine` of anything but plain LoRA adapters (or of none)
+/// fail, naming both stages. `made[k]` is (stage, adapter, config) of the `k`-th adapter.
+fn after_handoff(
+    s: &StageConfig,
+    alive: Vec<usize>,
+    made: &[(String, MethodInstance, String)],
+    model: &dyn Model,
+) -> Result<Vec<usize>> {
+    match s.handoff.adapters {
+        AdapterHandoff::Stack | AdapterHandoff::Continue => Ok(alive),
+        AdapterHandoff::Drop => Ok(Vec::new()),
+        AdapterHandoff::Merge => {
+            for &k in &alive {
+                let (from, m, _) = &made[k];
+                check_mergeable(m, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `merge` folds adapter `{}` of stage `{from}` into the base weights, but {e}; hand it over with \"stack\" or \"drop\" instead", s.name, m.core.plugin)))?;
+            }
+            Ok(Vec::new())
+        }
+        AdapterHandoff::Combine => {
+            let plain_lora =
+                |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
+            if let Some(&k) = alive.iter().find(|&&k| !plain_lora(&made[k].1, &made[k].2)) {
+                let (from, m, _) = &made[k];
+                return Err(Error::msg(format!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin)));
+            }
+            if alive.is_empty() {
+                return Err(Error::msg(format!("stage `{}`: handoff `combine` has no adapters to combine", s.name)));
+            }
+            // A combination is one new LoRA adapter; its sites are those of the ones it replaces.
+            Ok(alive.first().copied().into_iter().collect())
+        }
+    }
+}
+
+/// Whether `m` can be folded into `model`'s weights: what it says, or, when it does
+/// not say, whether a merge of each of its sites succeeds (on copies; nothing changes).
+fn check_mergeable(m: &MethodInstance, model: &dyn Model) -> Result<()> {
+    let sites = model.sites().infos();
+    match m.merge_support() {
+        MergeSupport::YES => {}
+        MergeSupport::NO => return Err(Error::msg("the method cannot be merged (it says so)")),
+        _ => {
+            let weights = model.weights();
+            for a in m.attachments() {
+                let site = &sites[a.site as usize];
+                let w = weights
+                    .iter()
+                    .find(|(n, _)| *n == format!("{}.weight", site.name))
+                    .map(|(_, w)| w.var().as_tensor().copy())
+                    .transpose()?;
+                let w = w.ok_or_else(|| Error::msg(format!("`{}` has no weight to merge into", site.name)))?;
+                m.merge(a.site as usize, &w).map_err(|e| Error::msg(format!("a trial merge failed: {e}")))?;
+            }
+        }
+    }
+    match m.attachments().iter().map(|a| &sites[a.site as usize]).find(|s| s.kind != SiteKind::LINEAR) {
+        Some(site) => Err(Error::msg(format!(
+            "it is attached to `{}`, which is not a linear site (kind {}), and only linear sites can be merged",
+            site.name, site.kind
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,46 @@
+//! What a run was made from, recorded in its directory: `data.json` (each data set's
+//! source, size and sha256) and `plugins.json` (each plugin library, its source, SDK
+//! version and sha256). A resume checks the data against `data.json`.
+
+use super::run_dir::RunDir;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::plugin::Registry;
+use std::sync::Arc;
+
+/// What `data.json` records: each data set's source, size and sha256 (training sets,
+/// then eval sets).
+pub(crate) fn data_record(train: &[Arc<Dataset>], eval: &[Option<Arc<Dataset>>]) -> serde_json::Value {
+    let sets = train.iter().chain(eval.iter().flatten());
+    serde_json::Value::Array(
+        sets.map(|d| serde_json::json!({ "source": d.name, "examples": d.len(), "sha256": d.sha256 })).collect(),
+    )
+}
+
+/// Refuses to resume on data other than the run's (its `data.json`, when it has one).
+pub(crate) fn check_same_data(run: &RunDir, now: &serde_json::Value) -> Result<()> {
+    let path = run.join("data.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let then: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, e))?;
+    if &then == now {
+        return Ok(());
+    }
+    let (then, now) = (then.as_array().cloned().unwrap_or_default(), now.as_array().cloned().unwrap_or_default());
+    let changed = then.iter().zip(&now).find(|(a, b)| a != b).map(|(a, _)| a["source"].to_string());
+    let what = changed.map_or("the list of data sets".to_string(), |source| format!("data set {source}"));
+    Err(Error::file(&path, format!("{what} changed since the run started: resuming would not continue the same run")))
+}
+
+/// What `plugins.json` records: each plugin library, where it came from, its SDK
+/// version, its plugins and its sha256.
+pub(crate) fn plugins_record(registry: &Registry) -> serde_json::Value {
+    let libraries = registry.libraries().iter().map(|l| {
+        let sha256 = match &l.source {
+            crate::plugin::Source::File { path } => crate::plugin::loader::sha256_file(path).ok(),
+            crate::plugin::Source::Builtin => None,
+        };
+        let names: Vec<&str> = l.plugins.iter().map(|p| p.name.as_str()).collect();
+        serde_json::json!({ "library": l.id, "source": l.source.to_string(), "sdk": l.sdk.to_string(), "plugins": names, "sha256": sha256 })
+    });
+    serde_json::Value::Array(libraries.collect())
+}
