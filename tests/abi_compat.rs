@@ -329,7 +329,7 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
     let opt = reg.new_optimizer("sgd", r#"{"lr": 0.1}"#, &st).expect("optimizer");
     let mut t = Trainer::new(st.clone(), Box::new(model), adapters, stage, opt).expect("trainer");
     t.train_step(&Batch::tokens(ids()), 0.1).expect("no theft succeeds");
-    let after: Vec<Vec<u32>> = t.model.weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
+    let after: Vec<Vec<u32>> = t.model().weights().iter().map(|(_, w)| support::bits(w.var().as_tensor())).collect();
     assert_eq!(before, after, "base weights untouched");
     // The refusal names the rule.
     let host = stagecraft_core::plugin::host_for(
@@ -337,7 +337,7 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
         &std::rc::Rc::new(stagecraft_core::plugin::InstanceStore::default()),
         "probe",
     );
-    let p = t.params[0].handle;
+    let p = t.params()[0].handle;
     let msg = host.assign(p, p).into_result().expect_err("refused").to_string();
     assert!(msg.contains("may only assign to its own parameters and buffers"), "{msg}");
 }

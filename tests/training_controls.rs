@@ -23,12 +23,12 @@ fn trainer(clip: Option<f64>) -> Trainer {
     let stage = reg.new_stage("causal_lm", "{}", &st).expect("stage");
     let opt = reg.new_optimizer("sgd", r#"{"lr": 1.0, "momentum": 0.0}"#, &st).expect("sgd");
     let mut t = Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer");
-    t.grad_clip = clip;
+    t.set_grad_clip(clip);
     t
 }
 
 fn weights(t: &Trainer) -> Vec<Tensor> {
-    t.params.iter().map(|p| p.var.as_tensor().copy().expect("copy")).collect()
+    t.params().iter().map(|p| p.var.as_tensor().copy().expect("copy")).collect()
 }
 
 fn largest_diff(a: &[Tensor], b: &[Tensor]) -> f32 {

@@ -1,7 +1,7 @@
 //! The host's error type: one enum, lowercase one-line messages naming the file,
 //! plugin, site or field at fault.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in the host.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,11 @@ impl Error {
         let first = msg.lines().next().unwrap_or("").trim_end().to_string();
         Error::File { path: path.into(), msg: first }
     }
+}
+
+/// Wraps an I/O error with the path it concerns: `std::fs::read(p).map_err(io(p))?`.
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 impl Error {

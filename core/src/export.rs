@@ -45,14 +45,16 @@ impl std::str::FromStr for ExportFormat {
 }
 
 /// The lineage entries of an opened stage.
-fn lineage(opened: &OpenedStage, run_dir: &Path, base_sha256: &str) -> Lineage {
+fn lineage(opened: &OpenedStage, run_dir: &Path, base_sha256: &str) -> Result<Lineage> {
     let mut entries = BTreeMap::new();
     entries.insert("stagecraft_version".into(), env!("CARGO_PKG_VERSION").into());
     entries.insert("stagecraft_run".into(), run_dir.display().to_string());
     entries.insert("stagecraft_stage".into(), opened.stage.clone());
     entries.insert("base_model_sha256".into(), base_sha256.into());
-    entries.insert("stagecraft_adapters".into(), serde_json::to_string(&opened.result.adapters).unwrap_or_default());
-    Lineage { entries }
+    let adapters = serde_json::to_string(&opened.result.adapters)
+        .map_err(|e| Error::msg(format!("cannot record the stage's adapters: {e}")))?;
+    entries.insert("stagecraft_adapters".into(), adapters);
+    Ok(Lineage { entries })
 }
 
 /// The Hugging Face directory the stage's model was loaded from, if any: a stage's
@@ -69,7 +71,7 @@ fn model_source(opened: &OpenedStage) -> Option<PathBuf> {
 fn weights_sha256(dir: Option<&Path>) -> String {
     dir.map(|d| d.join(SINGLE_FILE))
         .filter(|p| p.is_file())
-        .and_then(|p| crate::plugin::loader::sha256_file(&p).ok())
+        .and_then(|p| crate::plugin::sha256_file(&p).ok())
         .unwrap_or_else(|| "none (weights built by the run)".into())
 }
 
@@ -108,7 +110,7 @@ pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<V
         Some(dir) if same_as_dir(model, dir)? => std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
         _ => {
             let base = out.join("base");
-            let meta = lineage(opened, run_dir, &weights_sha256(source.as_deref())).entries;
+            let meta = lineage(opened, run_dir, &weights_sha256(source.as_deref()))?.entries;
             save_model_dir(model, &opened.tokenizer, source.as_deref(), &base, &meta)?;
             written.push(base.clone());
             std::fs::canonicalize(&base).unwrap_or(base)
@@ -124,7 +126,7 @@ pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<V
             &ExportedAdapter { method: m, config: &config },
             model,
             &base.display().to_string(),
-            &lineage(opened, run_dir, &sha),
+            &lineage(opened, run_dir, &sha)?,
         )?;
         written.push(dir);
     }
@@ -135,7 +137,7 @@ pub fn export_peft(opened: &OpenedStage, run_dir: &Path, out: &Path) -> Result<V
 /// Hugging Face directory in `out`.
 pub fn export_merged(opened: &mut OpenedStage, run_dir: &Path, out: &Path) -> Result<()> {
     let source = model_source(opened);
-    let meta = lineage(opened, run_dir, &weights_sha256(source.as_deref())).entries;
+    let meta = lineage(opened, run_dir, &weights_sha256(source.as_deref()))?.entries;
     merge_into_base(opened.model.as_ref(), &mut opened.adapters).map_err(|e| {
         Error::msg(format!("stage `{}` cannot be exported merged: {e}; export it with --format peft", opened.stage))
     })?;

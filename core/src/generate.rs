@@ -4,6 +4,7 @@
 //! Each new token runs the model on the whole sequence (no KV cache): generation here
 //! serves checks and demos of small models, not serving.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::rng::Rng;
@@ -75,11 +76,11 @@ pub fn generate(
         return Err(Error::msg("the prompt is empty"));
     }
     if !model.info().causal {
-        return Err(Error::msg(format!("cannot generate with `{}`: it is an encoder", model.info().arch)));
+        bail!("cannot generate with `{}`: it is an encoder", model.info().arch);
     }
     let vocab = model.info().vocab;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::msg(format!("prompt token {bad} is outside the model's vocabulary of {vocab}")));
+        bail!("prompt token {bad} is outside the model's vocabulary of {vocab}");
     }
     let mut rng = Rng::new(sampling.seed);
     let mut ids = prompt.to_vec();

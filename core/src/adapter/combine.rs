@@ -13,6 +13,7 @@
 //! target per site and per-site ranks where they differ.
 
 use super::linalg::{qr, svd, Mat};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, MethodInstance, Registry};
@@ -127,7 +128,7 @@ pub fn combine_lora(
     for (n, input) in inputs.iter().enumerate() {
         let m = input.method;
         if m.core.plugin != "lora" {
-            return Err(Error::msg(format!("adapter {} is `{}`: only LoRA adapters combine", n + 1, m.core.plugin)));
+            bail!("adapter {} is `{}`: only LoRA adapters combine", n + 1, m.core.plugin);
         }
         if input.config.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
             return Err(Error::msg(format!(

@@ -1,5 +1,6 @@
 //! Folding adapters into the base weights.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use stagecraft_sdk::SiteKind;
@@ -16,7 +17,7 @@ pub fn merge_into_base(model: &dyn Model, adapters: &mut Adapters) -> Result<()>
         for a in m.attachments() {
             let site = &sites[a.site as usize];
             if site.kind != SiteKind::LINEAR {
-                return Err(Error::msg(format!("plugin `{}` is attached to `{}`, which is not a linear site (kind {}): only linear sites can be merged", m.core.plugin, site.name, site.kind)));
+                bail!("plugin `{}` is attached to `{}`, which is not a linear site (kind {}): only linear sites can be merged", m.core.plugin, site.name, site.kind);
             }
             let wname = format!("{}.weight", site.name);
             let w = find(&wname).ok_or_else(|| Error::msg(format!("model has no weight `{wname}`")))?;

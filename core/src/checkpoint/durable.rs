@@ -1,27 +1,13 @@
 //! Durable file-system steps: write-and-fsync, fsync a directory, rename, remove, each
 //! mapping failures to [`Error::Io`] naming the path.
-//!
-//! ```
-//! use stagecraft_core::checkpoint::durable;
-//! let dir = std::env::temp_dir().join(format!("durable-doc-{}", std::process::id()));
-//! std::fs::create_dir_all(&dir)?;
-//! durable::write_synced(&dir.join("a.txt"), b"hi")?;
-//! durable::sync_dir(&dir)?;
-//! assert_eq!(durable::read(&dir.join("a.txt"))?, b"hi");
-//! durable::remove_dir_all(&dir)?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use crate::{Error, Result};
+use crate::Result;
 
-/// Wraps an I/O error with the path it concerns.
-pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
-}
+pub use crate::error::io;
 
 /// Creates (or truncates) `path`, writes `data` and fsyncs the file.
 pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {

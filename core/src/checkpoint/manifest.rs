@@ -48,10 +48,9 @@ impl FileEntry {
 
     /// The entry describing the file at `path`, hashed as it streams from disk.
     pub fn of_file(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
-        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut f = std::fs::File::open(path).map_err(crate::error::io(path))?;
         let mut hasher = Sha256::new();
-        let bytes = std::io::copy(&mut f, &mut hasher).map_err(io)?;
+        let bytes = std::io::copy(&mut f, &mut hasher).map_err(crate::error::io(path))?;
         Ok(FileEntry { bytes, sha256: hex(&hasher.finalize()) })
     }
 }

@@ -50,10 +50,10 @@
 
 mod contents;
 mod dir;
-pub mod durable;
+pub(crate) mod durable;
 mod manifest;
 mod read;
-pub mod staging;
+pub(crate) mod staging;
 mod write;
 
 pub use contents::{Checkpoint, META_FILE, TENSORS_FILE};

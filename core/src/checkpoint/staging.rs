@@ -5,14 +5,6 @@
 //! - `.<name>.old-<pid>`: the previous `<name>`, moved aside just before the new one is
 //!   renamed in;
 //! - `.<name>.del-<pid>`: a checkpoint being pruned.
-//!
-//! ```
-//! use stagecraft_core::checkpoint::staging::{hidden, parse_hidden, Stage};
-//! let n = hidden("step-10", Stage::Tmp, 42);
-//! assert_eq!(n, ".step-10.tmp-42");
-//! assert_eq!(parse_hidden(&n), Some(("step-10".to_string(), Stage::Tmp, 42)));
-//! assert_eq!(parse_hidden("step-10"), None);
-//! ```
 
 use std::path::Path;
 
@@ -121,6 +113,14 @@ pub fn recover(dir: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_names_round_trip() {
+        let n = hidden("step-10", Stage::Tmp, 42);
+        assert_eq!(n, ".step-10.tmp-42");
+        assert_eq!(parse_hidden(&n), Some(("step-10".to_string(), Stage::Tmp, 42)));
+        assert_eq!(parse_hidden("step-10"), None);
+    }
 
     /// Larger than any Linux pid (`pid_max` is at most 2^22).
     const DEAD: u32 = 4_000_000_000;

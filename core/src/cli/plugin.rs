@@ -1,7 +1,7 @@
 //! `stagecraft plugin list | inspect`.
 
 use clap::Subcommand;
-use stagecraft_core::plugin::{loader::sha256_file, search_path, Compat, Library, Registry, Source};
+use stagecraft_core::plugin::{search_path, sha256_file, Compat, Library, Registry, Source};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]

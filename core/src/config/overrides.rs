@@ -6,6 +6,7 @@
 //! Values are TOML (`50`, `1e-3`, `true`, `"text"`, `[1, 2]`); anything that is not
 //! valid TOML is taken as a string.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use toml::{Table, Value};
 
@@ -21,7 +22,7 @@ pub fn apply_override(table: &mut Table, kv: &str) -> Result<()> {
     let (key, raw) = kv.split_once('=').ok_or_else(|| Error::msg(format!("--set `{kv}`: expected key=value")))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::msg(format!("--set `{kv}`: empty key component")));
+        bail!("--set `{kv}`: empty key component");
     }
     let value = parse_value(raw.trim());
     let mut root = Value::Table(std::mem::take(table));

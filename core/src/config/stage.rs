@@ -126,16 +126,7 @@ impl Objective {
     }
 }
 
-/// Order of the training data.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Order {
-    /// Shuffled every epoch (default).
-    #[default]
-    Shuffled,
-    /// Curriculum: the first epoch from easy to hard (difficulty field, else length).
-    Curriculum,
-}
+pub use crate::data::Order;
 
 /// `data = { train = ..., eval = ..., replay = ..., order = ... }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -3,6 +3,7 @@
 //! pipeline instantiates its plugins, also before the first step.
 
 use super::{AdapterHandoff, ExitConfig, PipelineConfig, StageConfig};
+use crate::bail;
 use crate::error::{Error, Result};
 
 /// Metrics the first-party objectives report on eval sets (`eval.<name>`).
@@ -199,20 +200,20 @@ impl PipelineConfig {
                 for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)]
                 {
                     if v.unwrap_or(0) == 0 {
-                        return Err(Error::msg(format!("{file}: model.{k} is required (> 0) for a fresh `{arch}`")));
+                        bail!("{file}: model.{k} is required (> 0) for a fresh `{arch}`");
                     }
                 }
             }
             (None, Some(_)) => {}
         }
         if self.stages.is_empty() {
-            return Err(Error::msg(format!("{file}: no [[stages]]")));
+            bail!("{file}: no [[stages]]");
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.stages.iter().enumerate() {
             check_stage_name(file, i, &s.name)?;
             if !seen.insert(s.name.as_str()) {
-                return Err(Error::msg(format!("{file}: stage {}: name `{}` is used twice", i + 1, s.name)));
+                bail!("{file}: stage {}: name `{}` is used twice", i + 1, s.name);
             }
             check_stage(file, self, i, s)?;
         }

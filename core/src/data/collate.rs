@@ -23,6 +23,7 @@
 
 use super::example::IGNORE;
 use super::{DataKind, Example};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::train::Batch;
 use candle_core::{Device, Tensor};
@@ -42,7 +43,7 @@ pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Ba
     for (row, ex) in examples.iter().enumerate() {
         let n = ex.ids.len();
         if n == 0 {
-            return Err(Error::msg(format!("collate: example {row} has no tokens")));
+            bail!("collate: example {row} has no tokens");
         }
         if (ex.kind() == DataKind::Classification) != classification {
             return Err(Error::msg(format!(

@@ -21,6 +21,7 @@
 //! ```
 
 use super::Tokenizer;
+use crate::bail;
 use crate::error::{Error, Result};
 
 /// The target value of tokens that take no loss.
@@ -101,7 +102,7 @@ impl Example {
     /// Text with a class index, cut at the end to `max_len` tokens.
     pub fn classified(tokenizer: &Tokenizer, text: &str, class: i64, max_len: usize) -> Result<Example> {
         if class < 0 {
-            return Err(Error::msg(format!("class label {class} is negative")));
+            bail!("class label {class} is negative");
         }
         Ok(Example { class_label: Some(class), ..Example::text(tokenizer, text, max_len)? })
     }
@@ -121,7 +122,7 @@ impl Example {
             return Err(Error::msg("completion has no tokens"));
         }
         if targets > max_len {
-            return Err(Error::msg(format!("completion is {targets} tokens, more than max_len {max_len}")));
+            bail!("completion is {targets} tokens, more than max_len {max_len}");
         }
         let cut = full.len().saturating_sub(max_len);
         let labels = full

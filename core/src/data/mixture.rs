@@ -23,7 +23,8 @@
 //! ```
 
 use super::{DataKind, Dataset, Example, Order, Sampler, SamplerState};
-use crate::error::{Error, Result};
+use crate::bail;
+use crate::error::{Context, Error, Result};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -71,12 +72,12 @@ fn compatible(a: DataKind, b: DataKind) -> bool {
 fn check(primary: &Dataset, replay: &[(Arc<Dataset>, f64)]) -> Result<()> {
     for ds in std::iter::once(primary).chain(replay.iter().map(|(d, _)| &**d)) {
         if ds.is_empty() {
-            return Err(Error::msg(format!("data source `{}` has no examples", ds.name)));
+            bail!("data source `{}` has no examples", ds.name);
         }
     }
     for (ds, ratio) in replay {
         if !(0.0..1.0).contains(ratio) {
-            return Err(Error::msg(format!("replay `{}`: ratio {ratio} is not in [0, 1)", ds.name)));
+            bail!("replay `{}`: ratio {ratio} is not in [0, 1)", ds.name);
         }
         if !compatible(primary.kind, ds.kind) {
             return Err(Error::msg(format!(
@@ -87,7 +88,7 @@ fn check(primary: &Dataset, replay: &[(Arc<Dataset>, f64)]) -> Result<()> {
     }
     let total: f64 = replay.iter().map(|(_, r)| r).sum();
     if total >= 1.0 {
-        return Err(Error::msg(format!("replay ratios sum to {total}, which leaves nothing of `{}`", primary.name)));
+        bail!("replay ratios sum to {total}, which leaves nothing of `{}`", primary.name);
     }
     Ok(())
 }
@@ -127,7 +128,7 @@ impl Mixture {
                 )));
             }
             let sampler = Sampler::restore(data.len(), &saved.sampler, &data.difficulties())
-                .map_err(|e| Error::msg(format!("source `{}`: {e}", data.name)))?;
+                .with_context(|| format!("source `{}`", data.name))?;
             sources.push(Source { data, ratio, sampler });
         }
         Ok(Mixture { sources })
@@ -211,7 +212,7 @@ mod tests {
     #[test]
     fn restored_mixture_continues_identically() -> Result<()> {
         let (p, r) = (data("p", 23, 1), data("r", 7, 2));
-        let mut a = Mixture::new(p.clone(), vec![(r.clone(), 0.25)], 5, Order::ByDifficulty)?;
+        let mut a = Mixture::new(p.clone(), vec![(r.clone(), 0.25)], 5, Order::Curriculum)?;
         a.next_batch(8)?;
         let json = serde_json::to_string(&a.state()).map_err(Error::msg)?;
         let state: MixtureState = serde_json::from_str(&json).map_err(Error::msg)?;
@@ -228,7 +229,7 @@ mod tests {
 
     #[test]
     fn curriculum_applies_to_the_primary_and_sources_differ_in_seed() -> Result<()> {
-        let mut m = Mixture::new(data("p", 6, 1), vec![(data("r", 6, 2), 0.5)], 0, Order::ByDifficulty)?;
+        let mut m = Mixture::new(data("p", 6, 1), vec![(data("r", 6, 2), 0.5)], 0, Order::Curriculum)?;
         let first: Vec<f64> = m.next_batch(6)?.iter().map(|e| e.difficulty).collect();
         assert_eq!(first[..3], [0.0, 1.0, 2.0]);
         let seeds: Vec<u64> = m.state().sources.iter().map(|s| s.sampler.seed).collect();

@@ -1,7 +1,7 @@
 //! Deterministic epoch-based sampling of a dataset's indices, resumable exactly.
 //!
 //! Epoch `e` visits every index once, in a Fisher–Yates shuffle drawn from
-//! `Rng::new(seed).fork(e)`; with [`Order::ByDifficulty`] epoch 0 instead goes from the
+//! `Rng::new(seed).fork(e)`; with [`Order::Curriculum`] epoch 0 instead goes from the
 //! easiest example to the hardest (a stable sort on [`Example::difficulty`](super::Example),
 //! ties in source order) and later epochs are shuffled. A batch that reaches the end of
 //! an epoch is filled from the start of the next one (so an index can appear twice in
@@ -20,19 +20,22 @@
 //! assert_eq!(first.len(), 3);
 //! ```
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
-/// The order of the first epoch.
+/// The order of the training data (a stage's `data.order`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
-    /// Every epoch shuffled.
+    /// Shuffled every epoch (default).
     #[default]
     Shuffled,
-    /// Curriculum: epoch 0 easy → hard by difficulty, later epochs shuffled.
-    ByDifficulty,
+    /// Curriculum: epoch 0 from easy to hard (the difficulty field, else length), later
+    /// epochs shuffled.
+    #[serde(alias = "by_difficulty")]
+    Curriculum,
 }
 
 /// Where a sampler is, for checkpoints.
@@ -62,7 +65,7 @@ pub struct Sampler {
     cursor: usize,
     /// The current epoch's order.
     perm: Vec<usize>,
-    /// Epoch 0's order under [`Order::ByDifficulty`]; empty otherwise.
+    /// Epoch 0's order under [`Order::Curriculum`]; empty otherwise.
     curriculum: Vec<usize>,
 }
 
@@ -83,11 +86,11 @@ impl Sampler {
     }
 
     /// The same sampler with epoch 0 in `order`; `difficulties` (one per index) are
-    /// read for [`Order::ByDifficulty`] only. The current position is kept.
+    /// read for [`Order::Curriculum`] only. The current position is kept.
     pub fn with_order(mut self, order: Order, difficulties: &[f64]) -> Result<Sampler> {
         self.curriculum = match order {
             Order::Shuffled => Vec::new(),
-            Order::ByDifficulty => {
+            Order::Curriculum => {
                 if difficulties.len() != self.len {
                     return Err(Error::msg(format!(
                         "curriculum: {} difficulties for {} examples",
@@ -106,10 +109,10 @@ impl Sampler {
     }
 
     /// The sampler a checkpoint saved, over a dataset of `len` examples (with their
-    /// `difficulties` if the state's order is [`Order::ByDifficulty`]; else `&[]`).
+    /// `difficulties` if the state's order is [`Order::Curriculum`]; else `&[]`).
     pub fn restore(len: usize, state: &SamplerState, difficulties: &[f64]) -> Result<Sampler> {
         if state.len != len {
-            return Err(Error::msg(format!("sampler state is for {} examples, the dataset has {len}", state.len)));
+            bail!("sampler state is for {} examples, the dataset has {len}", state.len);
         }
         if state.cursor >= len.max(1) {
             return Err(Error::msg(format!(
@@ -162,7 +165,7 @@ impl Sampler {
 
     /// The order of `epoch`.
     fn order_of(&self, epoch: u64) -> Vec<usize> {
-        if epoch == 0 && self.order == Order::ByDifficulty {
+        if epoch == 0 && self.order == Order::Curriculum {
             return self.curriculum.clone();
         }
         let mut rng = Rng::new(self.seed).fork(epoch);
@@ -203,8 +206,7 @@ mod tests {
 
     #[test]
     fn restored_sampler_yields_the_same_batches() -> Result<()> {
-        for (order, diff) in
-            [(Order::Shuffled, vec![]), (Order::ByDifficulty, (0..7).map(|i| (i % 3) as f64).collect())]
+        for (order, diff) in [(Order::Shuffled, vec![]), (Order::Curriculum, (0..7).map(|i| (i % 3) as f64).collect())]
         {
             let mut a = Sampler::new(7, 11).with_order(order, &diff)?;
             a.next_batch(5);
@@ -229,12 +231,12 @@ mod tests {
     #[test]
     fn curriculum_goes_easy_to_hard_then_shuffles() -> Result<()> {
         let diff = [3.0, 1.0, 2.0, 1.0, 0.5, 3.0];
-        let mut s = Sampler::new(6, 0).with_order(Order::ByDifficulty, &diff)?;
+        let mut s = Sampler::new(6, 0).with_order(Order::Curriculum, &diff)?;
         assert_eq!(s.next_batch(6), vec![4, 1, 3, 2, 0, 5]);
         let later: Vec<usize> = (0..4).flat_map(|_| s.next_batch(6)).collect();
         assert!(later.chunks(6).all(|e| is_permutation(e, 6)));
         assert!(later.chunks(6).any(|e| e != [4, 1, 3, 2, 0, 5]));
-        assert!(Sampler::new(6, 0).with_order(Order::ByDifficulty, &diff[..3]).is_err());
+        assert!(Sampler::new(6, 0).with_order(Order::Curriculum, &diff[..3]).is_err());
         Ok(())
     }
 }

@@ -12,7 +12,8 @@
 //! ```
 
 use super::{load_jsonl, load_text, parse_spec, Dataset, Example, Item, SourceSpec, SyntheticSpec, Tokenizer};
-use crate::error::{Error, Result};
+use crate::error::io;
+use crate::error::{Context, Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -37,7 +38,7 @@ fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usiz
                 Item::Text(text) => Example::text(tokenizer, text, max_len),
                 Item::Completion { prompt, completion } => Example::completion(tokenizer, prompt, completion, max_len),
             }
-            .map_err(|e| Error::msg(format!("data source `{spec}`: example {i}: {e}")))
+            .with_context(|| format!("data source `{spec}`: example {i}"))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Dataset { name: spec.to_string(), kind: s.kind(), examples, sha256: None, label_names: Vec::new() })
@@ -45,7 +46,7 @@ fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usiz
 
 /// A data file's text and the hex sha256 of its bytes.
 pub(crate) fn read_source_file(path: &Path) -> Result<(String, String)> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(io(path))?;
     let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     match String::from_utf8(bytes) {
         Ok(text) => Ok((text, sha256)),

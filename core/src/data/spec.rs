@@ -18,6 +18,7 @@
 //! ```
 
 use super::{DataKind, SyntheticSpec};
+use crate::bail;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -65,10 +66,10 @@ pub fn parse_spec(spec: &str, base_dir: &Path) -> Result<SourceSpec> {
     };
     let resolved = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
     if !resolved.exists() {
-        return Err(Error::msg(format!("data source `{spec}`: no such file {}", resolved.display())));
+        bail!("data source `{spec}`: no such file {}", resolved.display());
     }
     if !resolved.is_file() {
-        return Err(Error::msg(format!("data source `{spec}`: {} is not a file", resolved.display())));
+        bail!("data source `{spec}`: {} is not a file", resolved.display());
     }
     Ok(make(resolved))
 }

@@ -17,7 +17,7 @@
 //! ```
 
 use super::{read_source_file, DataKind, Dataset, Example, Tokenizer};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use std::path::Path;
 
 /// Reads a `.txt` file into a dataset (named by its path, with its sha256).
@@ -28,9 +28,7 @@ pub fn load_text(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<D
     let (contents, sha256) = read_source_file(path)?;
     let mut examples = Vec::new();
     for (i, line) in contents.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let ids = tokenizer
-            .encode(&format!("{line}\n"))
-            .map_err(|e| Error::msg(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        let ids = tokenizer.encode(&format!("{line}\n")).with_context(|| format!("{}:{}", path.display(), i + 1))?;
         examples.extend(ids.chunks(max_len).map(|c| Example::from_ids(c.to_vec())));
     }
     if examples.is_empty() {

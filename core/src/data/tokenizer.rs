@@ -12,6 +12,7 @@
 //! assert_eq!(t.decode(&ids).unwrap(), "hi");
 //! ```
 
+use crate::error::io;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -112,9 +113,7 @@ impl Tokenizer {
     /// of their bytes, so that it encodes exactly as [`Tokenizer::Bytes`] does.
     pub fn to_hf_json(&self) -> Result<String> {
         match self {
-            Tokenizer::Hf { path, .. } => {
-                std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.clone(), source: e })
-            }
+            Tokenizer::Hf { path, .. } => std::fs::read_to_string(path).map_err(io(path)),
             Tokenizer::Bytes => {
                 let vocab: serde_json::Map<String, serde_json::Value> =
                     (0u8..=255).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
@@ -129,7 +128,8 @@ impl Tokenizer {
                     "decoder": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false },
                     "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": [] },
                 });
-                Ok(serde_json::to_string_pretty(&json).unwrap_or_default())
+                serde_json::to_string_pretty(&json)
+                    .map_err(|e| Error::msg(format!("cannot serialize tokenizer.json: {e}")))
             }
         }
     }

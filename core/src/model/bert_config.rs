@@ -10,6 +10,7 @@
 //! ```
 
 use super::hf::read_json;
+use crate::bail;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -76,7 +77,7 @@ impl BertConfig {
             ("type_vocab_size", self.type_vocab_size),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::msg(format!("bert config: `{name}` must be > 0")));
+            bail!("bert config: `{name}` must be > 0");
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::msg(format!(

@@ -36,7 +36,8 @@ use super::hf::{WeightStore, CONFIG_FILE};
 use super::layers::{attention, attention_mask, extend_mask, Rope, RopeTables};
 use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
 use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
-use crate::error::{Error, Result};
+use crate::bail;
+use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
 use std::path::Path;
@@ -296,7 +297,7 @@ impl Model for Llama {
         let x = adapters.post(self.input_site, &x, x.clone())?;
         let x = adapters.dropout(&x)?;
         if x.dim(1)? < s {
-            return Err(Error::msg(format!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?)));
+            bail!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?);
         }
         self.forward_embeds(&x, attention_mask, adapters)?.last_positions(s)
     }

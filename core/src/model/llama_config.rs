@@ -15,6 +15,7 @@
 //! ```
 
 use super::hf::read_json;
+use crate::bail;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -95,7 +96,7 @@ impl LlamaConfig {
             ("head_dim", self.head_dim()),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::msg(format!("llama config: `{name}` must be > 0")));
+            bail!("llama config: `{name}` must be > 0");
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::msg(format!(
@@ -105,7 +106,7 @@ impl LlamaConfig {
             )));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(Error::msg(format!("llama config: head_dim {} must be even for rope", self.head_dim())));
+            bail!("llama config: head_dim {} must be even for rope", self.head_dim());
         }
         if !(self.rms_norm_eps >= 0.0 && self.rope_theta > 0.0 && self.initializer_range >= 0.0) {
             return Err(Error::msg("llama config: rms_norm_eps and initializer_range must be >= 0 and rope_theta > 0"));

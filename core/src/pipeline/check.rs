@@ -2,9 +2,10 @@
 //! stage's plugins and their configs, and the adapters' targets along the handoffs.
 
 use super::build;
+use crate::bail;
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::data::{load_source, Dataset, Tokenizer};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::model::Model;
 use crate::plugin::{HostState, MethodInstance, Registry};
 use candle_core::{DType, Device};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 /// `run.device` as a candle device.
 pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
-    crate::device::resolve_device(spec).map_err(|e| Error::msg(format!("run.device: {e}")))
+    crate::device::resolve_device(spec).context("run.device")
 }
 
 /// A pipeline's inputs, loaded and checked.
@@ -35,9 +36,7 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
     let mut eval_data = Vec::new();
     for s in &cfg.stages {
         let load = |spec: &str| {
-            load_source(spec, &tokenizer, &base, s.seq_len)
-                .map(Arc::new)
-                .map_err(|e| Error::msg(format!("stage `{}`: {e}", s.name)))
+            load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).with_context(|| format!("stage `{}`", s.name))
         };
         train_data.push(load(&s.data.train)?);
         eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
@@ -46,14 +45,14 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
         let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         registry
             .new_stage(s.objective.name(), &s.objective.config_json(), &scratch)
-            .map_err(|e| Error::msg(format!("stage `{}`: objective: {e}", s.name)))?;
+            .with_context(|| format!("stage `{}`: objective", s.name))?;
         registry
             .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
-            .map_err(|e| Error::msg(format!("stage `{}`: optimizer: {e}", s.name)))?;
+            .with_context(|| format!("stage `{}`: optimizer", s.name))?;
         for a in &s.adapters {
             registry
                 .new_method(&a.plugin, &a.config_json(), &scratch)
-                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+                .with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
         }
     }
     Ok(Loaded { device, tokenizer, train_data, eval_data })
@@ -99,8 +98,7 @@ pub(crate) fn adapter_sites(
         let mut counts = Vec::new();
         for a in &s.adapters {
             let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
-            m.attach(model.sites().infos())
-                .map_err(|e| Error::msg(format!("stage `{}`: adapter `{}`: {e}", s.name, a.plugin)))?;
+            m.attach(model.sites().infos()).with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
             counts.push(m.attachments().len());
             alive.push(made.len());
             made.push((s.name.clone(), m, a.config_json()));
@@ -135,10 +133,10 @@ fn after_handoff(
                 |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
             if let Some(&k) = alive.iter().find(|&&k| !plain_lora(&made[k].1, &made[k].2)) {
                 let (from, m, _) = &made[k];
-                return Err(Error::msg(format!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin)));
+                bail!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin);
             }
             if alive.is_empty() {
-                return Err(Error::msg(format!("stage `{}`: handoff `combine` has no adapters to combine", s.name)));
+                bail!("stage `{}`: handoff `combine` has no adapters to combine", s.name);
             }
             // A combination is one new LoRA adapter; its sites are those of the ones it replaces.
             Ok(alive.first().copied().into_iter().collect())
@@ -163,7 +161,7 @@ fn check_mergeable(m: &MethodInstance, model: &dyn Model) -> Result<()> {
                     .map(|(_, w)| w.var().as_tensor().copy())
                     .transpose()?;
                 let w = w.ok_or_else(|| Error::msg(format!("`{}` has no weight to merge into", site.name)))?;
-                m.merge(a.site as usize, &w).map_err(|e| Error::msg(format!("a trial merge failed: {e}")))?;
+                m.merge(a.site as usize, &w).context("a trial merge failed")?;
             }
         }
     }

@@ -11,7 +11,8 @@ use super::float_bits::opt_bits;
 use super::snapshot::{Snapshot, SnapshotAt};
 use crate::checkpoint::Checkpoint;
 use crate::config::GateAction;
-use crate::error::{Error, Result};
+use crate::error::Context;
+use crate::error::Result;
 use crate::train::Trainer;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -128,9 +129,7 @@ impl RetentionGate {
         if failures.iter().any(|f| f.action == GateAction::Stop) {
             return Ok(GateVerdict::Stop { failures });
         }
-        self.passing
-            .restore(trainer)
-            .map_err(|e| Error::msg(format!("rolling back to step {}: {e}", self.passing.step)))?;
+        self.passing.restore(trainer).with_context(|| format!("rolling back to step {}", self.passing.step))?;
         Ok(GateVerdict::RolledBack { failures, to: self.passing.step })
     }
 }

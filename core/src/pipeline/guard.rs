@@ -5,6 +5,7 @@
 
 use super::float_bits::{bits, opt_bits};
 use super::snapshot::{Snapshot, SnapshotAt};
+use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::config::AnomalyConfig;
 use crate::error::{Error, Result};
@@ -127,7 +128,7 @@ impl AnomalyGuard {
     /// rate, or fails the stage once `max_recoveries` are used up.
     pub fn recover(&mut self, why: String, trainer: &mut Trainer) -> Result<Recovery> {
         if self.state.recoveries >= self.cfg.max_recoveries {
-            return Err(Error::msg(format!("{why}; gave up after {} recoveries", self.state.recoveries)));
+            bail!("{why}; gave up after {} recoveries", self.state.recoveries);
         }
         self.state.recoveries += 1;
         self.state.lr_scale *= self.cfg.lr_scale;

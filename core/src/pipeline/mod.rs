@@ -44,9 +44,10 @@ pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
 
+use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::config::{OptimizerHandoff, PipelineConfig, StageConfig};
-use crate::data::{Dataset, Mixture, Order, Tokenizer};
+use crate::data::{Dataset, Mixture, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Adapters;
 use crate::plugin::{HostState, Registry};
@@ -244,15 +245,11 @@ impl Pipeline {
         adapters.set_precision(self.cfg.run.precision);
         let mut trainer = Trainer::new(self.state.clone(), model, adapters, objective, optimizer)?;
         freeze::refresh(&mut trainer, &s)?;
-        let order = match s.data.order {
-            crate::config::Order::Shuffled => Order::Shuffled,
-            crate::config::Order::Curriculum => Order::ByDifficulty,
-        };
         let mixture = Mixture::new(
             self.train_data[i].clone(),
             self.replay_sources(&s),
             self.cfg.run.seed.wrapping_add(i as u64),
-            order,
+            s.data.order,
         )?;
         Ok((trainer, mixture))
     }
@@ -292,7 +289,7 @@ impl Pipeline {
             return Ok(Start::Finished);
         }
         let (Some(ms), Some(rules)) = (&meta.mixture, meta.rules) else {
-            return Err(Error::msg(format!("checkpoint `{name}`: no data or rule state for a stage in progress")));
+            bail!("checkpoint `{name}`: no data or rule state for a stage in progress");
         };
         drop(mixture);
         let mixture = Mixture::restore(self.train_data[i].clone(), self.replay_sources(&s), ms)?;

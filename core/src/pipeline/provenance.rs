@@ -36,7 +36,7 @@ pub(crate) fn check_same_data(run: &RunDir, now: &serde_json::Value) -> Result<(
 pub(crate) fn plugins_record(registry: &Registry) -> serde_json::Value {
     let libraries = registry.libraries().iter().map(|l| {
         let sha256 = match &l.source {
-            crate::plugin::Source::File { path } => crate::plugin::loader::sha256_file(path).ok(),
+            crate::plugin::Source::File { path } => crate::plugin::sha256_file(path).ok(),
             crate::plugin::Source::Builtin => None,
         };
         let names: Vec<&str> = l.plugins.iter().map(|p| p.name.as_str()).collect();

@@ -11,7 +11,7 @@ use super::{build, resume};
 use crate::checkpoint;
 use crate::config::PipelineConfig;
 use crate::data::Tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::model::{load_model, Adapters, Model};
 use crate::plugin::{HostState, Registry};
 use candle_core::{DType, Device};
@@ -36,7 +36,7 @@ pub(super) fn rebuild(
     let mut adapters = Adapters::none(model.sites().len());
     for a in &result.adapters {
         let m = registry.new_method(&a.plugin, &a.config, state)?;
-        let k = adapters.attach(m, model.sites()).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin)))?;
+        let k = adapters.attach(m, model.sites()).with_context(|| format!("adapter `{}`", a.plugin))?;
         adapters.set_frozen(k, a.frozen);
     }
     Ok((model, adapters))

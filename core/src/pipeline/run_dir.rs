@@ -9,6 +9,7 @@
 //! replaced atomically ([`durable::replace`]); the logs are append-only and cut back by
 //! byte offsets ([`super::records`]).
 
+use crate::bail;
 use crate::checkpoint::durable::{self, io};
 use crate::error::{Error, Result};
 use std::fs::File;
@@ -63,7 +64,7 @@ impl RunDir {
     /// The directory of an existing run, to resume it.
     pub fn reopen(path: &Path) -> Result<RunDir> {
         if !path.join(CONFIG_FILE).is_file() {
-            return Err(Error::msg(format!("{}: not a run directory (no {CONFIG_FILE})", path.display())));
+            bail!("{}: not a run directory (no {CONFIG_FILE})", path.display());
         }
         let dir = RunDir::lock(path)?;
         dir.check_checkpoints()?;

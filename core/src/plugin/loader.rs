@@ -89,7 +89,7 @@ fn parse_version(path: &Path, v: abi_stable::sabi_types::VersionStrings) -> Resu
 /// fields that leads to it: the first error that is neither "too many fields" (which
 /// only says the sides are different 1.x versions) nor a size/alignment difference
 /// (a consequence of a mismatch further in).
-pub fn first_mismatch(report: &str) -> String {
+pub(crate) fn first_mismatch(report: &str) -> String {
     struct Found {
         kind: String,
         expected: String,

@@ -4,15 +4,16 @@
 mod instance;
 // The loader is the one place in the host allowed `unsafe` (each use has a SAFETY comment).
 #[allow(unsafe_code)]
-pub mod loader;
+mod loader;
 mod ops;
 mod registry;
 mod state;
 mod table;
 
+pub use crate::model::layers::{log_softmax, softmax};
 pub use instance::{host_for, InstanceCore, MethodInstance, OptimizerInstance, StageInstance, StageLoss, TrainParam};
-pub use loader::{load_library, Compat, LoadedLibrary};
-pub use ops::{cross_entropy, from_candle_dtype, log_softmax, softmax, to_candle_dtype, HostCtx};
+pub use loader::{load_library, sha256_file, Compat, LoadedLibrary};
+pub use ops::{cross_entropy, from_candle_dtype, to_candle_dtype, HostCtx};
 pub use registry::{is_library_file, search_path, Library, Registry, Source};
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};

@@ -7,7 +7,9 @@
 //! candle ops, not candle's fused kernels, which have no backward.
 
 use super::state::{HostState, InstanceStore};
+use crate::bail;
 use crate::error::{Error, Result};
+use crate::model::layers::{log_softmax, logsumexp, softmax};
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use candle_core::{DType, Shape, Tensor};
 use stagecraft_sdk::abi::{HostOps, OpResult};
@@ -71,35 +73,12 @@ fn guarded<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, RString> {
     }
 }
 
-/// Softmax along `dim` from differentiable ops (the max is detached: it only shifts).
-pub fn softmax(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(dim)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(dim)?)
-}
-
-/// Log-softmax along `dim` from differentiable ops.
-pub fn log_softmax(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(dim)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(dim)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
-/// `log(sum(exp(x)))` along `dim` (removed), from differentiable ops, shifted by the
-/// detached maximum so that it never overflows.
-pub fn logsumexp(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(dim)?.detach();
-    let lse = x.broadcast_sub(&max)?.exp()?.sum_keepdim(dim)?.log()?;
-    (lse + max)?.squeeze(dim)
-}
-
 /// Per-row cross-entropy `[n]` of `logits [n, c]` against integer `targets [n]`; rows
 /// whose target is `ignore_index` get 0.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
     let (n, _c) = logits.dims2()?;
     if targets.dims() != [n] {
-        return Err(Error::msg(format!("targets must be [{n}], got {:?}", targets.dims())));
+        bail!("targets must be [{n}], got {:?}", targets.dims());
     }
     let t = targets.to_dtype(DType::I64)?;
     let valid = t.ne(ignore_index)?;
@@ -215,7 +194,7 @@ impl HostOps for HostCtx {
         self.op("from_f32", || {
             let n: usize = shape.iter().product();
             if n != data.len() {
-                return Err(Error::msg(format!("{} values for shape {:?}", data.len(), shape.as_slice())));
+                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
             }
             Ok(Tensor::from_slice(data.as_slice(), shape.as_slice(), &self.state.device)?)
         })
@@ -378,14 +357,14 @@ impl HostOps for HostCtx {
     fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()> {
         guarded("assign", || {
             if !self.store.may_write(dst) {
-                return Err(Error::msg(format!("plugin `{}` may only assign to its own parameters and buffers (and an optimizer to the parameters it is given), not to {:#x}", self.owner, dst.0)));
+                bail!("plugin `{}` may only assign to its own parameters and buffers (and an optimizer to the parameters it is given), not to {:#x}", self.owner, dst.0);
             }
             let src = self.t(src)?;
             let table = self.state.table.borrow();
             match table.entry(dst)? {
                 super::table::Entry::Param(v) | super::table::Entry::Buffer(v) => {
                     if v.dims() != src.dims() {
-                        return Err(Error::msg(format!("shape {:?} cannot be assigned to {:?}", src.dims(), v.dims())));
+                        bail!("shape {:?} cannot be assigned to {:?}", src.dims(), v.dims());
                     }
                     Ok(v.set(&src.to_dtype(v.dtype())?.detach())?)
                 }
@@ -415,7 +394,7 @@ impl HostOps for HostCtx {
         self.op("from_i64", || {
             let n: usize = shape.iter().product();
             if n != data.len() {
-                return Err(Error::msg(format!("{} values for shape {:?}", data.len(), shape.as_slice())));
+                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
             }
             Ok(Tensor::from_slice(data.as_slice(), shape.as_slice(), &self.state.device)?)
         })

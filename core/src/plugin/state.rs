@@ -7,6 +7,7 @@
 //! is what checkpoints, adapter files and optimizers see.
 
 use super::table::{Entry, TensorTable};
+use crate::bail;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -141,7 +142,7 @@ impl HostState {
     /// the seeded RNG, so runs and resumes repeat exactly); identity in evaluation mode.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::msg(format!("dropout probability must be in [0, 1), got {p}")));
+            bail!("dropout probability must be in [0, 1), got {p}");
         }
         if !self.is_training() || p == 0.0 {
             return Ok(x.clone());
@@ -190,14 +191,14 @@ impl HostState {
             InitKind::CONSTANT => vec![init.a as f32; n],
             InitKind::UNIFORM => {
                 if init.b < init.a {
-                    return Err(Error::msg(format!("uniform init needs lo <= hi, got [{}, {})", init.a, init.b)));
+                    bail!("uniform init needs lo <= hi, got [{}, {})", init.a, init.b);
                 }
                 let mut r = self.rng.borrow_mut();
                 (0..n).map(|_| (init.a + (init.b - init.a) * r.uniform()) as f32).collect()
             }
             InitKind::NORMAL => {
                 if init.b < 0.0 {
-                    return Err(Error::msg(format!("normal init needs std >= 0, got {}", init.b)));
+                    bail!("normal init needs std >= 0, got {}", init.b);
                 }
                 let mut r = self.rng.borrow_mut();
                 (0..n).map(|_| (init.a + init.b * r.normal()) as f32).collect()
@@ -259,7 +260,7 @@ impl InstanceStore {
     /// Creates a parameter (error on a duplicate name).
     pub fn new_param(&self, state: &HostState, name: &str, shape: &[usize], init: Init) -> Result<TensorHandle> {
         if self.params.borrow().iter().any(|p| p.name == name) {
-            return Err(Error::msg(format!("parameter `{name}` already exists in this instance")));
+            bail!("parameter `{name}` already exists in this instance");
         }
         let var = Var::from_tensor(&state.init_tensor(shape, init)?)?;
         let handle = state.table.borrow_mut().insert(Entry::Param(var.clone()));

@@ -22,6 +22,7 @@
 //! assert!(m.to_table().contains("0.9000 (-0.0700)"));
 //! ```
 
+use crate::error::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -218,7 +219,7 @@ impl RetentionMatrix {
 
     /// Reads a `retention.json`, checking that `values` is stages × sets.
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read(path).map_err(io(path))?;
         let m: RetentionMatrix =
             serde_json::from_slice(&text).map_err(|e| Error::file(path, format!("malformed ({e})")))?;
         if m.values.len() != m.stages.len() || m.values.iter().any(|r| r.len() != m.sets.len()) {

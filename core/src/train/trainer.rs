@@ -37,24 +37,26 @@ pub fn forward_loss(
     stage.compute(&outputs, &batch.named())
 }
 
-/// A model, its adapters, a stage objective and an optimizer.
+/// A model, its adapters, a stage objective and an optimizer. The pipeline drives it;
+/// outside the crate it is built with [`Trainer::new`] and stepped with
+/// [`Trainer::train_step_accum`].
 pub struct Trainer {
     /// Shared plugin state.
-    pub state: Rc<HostState>,
+    pub(crate) state: Rc<HostState>,
     /// The model.
-    pub model: Box<dyn Model>,
+    pub(crate) model: Box<dyn Model>,
     /// Attached adaptation methods.
-    pub adapters: Adapters,
+    pub(crate) adapters: Adapters,
     /// The objective.
-    pub stage: StageInstance,
+    pub(crate) stage: StageInstance,
     /// The optimizer.
-    pub optimizer: OptimizerInstance,
+    pub(crate) optimizer: OptimizerInstance,
     /// What the optimizer updates, in a fixed order.
-    pub params: Vec<TrainParam>,
+    pub(crate) params: Vec<TrainParam>,
     /// Optimizer steps taken.
-    pub step: u64,
+    pub(crate) step: u64,
     /// Clip the global gradient norm to this.
-    pub grad_clip: Option<f64>,
+    pub(crate) grad_clip: Option<f64>,
     weight_handles: HashMap<String, stagecraft_sdk::TensorHandle>,
 }
 
@@ -82,6 +84,27 @@ impl Trainer {
         };
         t.refresh_params()?;
         Ok(t)
+    }
+
+    /// The model (with its current weights).
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// What the optimizer updates, in a fixed order (trainable base weights, then
+    /// adapter parameters, then objective parameters).
+    pub fn params(&self) -> &[TrainParam] {
+        &self.params
+    }
+
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Clips the global gradient norm to `clip` from the next step on (`None`: never).
+    pub fn set_grad_clip(&mut self, clip: Option<f64>) {
+        self.grad_clip = clip;
     }
 
     /// Collects the parameters again after the trainable set changed (unfreezing, a

@@ -20,6 +20,7 @@ mod ia3;
 mod lora;
 mod prompt;
 
+use crate::error::io;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, MethodInstance, Registry};
@@ -354,10 +355,10 @@ pub fn write_peft(
     if let (Some(c), Some(m)) = (config.as_object_mut(), common.as_object()) {
         c.extend(m.clone());
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config).map_err(|e| err(&cfg_path, e))?;
-    std::fs::write(&cfg_path, text + "\n").map_err(|e| Error::Io { path: cfg_path.clone(), source: e })?;
+    std::fs::write(&cfg_path, text + "\n").map_err(io(&cfg_path))?;
     let keyed: BTreeMap<String, Tensor> =
         tensors.into_iter().map(|(k, v)| (if t.prefixed() { format!("{PEFT_KEY_PREFIX}{k}") } else { k }, v)).collect();
     let mut meta: HashMap<String, String> = lineage.entries.clone().into_iter().collect();

@@ -20,6 +20,7 @@ pub use save::save_model_dir;
 pub use store::{WeightStore, INDEX_FILE, SINGLE_FILE};
 
 use super::{Bert, Llama, Model};
+use crate::error::io;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 use serde::de::DeserializeOwned;
@@ -34,7 +35,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "bert"];
 
 /// Reads a JSON file into `T`; a syntax or schema error names the file, line and column.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid json: {e}")))
 }
 

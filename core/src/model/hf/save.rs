@@ -10,6 +10,7 @@
 use super::{CONFIG_FILE, SINGLE_FILE};
 use crate::adapter::write_safetensors;
 use crate::data::Tokenizer;
+use crate::error::io;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use candle_core::Tensor;
@@ -30,20 +31,18 @@ pub fn save_model_dir(
     dir: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-    let write = |name: &str, text: String| {
-        std::fs::write(dir.join(name), text).map_err(|e| Error::Io { path: dir.join(name), source: e })
-    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(io(&dir.join(name)));
     match source.map(|s| s.join(CONFIG_FILE)).filter(|p| p.is_file()) {
         Some(config) => {
-            std::fs::copy(&config, dir.join(CONFIG_FILE)).map_err(|e| Error::Io { path: config.clone(), source: e })?;
+            std::fs::copy(&config, dir.join(CONFIG_FILE)).map_err(io(&config))?;
         }
         None => {
             let arch = model.spec().arch;
             let config = model
                 .hf_config(tokenizer.eos_id())
                 .ok_or_else(|| Error::msg(format!("a `{arch}` model has no Hugging Face format")))?;
-            write(CONFIG_FILE, serde_json::to_string_pretty(&config).unwrap_or_default() + "\n")?;
+            write(CONFIG_FILE, pretty(&config)? + "\n")?;
         }
     }
     let weights: BTreeMap<String, Tensor> =
@@ -57,7 +56,7 @@ pub fn save_model_dir(
         for name in SIDE_FILES {
             let from = src.join(name);
             if from.is_file() {
-                std::fs::copy(&from, dir.join(name)).map_err(|e| Error::Io { path: from.clone(), source: e })?;
+                std::fs::copy(&from, dir.join(name)).map_err(io(&from))?;
                 copied_tokenizer_config |= name == "tokenizer_config.json";
             }
         }
@@ -66,10 +65,12 @@ pub fn save_model_dir(
         // A `tokenizer.json` alone loads through `PreTrainedTokenizerFast`.
         write(
             "tokenizer_config.json",
-            serde_json::to_string_pretty(&serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" }))
-                .unwrap_or_default()
-                + "\n",
+            pretty(&serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" }))? + "\n",
         )?;
     }
     Ok(())
+}
+
+fn pretty(value: &serde_json::Value) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::msg(format!("cannot serialize JSON: {e}")))
 }

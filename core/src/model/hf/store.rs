@@ -6,6 +6,7 @@
 //! every other dtype, a missing tensor, a wrong shape or an unreadable file is an
 //! [`Error::File`] naming the file and the tensor.
 
+use crate::error::io;
 use crate::error::{Error, Result};
 use candle_core::safetensors::{BufferedSafetensors, Load};
 use candle_core::{DType, Device, Tensor};
@@ -39,7 +40,7 @@ pub struct WeightStore {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(io(path))?;
     let tensors =
         BufferedSafetensors::new(bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     Ok(Shard { path: path.to_path_buf(), tensors })

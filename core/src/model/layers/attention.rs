@@ -16,8 +16,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+use super::softmax::softmax;
 use crate::device::Precision;
-use crate::plugin::softmax;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// The score added at masked positions: `f32::MIN`, as transformers uses

@@ -8,7 +8,9 @@
 mod attention;
 mod norm;
 mod rope;
+mod softmax;
 
 pub use attention::{attention, attention_mask, extend_mask, repeat_kv, MASK_VALUE};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{Rope, RopeTables};
+pub use softmax::{log_softmax, logsumexp, softmax};
