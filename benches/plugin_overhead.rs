@@ -118,7 +118,7 @@ fn plugin_trainer(reg: &Registry) -> Trainer {
     let mut adapters = Adapters::none(model.sites().len());
     let cfg = format!(r#"{{"targets": ["up_proj", "down_proj"], "r": {R}, "alpha": {ALPHA}}}"#);
     adapters.attach(reg.new_method("lora", &cfg, &st).expect("lora"), model.sites()).expect("attach");
-    let stage = reg.new_stage("causal_lm", "{}", &st).expect("stage");
+    let stage = reg.new_objective("causal_lm", "{}", &st).expect("stage");
     let opt = reg.new_optimizer("adamw", &format!(r#"{{"lr": {LR}, "weight_decay": 0.0}}"#), &st).expect("adamw");
     Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer")
 }

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     adapters.attach(lora, model.sites())?;
     let trainable: usize = adapters.methods()[0].params().iter().map(|p| p.var.elem_count()).sum();
     println!("lora parameters: {trainable} (base frozen)");
-    let stage = reg.new_stage("causal_lm", "{}", &st)?;
+    let stage = reg.new_objective("causal_lm", "{}", &st)?;
     let opt = reg.new_optimizer("adamw", r#"{"lr": 0.01, "weight_decay": 0.0}"#, &st)?;
     let mut trainer = Trainer::new(st, Box::new(model), adapters, stage, opt)?;
 

@@ -272,7 +272,7 @@ fn panics_in_an_optimizer_or_an_objective_are_errors_naming_them() {
         let st = state();
         let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
         let adapters = Adapters::none(model.sites().len());
-        let stage = reg.new_stage(objective, "{}", &st).expect("objective");
+        let stage = reg.new_objective(objective, "{}", &st).expect("objective");
         let opt = reg.new_optimizer(optimizer, r#"{"lr": 0.1}"#, &st).expect("optimizer");
         Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer")
     };
@@ -325,7 +325,7 @@ fn a_plugin_can_overwrite_only_what_it_owns() {
     adapters
         .attach(reg.new_method("thief", r#"{"targets": ["up_proj"]}"#, &st).expect("thief"), model.sites())
         .expect("attach");
-    let stage = reg.new_stage("causal_lm", "{}", &st).expect("objective");
+    let stage = reg.new_objective("causal_lm", "{}", &st).expect("objective");
     let opt = reg.new_optimizer("sgd", r#"{"lr": 0.1}"#, &st).expect("optimizer");
     let mut t = Trainer::new(st.clone(), Box::new(model), adapters, stage, opt).expect("trainer");
     t.train_step(&Batch::tokens(ids()), 0.1).expect("no theft succeeds");

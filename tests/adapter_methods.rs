@@ -152,7 +152,7 @@ fn gradients_reach_the_methods_own_parameters_and_nothing_else() {
             let noise = Tensor::randn(0f32, 0.2, p.var.dims(), &Device::Cpu).expect("randn");
             p.var.set(&(noise + if i % 2 == 0 { 0.0 } else { 0.5 }).expect("shift")).expect("set");
         }
-        let mut objective = reg.new_stage("causal_lm", "{}", &st).expect("objective");
+        let mut objective = reg.new_objective("causal_lm", "{}", &st).expect("objective");
         let loss = forward_loss(model.as_ref(), &adapters, &mut objective, &Batch::tokens(ids())).expect("loss").loss;
         let grads = loss.backward().expect("backward");
         for p in adapters.methods()[0].params() {

@@ -198,3 +198,25 @@ fn a_finished_run_resumes_to_the_same_records_and_its_directory_is_never_reused(
     assert!(!out.status.success() && err.contains("metrics.jsonl") && err.contains("damaged"), "{err}");
     assert!(read("retention.json") == before[2], "retention.json was rewritten");
 }
+
+#[test]
+fn a_resume_on_changed_data_is_refused() {
+    let dir = scratch("changed-data");
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "1+2=3\n2+2=4\n3+4=7\n5+1=6\n").expect("corpus");
+    let cfg = dir.join("p.toml");
+    let text = format!(
+        "[run]\nseed = 1\n[model]\narch = \"llama\"\nhidden_size = 16\nnum_layers = 1\nnum_heads = 2\n[[stages]]\nname = \"lm\"\nobjective = \"causal_lm\"\ndata = {{ train = \"{}\" }}\noptimizer = {{ lr = 1e-2 }}\nmax_steps = 4\nbatch_size = 2\nseq_len = 8\n",
+        corpus.display()
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let run = dir.join("run");
+    finish(start(&cfg, &run));
+    std::fs::write(&corpus, "1+2=3\n2+2=5\n3+4=7\n5+1=6\n").expect("edit corpus");
+    let out = stagecraft().arg("run").arg("--resume").arg(&run).output().expect("resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("data.json") && err.contains("corpus.txt") && err.contains("changed"),
+        "{err}"
+    );
+}

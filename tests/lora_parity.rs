@@ -141,7 +141,7 @@ fn a_model_trains_with_nothing_but_plugins() {
         .new_method("lora", r#"{"targets": ["up_proj", "down_proj", "lm_head"], "r": 8, "alpha": 16}"#, &st)
         .expect("lora");
     adapters.attach(lora, model.sites()).expect("attach");
-    let stage = reg.new_stage("causal_lm", "{}", &st).expect("stage");
+    let stage = reg.new_objective("causal_lm", "{}", &st).expect("stage");
     let opt = reg.new_optimizer("adamw", r#"{"lr": 0.01, "weight_decay": 0.0}"#, &st).expect("adamw");
     let mut trainer = Trainer::new(st.clone(), Box::new(model), adapters, stage, opt).expect("trainer");
 

@@ -6,15 +6,15 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use stagecraft_core::plugin::{Registry, StageInstance};
+use stagecraft_core::plugin::{ObjectiveInstance, Registry};
 use stagecraft_sdk::{Metric, ModelInfo};
 use support::{first_party, max_abs_diff, random, scratch, state};
 
-fn stage(name: &str, config: &str) -> (StageInstance, std::rc::Rc<stagecraft_core::plugin::HostState>) {
+fn stage(name: &str, config: &str) -> (ObjectiveInstance, std::rc::Rc<stagecraft_core::plugin::HostState>) {
     let mut reg = Registry::empty(scratch(&format!("stage-{name}")));
     reg.load_file(&first_party("stages")).expect("load");
     let st = state();
-    let s = reg.new_stage(name, config, &st).expect("stage");
+    let s = reg.new_objective(name, config, &st).expect("stage");
     (s, st)
 }
 

@@ -20,7 +20,7 @@ fn trainer(clip: Option<f64>) -> Trainer {
     let st = state();
     let model = MlpLm::new(CFG, 11, &Device::Cpu).expect("model");
     let adapters = Adapters::none(model.sites().len());
-    let stage = reg.new_stage("causal_lm", "{}", &st).expect("stage");
+    let stage = reg.new_objective("causal_lm", "{}", &st).expect("stage");
     let opt = reg.new_optimizer("sgd", r#"{"lr": 1.0, "momentum": 0.0}"#, &st).expect("sgd");
     let mut t = Trainer::new(st, Box::new(model), adapters, stage, opt).expect("trainer");
     t.set_grad_clip(clip);

@@ -25,17 +25,23 @@ use abi_stable::{
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// What a panic said: its `&str` or `String` payload (the host words its own panics
+/// with it too).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
 /// Runs plugin code, turning an error or a panic into the ABI's error value.
 pub fn guard<T>(plugin: &str, method: &str, f: impl FnOnce() -> Result<T>) -> CallResult<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(RString::from(e.0)),
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string());
+            let msg = panic_message(payload.as_ref());
             RResult::RErr(RString::from(format!("plugin `{plugin}` panicked in `{method}`: {msg}")))
         }
     }

@@ -199,7 +199,7 @@ pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
         }
         adapters.attach(registry.new_method("lora", workload.lora_config(), &state)?, model.sites())?;
     }
-    let stage = registry.new_stage("causal_lm", "{}", &state)?;
+    let stage = registry.new_objective("causal_lm", "{}", &state)?;
     let opt = registry.new_optimizer("adamw", r#"{"lr": 0.0001, "weight_decay": 0.0}"#, &state)?;
     let mut trainer = Trainer::new(state, Box::new(model), adapters, stage, opt)?;
     let trainable: usize = trainer.params.iter().map(|p| p.var.elem_count()).sum();

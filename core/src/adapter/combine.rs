@@ -45,6 +45,15 @@ pub struct LoraInput<'a> {
     pub weight: f64,
 }
 
+impl<'a> LoraInput<'a> {
+    /// The inputs for every adapter attached to `adapters`, with `configs` and `weights`
+    /// in the same order.
+    pub fn all(adapters: &'a crate::model::Adapters, configs: &'a [Value], weights: &[f64]) -> Vec<LoraInput<'a>> {
+        let each = adapters.methods().iter().zip(configs).zip(weights);
+        each.map(|((method, config), &weight)| LoraInput { method, config, weight }).collect()
+    }
+}
+
 /// The combined adapter: a new `lora` instance, attached, with its config.
 pub struct CombinedLora {
     /// The instance (attached to a scratch adapter set of the model).

@@ -116,13 +116,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         args.adapters.len()
     );
     let configs = args.adapters.iter().map(|d| plugin_config_of(d).map(|(_, c)| c)).collect::<Result<Vec<_>, _>>()?;
-    let inputs: Vec<LoraInput> = adapters
-        .methods()
-        .iter()
-        .zip(&configs)
-        .zip(&weights)
-        .map(|((method, config), &weight)| LoraInput { method, config, weight })
-        .collect();
+    let inputs = LoraInput::all(&adapters, &configs, &weights);
     let combined =
         combine_lora(&inputs, combine, &registry, &state, model.as_ref()).context("cannot combine the adapters")?;
     meta.insert("combine".to_string(), format!("{how} weights {weights:?}"));

@@ -115,7 +115,7 @@ pub trait Model {
         None
     }
 
-    /// Architecture and sizes, as stage objectives see them.
+    /// Architecture and sizes, as objectives see them.
     fn info(&self) -> ModelInfo {
         let s = self.spec();
         ModelInfo { arch: s.arch, hidden: s.hidden, vocab: s.vocab, num_layers: s.num_layers, causal: s.causal }

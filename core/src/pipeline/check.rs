@@ -44,7 +44,7 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
     for s in &cfg.stages {
         let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         registry
-            .new_stage(s.objective.name(), &s.objective.config_json(), &scratch)
+            .new_objective(s.objective.name(), &s.objective.config_json(), &scratch)
             .with_context(|| format!("stage `{}`: objective", s.name))?;
         registry
             .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)

@@ -5,7 +5,7 @@ use crate::config::StageConfig;
 use crate::data::{collate, Dataset};
 use crate::error::{Context, Error, Result};
 use crate::model::{Adapters, Model};
-use crate::plugin::{HostState, StageInstance};
+use crate::plugin::{HostState, ObjectiveInstance};
 use crate::train::{forward_loss, Trainer};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 pub fn evaluate(
     model: &dyn Model,
     adapters: &Adapters,
-    objective: &mut StageInstance,
+    objective: &mut ObjectiveInstance,
     state: &HostState,
     data: &Dataset,
     batch_size: usize,
@@ -44,7 +44,7 @@ pub fn evaluate(
 fn evaluate_inner(
     model: &dyn Model,
     adapters: &Adapters,
-    objective: &mut StageInstance,
+    objective: &mut ObjectiveInstance,
     state: &HostState,
     data: &Dataset,
     batch_size: usize,
@@ -89,7 +89,7 @@ pub(crate) struct EvalSets {
     names: Vec<String>,
     batch_sizes: Vec<usize>,
     data: Vec<Option<Arc<Dataset>>>,
-    objectives: Vec<Option<StageInstance>>,
+    objectives: Vec<Option<ObjectiveInstance>>,
     state: Rc<HostState>,
 }
 
@@ -111,12 +111,12 @@ impl EvalSets {
     }
 
     /// The objectives of the stages that ran (`[k]` for stage `k`).
-    pub fn objectives(&self) -> &[Option<StageInstance>] {
+    pub fn objectives(&self) -> &[Option<ObjectiveInstance>] {
         &self.objectives
     }
 
     /// Keeps a finished stage's objective, to score its set later.
-    pub fn keep_objective(&mut self, k: usize, objective: StageInstance) {
+    pub fn keep_objective(&mut self, k: usize, objective: ObjectiveInstance) {
         self.objectives[k] = Some(objective);
     }
 
@@ -126,7 +126,7 @@ impl EvalSets {
         let Some(data) = self.data[k].clone() else { return Ok(None) };
         let (set, by) = (&self.names[k], &self.names[running]);
         let objective = match k == running {
-            true => &mut trainer.stage,
+            true => &mut trainer.objective,
             false => self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{set}` has not run yet")))?,
         };
         let device = self.state.device.clone();

@@ -128,13 +128,7 @@ fn combine(
         .iter()
         .map(|a| serde_json::from_str(&a.config).map_err(|e| Error::msg(format!("adapter `{}`: {e}", a.plugin))))
         .collect::<Result<Vec<serde_json::Value>>>()?;
-    let inputs: Vec<LoraInput> = adapters
-        .methods()
-        .iter()
-        .zip(&configs)
-        .zip(&weights)
-        .map(|((method, config), &weight)| LoraInput { method, config, weight })
-        .collect();
+    let inputs = LoraInput::all(adapters, &configs, &weights);
     let combined = combine_lora(&inputs, how, env.registry, env.state, model)
         .with_context(|| format!("stage `{}`: handoff `combine`", s.name))?;
     drop(adapters.take());

@@ -237,7 +237,7 @@ impl Pipeline {
             handoff::apply(&s, model.as_ref(), &mut adapters, &mut self.lineage, &env)?;
         }
         freeze::set_flags(model.as_ref(), &adapters, &s, 0);
-        let objective = self.registry.new_stage(s.objective.name(), &s.objective.config_json(), &self.state)?;
+        let objective = self.registry.new_objective(s.objective.name(), &s.objective.config_json(), &self.state)?;
         let optimizer = match (s.handoff.optimizer, optimizer) {
             (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
             _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,

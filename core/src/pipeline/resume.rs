@@ -23,7 +23,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::MixtureState;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
-use crate::plugin::StageInstance;
+use crate::plugin::ObjectiveInstance;
 use crate::train::Trainer;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -113,12 +113,12 @@ fn result_vars(model: &dyn Model, adapters: &Adapters) -> Vec<(String, Var)> {
 /// Every value training holds: the model's and adapters', the optimizer's state, and
 /// every objective's parameters (`objectives[k]` for stage `k`; the running stage's is
 /// the trainer's).
-fn training_vars(trainer: &Trainer, objectives: &[Option<StageInstance>], current: usize) -> Vec<(String, Var)> {
+fn training_vars(trainer: &Trainer, objectives: &[Option<ObjectiveInstance>], current: usize) -> Vec<(String, Var)> {
     let mut vars = result_vars(trainer.model.as_ref(), &trainer.adapters);
     vars.extend(trainer.optimizer.buffers().iter().map(|b| (format!("optimizer.{}", b.name), b.var.clone())));
     let others =
         objectives.iter().enumerate().filter(|(j, _)| *j != current).filter_map(|(j, o)| Some((j, o.as_ref()?)));
-    for (j, objective) in std::iter::once((current, &trainer.stage)).chain(others) {
+    for (j, objective) in std::iter::once((current, &trainer.objective)).chain(others) {
         vars.extend(objective.params().iter().map(|p| (format!("objective.{j}.{}", p.name), p.var.clone())));
     }
     vars
@@ -130,7 +130,7 @@ pub(crate) fn save(
     run_dir: &Path,
     name: &str,
     trainer: &Trainer,
-    objectives: &[Option<StageInstance>],
+    objectives: &[Option<ObjectiveInstance>],
     meta: &ResumeMeta,
     extra: BTreeMap<String, Tensor>,
 ) -> Result<()> {
@@ -179,7 +179,7 @@ pub(crate) fn load_result(ckpt: &Checkpoint, model: &dyn Model, adapters: &Adapt
 pub(crate) fn load_values(
     ckpt: &Checkpoint,
     trainer: &Trainer,
-    objectives: &[Option<StageInstance>],
+    objectives: &[Option<ObjectiveInstance>],
     current: usize,
 ) -> Result<()> {
     training_vars(trainer, objectives, current).iter().try_for_each(|(name, var)| set(name, var, ckpt))

@@ -61,12 +61,7 @@ impl InstanceCore {
     }
 
     fn check<T>(&self, method: impl Into<String>, r: RResult<T, RString>) -> Result<T> {
-        match r {
-            RResult::ROk(v) => Ok(v),
-            RResult::RErr(msg) => {
-                Err(Error::Plugin { plugin: self.plugin.clone(), method: method.into(), msg: msg.into_string() })
-            }
-        }
+        plugin_result(&self.plugin, method, r)
     }
 
     fn out(&self, method: &str, h: TensorHandle) -> Result<Tensor> {
@@ -327,17 +322,17 @@ pub struct StageLoss {
     pub metrics: Vec<Metric>,
 }
 
-/// A stage objective instance.
-pub struct StageInstance {
+/// An objective instance (a plugin of the SDK's `Stage` kind).
+pub struct ObjectiveInstance {
     /// Common parts.
     pub core: InstanceCore,
     obj: StageBox,
 }
 
-impl StageInstance {
+impl ObjectiveInstance {
     /// Wraps a freshly created plugin object.
     pub fn new(core: InstanceCore, obj: StageBox) -> Self {
-        StageInstance { core, obj }
+        ObjectiveInstance { core, obj }
     }
 
     /// Tells the stage about the model (it may create head parameters).
@@ -387,5 +382,16 @@ impl StageInstance {
     /// Head parameters it created.
     pub fn params(&self) -> Vec<Owned> {
         self.core.store.params()
+    }
+}
+
+/// A plugin entry point's ABI result as a host result: its error names the plugin and
+/// the entry point.
+pub(crate) fn plugin_result<T>(plugin: &str, method: impl Into<String>, r: RResult<T, RString>) -> Result<T> {
+    match r {
+        RResult::ROk(v) => Ok(v),
+        RResult::RErr(msg) => {
+            Err(Error::Plugin { plugin: plugin.to_string(), method: method.into(), msg: msg.into_string() })
+        }
     }
 }

@@ -11,7 +11,9 @@ mod state;
 mod table;
 
 pub use crate::model::layers::{log_softmax, softmax};
-pub use instance::{host_for, InstanceCore, MethodInstance, OptimizerInstance, StageInstance, StageLoss, TrainParam};
+pub use instance::{
+    host_for, InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam,
+};
 pub use loader::{load_library, sha256_file, Compat, LoadedLibrary};
 pub use ops::{cross_entropy, from_candle_dtype, to_candle_dtype, HostCtx};
 pub use registry::{is_library_file, search_path, Library, Registry, Source};

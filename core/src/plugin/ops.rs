@@ -57,19 +57,14 @@ pub fn from_candle_dtype(d: DType) -> Result<stagecraft_sdk::DType> {
     })
 }
 
-fn panic_msg(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
-}
-
 /// Runs `f`, catching errors and panics, naming the op.
 fn guarded<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, RString> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(format!("op `{op}`: {e}").into()),
-        Err(p) => RResult::RErr(format!("op `{op}`: host panicked: {}", panic_msg(p)).into()),
+        Err(p) => RResult::RErr(
+            format!("op `{op}`: host panicked: {}", stagecraft_sdk::export::panic_message(p.as_ref())).into(),
+        ),
     }
 }
 

@@ -5,7 +5,7 @@
 //! second library is not registered); a file providing a built-in's name replaces the
 //! built-in (logged), which is how a team swaps in its own build.
 
-use super::instance::{InstanceCore, MethodInstance, OptimizerInstance, StageInstance};
+use super::instance::{InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance};
 use super::loader::{load_library, Compat};
 use super::state::HostState;
 use crate::error::{Error, Result};
@@ -218,18 +218,13 @@ impl Registry {
     }
 
     /// Creates a stage instance from its JSON config.
-    pub fn new_stage(&self, name: &str, config_json: &str, state: &Rc<HostState>) -> Result<StageInstance> {
+    pub fn new_objective(&self, name: &str, config_json: &str, state: &Rc<HostState>) -> Result<ObjectiveInstance> {
         let (core, lib) = self.core(PluginKind::STAGE, name, state)?;
         let obj = created(name, "new", (lib.new_stage())(RStr::from(name), RStr::from(config_json), &core.host))?;
-        Ok(StageInstance::new(core, obj))
+        Ok(ObjectiveInstance::new(core, obj))
     }
 }
 
 fn created<T>(plugin: &str, method: &str, r: RResult<T, abi_stable::std_types::RString>) -> Result<T> {
-    match r {
-        RResult::ROk(v) => Ok(v),
-        RResult::RErr(msg) => {
-            Err(Error::Plugin { plugin: plugin.to_string(), method: method.to_string(), msg: msg.into_string() })
-        }
-    }
+    super::instance::plugin_result(plugin, method, r)
 }

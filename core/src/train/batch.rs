@@ -1,8 +1,8 @@
-//! A batch as the model and the stage objective see it.
+//! A batch as the model and the objective see it.
 
 use candle_core::Tensor;
 
-/// One batch. Field names are what stage plugins look up.
+/// One batch. Field names are what objective plugins look up.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[batch, seq]` u32 token ids.
@@ -21,7 +21,7 @@ impl Batch {
         Batch { input_ids, attention_mask: None, labels: None, class_labels: None }
     }
 
-    /// The named fields, for a stage plugin.
+    /// The named fields, for an objective plugin.
     pub fn named(&self) -> Vec<(&str, &Tensor)> {
         let mut v = vec![("input_ids", &self.input_ids)];
         if let Some(t) = &self.attention_mask {

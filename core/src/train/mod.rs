@@ -1,4 +1,4 @@
-//! Training: batches, and the step that ties a model, its adapters, a stage objective
+//! Training: batches, and the step that ties a model, its adapters, an objective
 //! and an optimizer together.
 
 mod batch;

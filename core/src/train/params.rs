@@ -1,9 +1,13 @@
 //! Which base weights train, and at what learning-rate multiplier: freeze patterns,
 //! gradual unfreezing, layer-wise LR decay, weight-decay exclusions.
 //!
-//! Module patterns: `"*"` is every weight; a pattern with `*` is a glob over the whole
-//! weight name; otherwise a name prefix on a `.` boundary (`model.layers.1` matches
-//! `model.layers.1.mlp.up_proj.weight`, not `model.layers.10...`).
+//! Module patterns follow the rules of adapter targets ([`stagecraft_sdk::site_matches`]:
+//! a plain name matches the last components on a `.` boundary, `*` globs over the whole
+//! name, `re:` regular expressions), applied to the weight's module
+//! (`model.layers.1.mlp.up_proj` for `model.layers.1.mlp.up_proj.weight`) and to the
+//! weight's own name; and a pattern also selects every weight it is a prefix of on a `.`
+//! boundary (`model.layers.1` matches `model.layers.1.mlp.up_proj.weight`, not
+//! `model.layers.10...`). `"*"` is every weight.
 //!
 //! Layer-wise LR decay with factor `f` over `L` blocks: the head and final norm train at
 //! `lr`, block `l` at `lr · f^(L-1-l)` (the top block at `lr`), embeddings at `lr · f^L`.
@@ -12,27 +16,18 @@
 //! use stagecraft_core::train::{layer_of, lr_multiplier, module_matches};
 //! assert!(module_matches("model.layers.1", "model.layers.1.mlp.up_proj.weight"));
 //! assert!(!module_matches("model.layers.1", "model.layers.10.mlp.up_proj.weight"));
+//! assert!(module_matches("up_proj", "model.layers.1.mlp.up_proj.weight"));
 //! assert_eq!(layer_of("model.layers.3.self_attn.q_proj.weight"), Some(3));
 //! assert_eq!(lr_multiplier("model.layers.0.mlp.up_proj.weight", 4, Some(0.5)), 0.125);
 //! ```
 
-/// Whether `pattern` selects the weight `name`.
-pub fn module_matches(pattern: &str, name: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if pattern.contains('*') {
-        return glob(pattern.as_bytes(), name.as_bytes());
-    }
-    name == pattern || (name.starts_with(pattern) && name.as_bytes().get(pattern.len()) == Some(&b'.'))
-}
+use stagecraft_sdk::site_matches;
 
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|k| glob(rest, &s[k..])),
-        Some((c, rest)) => s.split_first().is_some_and(|(d, srest)| c == d && glob(rest, srest)),
-    }
+/// Whether `pattern` selects the weight `name` (see the module docs).
+pub fn module_matches(pattern: &str, name: &str) -> bool {
+    let prefix = name.starts_with(pattern) && name.as_bytes().get(pattern.len()).is_none_or(|&b| b == b'.');
+    let module = name.rsplit_once('.').map_or(name, |(module, _)| module);
+    pattern == "*" || prefix || site_matches(pattern, name) || site_matches(pattern, module)
 }
 
 /// The block a weight belongs to (`model.layers.N.` or `encoder.layer.N.`).
@@ -75,6 +70,9 @@ mod tests {
         assert!(module_matches("model.layers.*.mlp.*", "model.layers.2.mlp.down_proj.weight"));
         assert!(!module_matches("model.layers.*.mlp.*", "model.layers.2.self_attn.q_proj.weight"));
         assert!(module_matches("model.embed_tokens", "model.embed_tokens.weight"));
+        assert!(module_matches("self_attn.q_proj", "model.layers.0.self_attn.q_proj.weight"));
+        assert!(module_matches("re:.*\\.(q|v)_proj", "model.layers.0.self_attn.v_proj.weight"));
+        assert!(!module_matches("q_proj", "model.layers.0.self_attn.k_proj.weight"));
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! One training stage's inner loop: forward (with adapter hooks) → the stage plugin's
+//! One training stage's inner loop: forward (with adapter hooks) → the objective plugin's
 //! loss → backward (summed over accumulated micro-batches) → global-norm clipping →
 //! the optimizer plugin's update → release the step's temporaries.
 
 use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model};
-use crate::plugin::{Entry, HostState, OptimizerInstance, StageInstance, StageLoss, TrainParam};
+use crate::plugin::{Entry, HostState, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,7 +23,7 @@ pub struct StepOutput {
 pub fn forward_loss(
     model: &dyn Model,
     adapters: &Adapters,
-    stage: &mut StageInstance,
+    objective: &mut ObjectiveInstance,
     batch: &Batch,
 ) -> Result<StageLoss> {
     let out = model.forward(&batch.input_ids, batch.attention_mask.as_ref(), adapters)?;
@@ -34,10 +34,10 @@ pub fn forward_loss(
     if let Some(p) = &out.pooled {
         outputs.push(("pooled", p));
     }
-    stage.compute(&outputs, &batch.named())
+    objective.compute(&outputs, &batch.named())
 }
 
-/// A model, its adapters, a stage objective and an optimizer. The pipeline drives it;
+/// A model, its adapters, an objective and an optimizer. The pipeline drives it;
 /// outside the crate it is built with [`Trainer::new`] and stepped with
 /// [`Trainer::train_step_accum`].
 pub struct Trainer {
@@ -48,7 +48,7 @@ pub struct Trainer {
     /// Attached adaptation methods.
     pub(crate) adapters: Adapters,
     /// The objective.
-    pub(crate) stage: StageInstance,
+    pub(crate) objective: ObjectiveInstance,
     /// The optimizer.
     pub(crate) optimizer: OptimizerInstance,
     /// What the optimizer updates, in a fixed order.
@@ -62,20 +62,20 @@ pub struct Trainer {
 
 impl Trainer {
     /// Collects the trainable parameters (trainable base weights, then adapter
-    /// parameters, then stage head parameters) and lets the optimizer create its state.
+    /// parameters, then objective parameters (heads)) and lets the optimizer create its state.
     pub fn new(
         state: Rc<HostState>,
         model: Box<dyn Model>,
         adapters: Adapters,
-        mut stage: StageInstance,
+        mut objective: ObjectiveInstance,
         optimizer: OptimizerInstance,
     ) -> Result<Self> {
-        stage.init(&model.info())?;
+        objective.init(&model.info())?;
         let mut t = Trainer {
             state,
             model,
             adapters,
-            stage,
+            objective,
             optimizer,
             params: Vec::new(),
             step: 0,
@@ -137,9 +137,9 @@ impl Trainer {
                 });
             }
         }
-        for p in self.stage.params() {
+        for p in self.objective.params() {
             params.push(TrainParam {
-                name: self.stage.core.qualified(&p.name),
+                name: self.objective.core.qualified(&p.name),
                 var: p.var,
                 handle: p.handle,
                 lr_mul: 1.0,
@@ -162,12 +162,12 @@ impl Trainer {
 
     /// Takes the trainer apart: model, adapters, objective, optimizer (for the next
     /// stage's handoff).
-    pub fn into_parts(self) -> (Box<dyn Model>, Adapters, StageInstance, OptimizerInstance) {
-        (self.model, self.adapters, self.stage, self.optimizer)
+    pub fn into_parts(self) -> (Box<dyn Model>, Adapters, ObjectiveInstance, OptimizerInstance) {
+        (self.model, self.adapters, self.objective, self.optimizer)
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<StageLoss> {
-        forward_loss(self.model.as_ref(), &self.adapters, &mut self.stage, batch)
+        forward_loss(self.model.as_ref(), &self.adapters, &mut self.objective, batch)
     }
 
     /// One optimizer step on `batch` at learning rate `lr`.
