@@ -123,7 +123,7 @@ impl Pipeline {
 
     /// A new run in a run directory already made for it (see [`RunDir::create_unique`]).
     pub fn in_dir(cfg: PipelineConfig, registry: Registry, run_dir: RunDir, quiet: bool) -> Result<(Self, Tokenizer)> {
-        let (p, tokenizer) = Pipeline::open(cfg, registry, run_dir, RecordsMark::default(), quiet)?;
+        let (p, tokenizer) = Pipeline::open(cfg, registry, run_dir, None, quiet)?;
         let resolved =
             toml::to_string(&p.cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
         let source = std::fs::canonicalize(&p.cfg.source).unwrap_or_else(|_| p.cfg.source.clone());
@@ -145,8 +145,7 @@ impl Pipeline {
         let cfg = run_config(run_dir)?;
         let found = resume::latest(run_dir, &check::resolve_device(&cfg.run.device)?)?;
         let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
-        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, mark, quiet)?;
-        provenance::check_same_data(&p.run_dir, &provenance::data_record(&p.train_data, p.sets.data()))?;
+        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(mark), quiet)?;
         match found {
             Some((ckpt, meta, name)) => {
                 p.own_scores = meta.own_scores.clone();
@@ -161,17 +160,23 @@ impl Pipeline {
         Ok((p, tokenizer))
     }
 
+    /// Loads and checks everything, and opens the logs: a new run's (`resume_from` is
+    /// `None`), or a resumed run's cut back to `resume_from` once its data is checked
+    /// against `data.json`.
     fn open(
         cfg: PipelineConfig,
         registry: Registry,
         run_dir: RunDir,
-        mark: RecordsMark,
+        resume_from: Option<RecordsMark>,
         quiet: bool,
     ) -> Result<(Self, Tokenizer)> {
         let check::Loaded { device, tokenizer, train_data, eval_data } = check::load(&cfg, &registry)?;
+        if resume_from.is_some() {
+            provenance::check_same_data(&run_dir, &provenance::data_record(&train_data, &eval_data))?;
+        }
         let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
-        let records = Records::open(&run_dir, mark, quiet)?;
+        let records = Records::open(&run_dir, resume_from.unwrap_or_default(), quiet)?;
         let n = cfg.stages.len();
         let p = Pipeline {
             sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),
