@@ -194,3 +194,12 @@ fn grad_accum_from_the_config_equals_a_batch_that_many_times_larger() {
     assert!(worst(&a, &w) < 1e-6, "2 x 8 accumulated vs 16 at once: {}", worst(&a, &w));
     assert!(worst(&a, &s) > 1e-3, "accumulation changed nothing: {}", worst(&a, &s));
 }
+
+#[test]
+fn completion_on_plain_text_is_refused_before_training() {
+    let text = "[run]\nseed = 1\n[model]\narch = \"llama\"\nhidden_size = 16\nnum_layers = 1\nnum_heads = 2\n[[stages]]\nname = \"lm\"\nobjective = \"completion\"\ndata = { train = \"synthetic:arith_text?n=16\" }\noptimizer = { lr = 1e-2 }\nmax_steps = 2\nbatch_size = 2\nseq_len = 12\n";
+    let cfg = stagecraft_core::config::PipelineConfig::from_str(text, "p.toml", &[]).expect("config");
+    let reg = stagecraft_core::plugin::Registry::with_builtins(scratch("completion-text")).expect("registry");
+    let err = stagecraft_core::pipeline::Pipeline::plan(&cfg, &reg).expect_err("plain text").to_string();
+    assert!(err.contains("stage `lm`") && err.contains("plain text") && err.contains("arith_text"), "{err}");
+}

@@ -27,6 +27,9 @@ fn check_exit(file: &str, s: &StageConfig, exit: &ExitConfig) -> Result<()> {
         (None, None, None) => return Err(bad("give `below`, `above` or `patience`".into())),
         _ => {}
     }
+    if let Some(t) = exit.below.or(exit.above).filter(|t| !t.is_finite()) {
+        return Err(bad(format!("the threshold must be a finite number, got {t}")));
+    }
     let (split, metric) = exit
         .metric
         .split_once('.')
@@ -69,6 +72,15 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             return Err(bad(format!("`{name}` must be > 0")));
         }
     }
+    if s.batch_size.checked_mul(s.grad_accum).is_none() {
+        return Err(bad(format!(
+            "`batch_size` {} x `grad_accum` {} examples per step is too many",
+            s.batch_size, s.grad_accum
+        )));
+    }
+    if s.eval_every == Some(0) {
+        return Err(bad("`eval_every` must be > 0".into()));
+    }
     if s.seq_len < 2 {
         return Err(bad("`seq_len` must be at least 2".into()));
     }
@@ -91,6 +103,9 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         }
     }
     if let Some(r) = &s.data.replay {
+        if r.from.is_empty() {
+            return Err(bad("data.replay.from names no stage".into()));
+        }
         if !(r.ratio > 0.0 && r.ratio < 1.0) {
             return Err(bad(format!("data.replay.ratio must be in (0, 1), got {}", r.ratio)));
         }
@@ -108,6 +123,17 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         let watched = &cfg.stages[cfg.stage(&g.stage).map_or(0, |(k, _)| k)];
         if watched.data.eval.is_none() {
             return Err(bad(format!("gates.retention watches `{}`, which has no `data.eval`", g.stage)));
+        }
+        let objective = watched.objective.name();
+        match (&g.metric, objective_metrics(objective)) {
+            (Some(m), Some(known)) if !known.contains(&m.as_str()) => {
+                return Err(bad(format!(
+                    "gates.retention.metric `{m}`: stage `{}`'s objective `{objective}` does not report it (known: {})",
+                    g.stage,
+                    known.join(", ")
+                )));
+            }
+            _ => {}
         }
     }
     if let Some(from) = &s.from {
@@ -127,10 +153,11 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
     if let Some(exit) = &s.exit {
         check_exit(file, s, exit)?;
     }
-    if s.anomaly.spike_factor <= 1.0
-        || s.anomaly.spike_margin < 0.0
-        || !(s.anomaly.lr_scale > 0.0 && s.anomaly.lr_scale <= 1.0)
-    {
+    let a = &s.anomaly;
+    let spike_ok = a.spike_factor.is_finite() && a.spike_factor > 1.0;
+    let margin_ok = a.spike_margin.is_finite() && a.spike_margin >= 0.0;
+    let lr_scale_ok = a.lr_scale > 0.0 && a.lr_scale <= 1.0;
+    if !(spike_ok && margin_ok && lr_scale_ok) {
         return Err(bad(
             "anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()
         ));
@@ -296,6 +323,27 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
         ] {
             let e = err(&BASE.replace("name = \"ft\"", &format!("name = \"{name}\"")));
             assert!(e.contains("stage 2: name") && e.contains(why), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn meaningless_or_crashing_values_are_refused() {
+        for (from, to, why) in [
+            ("max_steps = 10\nexit", "max_steps = 10\neval_every = 0\nexit", "`eval_every` must be > 0"),
+            (
+                "max_steps = 10\nexit",
+                "max_steps = 10\nbatch_size = 4294967296\ngrad_accum = 4294967296\nexit",
+                "is too many",
+            ),
+            ("from = \"pretrain\", ratio", "from = [], ratio", "names no stage"),
+            ("max_drop = 0.1", "max_drop = 0.1, metric = \"bleu\"", "does not report it"),
+            ("above = 0.9", "above = nan", "finite number"),
+            ("max_steps = 10\nexit", "max_steps = 10\nanomaly = { spike_factor = nan }\nexit", "anomaly.spike_factor"),
+            ("max_steps = 10\nexit", "max_steps = 10\nanomaly = { spike_margin = nan }\nexit", "anomaly.spike_factor"),
+        ] {
+            assert!(BASE.contains(from), "{from}");
+            let e = err(&BASE.replace(from, to));
+            assert!(e.contains(why), "{to}: {e}");
         }
     }
 

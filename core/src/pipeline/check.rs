@@ -38,8 +38,18 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
         let load = |spec: &str| {
             load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).with_context(|| format!("stage `{}`", s.name))
         };
-        train_data.push(load(&s.data.train)?);
-        eval_data.push(s.data.eval.as_deref().map(load).transpose()?);
+        let (train, eval) = (load(&s.data.train)?, s.data.eval.as_deref().map(load).transpose()?);
+        if s.objective.name() == "completion" {
+            if let Some(text) = [Some(&train), eval.as_ref()].into_iter().flatten().find(|d| is_plain_text(d)) {
+                bail!(
+                    "stage `{}`: objective `completion` learns completions of prompts, but `{}` is plain text (give it prompt/completion data, or use `causal_lm`)",
+                    s.name,
+                    text.name
+                );
+            }
+        }
+        train_data.push(train);
+        eval_data.push(eval);
     }
     for s in &cfg.stages {
         let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
@@ -56,6 +66,11 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
         }
     }
     Ok(Loaded { device, tokenizer, train_data, eval_data })
+}
+
+/// Whether a data set has plain-text examples (no prompt/completion split).
+fn is_plain_text(d: &Dataset) -> bool {
+    d.examples.iter().any(|e| e.labels.is_none() && e.class_label.is_none())
 }
 
 /// Attaches every stage's adapters to a throwaway copy of the model's sites, following
