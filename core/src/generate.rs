@@ -28,6 +28,20 @@ impl Default for Sampling {
     }
 }
 
+impl Sampling {
+    /// Refuses settings that sample nothing meaningful: a temperature that is not a
+    /// finite number >= 0, a `top_p` outside (0, 1] (NaN included).
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("temperature must be a finite number >= 0 (0: greedy), got {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("top_p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(())
+    }
+}
+
 /// Picks a token id from one row of logits.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
     let argmax =
@@ -75,6 +89,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::msg("the prompt is empty"));
     }
+    sampling.check()?;
     if !model.info().causal {
         bail!("cannot generate with `{}`: it is an encoder", model.info().arch);
     }
@@ -101,6 +116,17 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_settings_that_mean_nothing_are_refused() {
+        for (temperature, top_p, why) in
+            [(f64::NAN, 1.0, "temperature"), (-0.5, 1.0, "temperature"), (1.0, f64::NAN, "top_p"), (1.0, 0.0, "top_p")]
+        {
+            let err = Sampling { temperature, top_p, seed: 0 }.check().expect_err("refused").to_string();
+            assert!(err.starts_with(why), "{temperature} {top_p}: {err}");
+        }
+        assert!(Sampling { temperature: 0.7, top_p: 0.9, seed: 1 }.check().is_ok());
+    }
 
     #[test]
     fn greedy_takes_the_argmax_and_top_p_keeps_the_nucleus() {
