@@ -17,7 +17,7 @@ use stagecraft_core::plugin::Registry;
 use stagecraft_core::report::Split;
 use stagecraft_core::train::{forward_loss, Batch};
 use std::path::{Path, PathBuf};
-use support::{checkpoint_bits, scratch, state};
+use support::{checkpoint_bits, max_abs_diff, scratch, state};
 
 /// One method under test: a name and its adapter table.
 struct Method {
@@ -67,20 +67,6 @@ const METHODS: [Method; 6] = [
         merges: false,
     },
 ];
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .flatten_all()
-        .expect("flat")
-        .max(0)
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("scalar")
-}
 
 /// A tiny Llama pretrained for 10 steps, then one stage training `adapter` on
 /// addition (evaluated every 5 steps).

@@ -12,22 +12,9 @@ use candle_core::{Device, Tensor, Var};
 use stagecraft_core::model::{Adapters, MlpLm, MlpLmConfig, Model};
 use stagecraft_core::plugin::{Owned, Registry};
 use std::collections::HashMap;
-use support::{first_party, scratch, state};
+use support::{first_party, max_abs_diff, scratch, state};
 
 const CFG: MlpLmConfig = MlpLmConfig { vocab: 64, hidden: 32, intermediate: 48, layers: 2 };
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .flatten_all()
-        .expect("flat")
-        .max(0)
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("scalar")
-}
 
 fn random(shape: &[usize], seed: u64, mean: f32) -> Tensor {
     let mut r = stagecraft_core::rng::Rng::new(seed);
