@@ -23,6 +23,7 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;
