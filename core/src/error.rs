@@ -11,12 +11,15 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    ///
+    /// The OS's message is part of this one line and not a separate `source`, so that
+    /// error reporters that print the chain do not print it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A plugin library could not be loaded (one line; the host keeps running).
@@ -80,12 +83,14 @@ pub enum Error {
 
     /// An error with what was being done when it happened (see [`Context`]); the inner
     /// error keeps its variant ([`Error::root`]).
-    #[error("{what}: {source}")]
+    ///
+    /// Like [`Error::Io`], the inner error is part of the one line, not a `source`.
+    #[error("{what}: {inner}")]
     Context {
         /// What was being done: "stage `adapt` step 40", "evaluating the eval set of stage `add`".
         what: String,
         /// The error.
-        source: Box<Error>,
+        inner: Box<Error>,
     },
 }
 
@@ -109,14 +114,14 @@ impl Error {
 
 /// Wraps an I/O error with the path it concerns: `std::fs::read(p).map_err(io(p))?`.
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |error| Error::Io { path: path.to_path_buf(), error }
 }
 
 impl Error {
     /// The error under every [`Error::Context`] layer.
     pub fn root(&self) -> &Error {
         match self {
-            Error::Context { source, .. } => source.root(),
+            Error::Context { inner, .. } => inner.root(),
             e => e,
         }
     }
@@ -140,11 +145,11 @@ pub trait Context<T> {
 
 impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl std::fmt::Display) -> Result<T> {
-        self.map_err(|e| Error::Context { what: what.to_string(), source: Box::new(e.into()) })
+        self.map_err(|e| Error::Context { what: what.to_string(), inner: Box::new(e.into()) })
     }
 
     fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.map_err(|e| Error::Context { what: what().to_string(), source: Box::new(e.into()) })
+        self.map_err(|e| Error::Context { what: what().to_string(), inner: Box::new(e.into()) })
     }
 }
 
