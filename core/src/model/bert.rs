@@ -187,6 +187,13 @@ impl Bert {
         Self::build(cfg, WeightBuilder::fresh(seed, cfg.initializer_range, DType::F32, device))
     }
 
+    /// A model of this shape with all-zero weights (see [`WeightBuilder::placeholder`]):
+    /// its sites and shapes, for checks, at no cost.
+    pub fn placeholder(cfg: &BertConfig, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        Self::build(cfg, WeightBuilder::placeholder(DType::F32, device))
+    }
+
     /// Loads a Hugging Face checkpoint directory with weights in `dtype`. Tensor names
     /// may carry a `bert.` prefix (checkpoints of task models); the pooler is built when
     /// the checkpoint has `pooler.dense.weight`.
@@ -289,19 +296,7 @@ impl Bert {
 
 impl Model for Bert {
     fn spec(&self) -> ModelSpec {
-        let c = &self.cfg;
-        ModelSpec {
-            arch: "bert".into(),
-            hidden: c.hidden_size,
-            vocab: c.vocab_size,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.num_attention_heads,
-            head_dim: c.head_dim(),
-            intermediate: c.intermediate_size,
-            causal: false,
-            max_positions: c.max_position_embeddings,
-        }
+        self.cfg.spec()
     }
 
     fn hf_config(&self, _eos_token_id: Option<u32>) -> Option<serde_json::Value> {

@@ -13,6 +13,7 @@ use super::hf::read_json;
 use crate::bail;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use stagecraft_sdk::ModelSpec;
 use std::path::Path;
 
 fn default_max_position_embeddings() -> usize {
@@ -64,6 +65,22 @@ impl BertConfig {
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Architecture and sizes, as plugins and memory estimates see them.
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            arch: "bert".into(),
+            hidden: self.hidden_size,
+            vocab: self.vocab_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_attention_heads,
+            head_dim: self.head_dim(),
+            intermediate: self.intermediate_size,
+            causal: false,
+            max_positions: self.max_position_embeddings,
+        }
     }
 
     /// Checks sizes and the rules across fields.

@@ -13,8 +13,16 @@ use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
 
 enum Source<'a> {
-    Fresh { rng: Rng, std: f64 },
-    Store { store: &'a WeightStore, prefix: String },
+    Fresh {
+        rng: Rng,
+        std: f64,
+    },
+    /// Every weight zeros: the shapes and sites of a model without drawing its values.
+    Placeholder,
+    Store {
+        store: &'a WeightStore,
+        prefix: String,
+    },
 }
 
 /// How a fresh weight is filled.
@@ -44,6 +52,13 @@ impl<'a> WeightBuilder<'a> {
         }
     }
 
+    /// All-zero weights, for checks that need a model's sites and shapes but not its
+    /// values (`run --check`): the zeros come from the allocator's zeroed pages, so even
+    /// a large model costs neither time nor touched memory until something writes to it.
+    pub fn placeholder(dtype: DType, device: &Device) -> Self {
+        WeightBuilder { source: Source::Placeholder, dtype, device: device.clone(), made: Vec::new() }
+    }
+
     /// Weights from a checkpoint; names are looked up with `prefix` in front.
     pub fn from_store(store: &'a WeightStore, prefix: &str, dtype: DType, device: &Device) -> Self {
         WeightBuilder {
@@ -57,7 +72,7 @@ impl<'a> WeightBuilder<'a> {
     /// Whether the checkpoint has `name` (always false for fresh weights).
     pub fn has(&self, name: &str) -> bool {
         match &self.source {
-            Source::Fresh { .. } => false,
+            Source::Fresh { .. } | Source::Placeholder => false,
             Source::Store { store, prefix } => store.contains(&format!("{prefix}{name}")),
         }
     }
@@ -87,6 +102,7 @@ impl<'a> WeightBuilder<'a> {
             Source::Store { store, prefix } => {
                 store.load(&format!("{prefix}{name}"), shape, self.dtype, &self.device)?
             }
+            Source::Placeholder => Tensor::zeros(shape, self.dtype, &self.device)?,
             Source::Fresh { rng, std } => match fill {
                 Fill::Ones => Tensor::ones(shape, self.dtype, &self.device)?,
                 Fill::Zeros => Tensor::zeros(shape, self.dtype, &self.device)?,

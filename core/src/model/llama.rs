@@ -196,6 +196,13 @@ impl Llama {
         Self::build(cfg, WeightBuilder::fresh(seed, cfg.initializer_range, DType::F32, device))
     }
 
+    /// A model of this shape with all-zero weights (see [`WeightBuilder::placeholder`]):
+    /// its sites and shapes, for checks, at no cost.
+    pub fn placeholder(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        Self::build(cfg, WeightBuilder::placeholder(DType::F32, device))
+    }
+
     /// Loads a Hugging Face checkpoint directory (`config.json`, `model.safetensors` or
     /// a sharded index) with weights in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
@@ -265,19 +272,7 @@ impl Llama {
 
 impl Model for Llama {
     fn spec(&self) -> ModelSpec {
-        let c = &self.cfg;
-        ModelSpec {
-            arch: "llama".into(),
-            hidden: c.hidden_size,
-            vocab: c.vocab_size,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.kv_heads(),
-            head_dim: c.head_dim(),
-            intermediate: c.intermediate_size,
-            causal: true,
-            max_positions: 0,
-        }
+        self.cfg.spec()
     }
 
     fn sites(&self) -> &SiteTable {

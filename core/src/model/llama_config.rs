@@ -18,6 +18,7 @@ use super::hf::read_json;
 use crate::bail;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use stagecraft_sdk::ModelSpec;
 use std::path::Path;
 
 fn default_rms_norm_eps() -> f64 {
@@ -83,6 +84,22 @@ impl LlamaConfig {
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Architecture and sizes, as plugins and memory estimates see them.
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            arch: "llama".into(),
+            hidden: self.hidden_size,
+            vocab: self.vocab_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.kv_heads(),
+            head_dim: self.head_dim(),
+            intermediate: self.intermediate_size,
+            causal: true,
+            max_positions: 0,
+        }
     }
 
     /// Checks sizes and the rules across fields.

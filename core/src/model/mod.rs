@@ -9,6 +9,7 @@
 //! Models: [`MlpLm`] (tests and examples), [`Llama`] (decoder) and [`Bert`] (encoder),
 //! built fresh from a config or loaded from a Hugging Face directory ([`load_model`]).
 
+mod arch;
 mod bert;
 mod bert_config;
 mod builder;
@@ -20,6 +21,7 @@ mod mlp;
 mod parts;
 mod sites;
 
+pub use arch::Architecture;
 pub use bert::Bert;
 pub use bert_config::BertConfig;
 pub use hf::{load_model, load_model_as};

@@ -24,7 +24,6 @@ use crate::error::io;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use std::path::Path;
 
 /// The config file of a checkpoint directory.
@@ -39,11 +38,6 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid json: {e}")))
 }
 
-#[derive(Deserialize)]
-struct ModelType {
-    model_type: Option<String>,
-}
-
 /// Loads the model in `dir` in f32 (see [`load_model_as`]).
 pub fn load_model(dir: &Path, device: &Device) -> Result<Box<dyn Model>> {
     load_model_as(dir, DType::F32, device)
@@ -51,15 +45,8 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Box<dyn Model>> {
 
 /// Loads the model in `dir` with weights in `dtype`, dispatching on `model_type`.
 pub fn load_model_as(dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn Model>> {
-    let config = dir.join(CONFIG_FILE);
-    let ty: ModelType = read_json(&config)?;
-    match ty.model_type.as_deref() {
-        Some("llama") => Ok(Box::new(Llama::load(dir, dtype, device)?)),
-        Some("bert") => Ok(Box::new(Bert::load(dir, dtype, device)?)),
-        Some(other) => Err(Error::file(
-            &config,
-            format!("unsupported architecture: model_type `{other}` (supported: {})", SUPPORTED_MODEL_TYPES.join(", ")),
-        )),
-        None => Err(Error::file(&config, "no `model_type` field")),
-    }
+    Ok(match super::Architecture::from_dir(dir)? {
+        super::Architecture::Llama(_) => Box::new(Llama::load(dir, dtype, device)?),
+        super::Architecture::Bert(_) => Box::new(Bert::load(dir, dtype, device)?),
+    })
 }
