@@ -107,7 +107,8 @@ pub fn ensure_fits(what: &str, need: Bytes, detail: &str, device: &Device) -> Re
         other => format!("the device ({other:?})"),
     };
     let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
-    Err(Error::msg(format!("{what} needs about {need}{detail}, but {on} has {avail} available")))
+    let about = if need == Bytes(u64::MAX) { "" } else { "about " };
+    Err(Error::msg(format!("{what} needs {about}{need}{detail}, but {on} has {avail} available")))
 }
 
 /// The parameters of a model of this shape (embeddings, blocks, head), from sizes alone.
@@ -131,6 +132,72 @@ pub fn forward_bytes(spec: &ModelSpec, batch: usize, seq: usize) -> Bytes {
     let block = tokens * (4 * spec.hidden as u128 + 3 * spec.intermediate as u128);
     let logits = tokens * spec.vocab as u128;
     Bytes::f32s(2 * scores + block + 2 * logits)
+}
+
+/// A memory estimate by part, e.g. weights, optimizer state, activations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Estimate {
+    /// `(what, bytes)`, in the order they are reported.
+    pub parts: Vec<(String, Bytes)>,
+}
+
+impl Estimate {
+    /// Adds a part (parts of zero bytes are left out of the report).
+    pub fn add(&mut self, what: impl Into<String>, bytes: Bytes) {
+        if bytes.0 > 0 {
+            self.parts.push((what.into(), bytes));
+        }
+    }
+
+    /// The sum of the parts.
+    pub fn total(&self) -> Bytes {
+        self.parts.iter().map(|(_, b)| *b).sum()
+    }
+
+    /// Refuses the estimate, in one line naming each part, when the device has less
+    /// memory available (see [`ensure_fits`]).
+    pub fn ensure_fits(&self, what: &str, device: &Device) -> Result<()> {
+        let detail: Vec<String> = self.parts.iter().map(|(w, b)| format!("{w} {b}")).collect();
+        ensure_fits(what, self.total(), &detail.join(", "), device)
+    }
+}
+
+/// The shape of one training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    /// Examples per micro-batch.
+    pub batch: usize,
+    /// Tokens per example (at most).
+    pub seq: usize,
+    /// Micro-batches per step (all of a step's batches are held at once).
+    pub grad_accum: usize,
+    /// Whether base weights train (gradients and optimizer state for all of them), or
+    /// only adapters (whose sizes the host checks as plugins create them).
+    pub trains_base: bool,
+}
+
+/// The memory one training step needs at its peak: the weights; their gradients and
+/// optimizer state (taken as two moments, as AdamW keeps) when the base trains; the
+/// activations backward needs for one micro-batch — per layer its inputs, projections,
+/// MLP inner states and attention scores, then the logits with their softmax and
+/// gradient; and the step's collated batches.
+pub fn training_step(spec: &ModelSpec, step: StepShape) -> Estimate {
+    let params = parameter_count(spec);
+    let tokens = step.batch as u128 * step.seq as u128;
+    let (h, i, v) = (spec.hidden as u128, spec.intermediate as u128, spec.vocab as u128);
+    let scores = 2 * spec.num_heads as u128 * step.seq as u128;
+    let per_layer = tokens.saturating_mul(10 * h + 4 * i + scores);
+    let activations = per_layer.saturating_mul(spec.num_layers as u128) + tokens.saturating_mul(3 * v + 2 * h);
+    let mut e = Estimate::default();
+    e.add("weights", Bytes::f32s(params));
+    if step.trains_base {
+        e.add("gradients and optimizer state", Bytes::f32s(params.saturating_mul(3)));
+    }
+    e.add(format!("activations for {} x {} tokens", step.batch, step.seq), Bytes::f32s(activations));
+    // Collated ids, labels and mask: 16 bytes a token, for every micro-batch of the step.
+    let batches = tokens.saturating_mul(step.grad_accum as u128).saturating_mul(4);
+    e.add(format!("{} micro-batches", step.grad_accum), Bytes::f32s(batches));
+    e
 }
 
 #[cfg(test)]
@@ -165,6 +232,23 @@ mod tests {
         let s = spec(1 << 40, 1 << 40, 1 << 20);
         assert_eq!(forward_bytes(&s, usize::MAX, usize::MAX), Bytes(u64::MAX));
         assert!(parameter_count(&s) > u64::MAX as u128);
+    }
+
+    #[test]
+    fn a_training_step_counts_state_only_when_the_base_trains() {
+        let s = spec(128, 256, 3);
+        let step = StepShape { batch: 32, seq: 48, grad_accum: 1, trains_base: true };
+        let full = training_step(&s, step);
+        let adapters = training_step(&s, StepShape { trains_base: false, ..step });
+        let names: Vec<&str> = full.parts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["weights", "gradients and optimizer state", "activations for 32 x 48 tokens", "1 micro-batches"]
+        );
+        assert_eq!(full.total().0 - adapters.total().0, 3 * 4 * parameter_count(&s) as u64);
+        // A micro-batch count of 10^9 is refused by size alone.
+        let huge = training_step(&s, StepShape { grad_accum: 1_000_000_000, ..step });
+        assert!(huge.total() > Bytes(1 << 40), "{}", huge.total());
     }
 
     #[test]

@@ -185,6 +185,18 @@ impl Dataset {
         self.examples.is_empty()
     }
 
+    /// The memory its examples take: their tokens and labels, and each one's
+    /// bookkeeping.
+    pub fn memory(&self) -> crate::memory::Bytes {
+        let per_example = std::mem::size_of::<Example>() as u64 + 32;
+        let tokens: u64 = self
+            .examples
+            .iter()
+            .map(|e| e.ids.len() as u64 * 4 + e.labels.as_ref().map_or(0, |l| l.len() as u64 * 8))
+            .sum();
+        crate::memory::Bytes(tokens + per_example * self.examples.len() as u64)
+    }
+
     /// The curriculum key of each example, in order.
     pub fn difficulties(&self) -> Vec<f64> {
         self.examples.iter().map(|e| e.difficulty).collect()

@@ -14,6 +14,7 @@
 use super::{load_jsonl, load_text, parse_spec, Dataset, Example, Item, SourceSpec, SyntheticSpec, Tokenizer};
 use crate::error::io;
 use crate::error::{Context, Error, Result};
+use crate::memory::Bytes;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -26,6 +27,52 @@ pub fn load_source(spec: &str, tokenizer: &Tokenizer, base_dir: &Path, max_len: 
         SourceSpec::JsonlFile(path) => load_jsonl(&path, tokenizer, max_len)?,
     };
     Ok(Dataset { name: spec.to_string(), ..dataset })
+}
+
+/// The first examples of a source and how many it has in all: what checks and memory
+/// estimates need, without generating a large synthetic source in full.
+#[derive(Debug, Clone)]
+pub struct SourcePreview {
+    /// The source, cut to its first examples when it is synthetic and larger than the
+    /// preview; the whole source otherwise.
+    pub dataset: Dataset,
+    /// How many examples the whole source has.
+    pub len: usize,
+}
+
+impl SourcePreview {
+    /// Whether the preview holds the whole source.
+    pub fn is_complete(&self) -> bool {
+        self.dataset.len() == self.len
+    }
+
+    /// The memory the whole source takes once loaded, extrapolated from the preview.
+    pub fn memory(&self) -> Bytes {
+        let seen = self.dataset.memory().0 as u128;
+        let scaled = seen * self.len as u128 / self.dataset.len().max(1) as u128;
+        Bytes(u64::try_from(scaled).unwrap_or(u64::MAX))
+    }
+}
+
+/// Loads the source `spec` like [`load_source`], but a synthetic source generates only
+/// its first `limit` examples (those of the whole source: generation is prefix-stable).
+pub fn preview_source(
+    spec: &str,
+    tokenizer: &Tokenizer,
+    base_dir: &Path,
+    max_len: usize,
+    limit: usize,
+) -> Result<SourcePreview> {
+    match parse_spec(spec, base_dir)? {
+        SourceSpec::Synthetic(s) => {
+            let first = SyntheticSpec { n: s.n.min(limit.max(1)), ..s.clone() };
+            Ok(SourcePreview { dataset: synthetic(spec, &first, tokenizer, max_len)?, len: s.n })
+        }
+        _ => {
+            let dataset = load_source(spec, tokenizer, base_dir, max_len)?;
+            Ok(SourcePreview { len: dataset.len(), dataset })
+        }
+    }
 }
 
 fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usize) -> Result<Dataset> {
@@ -88,6 +135,20 @@ mod tests {
             e,
             "data source `synthetic:reverse?n=3&len=20`: example 0: completion is 21 tokens, more than max_len 16"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_preview_generates_the_first_examples_and_extrapolates_their_memory() -> Result<()> {
+        let t = Tokenizer::bytes();
+        let here = Path::new(".");
+        let p = preview_source("synthetic:add?n=100000&seed=3", &t, here, 32, 100)?;
+        let full = load_source("synthetic:add?n=100000&seed=3", &t, here, 32)?;
+        assert_eq!((p.dataset.len(), p.len, p.is_complete()), (100, 100_000, false));
+        assert_eq!(p.dataset.examples[..], full.examples[..100]);
+        let (estimate, actual) = (p.memory().0 as f64, full.memory().0 as f64);
+        assert!((estimate / actual - 1.0).abs() < 0.05, "{estimate} vs {actual}");
+        assert!(preview_source("synthetic:add?n=50", &t, here, 32, 100)?.is_complete());
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use crate::config::ModelConfig;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
-use crate::model::{load_model, Bert, BertConfig, Llama, LlamaConfig, Model};
+use crate::model::{load_model, Architecture, BertConfig, LlamaConfig, Model};
 use candle_core::Device;
 use std::path::Path;
 
@@ -21,10 +21,11 @@ pub fn tokenizer(m: &ModelConfig, base: &Path) -> Result<Tokenizer> {
     Ok(Tokenizer::bytes())
 }
 
-/// The starting model: fresh with the configured sizes, or loaded from `from`.
-pub fn model(m: &ModelConfig, vocab: usize, seed: u64, base: &Path, device: &Device) -> Result<Box<dyn Model>> {
+/// The architecture `[model]` describes: its sizes (defaults filled in), or the `from`
+/// directory's `config.json`. Nothing is allocated.
+pub fn architecture(m: &ModelConfig, vocab: usize, base: &Path) -> Result<Architecture> {
     if let Some(from) = &m.from {
-        return load_model(&base.join(from), device);
+        return Architecture::from_dir(&base.join(from));
     }
     let hidden = m.hidden_size.unwrap_or(0);
     let vocab = m.vocab_size.unwrap_or(vocab);
@@ -33,7 +34,13 @@ pub fn model(m: &ModelConfig, vocab: usize, seed: u64, base: &Path, device: &Dev
     match m.arch.as_deref() {
         Some("llama") => {
             // SwiGLU's usual 8/3 ratio, rounded up to a multiple of 8.
-            let inter = m.intermediate_size.unwrap_or((hidden * 8 / 3).div_ceil(8) * 8);
+            let inter = match m.intermediate_size {
+                Some(i) => i,
+                None => hidden
+                    .checked_mul(8)
+                    .map(|h8| (h8 / 3).div_ceil(8) * 8)
+                    .ok_or_else(|| Error::msg(format!("model.hidden_size {hidden} is too large")))?,
+            };
             let json = serde_json::json!({
                 "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
                 "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -41,18 +48,32 @@ pub fn model(m: &ModelConfig, vocab: usize, seed: u64, base: &Path, device: &Dev
             });
             let cfg: LlamaConfig = serde_json::from_value(json).map_err(|e| Error::msg(format!("model: {e}")))?;
             cfg.validate()?;
-            Ok(Box::new(Llama::new(&cfg, seed, device)?))
+            Ok(Architecture::Llama(cfg))
         }
         Some("bert") => {
+            let inter = match m.intermediate_size {
+                Some(i) => i,
+                None => hidden
+                    .checked_mul(4)
+                    .ok_or_else(|| Error::msg(format!("model.hidden_size {hidden} is too large")))?,
+            };
             let json = serde_json::json!({
-                "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": m.intermediate_size.unwrap_or(4 * hidden),
+                "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
                 "num_hidden_layers": layers, "num_attention_heads": heads,
                 "max_position_embeddings": m.max_positions.unwrap_or(512),
             });
             let cfg: BertConfig = serde_json::from_value(json).map_err(|e| Error::msg(format!("model: {e}")))?;
             cfg.validate()?;
-            Ok(Box::new(Bert::new(&cfg, seed, device)?))
+            Ok(Architecture::Bert(cfg))
         }
         other => Err(Error::msg(format!("model.arch {other:?} is not supported (supported: llama, bert)"))),
+    }
+}
+
+/// The starting model: fresh with the configured sizes, or loaded from `from`.
+pub fn model(m: &ModelConfig, vocab: usize, seed: u64, base: &Path, device: &Device) -> Result<Box<dyn Model>> {
+    match &m.from {
+        Some(from) => load_model(&base.join(from), device),
+        None => architecture(m, vocab, base)?.fresh(seed, device),
     }
 }

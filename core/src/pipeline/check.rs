@@ -1,15 +1,18 @@
-//! Everything a pipeline checks before it trains: the device, every data set, every
-//! stage's plugins and their configs, and the adapters' targets along the handoffs.
+//! Everything a pipeline checks before it trains: the device, every data set, the
+//! memory the pipeline needs at its peak, every stage's plugins and their configs, and
+//! the adapters' targets along the handoffs.
 
 use super::build;
 use crate::bail;
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
-use crate::data::{load_source, Dataset, Tokenizer};
+use crate::data::{load_source, preview_source, Dataset, SourcePreview, Tokenizer};
 use crate::error::{Context, Error, Result};
-use crate::model::Model;
+use crate::memory::{self, Bytes, Estimate, StepShape};
+use crate::model::{Architecture, Model};
 use crate::plugin::{HostState, MethodInstance, Registry};
 use candle_core::{DType, Device};
-use stagecraft_sdk::{MergeSupport, SiteKind};
+use stagecraft_sdk::{MergeSupport, ModelSpec, SiteKind};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -18,39 +21,108 @@ pub(crate) fn resolve_device(spec: &str) -> Result<Device> {
     crate::device::resolve_device(spec).context("run.device")
 }
 
+/// How much of a pipeline's inputs [`load`] loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Everything, to train on.
+    Run,
+    /// Only the first examples of large synthetic sources (`run --check`: what is
+    /// checked is the same, and the plan reports each source's full size).
+    Check,
+}
+
+/// Examples of each synthetic source generated to check and estimate it before (or, for
+/// `run --check`, instead of) generating it all.
+const PREVIEW_EXAMPLES: usize = 1000;
+
 /// A pipeline's inputs, loaded and checked.
 pub(crate) struct Loaded {
     pub device: Device,
     pub tokenizer: Tokenizer,
+    /// The starting model's architecture and sizes.
+    pub arch: Architecture,
     pub train_data: Vec<Arc<Dataset>>,
     pub eval_data: Vec<Option<Arc<Dataset>>>,
+    /// How many examples each stage's train and eval sources have in all (more than
+    /// the data sets hold where [`Depth::Check`] loaded a preview).
+    pub sizes: Vec<(usize, Option<usize>)>,
+    /// The memory the pipeline needs at its peak: the stage and its estimate.
+    pub peak: (String, Estimate),
+}
+
+/// One stage's sources, previewed.
+struct StagePreview {
+    train: SourcePreview,
+    eval: Option<SourcePreview>,
 }
 
 /// Loads every data set and instantiates each stage's plugins once, so a missing file,
-/// a bad plugin name or a bad plugin config fails before the first step.
-pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> {
+/// a bad plugin name or a bad plugin config fails before the first step; and refuses a
+/// pipeline whose model, training state, activations or data cannot fit in the
+/// device's memory, before any of them is allocated.
+pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry, depth: Depth) -> Result<Loaded> {
     let device = resolve_device(&cfg.run.device)?;
     let base = cfg.base_dir();
     let tokenizer = build::tokenizer(&cfg.model, &base)?;
+    let arch = build::architecture(&cfg.model, tokenizer.vocab_size(), &base)?;
+    let previews = cfg.stages.iter().map(|s| preview(s, &tokenizer, &base)).collect::<Result<Vec<_>>>()?;
+    let peak = peak_memory(cfg, &arch.spec(), &previews);
+    peak.1.ensure_fits(&format!("stage `{}`", peak.0), &device)?;
+    check_plugins(cfg, registry, &device)?;
+    let sizes = previews.iter().map(|p| (p.train.len, p.eval.as_ref().map(|e| e.len))).collect();
     let mut train_data = Vec::new();
     let mut eval_data = Vec::new();
-    for s in &cfg.stages {
-        let load = |spec: &str| {
-            load_source(spec, &tokenizer, &base, s.seq_len).map(Arc::new).with_context(|| format!("stage `{}`", s.name))
+    for (s, p) in cfg.stages.iter().zip(previews) {
+        let load = |preview: SourcePreview| match depth {
+            Depth::Run if !preview.is_complete() => load_source(&preview.dataset.name, &tokenizer, &base, s.seq_len)
+                .map(Arc::new)
+                .with_context(|| format!("stage `{}`", s.name)),
+            _ => Ok(Arc::new(preview.dataset)),
         };
-        let (train, eval) = (load(&s.data.train)?, s.data.eval.as_deref().map(load).transpose()?);
-        if s.objective.name() == "completion" {
-            if let Some(text) = [Some(&train), eval.as_ref()].into_iter().flatten().find(|d| is_plain_text(d)) {
-                bail!(
-                    "stage `{}`: objective `completion` learns completions of prompts, but `{}` is plain text (give it prompt/completion data, or use `causal_lm`)",
-                    s.name,
-                    text.name
-                );
-            }
-        }
-        train_data.push(train);
-        eval_data.push(eval);
+        train_data.push(load(p.train)?);
+        eval_data.push(p.eval.map(load).transpose()?);
     }
+    Ok(Loaded { device, tokenizer, arch, train_data, eval_data, sizes, peak })
+}
+
+/// Stage `s`'s sources, previewed and checked against its objective.
+fn preview(s: &StageConfig, tokenizer: &Tokenizer, base: &Path) -> Result<StagePreview> {
+    let load = |spec: &str| {
+        preview_source(spec, tokenizer, base, s.seq_len, PREVIEW_EXAMPLES)
+            .with_context(|| format!("stage `{}`", s.name))
+    };
+    let (train, eval) = (load(&s.data.train)?, s.data.eval.as_deref().map(load).transpose()?);
+    if s.objective.name() == "completion" {
+        if let Some(text) = [Some(&train), eval.as_ref()].into_iter().flatten().find(|p| is_plain_text(&p.dataset)) {
+            bail!(
+                "stage `{}`: objective `completion` learns completions of prompts, but `{}` is plain text (give it prompt/completion data, or use `causal_lm`)",
+                s.name,
+                text.dataset.name
+            );
+        }
+    }
+    Ok(StagePreview { train, eval })
+}
+
+/// The stage that needs the most memory, and its estimate: one training step (see
+/// [`memory::training_step`]) plus every data set, all of which stay loaded.
+fn peak_memory(cfg: &PipelineConfig, spec: &ModelSpec, previews: &[StagePreview]) -> (String, Estimate) {
+    let data: Bytes = previews.iter().flat_map(|p| std::iter::once(&p.train).chain(&p.eval)).map(|p| p.memory()).sum();
+    let stage_estimate = |s: &StageConfig| {
+        let trains_base = s.adapters.is_empty()
+            || !s.train.unfreeze.is_empty()
+            || !(s.train.freeze.is_empty() || s.train.freeze.iter().any(|p| p == "*"));
+        let step = StepShape { batch: s.batch_size, seq: s.seq_len, grad_accum: s.grad_accum, trains_base };
+        let mut e = memory::training_step(spec, step);
+        e.add("data", data);
+        e
+    };
+    cfg.stages.iter().map(|s| (s.name.clone(), stage_estimate(s))).max_by_key(|(_, e)| e.total()).unwrap_or_default()
+}
+
+/// Instantiates each stage's objective, optimizer and adapters once, on scratch state,
+/// so a bad plugin name or config fails before anything else is built.
+fn check_plugins(cfg: &PipelineConfig, registry: &Registry, device: &Device) -> Result<()> {
     for s in &cfg.stages {
         let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         registry
@@ -65,7 +137,7 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry) -> Result<Loaded> 
                 .with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
         }
     }
-    Ok(Loaded { device, tokenizer, train_data, eval_data })
+    Ok(())
 }
 
 /// Whether a data set has plain-text examples (no prompt/completion split).

@@ -170,7 +170,8 @@ impl Pipeline {
         resume_from: Option<RecordsMark>,
         quiet: bool,
     ) -> Result<(Self, Tokenizer)> {
-        let check::Loaded { device, tokenizer, train_data, eval_data } = check::load(&cfg, &registry)?;
+        let check::Loaded { device, tokenizer, train_data, eval_data, .. } =
+            check::load(&cfg, &registry, check::Depth::Run)?;
         if resume_from.is_some() {
             provenance::check_same_data(&run_dir, &provenance::data_record(&train_data, &eval_data))?;
         }

@@ -2,11 +2,12 @@
 //! where it starts, optimizer and schedule, adapters, replay, evaluations, exit rule and
 //! gates — once everything a run checks before training has passed ([`super::check`]).
 
-use super::check::{adapter_sites, load};
+use super::check::{adapter_sites, load, Depth};
 use super::{build, Pipeline};
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::memory;
 use crate::plugin::Registry;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -19,9 +20,14 @@ impl Pipeline {
     /// Checks everything a run would check before training (config, data, plugins,
     /// adapter targets) without training or writing anything, and describes the run.
     pub fn plan(cfg: &PipelineConfig, registry: &Registry) -> Result<String> {
-        let loaded = load(cfg, registry)?;
-        let model =
-            build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?;
+        let loaded = load(cfg, registry, Depth::Check)?;
+        // A fresh model's values do not matter to any check: its placeholder costs nothing.
+        let model = match &cfg.model.from {
+            Some(_) => {
+                build::model(&cfg.model, loaded.tokenizer.vocab_size(), cfg.run.seed, &cfg.base_dir(), &loaded.device)?
+            }
+            None => loaded.arch.placeholder(&loaded.device)?,
+        };
         let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref(), Rc::new(loaded.tokenizer.clone()))?;
         let info = model.info();
         let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
@@ -36,8 +42,16 @@ impl Pipeline {
             millions(params),
             cfg.run.device
         );
+        let (stage, estimate) = &loaded.peak;
+        let available = memory::available(&loaded.device).map_or("unknown".into(), |b| b.to_string());
+        let _ =
+            writeln!(out, "memory: about {} at the peak (stage `{stage}`), {available} available", estimate.total());
         for (i, s) in cfg.stages.iter().enumerate() {
-            let data = StageData { train: &loaded.train_data[i], eval: loaded.eval_data[i].as_deref() };
+            let data = StageData {
+                train: &loaded.train_data[i],
+                train_len: loaded.sizes[i].0,
+                eval: loaded.eval_data[i].as_deref().zip(loaded.sizes[i].1),
+            };
             describe_stage(&mut out, i, s, &data, &sites[i]);
         }
         Ok(out)
@@ -47,17 +61,20 @@ impl Pipeline {
 /// A stage's data, as the plan describes it.
 struct StageData<'a> {
     train: &'a Dataset,
-    eval: Option<&'a Dataset>,
+    /// Examples in the whole train source.
+    train_len: usize,
+    /// The eval set and how many examples its whole source has.
+    eval: Option<(&'a Dataset, usize)>,
 }
 
 /// Stage `i`'s lines of the plan: steps and data, where it starts, its optimizer and
 /// schedule, adapters (and how many sites each attaches to), replay, evaluations, exit
 /// rule and gates.
 fn describe_stage(out: &mut String, i: usize, s: &StageConfig, data: &StageData, sites: &Option<Vec<usize>>) {
-    let train = data.train;
+    let (train, len) = (data.train, data.train_len);
     let per_step = s.batch_size * s.grad_accum;
-    let steps = s.total_steps(train.len()).unwrap_or(0);
-    let epochs = steps as f64 * per_step as f64 / train.len() as f64;
+    let steps = s.total_steps(len).unwrap_or(0);
+    let epochs = steps as f64 * per_step as f64 / len as f64;
     let _ = writeln!(
         out,
         "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})",
@@ -66,7 +83,7 @@ fn describe_stage(out: &mut String, i: usize, s: &StageConfig, data: &StageData,
         s.objective.name(),
         steps,
         per_step,
-        train.len(),
+        len,
         train.name
     );
     let start = match &s.from {
@@ -100,13 +117,13 @@ fn describe_stage(out: &mut String, i: usize, s: &StageConfig, data: &StageData,
 }
 
 /// A stage's evaluations, exit rule and gates.
-fn describe_checks(out: &mut String, s: &StageConfig, eval: Option<&Dataset>) {
+fn describe_checks(out: &mut String, s: &StageConfig, eval: Option<(&Dataset, usize)>) {
     match (eval, s.eval_every) {
-        (Some(e), Some(every)) => {
-            let _ = writeln!(out, "   evaluates {} examples every {every} steps and at the end", e.len());
+        (Some((_, n)), Some(every)) => {
+            let _ = writeln!(out, "   evaluates {n} examples every {every} steps and at the end");
         }
-        (Some(e), None) => {
-            let _ = writeln!(out, "   evaluates {} examples at the end", e.len());
+        (Some((_, n)), None) => {
+            let _ = writeln!(out, "   evaluates {n} examples at the end");
         }
         (None, _) => {}
     }

@@ -10,6 +10,7 @@ use super::table::{Entry, TensorTable};
 use crate::bail;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
+use crate::memory::{self, Bytes};
 use crate::model::Model;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
@@ -184,7 +185,7 @@ impl HostState {
 
     /// A tensor drawn from an initializer with the host's RNG.
     pub fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_size(shape, &self.device)?;
         let data: Vec<f32> = match init.kind {
             InitKind::ZEROS => vec![0.0; n],
             InitKind::ONES => vec![1.0; n],
@@ -227,6 +228,19 @@ pub struct InstanceStore {
     params: RefCell<Vec<Owned>>,
     buffers: RefCell<Vec<Owned>>,
     lent: RefCell<Vec<TensorHandle>>,
+}
+
+/// The elements of a tensor of `shape` a plugin asks for, refused in one line when
+/// they cannot fit in the device's memory (a LoRA rank of 10^9, say) instead of
+/// aborting the process on the allocation.
+fn checked_size(shape: &[usize], device: &Device) -> Result<usize> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let bytes = n.map_or(Bytes(u64::MAX), |n| Bytes::f32s(n as u128));
+    // Small tensors are never refused: reading the available memory costs more than them.
+    if bytes > Bytes(64 << 20) {
+        memory::ensure_fits(&format!("a tensor of shape {shape:?}"), bytes, "", device)?;
+    }
+    n.ok_or_else(|| Error::msg(format!("a tensor of shape {shape:?} has more elements than this machine can count")))
 }
 
 impl InstanceStore {
