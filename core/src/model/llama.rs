@@ -305,6 +305,10 @@ impl Model for Llama {
         }
     }
 
+    fn context_length(&self) -> Option<usize> {
+        self.cfg.max_position_embeddings.filter(|&n| n > 0)
+    }
+
     fn sites(&self) -> &SiteTable {
         &self.sites
     }
