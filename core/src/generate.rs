@@ -6,7 +6,7 @@
 
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::model::{Adapters, Model};
+use crate::model::{check_sequence, Adapters, Model};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
 
@@ -86,31 +86,86 @@ pub fn generate(
     eos: Option<u32>,
     device: &Device,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::msg("the prompt is empty"));
+    let request = Request { prompt, max_tokens, sampling: *sampling, eos };
+    generate_streaming(model, adapters, &request, device, |_| Ok(()))
+}
+
+/// What to generate: a continuation of `prompt` of up to `max_tokens` tokens, chosen by
+/// `sampling`, ending after `eos`.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The token ids to continue.
+    pub prompt: &'a [u32],
+    /// Most tokens to add.
+    pub max_tokens: usize,
+    /// How each token is chosen.
+    pub sampling: Sampling,
+    /// The token that ends the text (it is kept), if any.
+    pub eos: Option<u32>,
+}
+
+impl Request<'_> {
+    /// Refuses, before anything runs, what `model` cannot do on `device`: an empty prompt
+    /// or settings that mean nothing, an encoder, prompt ids outside the vocabulary, a
+    /// prompt plus `max_tokens` beyond the context length, or a longest forward pass
+    /// beyond the memory available.
+    pub fn check(&self, model: &dyn Model, device: &Device) -> Result<()> {
+        if self.prompt.is_empty() {
+            return Err(Error::msg("the prompt is empty"));
+        }
+        self.sampling.check()?;
+        if !model.info().causal {
+            bail!("cannot generate with `{}`: it is an encoder", model.info().arch);
+        }
+        let vocab = model.info().vocab;
+        if let Some(&bad) = self.prompt.iter().find(|&&t| t as usize >= vocab) {
+            bail!("prompt token {bad} is outside the model's vocabulary of {vocab}");
+        }
+        let prompt = self.prompt.len();
+        let longest = prompt.saturating_add(self.max_tokens);
+        if let Some(ctx) = model.context_length().filter(|&ctx| longest > ctx) {
+            if prompt >= ctx {
+                bail!(
+                    "the prompt is {prompt} tokens: the model's context length of {ctx} leaves no room for new tokens"
+                );
+            }
+            bail!(
+                "{prompt} prompt tokens + {} new tokens are more than the model's context length of {ctx} \
+                 (at most {} new tokens fit)",
+                self.max_tokens,
+                ctx - prompt
+            );
+        }
+        check_sequence(model, 1, longest, device)
     }
-    sampling.check()?;
-    if !model.info().causal {
-        bail!("cannot generate with `{}`: it is an encoder", model.info().arch);
-    }
-    let vocab = model.info().vocab;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-        bail!("prompt token {bad} is outside the model's vocabulary of {vocab}");
-    }
-    let mut rng = Rng::new(sampling.seed);
-    let mut ids = prompt.to_vec();
-    for _ in 0..max_tokens {
+}
+
+/// [`generate`], handing each new token to `on_token` as soon as it is chosen (to show
+/// it while the rest is generated); an error from `on_token` stops generation. The
+/// request is checked first ([`Request::check`]).
+pub fn generate_streaming(
+    model: &dyn Model,
+    adapters: &Adapters,
+    request: &Request,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    request.check(model, device)?;
+    let mut rng = Rng::new(request.sampling.seed);
+    let mut ids = request.prompt.to_vec();
+    for _ in 0..request.max_tokens {
         let input = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
         let out = model.forward(&input, None, adapters)?;
         let logits = out.logits.ok_or_else(|| Error::msg("model returned no logits"))?;
         let last = logits.narrow(1, ids.len() - 1, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let next = sample(&last, sampling, &mut rng) as u32;
+        let next = sample(&last, &request.sampling, &mut rng) as u32;
         ids.push(next);
-        if Some(next) == eos {
+        on_token(next)?;
+        if Some(next) == request.eos {
             break;
         }
     }
-    Ok(ids[prompt.len()..].to_vec())
+    Ok(ids.split_off(request.prompt.len()))
 }
 
 #[cfg(test)]

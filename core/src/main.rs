@@ -6,6 +6,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    #[cfg(unix)]
+    if !args.outlives_its_reader() {
+        end_quietly_on_closed_pipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -18,5 +22,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Restores the default action of SIGPIPE, which the Rust runtime ignores: a command
+/// whose reader has gone (`stagecraft model sites ... | head -1`) then ends quietly at
+/// its next write, as Unix tools do, instead of panicking on the `EPIPE` error.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: `signal` with `SIG_DFL` installs no handler code; it runs before the
+    // process starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -42,6 +42,14 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Cli {
+    /// Whether the command must go on when whoever reads its output goes away: a
+    /// training run, whose checkpoints matter more than its log lines.
+    pub fn outlives_its_reader(&self) -> bool {
+        matches!(&self.command, Command::Run(args) if args.trains())
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -6,11 +6,12 @@ use clap::{Args, Subcommand};
 use stagecraft_core::adapter::{load_peft, merge_into_base};
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::device::resolve_device;
-use stagecraft_core::generate::{generate, Sampling};
-use stagecraft_core::model::{load_model, Adapters, Model};
+use stagecraft_core::generate::{generate_streaming, Request, Sampling};
+use stagecraft_core::model::{check_sequence, load_model, Adapters, Model};
 use stagecraft_core::pipeline::{open_stage, OpenedStage};
 use stagecraft_core::plugin::{HostState, Registry};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -183,9 +184,10 @@ pub struct GenerateArgs {
     /// The text to continue.
     #[arg(long)]
     prompt: String,
-    /// Most tokens to add.
-    #[arg(long, default_value_t = 64)]
-    max_tokens: usize,
+    /// Most tokens to add; beyond the model's context length is refused. Default: 64,
+    /// or fewer when the context length leaves less room after the prompt.
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
@@ -217,17 +219,30 @@ pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
+/// The token ids `forward` runs on, checked before any model work.
+struct Input {
+    /// `[batch, seq]` token ids, of an integer dtype.
+    ids: Tensor,
+    /// `[batch, seq]` (1 = attend, 0 = padding), if the file has one.
+    mask: Option<Tensor>,
+}
+
+/// Reads `input_ids` (integer `[batch, seq]`, both at least 1) and an optional
+/// `attention_mask` of the same shape; every problem is one line naming the file, the
+/// tensor and its shape or dtype.
+fn read_ids(path: &Path) -> anyhow::Result<Input> {
     let mut t = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let ids = t.remove("input_ids").with_context(|| format!("{}: no tensor `input_ids`", path.display()))?;
-    if ids.rank() != 2 || !matches!(ids.dtype(), DType::I64 | DType::U32) {
-        anyhow::bail!(
-            "{}: `input_ids` must be I64 [batch, seq], found {:?} {:?}",
-            path.display(),
-            ids.dtype(),
-            ids.dims()
-        );
+    let bad = |why: &str| anyhow::anyhow!("{}: tensor `input_ids` {why}", path.display());
+    if ids.rank() != 2 {
+        return Err(bad(&format!("has shape {:?}; expected [batch, seq]", ids.dims())));
+    }
+    if ids.elem_count() == 0 {
+        return Err(bad(&format!("has shape {:?}: batch and seq must both be at least 1", ids.dims())));
+    }
+    if !ids.dtype().is_int() {
+        return Err(bad(&format!("is {:?} {:?}; expected integer token ids (I64)", ids.dtype(), ids.dims())));
     }
     let mask = t.remove("attention_mask");
     if let Some(m) = &mask {
@@ -240,17 +255,76 @@ fn read_ids(path: &Path) -> anyhow::Result<(Tensor, Option<Tensor>)> {
             );
         }
     }
-    Ok((ids.to_dtype(DType::U32)?, mask))
+    Ok(Input { ids, mask })
+}
+
+/// Refuses an id outside `0..vocab` in `ids`, naming the file and its `[row, column]`.
+fn check_vocab(path: &Path, ids: &Tensor, vocab: usize) -> anyhow::Result<()> {
+    let seq = ids.dim(1)?;
+    let values = ids.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    if let Some((i, bad)) =
+        values.into_iter().enumerate().find(|&(_, t)| usize::try_from(t).map_or(true, |t| t >= vocab))
+    {
+        anyhow::bail!(
+            "{}: `input_ids`[{}, {}] = {bad} is outside the model's vocabulary of {vocab}",
+            path.display(),
+            i / seq,
+            i % seq
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` that exists and is not a regular file (a symlink, a device, a
+/// FIFO, a directory): the file is written beside it and renamed over it, which would
+/// replace that node with a regular file.
+fn check_out_file(path: &Path) -> anyhow::Result<()> {
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => return Ok(()),
+        Ok(m) => special_file_kind(m.file_type()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("{}: cannot check --out: {e}", path.display()),
+    };
+    anyhow::bail!("{}: --out is {kind}, not a regular file; refusing to replace it", path.display())
+}
+
+/// What a file that is not a regular file is, in words.
+fn special_file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    check_out_file(&args.out)?;
+    let input = read_ids(&args.input)?;
     let Opened { model, adapters, state, .. } = open(&args.model)?;
-    let (ids, mask) = read_ids(&args.input)?;
-    let (ids, mask) = (ids.to_device(&state.device)?, mask.map(|m| m.to_device(&state.device)).transpose()?);
-    let vocab = model.info().vocab as u32;
-    if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&t| t >= vocab) {
-        anyhow::bail!("{}: token id {bad} is outside the model's vocabulary of {vocab}", args.input.display());
-    }
+    check_vocab(&args.input, &input.ids, model.info().vocab)?;
+    let (batch, seq) = input.ids.dims2()?;
+    check_sequence(model.as_ref(), batch, seq, &state.device)
+        .with_context(|| format!("{}: `input_ids` {:?}", args.input.display(), input.ids.dims()))?;
+    let ids = input.ids.to_dtype(DType::U32)?.to_device(&state.device)?;
+    let mask = input.mask.map(|m| m.to_device(&state.device)).transpose()?;
     let out = model.forward(&ids, mask.as_ref(), &adapters)?;
     let (name, t) = match out.logits {
         Some(l) => ("logits", l),
@@ -260,6 +334,59 @@ pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     candle_core::safetensors::save(&map, &args.out).with_context(|| format!("{}: cannot write", args.out.display()))?;
     eprintln!("wrote {name} {:?} to {}", map[name].dims(), args.out.display());
     Ok(())
+}
+
+/// `--max-tokens` when not given: 64, or the room the context length leaves after the
+/// prompt when that is less (said on stderr).
+fn default_max_tokens(model: &dyn Model, prompt_len: usize) -> usize {
+    const DEFAULT: usize = 64;
+    match model.context_length().map(|ctx| ctx.saturating_sub(prompt_len)) {
+        Some(room) if room > 0 && room < DEFAULT => {
+            tracing::info!("generating at most {room} tokens: the model's context length is reached after that");
+            room
+        }
+        _ => DEFAULT,
+    }
+}
+
+/// Prints a continuation as its tokens come: each time, the text decoded so far past
+/// what is already printed, holding back an unfinished UTF-8 character.
+struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: String,
+}
+
+impl TextStream<'_> {
+    fn push(&mut self, id: u32) -> stagecraft_core::Result<()> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        if text.ends_with(char::REPLACEMENT_CHARACTER) || !text.starts_with(&self.printed) {
+            return Ok(());
+        }
+        let new = &text[self.printed.len()..];
+        if !new.is_empty() {
+            print_now(new)?;
+            self.printed = text;
+        }
+        Ok(())
+    }
+
+    /// Prints the rest of the text of `ids` (the whole continuation) and a newline.
+    fn finish(self, ids: &[u32]) -> anyhow::Result<()> {
+        let text = self.tokenizer.decode(ids)?;
+        let rest = text.strip_prefix(self.printed.as_str()).unwrap_or(&text);
+        print_now(&format!("{rest}\n"))?;
+        Ok(())
+    }
+}
+
+/// Writes `text` to stdout and flushes it.
+fn print_now(text: &str) -> stagecraft_core::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| stagecraft_core::Error::Io { path: "stdout".into(), source })
 }
 
 pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
@@ -279,9 +406,16 @@ pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     let prompt = tokenizer.encode(&args.prompt)?;
-    let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
-    let out =
-        generate(model.as_ref(), &adapters, &prompt, args.max_tokens, &sampling, tokenizer.eos_id(), &state.device)?;
-    println!("{}{}", args.prompt, tokenizer.decode(&out)?);
-    Ok(())
+    let max_tokens = args.max_tokens.unwrap_or_else(|| default_max_tokens(model.as_ref(), prompt.len()));
+    let request = Request {
+        prompt: &prompt,
+        max_tokens,
+        sampling: Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
+        eos: tokenizer.eos_id(),
+    };
+    request.check(model.as_ref(), &state.device)?;
+    print_now(&args.prompt)?;
+    let mut stream = TextStream { tokenizer: &tokenizer, ids: Vec::new(), printed: String::new() };
+    let out = generate_streaming(model.as_ref(), &adapters, &request, &state.device, |id| stream.push(id))?;
+    stream.finish(&out)
 }

@@ -39,6 +39,13 @@ pub struct RunArgs {
     resume: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// Whether this command trains (rather than checking a pipeline and printing its plan).
+    pub fn trains(&self) -> bool {
+        !self.check
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
         let registry = super::registry()?;

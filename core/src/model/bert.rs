@@ -209,7 +209,9 @@ impl Bert {
         };
         let b = WeightBuilder::from_store(&store, prefix, dtype, device);
         cfg.pooler = b.has("pooler.dense.weight");
-        Self::build(&cfg, b)
+        let model = Self::build(&cfg, b)?;
+        super::hf::warn_unused(&store, &format!("{prefix}encoder.layer."), cfg.num_hidden_layers);
+        Ok(model)
     }
 
     fn build(cfg: &BertConfig, mut b: WeightBuilder) -> Result<Self> {

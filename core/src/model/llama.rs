@@ -42,6 +42,9 @@ use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
 use std::path::Path;
 
+/// The untied head's weight in a checkpoint.
+const LM_HEAD: &str = "lm_head.weight";
+
 /// One decoder block.
 struct Layer {
     input_norm: SiteNorm,
@@ -208,7 +211,29 @@ impl Llama {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg = LlamaConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
         let store = WeightStore::open(dir)?;
-        Self::build(&cfg, WeightBuilder::from_store(&store, "", dtype, device))
+        let model = Self::build(&cfg, WeightBuilder::from_store(&store, "", dtype, device))?;
+        if cfg.tie_word_embeddings && store.contains(LM_HEAD) {
+            model.check_stored_head(&store)?;
+        }
+        super::hf::warn_unused(&store, "model.layers.", cfg.num_hidden_layers);
+        Ok(model)
+    }
+
+    /// A tied model whose checkpoint also stores `lm_head.weight`: harmless when it is
+    /// the embedding table again (some tools save both), refused when it differs, since
+    /// tying would silently replace the head the files describe.
+    fn check_stored_head(&self, store: &WeightStore) -> Result<()> {
+        let embed = self.embed.1.var().as_tensor();
+        let head = store.load(LM_HEAD, embed.dims(), embed.dtype(), embed.device())?;
+        let diff = (head - embed)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if diff != 0.0 {
+            bail!(
+                "{}: `{LM_HEAD}` differs from `model.embed_tokens.weight` (by up to {diff}), but {CONFIG_FILE} has \
+                 tie_word_embeddings = true, which would ignore it: set tie_word_embeddings to false to use this head",
+                store.listing().display()
+            );
+        }
+        Ok(())
     }
 
     fn build(cfg: &LlamaConfig, mut b: WeightBuilder) -> Result<Self> {
@@ -273,6 +298,10 @@ impl Llama {
 impl Model for Llama {
     fn spec(&self) -> ModelSpec {
         self.cfg.spec()
+    }
+
+    fn context_length(&self) -> Option<usize> {
+        self.cfg.max_position_embeddings.filter(|&n| n > 0)
     }
 
     fn sites(&self) -> &SiteTable {

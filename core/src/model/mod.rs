@@ -30,8 +30,10 @@ pub use llama_config::LlamaConfig;
 pub use mlp::{MlpLm, MlpLmConfig};
 pub use sites::{Adapters, SiteTable};
 
+use crate::bail;
 use crate::error::Result;
-use candle_core::{Tensor, Var};
+use crate::memory;
+use candle_core::{Device, Tensor, Var};
 use stagecraft_sdk::{ModelInfo, ModelSpec};
 use std::cell::Cell;
 
@@ -117,6 +119,13 @@ pub trait Model {
         None
     }
 
+    /// The longest sequence the model takes, in tokens: the position table of an
+    /// encoder, or the context a RoPE decoder's checkpoint was made for
+    /// (`max_position_embeddings`). `None`: no known limit.
+    fn context_length(&self) -> Option<usize> {
+        Some(self.spec().max_positions).filter(|&n| n > 0)
+    }
+
     /// Architecture and sizes, as objectives see them.
     fn info(&self) -> ModelInfo {
         let s = self.spec();
@@ -129,6 +138,17 @@ pub trait Model {
     fn site_tensors(&self) -> Vec<(String, &'static str, Tensor)> {
         named_site_tensors(self.sites(), &self.weights())
     }
+}
+
+/// Refuses `batch × seq` tokens that `model` cannot take in one forward pass on
+/// `device`, before anything is allocated: more tokens per row than its context length,
+/// or activations beyond the memory the device has available.
+pub fn check_sequence(model: &dyn Model, batch: usize, seq: usize, device: &Device) -> Result<()> {
+    if let Some(ctx) = model.context_length().filter(|&ctx| seq > ctx) {
+        bail!("{seq} tokens per sequence are more than the model's context length of {ctx}");
+    }
+    let need = memory::forward_bytes(&model.spec(), batch, seq);
+    memory::ensure_fits(&format!("a forward pass over {batch} × {seq} tokens"), need, "activations", device)
 }
 
 /// Each site's `<site>.weight` and `<site>.bias` among `weights`.

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use candle_core::safetensors::{BufferedSafetensors, Load};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The single-file checkpoint name.
@@ -37,6 +38,8 @@ pub struct WeightStore {
     names: HashMap<String, usize>,
     /// The file that lists the names: the index, or the single file.
     listing: PathBuf,
+    /// The names [`load`](Self::load) has been asked for.
+    loaded: RefCell<HashSet<String>>,
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
@@ -55,7 +58,7 @@ impl WeightStore {
         if single.exists() || !index.exists() {
             let shard = open_shard(&single)?;
             let names = shard.tensors.tensors().into_iter().map(|(n, _)| (n, 0)).collect();
-            return Ok(WeightStore { shards: vec![shard], names, listing: single });
+            return Ok(WeightStore { shards: vec![shard], names, listing: single, loaded: RefCell::default() });
         }
         let map: Index = super::read_json(&index)?;
         let files: BTreeSet<&String> = map.weight_map.values().collect();
@@ -72,7 +75,7 @@ impl WeightStore {
             names.extend(map.weight_map.iter().filter(|(_, f)| *f == file).map(|(n, _)| (n.clone(), i)));
             shards.push(open_shard(&dir.join(file))?);
         }
-        Ok(WeightStore { shards, names, listing: index })
+        Ok(WeightStore { shards, names, listing: index, loaded: RefCell::default() })
     }
 
     /// Whether the checkpoint has a tensor of that name.
@@ -85,11 +88,26 @@ impl WeightStore {
         self.names.keys().map(String::as_str)
     }
 
+    /// The file that lists the tensor names: `model.safetensors`, or the index of a
+    /// sharded checkpoint.
+    pub fn listing(&self) -> &Path {
+        &self.listing
+    }
+
+    /// The names of the tensors no [`load`](Self::load) has asked for, sorted.
+    pub fn unloaded(&self) -> Vec<String> {
+        let loaded = self.loaded.borrow();
+        let mut names: Vec<String> = self.names.keys().filter(|n| !loaded.contains(*n)).cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Tensor `name`, which must have `shape` and a float dtype, as `dtype` on `device`.
     pub fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let Some(&i) = self.names.get(name) else {
             return Err(Error::file(&self.listing, format!("missing tensor `{name}`")));
         };
+        self.loaded.borrow_mut().insert(name.to_string());
         let shard = &self.shards[i];
         let at = |msg: String| Error::file(&shard.path, format!("tensor `{name}`: {msg}"));
         let view = shard
