@@ -386,7 +386,7 @@ fn print_now(text: &str) -> stagecraft_core::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|source| stagecraft_core::Error::Io { path: "stdout".into(), source })
+        .map_err(|error| stagecraft_core::Error::Io { path: "stdout".into(), error })
 }
 
 pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
