@@ -169,7 +169,9 @@ mod tests {
 
     #[test]
     fn what_does_not_fit_is_refused_with_both_sizes() {
-        let e = ensure_fits("the model", Bytes(u64::MAX - 1), "10 B parameters", &Device::Cpu).unwrap_err().to_string();
+        let e = ensure_fits("the model", Bytes(u64::MAX - 1), "10 B parameters", &Device::Cpu)
+            .expect_err("too big to fit")
+            .to_string();
         assert!(e.starts_with("the model needs about 16.0 EiB (10 B parameters), but this machine has "), "{e}");
         assert!(ensure_fits("a byte", Bytes(1), "", &Device::Cpu).is_ok());
     }
