@@ -5,7 +5,7 @@ mod support;
 
 use candle_core::{Device, Tensor};
 use stagecraft_core::model::{Adapters, MlpLm, MlpLmConfig, Model};
-use stagecraft_core::plugin::{Compat, Registry};
+use stagecraft_core::plugin::{Compat, Registry, SearchDir};
 use stagecraft_core::Error;
 use stagecraft_sdk::MergeSupport;
 use support::{compat, scratch, state};
@@ -137,7 +137,7 @@ fn files_that_are_not_plugins_are_rejected_in_one_line() {
 
     // A directory scan reports each failure and loads the rest.
     std::fs::copy(&c.faulty, dir.join("libfaulty.so")).expect("copy");
-    let errors = reg.load_dirs(std::slice::from_ref(&dir));
+    let errors = reg.scan_dirs(&[SearchDir::required(&dir)]);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(reg.plugins().any(|(n, _, _)| n == "panicky"));
 }

@@ -248,6 +248,48 @@ pub fn new_stage<S: Stage>(config: &str, host: HostRef<'_>) -> Result<StageBox> 
     Ok(StageAbi_TO::from_value(StageAdapter(inner), TD_Opaque))
 }
 
+/// The first line of a library's plugin manifest.
+///
+/// [`export_plugin!`](crate::export_plugin) exports, besides the library header, a
+/// data-only static `stagecraft_manifest_<id>`: this line, then one line
+/// `<kind> <name>` per plugin (`method lora`). A host reads it from the file's bytes to
+/// learn which plugins a library provides without loading it (running none of its
+/// code), so it opens only the libraries a pipeline names.
+pub const MANIFEST_HEADER: &str = "stagecraft-manifest 1\n";
+
+/// Prefix of the symbol of a library's manifest: `stagecraft_manifest_<id>`.
+pub const MANIFEST_SYMBOL_PREFIX: &str = "stagecraft_manifest_";
+
+/// The total length of `parts` (the size of the manifest static).
+pub const fn manifest_len(parts: &[&str]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        n += parts[i].len();
+        i += 1;
+    }
+    n
+}
+
+/// `parts` one after the other, as the bytes of the manifest static; `N` must be
+/// [`manifest_len`] of `parts` (checked at compile time).
+pub const fn manifest_bytes<const N: usize>(parts: &[&str]) -> [u8; N] {
+    assert!(manifest_len(parts) == N, "manifest length");
+    let mut out = [0u8; N];
+    let (mut i, mut at) = (0, 0);
+    while i < parts.len() {
+        let b = parts[i].as_bytes();
+        let mut j = 0;
+        while j < b.len() {
+            out[at] = b[j];
+            at += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// A plugin library compiled into the host (rather than loaded from a `.so`).
 ///
 /// [`export_plugin!`](crate::export_plugin) submits one per library; a host that links
@@ -281,8 +323,11 @@ pub fn unknown(lib: &str, kind: &str, name: &str, have: &[&str]) -> Error {
 /// }
 /// ```
 ///
-/// The `.so` exports one symbol, `stagecraft_plugin_<id>`: an abi_stable library header
-/// that the host checks for layout compatibility before it runs any plugin code.
+/// The `.so` exports two symbols: `stagecraft_plugin_<id>`, an abi_stable library header
+/// that the host checks for layout compatibility before it runs any plugin code, and
+/// `stagecraft_manifest_<id>`, the names and kinds of its plugins as plain bytes (see
+/// [`MANIFEST_HEADER`](crate::export::MANIFEST_HEADER)), which the host reads without
+/// loading the library.
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -376,9 +421,34 @@ macro_rules! export_plugin {
                 unsafe { LibHeader::from_constructor::<PluginLibRef>(root_module_loader, CheckTypeLayout::Yes) }
             };
 
+            const MANIFEST_PARTS: &[&str] = &[
+                $crate::export::MANIFEST_HEADER,
+                $( "method ", <$m as $crate::Plugin>::NAME, "\n", )*
+                $( "optimizer ", <$o as $crate::Plugin>::NAME, "\n", )*
+                $( "stage ", <$s as $crate::Plugin>::NAME, "\n", )*
+            ];
+
+            /// The names and kinds of the library's plugins, as data: the host reads
+            /// them from the file without loading it.
+            #[unsafe(export_name = concat!("stagecraft_manifest_", stringify!($id)))]
+            pub static MANIFEST: [u8; $crate::export::manifest_len(MANIFEST_PARTS)] =
+                $crate::export::manifest_bytes(MANIFEST_PARTS);
+
             $crate::reexports::inventory::submit! {
                 $crate::export::BuiltinLibrary { id: stringify!($id), lib: plugin_lib }
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_bytes_are_the_parts_in_order() {
+        const PARTS: &[&str] = &[MANIFEST_HEADER, "method ", "lora", "\n", "stage ", "causal_lm", "\n"];
+        static BYTES: [u8; manifest_len(PARTS)] = manifest_bytes(PARTS);
+        assert_eq!(std::str::from_utf8(&BYTES), Ok("stagecraft-manifest 1\nmethod lora\nstage causal_lm\n"));
+    }
 }

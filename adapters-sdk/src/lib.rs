@@ -119,6 +119,11 @@
 //! with the roles swapped, see the loader), and a plugin calling an op its host lacks
 //! gets "host lacks op `x`" instead of a crash.
 //!
+//! The host reads the names and kinds of a library's plugins from a data-only manifest
+//! that [`export_plugin!`] writes into the `.so` (see
+//! [`export::MANIFEST_HEADER`]), and loads the library only when a pipeline uses one of
+//! them.
+//!
 //! Loading a `.so` runs its code: load only plugins you trust, and pin their sha256 in
 //! configs you share.
 

@@ -64,10 +64,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The built-in plugins and those on the search path (load failures are warnings).
+/// The built-in plugins and those on the search path, each file opened only when a
+/// plugin it provides is used, after a load in a child process (problems are warnings).
 pub fn registry() -> anyhow::Result<stagecraft_core::plugin::Registry> {
     let mut registry = stagecraft_core::plugin::Registry::with_builtins(report_dir())?;
-    for e in registry.load_dirs(&stagecraft_core::plugin::search_path()) {
+    registry.set_preflight(plugin::preflight());
+    for e in registry.scan_dirs(&stagecraft_core::plugin::search_path()) {
         tracing::warn!("{e}");
     }
     Ok(registry)

@@ -34,7 +34,7 @@ pub(crate) fn check_same_data(run: &RunDir, now: &serde_json::Value) -> Result<(
 /// What `plugins.json` records: each plugin library, where it came from, its SDK
 /// version, its plugins and its sha256.
 pub(crate) fn plugins_record(registry: &Registry) -> serde_json::Value {
-    let libraries = registry.libraries().iter().map(|l| {
+    let libraries = registry.libraries().map(|l| {
         let sha256 = match &l.source {
             crate::plugin::Source::File { path } => crate::plugin::sha256_file(path).ok(),
             crate::plugin::Source::Builtin => None,

@@ -1,15 +1,23 @@
-//! Loading plugin libraries from `.so` files.
+//! Reading and loading plugin libraries from `.so` files.
 //!
-//! 1. Read the file and look for its exported `stagecraft_plugin_<id>` symbol
-//!    (no such symbol: "not a stagecraft plugin"; not an object file: "not a shared
-//!    library"). This runs none of the library's code.
-//! 2. `dlopen` it and read the abi_stable header behind that symbol.
-//! 3. Check the SDK major version, then the layout of the root module and everything
+//! Reading runs none of a library's code ([`read_library_file`]):
+//! 1. Refuse what is not a regular file before opening it (a FIFO named `x.so` would
+//!    block the read forever; a directory, a socket, a device, a dangling symlink or a
+//!    symlink loop are one-line errors too).
+//! 2. Parse the file and find its exported `stagecraft_plugin_<id>` symbol (no such
+//!    symbol: "not a stagecraft plugin"; not an object file: "not a shared library").
+//! 3. Read its manifest, the data-only static `stagecraft_manifest_<id>` that the SDK's
+//!    `export_plugin!` writes: the names and kinds of its plugins. Libraries built
+//!    before the SDK wrote manifests have none; that is not an error.
+//!
+//! Loading ([`open_library`]) runs its code:
+//! 1. `dlopen` it and read the abi_stable header behind its symbol.
+//! 2. Check the SDK major version, then the layout of the root module and everything
 //!    reachable from it. A plugin built against an *older* SDK 1.x fails abi_stable's
 //!    check ("too many fields": the host's types have more), so on a layout error the
 //!    check is repeated with the roles swapped; if the plugin's layout is a prefix of
 //!    the host's, the library is used with `unchecked_layout`.
-//! 4. An incompatible library gives one line (plugin, both SDK versions, the first
+//! 3. An incompatible library gives one line (plugin, both SDK versions, the first
 //!    expected/found) and the full abi_stable report goes to a file named in that line.
 //!
 //! Libraries are never unloaded (`dlclose` is unsound with thread-locals and a no-op on
@@ -17,14 +25,15 @@
 
 use crate::error::{Error, Result};
 use abi_stable::{
-    abi_stability::abi_checking::check_layout_compatibility,
+    abi_stability::abi_checking::{check_layout_compatibility_with_globals, CheckingGlobals},
     library::{AbiHeaderRef, LibraryError, RawLibrary},
     sabi_types::VersionNumber,
     StableAbi,
 };
 use sha2::{Digest, Sha256};
 use stagecraft_sdk::abi::PluginLibRef;
-use stagecraft_sdk::{SdkVersion, SDK_VERSION};
+use stagecraft_sdk::export::{valid_name, MANIFEST_HEADER, MANIFEST_SYMBOL_PREFIX};
+use stagecraft_sdk::{PluginKind, SdkVersion, SDK_VERSION};
 use std::path::{Path, PathBuf};
 
 /// Prefix of the symbol a plugin library exports.
@@ -53,8 +62,140 @@ pub struct LoadedLibrary {
     pub lib: PluginLibRef,
 }
 
+/// One plugin named by a library's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Its registered name.
+    pub name: String,
+    /// Its kind.
+    pub kind: PluginKind,
+}
+
+/// What a library file says about itself, read from its bytes without loading it.
+#[derive(Debug, Clone)]
+pub struct LibraryFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The id from its symbol (`stagecraft_plugin_<id>`).
+    pub id: String,
+    /// Its plugins, from its `stagecraft_manifest_<id>` static; `None` for a library
+    /// built before the SDK wrote manifests (only loading it tells what it provides).
+    pub manifest: Option<Vec<ManifestEntry>>,
+}
+
+/// Refuses a path that is not a regular file (following symlinks) without opening it:
+/// a directory, a FIFO, a socket or a device named like a library, a dangling symlink
+/// or a symlink loop is one line naming the path.
+pub fn check_regular_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) => match file_kind(meta.file_type()) {
+            None => Ok(()),
+            Some("a directory") => Err(load_err(path, "is a directory, not a library file")),
+            Some(what) => Err(load_err(path, format!("not a regular file ({what})"))),
+        },
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            Err(load_err(
+                path,
+                match (link, e.kind()) {
+                    (true, std::io::ErrorKind::NotFound) => "dangling symbolic link (its target does not exist)".into(),
+                    (true, _) => format!("symbolic link cannot be followed: {e}"),
+                    (false, _) => format!("cannot read: {e}"),
+                },
+            ))
+        }
+    }
+}
+
+/// What a file type is when it is not a regular file.
+fn file_kind(t: std::fs::FileType) -> Option<&'static str> {
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a directory");
+    }
+    #[cfg(unix)]
+    {
+        if t.is_fifo() {
+            return Some("a FIFO");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_char_device() {
+            return Some("a character device");
+        }
+        if t.is_block_device() {
+            return Some("a block device");
+        }
+    }
+    Some("not a file")
+}
+
+/// Reads a library file's id and manifest from its bytes; runs none of its code.
+pub fn read_library_file(path: &Path) -> Result<LibraryFile> {
+    check_regular_file(path)?;
+    let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
+    let file = object::File::parse(&*bytes).map_err(|e| load_err(path, format!("not a shared library ({e})")))?;
+    let ids = exported_ids(path, &file)?;
+    let id = match ids.as_slice() {
+        [] => {
+            return Err(load_err(path, format!("not a stagecraft plugin: it exports no `{SYMBOL_PREFIX}<id>` symbol")))
+        }
+        [one] => one.clone(),
+        many => {
+            return Err(load_err(path, format!("exports several plugin libraries ({}); one per file", many.join(", "))))
+        }
+    };
+    let manifest = read_manifest(path, &file, &id)?;
+    Ok(LibraryFile { path: path.to_path_buf(), id, manifest })
+}
+
+/// The manifest static of library `id`, if the file has one.
+fn read_manifest(path: &Path, file: &object::File, id: &str) -> Result<Option<Vec<ManifestEntry>>> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let name = format!("{MANIFEST_SYMBOL_PREFIX}{id}");
+    let Some(symbol) =
+        file.dynamic_symbols().chain(file.symbols()).find(|s| !s.is_undefined() && s.name() == Ok(name.as_str()))
+    else {
+        return Ok(None);
+    };
+    let unreadable = |why: &str| load_err(path, format!("its plugin manifest `{name}` is unreadable ({why})"));
+    let section = symbol
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or_else(|| unreadable("it is in no section"))?;
+    let bytes = section
+        .data_range(symbol.address(), symbol.size())
+        .ok()
+        .flatten()
+        .ok_or_else(|| unreadable("it lies outside its section"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| unreadable("not UTF-8"))?;
+    parse_manifest(text).map(Some).map_err(|why| unreadable(&why))
+}
+
+/// Parses a manifest: [`MANIFEST_HEADER`], then `<kind> <name>` lines.
+fn parse_manifest(text: &str) -> std::result::Result<Vec<ManifestEntry>, String> {
+    let body =
+        text.strip_prefix(MANIFEST_HEADER).ok_or_else(|| format!("it does not start with {MANIFEST_HEADER:?}"))?;
+    body.lines()
+        .map(|line| {
+            let (kind, name) = line.split_once(' ').ok_or_else(|| format!("line {line:?} is not `<kind> <name>`"))?;
+            let kind = PluginKind::from_name(kind).ok_or_else(|| format!("unknown plugin kind `{kind}`"))?;
+            if !valid_name(name) {
+                return Err(format!("plugin name `{name}` is not lowercase snake_case"));
+            }
+            Ok(ManifestEntry { name: name.to_string(), kind })
+        })
+        .collect()
+}
+
 /// sha256 of a file, hex (for provenance: `plugin inspect`, run records, pinning).
 pub fn sha256_file(path: &Path) -> Result<String> {
+    check_regular_file(path)?;
     let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -64,9 +205,8 @@ fn load_err(path: &Path, msg: impl Into<String>) -> Error {
 }
 
 /// The plugin ids a file exports, read from its symbol table without loading it.
-pub fn exported_ids(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+fn exported_ids(path: &Path, file: &object::File) -> Result<Vec<String>> {
     use object::{Object, ObjectSymbol};
-    let file = object::File::parse(bytes).map_err(|e| load_err(path, format!("not a shared library ({e})")))?;
     let mut ids: Vec<String> = file
         .exports()
         .map_err(|e| load_err(path, format!("cannot read its exported symbols ({e})")))?
@@ -151,22 +291,15 @@ pub(crate) fn first_mismatch(report: &str) -> String {
     format!("{}{at}: expected {}, found {}", f.kind, f.expected, f.found)
 }
 
-/// Loads a plugin library. `report_dir` receives the full abi_stable report when the
-/// layouts are incompatible.
+/// Reads and loads a plugin library ([`read_library_file`], then [`open_library`]).
 pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
-    let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
-    let ids = exported_ids(path, &bytes)?;
-    let id = match ids.as_slice() {
-        [] => {
-            return Err(load_err(path, format!("not a stagecraft plugin: it exports no `{SYMBOL_PREFIX}<id>` symbol")))
-        }
-        [one] => one.clone(),
-        many => {
-            return Err(load_err(path, format!("exports several plugin libraries ({}); one per file", many.join(", "))))
-        }
-    };
-    drop(bytes);
+    open_library(&read_library_file(path)?, report_dir)
+}
 
+/// Loads a library file that [`read_library_file`] read: this runs its code. `report_dir`
+/// receives the full abi_stable report when the layouts are incompatible.
+pub fn open_library(file: &LibraryFile, report_dir: &Path) -> Result<LoadedLibrary> {
+    let (path, id) = (file.path.as_path(), file.id.clone());
     let raw = RawLibrary::load_at(path)
         .map_err(|e| load_err(path, format!("cannot be loaded: {}", one_line(&e.to_string()))))?;
     let symbol = format!("{SYMBOL_PREFIX}{id}\0");
@@ -194,7 +327,12 @@ pub fn load_library(path: &Path, report_dir: &Path) -> Result<LoadedLibrary> {
         Ok(lib) => Ok(LoadedLibrary { id, path: path.to_path_buf(), sdk, compat: Compat::Checked, lib }),
         Err(LibraryError::AbiInstability(report)) => {
             let plugin_layout = header.layout().ok_or_else(|| load_err(path, "library has no layout information"))?;
-            match check_layout_compatibility(plugin_layout, <PluginLibRef as StableAbi>::LAYOUT) {
+            // A fresh set of checking globals: the global one would record the older
+            // plugin's prefix types as the interface, and every library checked after it
+            // (any SDK) would then fail with "too many fields".
+            let scratch = CheckingGlobals::new();
+            match check_layout_compatibility_with_globals(plugin_layout, <PluginLibRef as StableAbi>::LAYOUT, &scratch)
+            {
                 Ok(()) => {
                     // SAFETY: the swapped check proved the plugin's root module (and all it
                     // reaches) is a prefix of the host's: every field and method it has is

@@ -14,8 +14,11 @@ pub use crate::model::layers::{log_softmax, softmax};
 pub use instance::{
     host_for, InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam,
 };
-pub use loader::{load_library, sha256_file, Compat, LoadedLibrary};
+pub use loader::{
+    check_regular_file, load_library, open_library, read_library_file, sha256_file, Compat, LibraryFile, LoadedLibrary,
+    ManifestEntry,
+};
 pub use ops::{cross_entropy, from_candle_dtype, to_candle_dtype, HostCtx};
-pub use registry::{is_library_file, search_path, Library, Registry, Source};
+pub use registry::{is_library_file, scan_dirs, search_path, Library, Preflight, Registry, SearchDir, Source};
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};

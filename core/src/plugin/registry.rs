@@ -1,12 +1,27 @@
 //! The plugin registry: built-in libraries (compiled into the host, found through
-//! `inventory`) and libraries loaded from `.so` files, by plugin name and kind.
+//! `inventory`) and libraries from `.so` files, by plugin name and kind.
+//!
+//! Files are opened lazily. Scanning the search path ([`Registry::scan_dirs`]) reads
+//! each library's id and manifest (the names and kinds of its plugins) from its bytes
+//! and runs none of its code; a file is `dlopen`ed only when a plugin it provides is
+//! looked up ([`Registry::find`], `new_*`), so a broken library that a pipeline does not
+//! name is never opened. A library without a manifest (built before the SDK wrote one)
+//! is opened when scanned, as before, since only loading it tells what it provides.
+//! Each oddity on the search path (a directory, FIFO or dangling symlink named like a
+//! library, a missing or unreadable directory) is one error naming the path.
+//!
+//! Before opening a file the registry runs its preflight check, if it has one: the CLI
+//! loads the library in a child process first, so a library that crashes or hangs when
+//! loaded is one error rather than the end of the host.
 //!
 //! Name rules: two files providing the same plugin name is an error naming both (the
 //! second library is not registered); a file providing a built-in's name replaces the
-//! built-in (logged), which is how a team swaps in its own build.
+//! built-in (logged), which is how a team swaps in its own build. A library that fails
+//! to open when looked up is an error for each of its names: a built-in it replaces is
+//! not used in its stead.
 
 use super::instance::{InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance};
-use super::loader::{load_library, Compat};
+use super::loader::{open_library, read_library_file, Compat, LibraryFile, ManifestEntry};
 use super::state::HostState;
 use crate::error::{Error, Result};
 use abi_stable::std_types::{RResult, RStr};
@@ -16,6 +31,7 @@ use stagecraft_sdk::{PluginInfo, PluginKind, SdkVersion, SDK_VERSION};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::OnceLock;
 
 /// Where a library came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +54,7 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// One registered library.
+/// One loaded library.
 pub struct Library {
     /// Its id.
     pub id: String,
@@ -53,20 +69,58 @@ pub struct Library {
     lib: PluginLibRef,
 }
 
+/// A check run on a library file before the host opens it (see [`Registry::set_preflight`]).
+pub type Preflight = Box<dyn Fn(&Path) -> Result<()> + Send + Sync>;
+
+/// A library file known to the registry, opened the first time one of its plugins is
+/// looked up.
+struct FileLibrary {
+    file: LibraryFile,
+    source: Source,
+    /// The library once opened, or why it could not be.
+    opened: OnceLock<std::result::Result<Library, String>>,
+}
+
+/// Where a plugin name leads.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Builtin(usize),
+    File(usize),
+}
+
 /// All known plugins.
 pub struct Registry {
-    libs: Vec<Library>,
-    by_name: BTreeMap<String, (usize, usize)>,
+    builtins: Vec<Library>,
+    files: Vec<FileLibrary>,
+    by_name: BTreeMap<String, (At, PluginKind)>,
     report_dir: PathBuf,
+    preflight: Option<Preflight>,
+}
+
+/// A directory searched for plugin files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Whether it may be missing without a word (`./plugins`); a directory the user
+    /// named that does not exist is an error.
+    pub optional: bool,
+}
+
+impl SearchDir {
+    /// A directory the user named: a missing one is reported.
+    pub fn required(path: impl Into<PathBuf>) -> Self {
+        SearchDir { path: path.into(), optional: false }
+    }
 }
 
 /// The directories searched for plugin files: `STAGECRAFT_PLUGIN_PATH` (a `:`-separated
-/// list), then `./plugins`.
-pub fn search_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("STAGECRAFT_PLUGIN_PATH")
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+/// list), then `./plugins` (optional).
+pub fn search_path() -> Vec<SearchDir> {
+    let mut dirs: Vec<SearchDir> = std::env::var_os("STAGECRAFT_PLUGIN_PATH")
+        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).map(SearchDir::required).collect())
         .unwrap_or_default();
-    dirs.push(PathBuf::from("plugins"));
+    dirs.push(SearchDir { path: PathBuf::from("plugins"), optional: true });
     dirs
 }
 
@@ -75,10 +129,63 @@ pub fn is_library_file(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
 }
 
+/// The library files in `dirs` (not recursive), read without running their code, in
+/// search-path order and by name within a directory. Each path that cannot be used (a
+/// missing or unreadable directory, a directory, FIFO, socket or device named like a
+/// library, a dangling symlink or a symlink loop, a file that is not a plugin) is one
+/// error; the others are still returned. Names without a library extension are skipped.
+pub fn scan_dirs(dirs: &[SearchDir]) -> (Vec<LibraryFile>, Vec<Error>) {
+    let (mut found, mut errors) = (Vec::new(), Vec::new());
+    for dir in dirs {
+        let entries = match std::fs::read_dir(&dir.path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.optional => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                errors.push(Error::file(&dir.path, "plugin directory does not exist"));
+                continue;
+            }
+            Err(e) => {
+                errors.push(Error::file(&dir.path, format!("plugin directory cannot be read: {e}")));
+                continue;
+            }
+        };
+        let mut paths = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => paths.push(entry.path()),
+                Err(e) => errors.push(Error::file(&dir.path, format!("plugin directory cannot be read: {e}"))),
+            }
+        }
+        paths.retain(|p| is_library_file(p));
+        paths.sort();
+        for path in paths {
+            match read_library_file(&path) {
+                Ok(file) => found.push(file),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    (found, errors)
+}
+
+/// The message of a load error (its path is given again when the error is rebuilt).
+fn load_msg(e: Error) -> String {
+    match e {
+        Error::Load { msg, .. } => msg,
+        e => e.to_string(),
+    }
+}
+
 impl Registry {
     /// An empty registry; incompatible-ABI reports go to `report_dir`.
     pub fn empty(report_dir: impl Into<PathBuf>) -> Self {
-        Registry { libs: Vec::new(), by_name: BTreeMap::new(), report_dir: report_dir.into() }
+        Registry {
+            builtins: Vec::new(),
+            files: Vec::new(),
+            by_name: BTreeMap::new(),
+            report_dir: report_dir.into(),
+            preflight: None,
+        }
     }
 
     /// A registry with every built-in library.
@@ -88,114 +195,214 @@ impl Registry {
         builtins.sort_by_key(|b| b.id);
         for b in builtins {
             let lib = (b.lib)();
-            r.add(b.id.to_string(), Source::Builtin, SDK_VERSION, None, lib)?;
+            let plugins = checked_plugins(&Source::Builtin, lib)?;
+            let names = entries(&plugins);
+            r.claim(&Source::Builtin, &names)?;
+            let index = r.builtins.len();
+            r.builtins.push(Library {
+                id: b.id.to_string(),
+                source: Source::Builtin,
+                sdk: SDK_VERSION,
+                compat: None,
+                plugins,
+                lib,
+            });
+            for e in names {
+                r.by_name.insert(e.name, (At::Builtin(index), e.kind));
+            }
         }
         Ok(r)
     }
 
-    /// Libraries in registration order.
-    pub fn libraries(&self) -> &[Library] {
-        &self.libs
+    /// Runs `check` on each library file before it is opened; an error from it is the
+    /// file's load error. The CLI loads the library in a child process there, so that a
+    /// library that crashes when loaded does not take the host down.
+    pub fn set_preflight(&mut self, check: Preflight) {
+        self.preflight = Some(check);
     }
 
-    /// Every plugin by name: `(name, library, info)`.
-    pub fn plugins(&self) -> impl Iterator<Item = (&str, &Library, &PluginInfo)> {
-        self.by_name.iter().map(|(n, &(l, p))| (n.as_str(), &self.libs[l], &self.libs[l].plugins[p]))
+    /// The libraries loaded so far: the built-ins, then each file opened.
+    pub fn libraries(&self) -> impl Iterator<Item = &Library> {
+        let files = self.files.iter().filter_map(|f| f.opened.get().and_then(|r| r.as_ref().ok()));
+        self.builtins.iter().chain(files)
     }
 
-    fn add(
-        &mut self,
-        id: String,
-        source: Source,
-        sdk: SdkVersion,
-        compat: Option<Compat>,
-        lib: PluginLibRef,
-    ) -> Result<usize> {
-        let manifest = (lib.manifest())();
-        let plugins: Vec<PluginInfo> = manifest.into_vec();
+    /// Every plugin by name, `(name, kind, source)`, opening nothing.
+    pub fn plugins(&self) -> impl Iterator<Item = (&str, PluginKind, &Source)> {
+        self.by_name.iter().map(|(n, &(at, kind))| {
+            let source = match at {
+                At::Builtin(i) => &self.builtins[i].source,
+                At::File(i) => &self.files[i].source,
+            };
+            (n.as_str(), kind, source)
+        })
+    }
+
+    /// Checks `names` of a library from `source` against those registered: an error
+    /// when one is provided twice or by another file; built-ins may be replaced by files.
+    fn claim(&self, source: &Source, names: &[ManifestEntry]) -> Result<()> {
         let mut seen = std::collections::BTreeSet::new();
-        for p in &plugins {
-            if !stagecraft_sdk::export::valid_name(&p.name) {
-                return Err(Error::Load {
-                    path: PathBuf::from(source.to_string()),
-                    msg: format!("plugin name `{}` is not lowercase snake_case", p.name),
-                });
-            }
-            if !seen.insert((p.name.to_string(), p.kind.0)) {
+        for p in names {
+            if !seen.insert((p.name.as_str(), p.kind.0)) {
                 return Err(Error::Load {
                     path: PathBuf::from(source.to_string()),
                     msg: format!("provides `{}` twice", p.name),
                 });
             }
-            if let Some(&(l, _)) = self.by_name.get(p.name.as_str()) {
-                let other = &self.libs[l];
-                if other.source != Source::Builtin || source == Source::Builtin {
+            if let Some(&(at, _)) = self.by_name.get(p.name.as_str()) {
+                let other = match at {
+                    At::Builtin(i) => &self.builtins[i].source,
+                    At::File(i) => &self.files[i].source,
+                };
+                if *other != Source::Builtin || *source == Source::Builtin {
                     return Err(Error::Duplicate {
-                        name: p.name.to_string(),
-                        first: other.source.to_string(),
+                        name: p.name.clone(),
+                        first: other.to_string(),
                         second: source.to_string(),
                     });
                 }
             }
         }
-        let index = self.libs.len();
+        Ok(())
+    }
+
+    /// Registers a file library whose plugins are `names`, opened or not.
+    fn register(&mut self, file: LibraryFile, names: Vec<ManifestEntry>, opened: Option<Library>) -> Result<usize> {
+        let source = Source::File { path: file.path.clone() };
+        self.claim(&source, &names)?;
+        let index = self.files.len();
         let mut replaced = Vec::new();
-        for (i, p) in plugins.iter().enumerate() {
-            if self.by_name.insert(p.name.to_string(), (index, i)).is_some() {
-                replaced.push(p.name.as_str());
+        for e in &names {
+            if self.by_name.insert(e.name.clone(), (At::File(index), e.kind)).is_some() {
+                replaced.push(e.name.as_str());
             }
         }
         if !replaced.is_empty() {
             tracing::debug!("{source} replaces built-in plugins {}", replaced.join(", "));
         }
-        self.libs.push(Library { id, source, sdk, compat, plugins, lib });
+        let cell = OnceLock::new();
+        if let Some(lib) = opened {
+            let _ = cell.set(Ok(lib));
+        }
+        self.files.push(FileLibrary { file, source, opened: cell });
         Ok(index)
     }
 
-    /// Loads one library file. Loading the same file twice is a no-op.
-    pub fn load_file(&mut self, path: &Path) -> Result<&Library> {
-        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(i) = self.libs.iter().position(|l| matches!(&l.source, Source::File { path: p } if *p == canon)) {
-            return Ok(&self.libs[i]);
-        }
-        let loaded = load_library(&canon, &self.report_dir)?;
-        let source = Source::File { path: canon };
-        let i = self.add(loaded.id, source, loaded.sdk, Some(loaded.compat), loaded.lib)?;
-        Ok(&self.libs[i])
+    /// The index of the file library at canonical path `path`, if registered.
+    fn registered(&self, path: &Path) -> Option<usize> {
+        self.files.iter().position(|f| f.file.path == path)
     }
 
-    /// Loads every library file in `dirs` (not recursive). Each failure is one error;
-    /// the others still load.
-    pub fn load_dirs(&mut self, dirs: &[PathBuf]) -> Vec<Error> {
-        let mut errors = Vec::new();
-        for dir in dirs {
-            let Ok(rd) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<PathBuf> =
-                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library_file(p)).collect();
-            files.sort();
-            for f in files {
-                if let Err(e) = self.load_file(&f) {
-                    errors.push(e);
-                }
+    /// Loads one library file now (it runs the library's code). Loading the same file
+    /// twice is a no-op.
+    pub fn load_file(&mut self, path: &Path) -> Result<&Library> {
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let i = match self.registered(&canon) {
+            Some(i) => i,
+            None => {
+                let file = read_library_file(&canon)?;
+                let lib = self.open(&file)?;
+                let names = entries(&lib.plugins);
+                self.register(file, names, Some(lib))?
+            }
+        };
+        self.opened(i)
+    }
+
+    /// Registers the library files in `dirs` ([`scan_dirs`]) without opening those with a
+    /// manifest; a file without one is opened now. Each failure is one error; the other
+    /// files are still registered.
+    pub fn scan_dirs(&mut self, dirs: &[SearchDir]) -> Vec<Error> {
+        let (found, mut errors) = scan_dirs(dirs);
+        for file in found {
+            if let Err(e) = self.add_file(file) {
+                errors.push(e);
             }
         }
         errors
     }
 
-    /// The library and info of a plugin of `kind`.
-    pub fn find(&self, kind: PluginKind, name: &str) -> Result<(&Library, &PluginInfo)> {
-        match self.by_name.get(name) {
-            Some(&(l, p)) if self.libs[l].plugins[p].kind == kind => Ok((&self.libs[l], &self.libs[l].plugins[p])),
-            _ => {
-                let available: Vec<&str> =
-                    self.plugins().filter(|(_, _, i)| i.kind == kind).map(|(n, _, _)| n).collect();
-                Err(Error::UnknownPlugin {
-                    kind: kind.to_string(),
-                    name: name.to_string(),
-                    available: if available.is_empty() { "none".into() } else { available.join(", ") },
-                })
+    /// Registers a file read by [`read_library_file`]; opens it only when it has no manifest.
+    fn add_file(&mut self, file: LibraryFile) -> Result<usize> {
+        let canon = std::fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone());
+        if let Some(i) = self.registered(&canon) {
+            return Ok(i);
+        }
+        let file = LibraryFile { path: canon, ..file };
+        match file.manifest.clone() {
+            Some(names) => self.register(file, names, None),
+            None => {
+                let lib = self.open(&file)?;
+                let names = entries(&lib.plugins);
+                self.register(file, names, Some(lib))
             }
         }
+    }
+
+    /// Opens every registered file library not opened yet; one error per library that
+    /// cannot be opened (its plugins are then unusable).
+    pub fn open_all(&self) -> Vec<Error> {
+        (0..self.files.len()).filter_map(|i| self.opened(i).err()).collect()
+    }
+
+    /// Loads a library file: the preflight check, then the loader; checks that what it
+    /// provides is what its manifest says.
+    fn open(&self, file: &LibraryFile) -> Result<Library> {
+        if let Some(check) = &self.preflight {
+            check(&file.path)?;
+        }
+        let loaded = open_library(file, &self.report_dir)?;
+        let source = Source::File { path: file.path.clone() };
+        let plugins = checked_plugins(&source, loaded.lib)?;
+        if let Some(manifest) = &file.manifest {
+            let mut said: Vec<&ManifestEntry> = manifest.iter().collect();
+            let provided = entries(&plugins);
+            let mut has: Vec<&ManifestEntry> = provided.iter().collect();
+            said.sort_by(|a, b| (&a.name, a.kind.0).cmp(&(&b.name, b.kind.0)));
+            has.sort_by(|a, b| (&a.name, a.kind.0).cmp(&(&b.name, b.kind.0)));
+            if said != has {
+                let list = |v: &[&ManifestEntry]| {
+                    v.iter().map(|e| format!("{} {}", e.kind, e.name)).collect::<Vec<_>>().join(", ")
+                };
+                return Err(Error::Load {
+                    path: file.path.clone(),
+                    msg: format!("its manifest lists {} but it provides {}", list(&said), list(&has)),
+                });
+            }
+        }
+        Ok(Library { id: loaded.id, source, sdk: loaded.sdk, compat: Some(loaded.compat), plugins, lib: loaded.lib })
+    }
+
+    /// File library `i`, opened now if it was not yet.
+    fn opened(&self, i: usize) -> Result<&Library> {
+        let f = &self.files[i];
+        f.opened
+            .get_or_init(|| self.open(&f.file).map_err(load_msg))
+            .as_ref()
+            .map_err(|msg| Error::Load { path: f.file.path.clone(), msg: msg.clone() })
+    }
+
+    /// The library and info of a plugin of `kind`; opens the library that provides it
+    /// if it is not open yet.
+    pub fn find(&self, kind: PluginKind, name: &str) -> Result<(&Library, &PluginInfo)> {
+        let Some(&(at, _)) = self.by_name.get(name).filter(|(_, k)| *k == kind) else {
+            let available: Vec<&str> = self.plugins().filter(|(_, k, _)| *k == kind).map(|(n, _, _)| n).collect();
+            return Err(Error::UnknownPlugin {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                available: if available.is_empty() { "none".into() } else { available.join(", ") },
+            });
+        };
+        let lib = match at {
+            At::Builtin(i) => &self.builtins[i],
+            At::File(i) => self.opened(i)?,
+        };
+        let info =
+            lib.plugins.iter().find(|p| p.name.as_str() == name && p.kind == kind).ok_or_else(|| Error::Load {
+                path: PathBuf::from(lib.source.to_string()),
+                msg: format!("does not provide {kind} `{name}`"),
+            })?;
+        Ok((lib, info))
     }
 
     fn core(&self, kind: PluginKind, name: &str, state: &Rc<HostState>) -> Result<(InstanceCore, PluginLibRef)> {
@@ -227,4 +434,21 @@ impl Registry {
 
 fn created<T>(plugin: &str, method: &str, r: RResult<T, abi_stable::std_types::RString>) -> Result<T> {
     super::instance::plugin_result(plugin, method, r)
+}
+
+/// The plugins a library's root module says it provides, with their names checked.
+fn checked_plugins(source: &Source, lib: PluginLibRef) -> Result<Vec<PluginInfo>> {
+    let plugins: Vec<PluginInfo> = (lib.manifest())().into_vec();
+    if let Some(p) = plugins.iter().find(|p| !stagecraft_sdk::export::valid_name(&p.name)) {
+        return Err(Error::Load {
+            path: PathBuf::from(source.to_string()),
+            msg: format!("plugin name `{}` is not lowercase snake_case", p.name),
+        });
+    }
+    Ok(plugins)
+}
+
+/// The names and kinds of `plugins`.
+fn entries(plugins: &[PluginInfo]) -> Vec<ManifestEntry> {
+    plugins.iter().map(|p| ManifestEntry { name: p.name.to_string(), kind: p.kind }).collect()
 }
