@@ -33,7 +33,7 @@ pub(crate) enum Depth {
 
 /// Examples of each synthetic source generated to check and estimate it before (or, for
 /// `run --check`, instead of) generating it all.
-const PREVIEW_EXAMPLES: usize = 1000;
+const PREVIEW_EXAMPLES: usize = 256;
 
 /// A pipeline's inputs, loaded and checked.
 pub(crate) struct Loaded {
@@ -124,7 +124,7 @@ fn peak_memory(cfg: &PipelineConfig, spec: &ModelSpec, previews: &[StagePreview]
 /// so a bad plugin name or config fails before anything else is built.
 fn check_plugins(cfg: &PipelineConfig, registry: &Registry, device: &Device) -> Result<()> {
     for s in &cfg.stages {
-        let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+        let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
         registry
             .new_objective(s.objective.name(), &s.objective.config_json(), &scratch)
             .with_context(|| format!("stage `{}`: objective", s.name))?;
@@ -159,7 +159,7 @@ pub(crate) fn adapter_sites(
     model: &dyn Model,
     tokenizer: Rc<Tokenizer>,
 ) -> Result<Vec<Option<Vec<usize>>>> {
-    let scratch = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
+    let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
     scratch.register_model(model);
     scratch.set_tokenizer(tokenizer);
     let mut made: Vec<(String, MethodInstance, String)> = Vec::new();

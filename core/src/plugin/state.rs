@@ -36,6 +36,9 @@ pub struct HostState {
     model: RefCell<Option<ModelView>>,
     tokenizer: RefCell<Option<Rc<Tokenizer>>>,
     instances: Cell<u64>,
+    /// Checks only: plugin tensors are all-zero placeholders (no values drawn, no
+    /// memory touched), and their sizes add up against the memory available.
+    placeholder: Option<Cell<Bytes>>,
 }
 
 /// What plugins may learn about the model they work on: its shape and the role of
@@ -60,7 +63,16 @@ impl HostState {
             model: RefCell::default(),
             tokenizer: RefCell::default(),
             instances: Cell::new(0),
+            placeholder: None,
         }
+    }
+
+    /// State for checks, whose plugin tensors' values never matter: every tensor a
+    /// plugin creates is zeros from the allocator's untouched pages, so a check costs
+    /// little whatever the sizes, and their sizes add up to be refused together when
+    /// they exceed the memory available.
+    pub fn for_checks(device: Device, dtype: DType, seed: u64) -> Self {
+        HostState { placeholder: Some(Cell::new(Bytes(0))), ..HostState::new(device, dtype, seed) }
     }
 
     /// A number for a new plugin instance, unique in this state: instances are made in
@@ -183,9 +195,42 @@ impl HostState {
         self.table.borrow_mut().end_step();
     }
 
+    /// The elements of a tensor of `shape` a plugin asks for, refused in one line when
+    /// they cannot fit in the device's memory (a LoRA rank of 10^9, say) instead of
+    /// aborting the process on the allocation. For checks, all such tensors together.
+    fn checked_size(&self, shape: &[usize]) -> Result<usize> {
+        let what = || format!("a tensor of shape {shape:?}");
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::msg(format!("{} has more elements than this machine can count", what())))?;
+        let bytes = Bytes::f32s(n as u128);
+        match &self.placeholder {
+            Some(total) => {
+                let all = total.get() + bytes;
+                total.set(all);
+                if all > Bytes(64 << 20) {
+                    memory::ensure_fits(
+                        &format!("{} with the plugin tensors before it", what()),
+                        all,
+                        "",
+                        &self.device,
+                    )?;
+                }
+            }
+            // Small tensors are never refused: reading the available memory costs more.
+            None if bytes > Bytes(64 << 20) => memory::ensure_fits(&what(), bytes, "", &self.device)?,
+            None => {}
+        }
+        Ok(n)
+    }
+
     /// A tensor drawn from an initializer with the host's RNG.
     pub fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
-        let n = checked_size(shape, &self.device)?;
+        let n = self.checked_size(shape)?;
+        if self.placeholder.is_some() {
+            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+        }
         let data: Vec<f32> = match init.kind {
             InitKind::ZEROS => vec![0.0; n],
             InitKind::ONES => vec![1.0; n],
@@ -228,19 +273,6 @@ pub struct InstanceStore {
     params: RefCell<Vec<Owned>>,
     buffers: RefCell<Vec<Owned>>,
     lent: RefCell<Vec<TensorHandle>>,
-}
-
-/// The elements of a tensor of `shape` a plugin asks for, refused in one line when
-/// they cannot fit in the device's memory (a LoRA rank of 10^9, say) instead of
-/// aborting the process on the allocation.
-fn checked_size(shape: &[usize], device: &Device) -> Result<usize> {
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let bytes = n.map_or(Bytes(u64::MAX), |n| Bytes::f32s(n as u128));
-    // Small tensors are never refused: reading the available memory costs more than them.
-    if bytes > Bytes(64 << 20) {
-        memory::ensure_fits(&format!("a tensor of shape {shape:?}"), bytes, "", device)?;
-    }
-    n.ok_or_else(|| Error::msg(format!("a tensor of shape {shape:?} has more elements than this machine can count")))
 }
 
 impl InstanceStore {
