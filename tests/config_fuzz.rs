@@ -8,6 +8,9 @@
 //! deleted or added, a stage duplicated, dropped or moved, a data spec's numbers
 //! replaced. proptest shrinks a failing input to its fewest mutations and prints it.
 //!
+//! Alongside: the absurd sizes that once aborted the process are refused with a memory
+//! estimate, and a very large synthetic source is checked without generating it.
+//!
 //! `CONFIG_FUZZ_CASES` sets the number of inputs (default 300, as in CI), e.g.
 //! `CONFIG_FUZZ_CASES=1000000 cargo test --release -p stagecraft-core --test config_fuzz -- --nocapture`;
 //! `CONFIG_FUZZ_SEED` picks another sequence of inputs.
@@ -318,4 +321,48 @@ fn mutations_change_what_they_name() {
     assert!(all_leaves(&root).len() < n);
     assert_eq!(replace_number("synthetic:add?n=300&digits=1", 1, "0"), "synthetic:add?n=300&digits=0");
     assert_eq!(replace_number("no digits", 3, "9"), "no digits");
+}
+
+/// `run --check` of the default pipeline with `overrides`: the answer and how long it took.
+fn check_default(overrides: &[&str]) -> (Result<String, String>, Duration) {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let t = Instant::now();
+    let answer = PipelineConfig::from_str(EXAMPLES[0].1, "default.toml", &overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| {
+            let registry =
+                Registry::with_builtins(std::env::temp_dir().join("stagecraft-fuzz-reports")).expect("registry");
+            Pipeline::plan(&cfg, &registry).map_err(|e| e.to_string())
+        });
+    (answer, t.elapsed())
+}
+
+#[test]
+fn absurd_sizes_are_refused_by_a_memory_estimate_before_anything_is_allocated() {
+    let cases = [
+        ("model.vocab_size=1000000000000", "stage `pretrain` needs about"),
+        ("model.hidden_size=100000", "stage `pretrain` needs about"),
+        ("model.hidden_size=1099511627776", "needs more than 16 EiB"),
+        ("model.intermediate_size=1099511627776", "needs about"),
+        ("model.num_layers=1000000", "weights 738.1 GiB"),
+        ("stages.pretrain.grad_accum=1000000000", "1000000000 micro-batches"),
+        ("stages.pretrain.batch_size=1099511627776", "activations for 1099511627776 x 48 tokens"),
+        ("stages.pretrain.seq_len=10000000", "activations for 32 x 10000000 tokens"),
+        (
+            "stages.adapt_sub.adapters.0.r=1000000000",
+            "stage `adapt_sub`: adapter `lora`: plugin `lora` failed in `init_site(model.layers.0.self_attn.q_proj)`: op `new_param`: a tensor of shape [1000000000, 128]",
+        ),
+    ];
+    for (set, expected) in cases {
+        let (answer, took) = check_default(&[set]);
+        let e = answer.expect_err(set);
+        assert!(e.contains(expected) && e.contains("available") && !e.contains('\n'), "{set}: {e}");
+        assert!(took < Duration::from_secs(5), "{set}: {took:?}");
+    }
+    // Ten million examples of many lines: checked from their first examples, in no time.
+    let (plan, took) = check_default(&["stages.pretrain.data.train=\"synthetic:arith_text?n=10000000&lines=20\""]);
+    let plan = plan.expect("plan");
+    assert!(plan.contains("of 10000000 from synthetic:arith_text?n=10000000&lines=20"), "{plan}");
+    assert!(plan.lines().any(|l| l.starts_with("memory: about ")), "{plan}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }

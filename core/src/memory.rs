@@ -102,9 +102,10 @@ pub fn ensure_fits(what: &str, need: Bytes, detail: &str, device: &Device) -> Re
     if need <= avail {
         return Ok(());
     }
-    let on = match device {
-        Device::Cpu => "this machine".to_string(),
-        other => format!("the device ({other:?})"),
+    let on = match device.location() {
+        candle_core::DeviceLocation::Cpu => "this machine".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("GPU cuda:{gpu_id}"),
+        other => format!("the device {other:?}"),
     };
     let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
     let about = if need == Bytes(u64::MAX) { "" } else { "about " };
