@@ -233,14 +233,7 @@ fn generate_with_a_peft_adapter_continues_as_peft_does() {
     // A word-level tokenizer whose token `tN` is id N, so that the fixture's prompt
     // (ids 5, 17, 42) can be typed and every generated id read back.
     let dir = scratch("cli-generate-peft");
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..256).map(|i| (format!("t{i}"), i.into())).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "t0" }
-    });
-    let tok = dir.join("tokenizer.json");
-    std::fs::write(&tok, tokenizer.to_string()).expect("write tokenizer");
+    let tok = support::word_level_tokenizer(&dir);
     let r = support::reference("llama-tiny");
     let ids = |name: &str| -> Vec<u32> {
         r[name].flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).expect("ids")

@@ -245,14 +245,7 @@ fn generate_refuses_what_cannot_fit_and_streams_what_can() {
     // Tokens are printed as they come: the first ones arrive while a long generation
     // (no end-of-text token in this vocabulary) still runs.
     let dir = scratch("refusals-stream");
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..256).map(|i| (format!("t{i}"), i.into())).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "t0" }
-    });
-    let tok = dir.join("tokenizer.json");
-    std::fs::write(&tok, tokenizer.to_string()).expect("write tokenizer");
+    let tok = support::word_level_tokenizer(&dir);
     let args = ["generate", "--model", s(&unbounded), "--tokenizer", s(&tok), "--prompt", "t5", "--max-tokens", "4000"];
     let mut child = command(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
     let mut stdout = child.stdout.take().expect("stdout");

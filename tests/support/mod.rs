@@ -353,3 +353,17 @@ pub fn checkpoint_bits(run: &Path, name: &str) -> BTreeMap<String, Vec<u32>> {
 pub fn with_prefix<'a, V>(t: &'a BTreeMap<String, V>, prefix: &str) -> BTreeMap<&'a String, &'a V> {
     t.iter().filter(|(k, _)| k.starts_with(prefix)).collect()
 }
+
+/// A word-level `tokenizer.json` in `dir` whose token `tN` is id N (0..256), so tests can
+/// type token ids as text and read generated ids back.
+pub fn word_level_tokenizer(dir: &Path) -> PathBuf {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..256).map(|i| (format!("t{i}"), i.into())).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "t0" }
+    });
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(&tok, tokenizer.to_string()).expect("write tokenizer");
+    tok
+}

@@ -83,6 +83,9 @@ impl AdaptationMethod for PromptTuning {
         let prompt = match &self.embed_site {
             None => host.new_param("prompt_embeddings", &[n, hidden], Init::normal(0.0, 1.0))?,
             Some(embed) => {
+                // The parameter first: the host refuses a size that cannot fit before the
+                // init ids (as many as virtual tokens) are drawn.
+                let p = host.new_param("prompt_embeddings", &[n, hidden], Init::ZEROS)?;
                 let vocab = embed.dims[0];
                 let ids = self.init_ids(host, vocab)?;
                 if let Some(bad) = ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
@@ -90,7 +93,6 @@ impl AdaptationMethod for PromptTuning {
                 }
                 let table = host.site_weight(&embed.name, "weight")?;
                 let rows = table.index_select(&host.from_i64(&ids, &[n])?, 0)?;
-                let p = host.new_param("prompt_embeddings", &[n, hidden], Init::ZEROS)?;
                 host.assign(&p, &rows)?;
                 p
             }
