@@ -10,7 +10,7 @@ use super::hf::WeightStore;
 use super::Weight;
 use crate::error::Result;
 use crate::rng::Rng;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
 enum Source<'a> {
     Fresh {
@@ -98,12 +98,13 @@ impl<'a> WeightBuilder<'a> {
     }
 
     fn make(&mut self, name: &str, shape: &[usize], fill: Fill) -> Result<Weight> {
-        let t = match &mut self.source {
+        let w = match &mut self.source {
+            // Made as a variable in place: zeros that touch no memory (a copy would).
+            Source::Placeholder => Weight::from_var(Var::zeros(shape, self.dtype, &self.device)?),
             Source::Store { store, prefix } => {
-                store.load(&format!("{prefix}{name}"), shape, self.dtype, &self.device)?
+                Weight::new(store.load(&format!("{prefix}{name}"), shape, self.dtype, &self.device)?)?
             }
-            Source::Placeholder => Tensor::zeros(shape, self.dtype, &self.device)?,
-            Source::Fresh { rng, std } => match fill {
+            Source::Fresh { rng, std } => Weight::new(match fill {
                 Fill::Ones => Tensor::ones(shape, self.dtype, &self.device)?,
                 Fill::Zeros => Tensor::zeros(shape, self.dtype, &self.device)?,
                 Fill::Normal => {
@@ -111,9 +112,8 @@ impl<'a> WeightBuilder<'a> {
                     let v: Vec<f32> = (0..n).map(|_| (rng.normal() * *std) as f32).collect();
                     Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?
                 }
-            },
+            })?,
         };
-        let w = Weight::new(t)?;
         self.made.push((name.to_string(), w.clone()));
         Ok(w)
     }

@@ -49,6 +49,10 @@ impl Weight {
     pub fn new(t: Tensor) -> Result<Self> {
         Ok(Weight { var: Var::from_tensor(&t)?, trainable: std::rc::Rc::new(Cell::new(true)) })
     }
+    /// A trainable weight of a variable made in place.
+    pub(crate) fn from_var(var: Var) -> Self {
+        Weight { var, trainable: std::rc::Rc::new(Cell::new(true)) }
+    }
     /// The tensor to compute with: tracked when trainable, detached when frozen.
     pub fn get(&self) -> Tensor {
         if self.trainable.get() {

@@ -225,11 +225,12 @@ impl HostState {
         Ok(n)
     }
 
-    /// A tensor drawn from an initializer with the host's RNG.
-    pub fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+    /// A variable drawn from an initializer with the host's RNG, made in place (no
+    /// copy). For checks, zeros that touch no memory.
+    pub fn init_var(&self, shape: &[usize], init: Init) -> Result<Var> {
         let n = self.checked_size(shape)?;
         if self.placeholder.is_some() {
-            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+            return Ok(Var::zeros(shape, self.dtype, &self.device)?);
         }
         let data: Vec<f32> = match init.kind {
             InitKind::ZEROS => vec![0.0; n],
@@ -251,7 +252,11 @@ impl HostState {
             }
             other => return Err(Error::msg(format!("host does not know initializer {other:?}"))),
         };
-        Ok(Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?)
+        let var = Var::from_vec(data, shape, &self.device)?;
+        match self.dtype {
+            DType::F32 => Ok(var),
+            other => Ok(Var::from_tensor(&var.as_tensor().to_dtype(other)?)?),
+        }
     }
 }
 
@@ -308,7 +313,7 @@ impl InstanceStore {
         if self.params.borrow().iter().any(|p| p.name == name) {
             bail!("parameter `{name}` already exists in this instance");
         }
-        let var = Var::from_tensor(&state.init_tensor(shape, init)?)?;
+        let var = state.init_var(shape, init)?;
         let handle = state.table.borrow_mut().insert(Entry::Param(var.clone()));
         self.params.borrow_mut().push(Owned { name: name.to_string(), var, handle });
         Ok(handle)
@@ -325,8 +330,7 @@ impl InstanceStore {
             }
             return Ok(b.handle);
         }
-        let t = state.init_tensor(shape, init)?;
-        let var = Var::from_tensor(&t)?;
+        let var = state.init_var(shape, init)?;
         let handle = state.table.borrow_mut().insert(Entry::Buffer(var.clone()));
         self.buffers.borrow_mut().push(Owned { name: name.to_string(), var, handle });
         Ok(handle)
