@@ -55,24 +55,18 @@ fn profile_dir() -> PathBuf {
 /// `optimizers`, `stages`), built by `cargo build --workspace` next to the test
 /// binaries.
 pub fn first_party(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let file = format!("libstagecraft_{name}.so");
     let dir = profile_dir();
     let path = dir.join(&file);
-    // Built once per test process, even when a file is there: a library left by an older
-    // build of the workspace would test yesterday's plugin (cargo returns at once when it
-    // is up to date).
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !path.exists() {
         let release = if dir.ends_with("release") { ["--release"].as_slice() } else { [].as_slice() };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", &format!("stagecraft-{}", name.replace('_', "-"))])
+            .args(["build", "-p", &format!("stagecraft-{}", name.replace('_', "-"))])
             .args(release)
             .current_dir(root())
             .status()
             .expect("run cargo");
         assert!(status.success(), "building stagecraft-{name} failed");
-        built.push(name.to_string());
     }
     assert!(path.exists(), "{} is missing: run `cargo build --release --workspace` first", path.display());
     path
