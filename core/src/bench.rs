@@ -15,6 +15,7 @@
 
 use crate::device::{device_memory_used_mib, device_name, synchronize, Precision};
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::model::{Adapters, Llama, LlamaConfig, Model};
 use crate::plugin::{HostState, Registry};
 use crate::rng::Rng;
@@ -69,6 +70,8 @@ pub struct BenchOptions {
     pub precision: Precision,
     /// A smaller batch than the workload's (to fit a device's memory).
     pub batch: Option<usize>,
+    /// Also report where the step's time goes ([`Profile`]).
+    pub profile: bool,
 }
 
 /// Peak dense bf16 throughput of an H100/H200 SXM, FLOP/s: the MFU denominator.
@@ -107,6 +110,54 @@ pub struct Report {
     pub peak_rss_mib: f64,
     /// Peak device memory in use, MiB, as the driver reports it (GPUs only).
     pub peak_gpu_mib: Option<f64>,
+    /// Whether the fused CPU ops ran ([`crate::kernels`]).
+    pub fused: bool,
+    /// Where the time went, with `--profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// Where a step's time goes: the phases (medians over the measured steps) and the
+/// fused ops (mean per step, longest first). What a phase spends outside the fused
+/// ops is candle's own ops, the plugins' host ops and the autograd bookkeeping.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Forward and loss, ms.
+    pub forward_ms: f64,
+    /// Backward and gradient accumulation, ms.
+    pub backward_ms: f64,
+    /// Gradient norm, clipping and the optimizer, ms.
+    pub update_ms: f64,
+    /// Per fused op: `(op, calls per step, ms per step)`.
+    pub ops: Vec<(String, f64, f64)>,
+}
+
+impl Profile {
+    /// A table for people: phases, then the fused ops.
+    pub fn table(&self, step_ms: f64) -> String {
+        let mut out = format!(
+            "step {step_ms:.1} ms: forward {:.1} ms, backward {:.1} ms, update {:.1} ms\n",
+            self.forward_ms, self.backward_ms, self.update_ms
+        );
+        out.push_str(&format!("{:<24} {:>9} {:>10} {:>7}\n", "fused op", "calls", "ms/step", "share"));
+        for (op, calls, ms) in &self.ops {
+            out.push_str(&format!("{op:<24} {calls:>9.0} {ms:>10.2} {:>6.1}%\n", 100.0 * ms / step_ms));
+        }
+        let fused: f64 = self.ops.iter().map(|o| o.2).sum();
+        out.push_str(&format!(
+            "{:<24} {:>9} {:>10.2} {:>6.1}%\n",
+            "(outside fused ops)",
+            "",
+            step_ms - fused,
+            100.0 * (step_ms - fused) / step_ms
+        ));
+        out
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
 impl Workload {
@@ -211,19 +262,35 @@ pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
     let ids: Vec<u32> = (0..batch * seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let batch_t = Batch::tokens(Tensor::from_vec(ids, (batch, seq), &device)?);
     let mut times = Vec::with_capacity(opts.steps);
+    let mut phases = Vec::with_capacity(opts.steps);
     let mut peak_gpu: Option<f64> = None;
     for i in 0..opts.warmup + opts.steps {
+        if i == opts.warmup && opts.profile {
+            kernels::profile::start();
+        }
         synchronize(&device)?;
         let t = Instant::now();
-        trainer.train_step(&batch_t, 1e-4)?;
+        let out = trainer.train_step(&batch_t, 1e-4)?;
         synchronize(&device)?;
         if i >= opts.warmup {
             times.push(t.elapsed().as_secs_f64());
+            phases.push(out.times);
         }
         peak_gpu = device_memory_used_mib(&device).map(|m| peak_gpu.map_or(m, |p: f64| p.max(m)));
     }
-    times.sort_by(f64::total_cmp);
-    let med = times[times.len() / 2];
+    let profile = opts.profile.then(|| {
+        let per_step = |x: f64| 1e3 * x / opts.steps as f64;
+        Profile {
+            forward_ms: 1e3 * median(phases.iter().map(|p| p.forward).collect()),
+            backward_ms: 1e3 * median(phases.iter().map(|p| p.backward).collect()),
+            update_ms: 1e3 * median(phases.iter().map(|p| p.update).collect()),
+            ops: kernels::profile::finish()
+                .into_iter()
+                .map(|o| (o.op.to_string(), o.calls as f64 / opts.steps as f64, per_step(o.seconds)))
+                .collect(),
+        }
+    });
+    let med = median(times);
     let tokens_per_s = (batch * seq) as f64 / med;
     let flops = flops_per_token(&cfg, params, seq);
     Ok(Report {
@@ -242,5 +309,7 @@ pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
         mfu: device.is_cuda().then(|| flops * tokens_per_s / PEAK_FLOPS),
         peak_rss_mib: peak_rss_mib(),
         peak_gpu_mib: peak_gpu,
+        fused: kernels::enabled(),
+        profile,
     })
 }

@@ -9,6 +9,8 @@
 //! - [`config`]: the pipeline config.
 //! - [`plugin`]: the op table plugins call, the handle table, loading `.so` plugins,
 //!   the registry of built-in and loaded plugins.
+//! - [`kernels`]: fused CPU ops with hand-written backward passes (attention, norms,
+//!   RoPE, SwiGLU, linear, cross-entropy) and their profiler.
 //! - [`model`]: models whose linears, embeddings and block outputs are named sites
 //!   where adaptation plugins attach.
 //! - [`train`]: the training step (forward with adapters → stage loss → backward →
@@ -23,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod pipeline;

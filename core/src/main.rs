@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    stagecraft_core::device::configure_cpu_threads();
     let args = cli::Cli::parse();
     #[cfg(unix)]
     if !args.outlives_its_reader() {

@@ -24,6 +24,13 @@ pub struct BenchArgs {
     /// A smaller batch than the workload's (to fit a device's memory).
     #[arg(long)]
     batch: Option<usize>,
+    /// Also print where a step's time goes: forward, backward, update, and the fused
+    /// ops (a table on stderr; in the JSON as `profile`).
+    #[arg(long)]
+    profile: bool,
+    /// Compose every op from candle primitives instead of the fused CPU ops (to compare).
+    #[arg(long)]
+    unfused: bool,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -36,8 +43,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         device: resolve_device(&args.device)?,
         precision: args.precision,
         batch: args.batch,
+        profile: args.profile,
     };
+    stagecraft_core::kernels::set_enabled(!args.unfused);
     let report = run(&registry, &opts)?;
+    if let Some(p) = &report.profile {
+        eprint!("{}", p.table(report.ms_per_step));
+    }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -33,11 +33,13 @@
 
 use super::builder::WeightBuilder;
 use super::hf::{WeightStore, CONFIG_FILE};
-use super::layers::{attention, attention_mask, extend_mask, Rope, RopeTables};
+use super::layers::{attention_mask, extend_mask, Rope, RopeTables};
 use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
 use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
 use crate::bail;
 use crate::error::Result;
+use crate::kernels::attention::attention_heads;
+use crate::kernels::swiglu::swiglu;
 use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
 use std::path::Path;
@@ -154,7 +156,7 @@ impl Layer {
         let attn = a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?;
         let x1 = (x + a.post(self.attn_out_site, &h, attn)?)?;
         let h = self.post_norm.forward(a, &x1)?;
-        let m = (self.gate.forward(a, &h)?.silu()? * self.up.forward(a, &h)?)?;
+        let m = swiglu(&self.gate.forward(a, &h)?, &self.up.forward(a, &h)?)?;
         let mlp = a.dropout(&self.down.forward(a, &m)?)?;
         let y = (&x1 + a.post(self.mlp_out_site, &h, mlp)?)?;
         a.post(self.out_site, x, y)
@@ -171,10 +173,9 @@ impl Layer {
     ) -> Result<Tensor> {
         let (b, s, _) = h.dims3()?;
         let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2);
-        let q = rope.apply(&heads(self.q.forward(a, h)?, nh)?)?;
-        let k = rope.apply(&heads(self.k.forward(a, h)?, kvh)?)?;
-        let v = heads(self.v.forward(a, h)?, kvh)?.contiguous()?;
+        let q = rope.heads(&self.q.forward(a, h)?.reshape((b, s, nh, hd))?)?;
+        let k = rope.heads(&self.k.forward(a, h)?.reshape((b, s, kvh, hd))?)?;
+        let v = self.v.forward(a, h)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = a.post(self.key_site, &k, k.clone())?;
         let v = a.post(self.value_site, &v, v.clone())?;
         let kv_len = k.dim(2)?;
@@ -186,8 +187,8 @@ impl Layer {
             prefixed = attention_mask(pad.as_ref(), b, s, kv_len, true, h.device())?;
             prefixed.as_ref()
         };
-        let o = attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?;
-        self.o.forward(a, &o.transpose(1, 2)?.reshape((b, s, nh * hd))?)
+        let o = attention_heads(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?;
+        self.o.forward(a, &o)
     }
 }
 

@@ -226,7 +226,10 @@ impl Adapters {
     /// A linear site: pre-hooks, `x·Wᵀ + b`, post-hooks.
     pub fn linear(&self, site: usize, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let x = self.pre(site, x)?;
-        let mut y = self.precision.matmul(&x, &w.t()?)?;
+        let mut y = match self.precision {
+            Precision::Fp32 => crate::kernels::linear::linear(&x, w)?,
+            Precision::Bf16 => self.precision.matmul(&x, &w.t()?)?,
+        };
         if let Some(b) = b {
             y = y.broadcast_add(b)?;
         }

@@ -10,6 +10,7 @@ mod registry;
 mod state;
 mod table;
 
+pub use crate::kernels::cross_entropy::cross_entropy;
 pub use crate::model::layers::{log_softmax, softmax};
 pub use instance::{
     host_for, InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam,
@@ -18,7 +19,7 @@ pub use loader::{
     check_regular_file, load_library, open_library, read_library_file, sha256_file, Compat, LibraryFile, LoadedLibrary,
     ManifestEntry,
 };
-pub use ops::{cross_entropy, from_candle_dtype, to_candle_dtype, HostCtx};
+pub use ops::{from_candle_dtype, to_candle_dtype, HostCtx};
 pub use registry::{is_library_file, scan_dirs, search_path, Library, Preflight, Registry, SearchDir, Source};
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};

@@ -6,6 +6,7 @@
 //! abort across `extern "C"`. Softmax and friends are written with differentiable
 //! candle ops, not candle's fused kernels, which have no backward.
 
+use super::cross_entropy;
 use super::state::{HostState, InstanceStore};
 use crate::bail;
 use crate::error::{Error, Result};
@@ -68,19 +69,20 @@ fn guarded<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, RString> {
     }
 }
 
-/// Per-row cross-entropy `[n]` of `logits [n, c]` against integer `targets [n]`; rows
-/// whose target is `ignore_index` get 0.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
-    let (n, _c) = logits.dims2()?;
-    if targets.dims() != [n] {
-        bail!("targets must be [{n}], got {:?}", targets.dims());
+/// The `matmul` host op. `[.., m, k] × [k, n]` (a batch of rows against one matrix, as
+/// adapters multiply activations by their weights) is one product over all rows, fused
+/// on CPU ([`crate::kernels::linear`]); other shapes broadcast.
+fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if b.rank() == 2 && a.rank() > 2 {
+        let (k, n) = b.dims2()?;
+        if a.dims().last() == Some(&k) && crate::kernels::applies(a) {
+            return crate::kernels::linear::linear(a, &b.t()?);
+        }
+        let lead = &a.dims()[..a.rank() - 1];
+        let out: Vec<usize> = lead.iter().copied().chain([n]).collect();
+        return a.reshape((lead.iter().product::<usize>(), k))?.matmul(b)?.reshape(out);
     }
-    let t = targets.to_dtype(DType::I64)?;
-    let valid = t.ne(ignore_index)?;
-    let safe = valid.where_cond(&t, &t.zeros_like()?)?;
-    let logp = log_softmax(logits, 1)?;
-    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
-    Ok(picked.neg()?.mul(&valid.to_dtype(logits.dtype())?)?)
+    a.broadcast_matmul(b)
 }
 
 fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
@@ -269,7 +271,7 @@ impl HostOps for HostCtx {
     }
 
     fn matmul(&self, a: TensorHandle, b: TensorHandle) -> OpResult {
-        self.binary("matmul", a, b, Tensor::broadcast_matmul)
+        self.binary("matmul", a, b, matmul)
     }
 
     fn sum(&self, x: TensorHandle, dims: RSlice<'_, usize>, keepdim: bool) -> OpResult {
@@ -343,7 +345,7 @@ impl HostOps for HostCtx {
         self.op("dropout", || self.state.dropout(&self.t(x)?, p))
     }
     fn cross_entropy(&self, logits: TensorHandle, targets: TensorHandle, ignore_index: i64) -> OpResult {
-        self.op("cross_entropy", || cross_entropy(&self.t(logits)?, &self.t(targets)?, ignore_index))
+        self.op("cross_entropy", || Ok(cross_entropy(&self.t(logits)?, &self.t(targets)?, ignore_index)?))
     }
 
     fn detach(&self, x: TensorHandle) -> OpResult {

@@ -9,4 +9,4 @@ mod trainer;
 pub use batch::Batch;
 pub use params::{decays, layer_of, lr_multiplier, module_matches};
 pub use schedule::lr_at;
-pub use trainer::{forward_loss, StepOutput, Trainer};
+pub use trainer::{forward_loss, StepOutput, StepTimes, Trainer};

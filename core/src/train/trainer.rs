@@ -9,6 +9,7 @@ use crate::plugin::{Entry, HostState, ObjectiveInstance, OptimizerInstance, Stag
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +18,19 @@ pub struct StepOutput {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Where the step's time went.
+    pub times: StepTimes,
+}
+
+/// Wall time of a step's phases, seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StepTimes {
+    /// Model forward and the objective's loss, all micro-batches.
+    pub forward: f64,
+    /// Backward and gradient accumulation.
+    pub backward: f64,
+    /// Gradient norm, clipping and the optimizer's update.
+    pub update: f64,
 }
 
 /// Runs the model (with adapters) on a batch and the objective on its outputs.
@@ -191,13 +205,17 @@ impl Trainer {
         let scale = 1.0 / micro.len() as f64;
         let mut sum: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let mut loss_sum = 0.0;
+        let mut times = StepTimes::default();
         for batch in micro {
+            let clock = Instant::now();
             let l = self.loss(batch)?;
             let loss = l.loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+            times.forward += clock.elapsed().as_secs_f64();
             if !loss.is_finite() {
                 return Err(Error::NonFinite(format!("loss is {loss} at step {}", self.step + 1)));
             }
             loss_sum += loss;
+            let clock = Instant::now();
             let grads = l.loss.affine(scale, 0.0)?.backward()?;
             for (acc, p) in sum.iter_mut().zip(&self.params) {
                 if let Some(g) = grads.get(p.var.as_tensor()) {
@@ -207,17 +225,11 @@ impl Trainer {
                     });
                 }
             }
+            drop(grads);
+            times.backward += clock.elapsed().as_secs_f64();
         }
-        // One device-to-host read for the whole norm, not one per parameter.
-        let mut norm_sq: Option<Tensor> = None;
-        for g in sum.iter().flatten() {
-            let sq = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
-            norm_sq = Some(match norm_sq {
-                Some(acc) => (acc + sq)?,
-                None => sq,
-            });
-        }
-        let grad_norm = norm_sq.map_or(Ok(0.0), |n| n.to_scalar::<f32>().map(|x| (x as f64).sqrt()))?;
+        let clock = Instant::now();
+        let grad_norm = crate::kernels::grad_norm::global_norm(sum.iter().flatten())?;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
         }
@@ -233,7 +245,8 @@ impl Trainer {
         let update = self.optimizer.updates + 1;
         self.optimizer.step(&self.params, &sum, lr, update)?;
         self.optimizer.updates = update;
-        Ok(StepOutput { loss: loss_sum * scale, grad_norm })
+        times.update = clock.elapsed().as_secs_f64();
+        Ok(StepOutput { loss: loss_sum * scale, grad_norm, times })
     }
 
     /// Loss and metrics on `batch` in evaluation mode (no update).

@@ -1,16 +1,16 @@
-//! Transformer building blocks written with differentiable candle ops only.
+//! Transformer building blocks: attention masks, RoPE tables, and the composed
+//! (primitive-op) attention and softmax.
 //!
 //! candle's fused `rms_norm`, `layer_norm`, `softmax_last_dim` and `rope` kernels have
-//! no backward: a graph through them stops gradients silently. Everything here is
-//! composed from primitive ops (`sqr`, `mean`, `exp`, `matmul`, `narrow`, `cat`, ...),
-//! each of which candle differentiates.
+//! no backward: a graph through them stops gradients silently. The compositions here
+//! use only ops candle differentiates; [`crate::kernels`] has the fused ops with
+//! hand-written backward passes that the models use on CPU, and the norms.
 
 mod attention;
-mod norm;
 mod rope;
 mod softmax;
 
+pub use crate::kernels::norm::{layer_norm, rms_norm};
 pub use attention::{attention, attention_mask, extend_mask, repeat_kv, MASK_VALUE};
-pub use norm::{layer_norm, rms_norm};
 pub use rope::{Rope, RopeTables};
 pub use softmax::{log_softmax, logsumexp, softmax};

@@ -69,6 +69,17 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
+    /// Rotates a projection's output `[batch, seq, heads, head_dim]` into heads
+    /// `[batch, heads, seq, head_dim]` (fused on CPU, see [`crate::kernels::rope`]).
+    pub fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        crate::kernels::rope::rope_heads(x, &self.cos, &self.sin)
+    }
+
+    /// The `cos` and `sin` tables `[seq, head_dim]`.
+    pub fn cos_sin(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates `x` `[batch, heads, seq, head_dim]`: `x · cos + rotate_half(x) · sin`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, seq, d) = x.dims4()?;
