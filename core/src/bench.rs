@@ -72,6 +72,9 @@ pub struct BenchOptions {
     pub batch: Option<usize>,
     /// Also report where the step's time goes ([`Profile`]).
     pub profile: bool,
+    /// A Python with PyTorch and PEFT: after stagecraft, run PyTorch on the same
+    /// workload ([`torch_baseline`]) and report both (CPU workloads W1 and W2).
+    pub torch: Option<String>,
 }
 
 /// Peak dense bf16 throughput of an H100/H200 SXM, FLOP/s: the MFU denominator.
@@ -115,6 +118,76 @@ pub struct Report {
     /// Where the time went, with `--profile`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// PyTorch on the same workload, measured right after, with `--torch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<TorchReport>,
+}
+
+/// What PyTorch + PEFT measured on a workload (`benches/torch_baseline.py`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TorchReport {
+    /// Median milliseconds per optimizer step.
+    pub ms_per_step: f64,
+    /// Tokens per second at the median step time.
+    pub tokens_per_s: f64,
+    /// Threads PyTorch used.
+    pub threads: usize,
+    /// Peak resident memory of the Python process (interpreter included), MiB.
+    #[serde(default)]
+    pub peak_rss_mib: f64,
+    /// stagecraft's tokens/s over PyTorch's.
+    #[serde(default)]
+    pub speed_ratio: f64,
+    /// stagecraft's peak resident memory over PyTorch's.
+    #[serde(default)]
+    pub memory_ratio: f64,
+}
+
+/// The PyTorch baseline script, run by [`torch_baseline`] from memory.
+const TORCH_BASELINE: &str = include_str!("../../benches/torch_baseline.py");
+
+/// Runs `benches/torch_baseline.py` (PyTorch + PEFT, fp32, 2 threads by default) on a
+/// CPU workload with `python`, for `steps` measured steps after its own 5 warm-up steps.
+pub fn torch_baseline(python: &str, workload: Workload, mode: Mode, steps: usize) -> Result<TorchReport> {
+    let name = match workload {
+        Workload::W1 => "w1",
+        Workload::W2 => "w2",
+        other => return Err(Error::msg(format!("--torch compares the CPU workloads w1 and w2, not {other:?}"))),
+    };
+    let mode = match mode {
+        Mode::Full => "full",
+        Mode::Lora => "lora",
+    };
+    // The script prints its JSON line; the epilogue adds the process's peak RSS.
+    let epilogue = "\nimport json, resource\nprint(json.dumps({'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-", name, mode, &steps.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::msg(format!("--torch {python}: cannot start it: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let script = format!("{TORCH_BASELINE}{epilogue}");
+        stdin.write_all(script.as_bytes()).map_err(|e| Error::msg(format!("--torch {python}: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| Error::msg(format!("--torch {python}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        return Err(Error::msg(format!("--torch {python}: the PyTorch baseline failed ({}): {last}", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with('{'));
+    let parse = |l: Option<&str>| -> Result<serde_json::Value> {
+        let l = l.ok_or_else(|| Error::msg(format!("--torch {python}: the baseline printed no result")))?;
+        serde_json::from_str(l).map_err(|e| Error::msg(format!("--torch {python}: unreadable baseline result: {e}")))
+    };
+    let mut report: TorchReport = serde_json::from_value(parse(lines.next())?)
+        .map_err(|e| Error::msg(format!("--torch {python}: unexpected baseline result: {e}")))?;
+    report.peak_rss_mib = parse(lines.next())?["peak_rss_mib"].as_f64().unwrap_or(0.0);
+    Ok(report)
 }
 
 /// Where a step's time goes: the phases (medians over the measured steps) and the
@@ -311,5 +384,6 @@ pub fn run(registry: &Registry, opts: &BenchOptions) -> Result<Report> {
         peak_gpu_mib: peak_gpu,
         fused: kernels::enabled(),
         profile,
+        torch: None,
     })
 }

@@ -1,7 +1,7 @@
 //! `stagecraft bench`: one JSON line per run.
 
 use clap::Args;
-use stagecraft_core::bench::{run, BenchOptions, Mode, Workload};
+use stagecraft_core::bench::{run, torch_baseline, BenchOptions, Mode, Workload};
 use stagecraft_core::device::{resolve_device, Precision};
 
 #[derive(Debug, Args)]
@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Compose every op from candle primitives instead of the fused CPU ops (to compare).
     #[arg(long)]
     unfused: bool,
+    /// Then run PyTorch + PEFT on the same workload with this Python
+    /// (`benches/torch_baseline.py`, W1 and W2) and report both, with the ratios.
+    #[arg(long, value_name = "PYTHON")]
+    torch: Option<String>,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -44,11 +48,29 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         precision: args.precision,
         batch: args.batch,
         profile: args.profile,
+        torch: args.torch,
     };
     stagecraft_core::kernels::set_enabled(!args.unfused);
-    let report = run(&registry, &opts)?;
+    let mut report = run(&registry, &opts)?;
     if let Some(p) = &report.profile {
         eprint!("{}", p.table(report.ms_per_step));
+    }
+    if let Some(python) = &opts.torch {
+        let mut torch = torch_baseline(python, report.workload, report.mode, 2 * opts.steps)?;
+        torch.speed_ratio = report.tokens_per_s / torch.tokens_per_s;
+        torch.memory_ratio = report.peak_rss_mib / torch.peak_rss_mib;
+        eprintln!(
+            "{:?} {:?}: stagecraft {:.0} tokens/s, {:.0} MiB; PyTorch {:.0} tokens/s, {:.0} MiB: {:.2}x the speed, {:.2}x the memory",
+            report.workload,
+            report.mode,
+            report.tokens_per_s,
+            report.peak_rss_mib,
+            torch.tokens_per_s,
+            torch.peak_rss_mib,
+            torch.speed_ratio,
+            torch.memory_ratio
+        );
+        report.torch = Some(torch);
     }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
