@@ -14,7 +14,7 @@
 
 use crate::abi::HostObj;
 use crate::error::{from_abi, Result};
-use crate::types::{CmpOp, DType, Init, LogLevel, ModelSpec, SiteInfo, SiteRole, TensorHandle, UnaryOp};
+use crate::types::{AdamWStep, CmpOp, DType, Init, LogLevel, ModelSpec, SiteInfo, SiteRole, TensorHandle, UnaryOp};
 use crate::version::SdkVersion;
 use abi_stable::std_types::{RSlice, RStr};
 
@@ -149,6 +149,25 @@ impl<'h> Host<'h> {
     /// Token ids of `text` with the run's tokenizer. (Since 1.1.)
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(from_abi(self.ops.encode(text.into()))?.into_vec())
+    }
+    /// One AdamW update in place: overwrites the moments `exp_avg` and `exp_avg_sq`
+    /// and the parameter `param` from `grad`, as [`AdamWStep`] describes. One call and
+    /// no temporaries, where the same update written with element-wise ops and
+    /// [`assign`](Self::assign) makes a dozen full-size temporaries; the results are
+    /// the same to the bit. The formula, and what the host checks (shapes, dtypes,
+    /// write permission), are in [`crate::abi::HostOps::adamw_step`]. (Since 1.2: a
+    /// host built against an older SDK answers "host lacks op `adamw_step`", so check
+    /// `host.sdk_version() >= SdkVersion::new(1, 2, 0)` and keep the op-by-op update
+    /// for older hosts.)
+    pub fn adamw_step(
+        &self,
+        param: &Tensor<'h>,
+        grad: &Tensor<'h>,
+        exp_avg: &Tensor<'h>,
+        exp_avg_sq: &Tensor<'h>,
+        hp: AdamWStep,
+    ) -> Result<()> {
+        from_abi(self.ops.adamw_step(param.handle, grad.handle, exp_avg.handle, exp_avg_sq.handle, hp))
     }
 }
 

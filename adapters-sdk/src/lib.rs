@@ -117,7 +117,11 @@
 //! plugin traits, after the `#[sabi(last_prefix_field)]` item, each with a default body:
 //! a plugin built against an older 1.x loads in a newer host (the host checks layouts
 //! with the roles swapped, see the loader), and a plugin calling an op its host lacks
-//! gets "host lacks op `x`" instead of a crash.
+//! gets "host lacks op `x`" instead of a crash. To use an appended op and still run on
+//! older hosts, compare [`Host::sdk_version`] with the version that appended it (each
+//! appended op's docs say "Since 1.x") and keep a path without it: the first-party
+//! AdamW calls `adamw_step` (1.2) where the host has it, and the same update op by op
+//! where it does not.
 //!
 //! The host reads the names and kinds of a library's plugins from a data-only manifest
 //! that [`export_plugin!`] writes into the `.so` (see
@@ -152,9 +156,9 @@ pub use plugin::Plugin;
 pub use stage::{Loss, Named, Stage};
 pub use targets::{select_linear_sites, select_sites, site_matches, target_matches, validate_pattern};
 pub use types::{
-    Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport, Metric, ModelInfo,
-    ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, SiteRole, StepInfo, TensorHandle,
-    UnaryOp,
+    AdamWStep, Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport, Metric,
+    ModelInfo, ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, SiteRole, StepInfo,
+    TensorHandle, UnaryOp,
 };
 pub use version::{SdkVersion, SDK_VERSION};
 
@@ -172,9 +176,9 @@ pub mod reexports {
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern, AdaptationMethod,
-        Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss, MergeSupport, Metric,
-        ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind, SiteRole, Stage,
-        StepInfo, Tensor, TensorHandle,
+        bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern, AdamWStep,
+        AdaptationMethod, Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss,
+        MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind,
+        SiteRole, Stage, StepInfo, Tensor, TensorHandle,
     };
 }

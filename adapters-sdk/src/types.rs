@@ -425,6 +425,45 @@ pub struct ParamSlot {
     pub decay_mul: f64,
 }
 
+/// The hyperparameters of one AdamW update, for
+/// [`HostOps::adamw_step`](crate::abi::HostOps::adamw_step) /
+/// [`Host::adamw_step`](crate::Host::adamw_step). (Since 1.2.)
+///
+/// With `t = step`, the update of a parameter `p` with gradient `g` and moments `m`, `v`
+/// is `torch.optim.AdamW`'s:
+/// ```text
+/// m  = β1·m + (1-β1)·g
+/// v  = β2·v + (1-β2)·g²
+/// p  = p·(1 - lr·weight_decay) - lr · (m·c1) / (√(v·c2) + eps)
+/// ```
+/// where `(c1, c2)` are the bias corrections of [`AdamWStep::bias_corrections`].
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// The learning rate of this parameter this step ([`ParamSlot::lr`]).
+    pub lr: f64,
+    /// Decay rate of the first moment average `m`.
+    pub beta1: f64,
+    /// Decay rate of the second moment average `v`.
+    pub beta2: f64,
+    /// Added to `√v̂` in the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay of this parameter: the config's rate times
+    /// [`ParamSlot::decay_mul`]. The parameter is multiplied by `1 - lr·weight_decay`.
+    pub weight_decay: f64,
+    /// The step number `t`, counting from 1 (0 is refused).
+    pub step: u64,
+}
+
+impl AdamWStep {
+    /// The bias corrections `(1/(1-β1^t), 1/(1-β2^t))`, in f64 as `candle_nn::AdamW`
+    /// computes them (`powi`; past `i32::MAX` steps both powers are 0 anyway).
+    pub fn bias_corrections(&self) -> (f64, f64) {
+        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+        (1.0 / (1.0 - self.beta1.powi(t)), 1.0 / (1.0 - self.beta2.powi(t)))
+    }
+}
+
 /// A metric contribution: the host sums `sum` and `count` over batches and reports
 /// `sum / count`.
 #[repr(C)]

@@ -161,7 +161,7 @@ pub fn compat() -> &'static Compat {
                 &[],
                 "libcompat_plugin_next.so",
                 &keep.join("libcompat_next.so"),
-                &["sdk-1.2-next"],
+                &["sdk-1.3-next"],
             ),
             faulty: build_compat(
                 "plugin-faulty",

@@ -1,6 +1,7 @@
 //! Plugins: the host op table, the handle table, loading libraries, the registry, and
 //! host-side handles on plugin instances.
 
+mod adamw;
 mod instance;
 // The loader is the one place in the host allowed `unsafe` (each use has a SAFETY comment).
 #[allow(unsafe_code)]

@@ -1,10 +1,12 @@
 //! The host op table on candle: [`HostCtx`] implements the SDK's `HostOps`.
 //!
 //! Each op resolves its handles, runs the candle op (on the inputs' device, recorded
-//! by autograd), stores the result as a temporary and returns its handle. Each op runs
-//! inside `catch_unwind`: a panic in candle becomes an error for the plugin, never an
-//! abort across `extern "C"`. Softmax and friends are written with differentiable
-//! candle ops, not candle's fused kernels, which have no backward.
+//! by autograd), stores the result as a temporary and returns its handle; `assign` and
+//! `adamw_step` (the fused AdamW update, in `adamw.rs`) write parameters and buffers
+//! instead, without autograd. Each op runs inside `catch_unwind`: a panic in candle
+//! becomes an error for the plugin, never an abort across `extern "C"`. Softmax and
+//! friends are written with differentiable candle ops, not candle's fused kernels,
+//! which have no backward.
 
 use super::cross_entropy;
 use super::state::{HostState, InstanceStore};
@@ -14,7 +16,9 @@ use crate::model::layers::{log_softmax, logsumexp, softmax};
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use candle_core::{DType, Shape, Tensor};
 use stagecraft_sdk::abi::{HostOps, OpResult};
-use stagecraft_sdk::{CmpOp, Init, LogLevel, ModelSpec, SdkVersion, SiteRole, TensorHandle, UnaryOp, SDK_VERSION};
+use stagecraft_sdk::{
+    AdamWStep, CmpOp, Init, LogLevel, ModelSpec, SdkVersion, SiteRole, TensorHandle, UnaryOp, SDK_VERSION,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
@@ -398,5 +402,28 @@ impl HostOps for HostCtx {
     }
     fn encode(&self, text: RStr<'_>) -> OpResult<RVec<u32>> {
         guarded("encode", || Ok(self.state.encode(text.as_str())?.into()))
+    }
+    fn adamw_step(
+        &self,
+        param: TensorHandle,
+        grad: TensorHandle,
+        exp_avg: TensorHandle,
+        exp_avg_sq: TensorHandle,
+        hp: AdamWStep,
+    ) -> OpResult<()> {
+        guarded("adamw_step", || {
+            // The write rules of `assign`, for each of the three tensors written.
+            let target = |h: TensorHandle, what: &str| -> Result<candle_core::Var> {
+                if !self.store.may_write(h) {
+                    bail!("plugin `{}` may only update its own parameters and buffers (and an optimizer the parameters it is given), not {what} {:#x}", self.owner, h.0);
+                }
+                match self.state.table.borrow().entry(h)? {
+                    super::table::Entry::Param(v) | super::table::Entry::Buffer(v) => Ok(v.clone()),
+                    super::table::Entry::Temp(_) => bail!("{what} must be a parameter or buffer, not a temporary"),
+                }
+            };
+            let (p, m, v) = (target(param, "param")?, target(exp_avg, "exp_avg")?, target(exp_avg_sq, "exp_avg_sq")?);
+            super::adamw::adamw_step(&p, &self.t(grad)?, &m, &v, &hp)
+        })
     }
 }

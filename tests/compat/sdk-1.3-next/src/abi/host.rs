@@ -19,18 +19,21 @@
 //! | state | `detach`, `assign` |
 //! | appended in 1.0 (optional) | `site_weight`, `release` |
 //! | appended in 1.1 (optional) | `logsumexp`, `model_info`, `site_role`, `from_i64`, `encode` |
+//! | appended in 1.2 (optional) | `adamw_step` |
 //!
 //! What each method family needs: LoRA / rsLoRA (`matmul`, `transpose`, `affine`,
 //! `dropout`, `new_param`); DoRA (+ `site_weight`, `sqr`, `sum`, `sqrt`, `detach`, `div`);
 //! IA3 (`mul`, `new_param`); prompt / prefix tuning (`cat`, `broadcast_as`, `reshape`,
 //! `index_select`, `model_info`; `from_i64`, `encode` and `site_weight` to start from
-//! the vocabulary); bottleneck adapters (`matmul`, `unary` activations, `add`); AdamW /
-//! SGD-momentum / Lion (`new_buffer`, `assign`, `affine`, `mul`, `sqrt`, `sign`, `add`,
-//! `div`); causal-LM / completion / classification losses (`cross_entropy`,
-//! `log_softmax`, `gather`, `compare`, `argmax`, `narrow`); distillation (`softmax`,
-//! `log_softmax`, `detach`, `sum`, `mean`).
+//! the vocabulary); bottleneck adapters (`matmul`, `unary` activations, `add`); AdamW
+//! (`new_buffer`, `adamw_step`; on a host older than 1.2, the same update from
+//! `affine`, `add`, `sqr`, `sqrt`, `div`, `sub` and `assign`); SGD-momentum / Lion
+//! (`new_buffer`, `assign`, `affine`, `add`, `sub`, `mul`, `sign`); causal-LM /
+//! completion / classification losses (`cross_entropy`, `log_softmax`, `gather`,
+//! `compare`, `argmax`, `narrow`); distillation (`softmax`, `log_softmax`, `detach`,
+//! `sum`, `mean`).
 
-use crate::types::{CmpOp, DType, Init, LogLevel, ModelSpec, SiteRole, TensorHandle, UnaryOp};
+use crate::types::{AdamWStep, CmpOp, DType, Init, LogLevel, ModelSpec, SiteRole, TensorHandle, UnaryOp};
 use crate::version::SdkVersion;
 use abi_stable::{
     sabi_trait,
@@ -82,6 +85,7 @@ pub trait HostOps {
     /// returns the existing one.
     fn new_buffer(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> OpResult;
     /// A temporary f32 tensor from data, on the model's device.
+    #[allow(clippy::wrong_self_convention)] // a method of the host, named in SDK 1.0
     fn from_f32(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> OpResult;
     /// A temporary tensor of `shape` filled with `value`.
     fn full(&self, shape: RSlice<'_, usize>, value: f64, dtype: DType) -> OpResult;
@@ -174,7 +178,9 @@ pub trait HostOps {
     /// `x` cut from the autograd graph.
     fn detach(&self, x: TensorHandle) -> OpResult;
     /// Overwrites the value of a parameter or buffer `dst` with `src` (same shape),
-    /// without recording autograd. This is how optimizers update parameters.
+    /// without recording autograd. This is how optimizers update parameters. An instance
+    /// may assign to its own parameters and buffers, and an optimizer, during `step`,
+    /// to the parameters it is given; anything else is refused.
     // Fields up to and including this one are the SDK 1.0 prefix: every 1.x host has them.
     #[sabi(last_prefix_field)]
     fn assign(&self, dst: TensorHandle, src: TensorHandle) -> OpResult<()>;
@@ -219,6 +225,7 @@ pub trait HostOps {
     }
     /// A temporary `i64` tensor from data (token ids, labels: exact beyond 2^24, where
     /// `from_f32` is not). (Since 1.1, optional.)
+    #[allow(clippy::wrong_self_convention)] // a method of the host, like `from_f32`
     fn from_i64(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> OpResult {
         let _ = (data, shape);
         host_lacks("from_i64", self.sdk_version())
@@ -233,7 +240,41 @@ pub trait HostOps {
 
     // ---- appended in 1.2 -------------------------------------------------------
 
-    /// Cumulative sum along `dim`. (Since 1.2, optional.)
+    /// One AdamW update of a parameter, in place: the moments `exp_avg` (`m`) and
+    /// `exp_avg_sq` (`v`) and then the parameter `param` are overwritten as
+    /// [`AdamWStep`] describes, from the gradient `grad`, without recording autograd.
+    ///
+    /// The result is the same, to the bit, as the update written with this table's
+    /// element-wise ops in this order and `assign`ed (each `affine(a, b)` is `x·a + b`
+    /// with `a` and `b` rounded to the tensors' dtype; `c1`, `c2` are the bias
+    /// corrections of [`AdamWStep::bias_corrections`]):
+    /// ```text
+    /// m' = affine(m, β1, 0) + affine(g, 1-β1, 0)
+    /// v' = affine(v, β2, 0) + affine(sqr(g), 1-β2, 0)
+    /// p' = affine(p, 1 - lr·weight_decay, 0)
+    ///      - affine(affine(m', c1, 0) / affine(sqrt(affine(v', c2, 0)), 1, eps), lr, 0)
+    /// ```
+    /// but in one pass over memory with no temporaries where the host can (f32 on the
+    /// CPU). The four tensors must have the same shape and float dtype and be distinct
+    /// tensors; `param`, `exp_avg` and `exp_avg_sq` must be parameters or buffers the
+    /// caller may write, as for [`assign`](Self::assign). On error nothing is written.
+    /// (Since 1.2, optional: check [`sdk_version`](Self::sdk_version) ≥ 1.2 before
+    /// calling, and update with the ops above on an older host.)
+    fn adamw_step(
+        &self,
+        param: TensorHandle,
+        grad: TensorHandle,
+        exp_avg: TensorHandle,
+        exp_avg_sq: TensorHandle,
+        hp: AdamWStep,
+    ) -> OpResult<()> {
+        let _ = (param, grad, exp_avg, exp_avg_sq, hp);
+        host_lacks("adamw_step", self.sdk_version())
+    }
+
+    // ---- appended in 1.3 -------------------------------------------------------
+
+    /// Cumulative sum along `dim`. (Since 1.3, optional.)
     fn cumsum(&self, x: TensorHandle, dim: usize) -> OpResult {
         let _ = (x, dim);
         host_lacks("cumsum", self.sdk_version())

@@ -21,6 +21,12 @@ pub struct SdkVersion {
 }
 
 impl SdkVersion {
+    /// `major.minor.patch`, e.g. to ask whether a host has an op appended in a minor
+    /// version: `host.sdk_version() >= SdkVersion::new(1, 2, 0)`.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        SdkVersion { major, minor, patch }
+    }
+
     /// Whether a plugin built against `self` can be used by a host built against `host`
     /// (and vice versa): same major version.
     pub const fn is_compatible_with(self, host: SdkVersion) -> bool {

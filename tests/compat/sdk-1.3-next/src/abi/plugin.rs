@@ -13,8 +13,8 @@
 
 use super::host::HostOps_TO;
 use crate::types::{
-    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot,
-    SiteInfo, StepInfo, TensorHandle,
+    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, StepInfo,
+    TensorHandle,
 };
 use abi_stable::{
     sabi_trait,
@@ -41,7 +41,14 @@ pub trait MethodAbi {
     /// Runs a hook at a site: `output` is [`TensorHandle::NONE`] for a pre-hook.
     // The SDK 1.0 prefix ends here; methods below are optional (default bodies).
     #[sabi(last_prefix_field)]
-    fn forward(&self, host: HostRef<'_>, site: u32, pre: bool, input: TensorHandle, output: TensorHandle) -> CallResult<TensorHandle>;
+    fn forward(
+        &self,
+        host: HostRef<'_>,
+        site: u32,
+        pre: bool,
+        input: TensorHandle,
+        output: TensorHandle,
+    ) -> CallResult<TensorHandle>;
     /// The merged weight of a linear site given its base weight.
     fn merge(&self, host: HostRef<'_>, site: u32, weight: TensorHandle) -> CallResult<TensorHandle> {
         let _ = (host, site, weight);
@@ -102,7 +109,12 @@ pub trait StageAbi {
     /// Which model outputs the objective reads (`logits`, `hidden`, `pooled`).
     fn required_outputs(&self) -> RVec<RString>;
     /// Loss and metrics for one batch (training and evaluation alike).
-    fn compute(&mut self, host: HostRef<'_>, outputs: RSlice<'_, NamedTensor>, batch: RSlice<'_, NamedTensor>) -> CallResult<LossOutput>;
+    fn compute(
+        &mut self,
+        host: HostRef<'_>,
+        outputs: RSlice<'_, NamedTensor>,
+        batch: RSlice<'_, NamedTensor>,
+    ) -> CallResult<LossOutput>;
     /// After each optimizer step.
     // The SDK 1.0 prefix ends here; methods below are optional (default bodies).
     #[sabi(last_prefix_field)]
