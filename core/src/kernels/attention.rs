@@ -5,18 +5,20 @@
 //! of `kvh`; query head `i` uses key/value head `i / (h / kvh)`), the additive mask
 //! `[b, 1, s, kv]` ([`crate::model::layers::attention_mask`]); output `[b, s, h·d]`.
 //!
-//! The heads that share a key/value head are one matrix of `(h/kvh)·s` rows, so each
-//! product is one batched GEMM over `b·kvh` groups and keys and values are never
-//! repeated. Forward: `P = softmax(Q·Kᵀ·scale + mask)`, `O = P·V`. Backward recomputes
-//! `P` (no probability tensor is kept between forward and backward) and computes
+//! Each head's products run on one thread ([`super::gemm`]), heads and blocks of
+//! queries in parallel; keys and values are never repeated for grouped heads.
+//! Forward: `P = softmax(Q·Kᵀ·scale + mask)`, `O = P·V`, written into the output's
+//! rows; `P` lives only in a per-task buffer of `rows × kv`. Backward recomputes `P`
+//! (no probability tensor is kept between forward and backward) and computes
 //! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP - rowsum(dP ∘ P))·scale`, `dQ = dS·K`,
-//! `dK = dSᵀ·Q`, each only when that input needs a gradient. The sums over the query
-//! heads of a group fall out of the grouped products.
+//! `dK = dSᵀ·Q`, one task per key/value group, summing its query heads' `dK` and `dV`
+//! in head order. Only the gradients some input needs are returned.
 
-use super::{applies, profile, read, rows_per_task, slice, tensor};
+use super::gemm::{self, View};
+use super::{applies, profile, read, slice, tensor};
 use crate::device::Precision;
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor};
+use crate::model::layers::MASK_VALUE;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `softmax(q·kᵀ·scale + mask)·v`, output `[b, s, h·d]`; the products in `precision`.
@@ -75,94 +77,82 @@ struct Attention {
     mask: Option<Tensor>,
 }
 
+/// The operands of one head: its queries `[s, d]` and its group's keys and values
+/// `[kv, d]`.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
 impl Attention {
-    /// Groups (`b·kvh`) and the rows of each (`(h/kvh)·s`).
-    fn groups(&self) -> (usize, usize) {
-        (self.b * self.kvh, self.h / self.kvh * self.s)
+    /// Query heads per key/value head.
+    fn rep(&self) -> usize {
+        self.h / self.kvh
     }
 
-    /// `P = softmax(Q·Kᵀ·scale + mask)`, `[groups, rows, kv]`.
-    fn probabilities(&self, q: &CpuStorage, ql: &Layout, k: &CpuStorage, kl: &Layout) -> Result<Vec<f32>> {
-        let (g, rows) = self.groups();
-        let lhs = Layout::contiguous_with_offset((g, rows, self.d), ql.start_offset());
-        let rhs = Layout::contiguous_with_offset((g, self.kv, self.d), kl.start_offset()).transpose(1, 2)?;
-        let CpuStorage::F32(mut p) = q.matmul(k, (g, rows, self.kv, self.d), &lhs, &rhs)? else {
-            bail!("attention: scores are not f32")
-        };
-        match &self.mask {
-            Some(m) => read(m, |mask| {
-                self.softmax(&mut p, Some(mask));
-                Ok(())
-            })?,
-            None => self.softmax(&mut p, None),
+    /// Query head `hi` of batch element `bi`, from queries `[b, h, s, d]` and keys and
+    /// values `[b, kvh, kv, d]`.
+    fn head<'a>(&self, q: &'a [f32], k: &'a [f32], v: &'a [f32], bi: usize, hi: usize) -> Head<'a> {
+        let (s, kv, d) = (self.s, self.kv, self.d);
+        let g = bi * self.kvh + hi / self.rep();
+        Head {
+            q: &q[(bi * self.h + hi) * s * d..][..s * d],
+            k: &k[g * kv * d..][..kv * d],
+            v: &v[g * kv * d..][..kv * d],
         }
-        Ok(p)
     }
 
-    /// Row-wise `softmax(x·scale + mask)` in place; row `r` of group `gi` is query
-    /// `r % s` of batch element `gi / kvh`.
-    fn softmax(&self, p: &mut [f32], mask: Option<&[f32]>) {
-        let (kv, s) = (self.kv, self.s);
-        let rows_per_batch = self.h * s;
-        let chunk = rows_per_task(p.len() / kv) * kv;
-        p.par_chunks_mut(chunk).enumerate().for_each(|(task, block)| {
-            for (k, row) in block.chunks_mut(kv).enumerate() {
-                let r = task * (chunk / kv) + k;
-                let mask_row = mask.map(|m| &m[((r / rows_per_batch) * s + r % s) * kv..][..kv]);
-                let mut max = f32::NEG_INFINITY;
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = *x * self.scale + mask_row.map_or(0.0, |m| m[j]);
-                    max = max.max(*x);
-                }
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+    /// `p = softmax(q·kᵀ·scale + mask)` for queries `q0..q0 + rows` of a head of batch
+    /// element `bi`; `p` is `[rows, kv]`.
+    fn probabilities(&self, p: &mut [f32], head: &Head<'_>, bi: usize, q0: usize, mask: Option<&[f32]>) -> Result<()> {
+        let (kv, d) = (self.kv, self.d);
+        let rows = p.len() / kv;
+        let q = View::rows(&head.q[q0 * d..], rows, d, d);
+        gemm::matmul(p, kv, q, View::rows(head.k, kv, d, d).t(), false)?;
+        for (r, row) in p.chunks_mut(kv).enumerate() {
+            let mask_row = mask.map(|m| &m[(bi * self.s + q0 + r) * kv..][..kv]);
+            let mut max = f32::NEG_INFINITY;
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = *x * self.scale + mask_row.map_or(0.0, |m| m[j]);
+                max = max.max(*x);
             }
-        });
-    }
-
-    /// `[b, h, s, d]` rows → `[b, s, h, d]` (`forward = true`) or back.
-    fn swap_heads(&self, src: &[f32], forward: bool) -> Vec<f32> {
-        let (h, s, d) = (self.h, self.s, self.d);
-        let mut out = vec![0f32; src.len()];
-        let chunk = rows_per_task(src.len() / d) * d;
-        out.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-            for (k, dst) in rows.chunks_mut(d).enumerate() {
-                let row = task * (chunk / d) + k;
-                let from = if forward {
-                    // dst row (bi, si, hi) ← src row (bi, hi, si)
-                    let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
-                    (bi * h + hi) * s + si
-                } else {
-                    // dst row (bi, hi, si) ← src row (bi, si, hi)
-                    let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
-                    (bi * s + si) * h + hi
+            // A masked score (`MASK_VALUE` added) is below every visible one by ~3.4e38:
+            // its exponential is exactly 0, so it is set rather than computed (half of
+            // each row under a causal mask). A row with nothing visible keeps the
+            // general path, as the composition does.
+            let skip_masked = max > MASK_VALUE / 2.0;
+            let mut sum = 0f32;
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = match mask_row {
+                    Some(m) if skip_masked && m[j] == MASK_VALUE => 0.0,
+                    _ => (*x - max).exp(),
                 };
-                dst.copy_from_slice(&src[from * d..][..d]);
+                sum += *x;
             }
-        });
-        out
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        Ok(())
     }
-}
 
-/// The CPU storage of a tensor (contiguous), as the products need it.
-fn cpu(t: &Tensor) -> Result<(StorageRef<'_>, Layout)> {
-    let (storage, layout) = t.storage_and_layout();
-    if !layout.is_contiguous() || !matches!(&*storage, Storage::Cpu(_)) {
-        bail!("attention: expected a contiguous CPU tensor")
+    /// Queries per forward task: a divisor of `s`, small enough that the `b·s/rows`
+    /// tasks keep every thread busy.
+    fn query_block(&self) -> usize {
+        let per_batch = (4 * rayon::current_num_threads()).div_ceil(self.b).max(1);
+        let mut rows = self.s.div_ceil(per_batch).max(1);
+        while self.s % rows != 0 {
+            rows += 1;
+        }
+        rows
     }
-    let layout = layout.clone();
-    Ok((storage, layout))
-}
 
-fn as_cpu(s: &Storage) -> Result<&CpuStorage> {
-    match s {
-        Storage::Cpu(c) => Ok(c),
-        _ => bail!("attention: expected a CPU tensor"),
+    /// Runs `f` with the mask's elements (`[b, 1, s, kv]`), if any.
+    fn with_mask<R>(&self, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+        match &self.mask {
+            Some(m) => read(m, |m| f(Some(m))),
+            None => f(None),
+        }
     }
 }
 
@@ -181,16 +171,26 @@ impl CustomOp3 for Attention {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         profile::time("attention.forward", || {
-            if !(ql.is_contiguous() && kl.is_contiguous() && vl.is_contiguous()) {
-                bail!("attention: operands must be contiguous")
-            }
-            let (g, rows) = self.groups();
-            let p = CpuStorage::F32(self.probabilities(q, ql, k, kl)?);
-            let lhs = Layout::contiguous((g, rows, self.kv));
-            let rhs = Layout::contiguous_with_offset((g, self.kv, self.d), vl.start_offset());
-            let o = p.matmul(v, (g, rows, self.d, self.kv), &lhs, &rhs)?;
-            let out = self.swap_heads(slice(&o, &Layout::contiguous((g, rows, self.d)))?, true);
-            Ok((CpuStorage::F32(out), Shape::from((self.b, self.s, self.h * self.d))))
+            let (q, k, v) = (slice(q, ql)?, slice(k, kl)?, slice(v, vl)?);
+            let (h, s, kv, d) = (self.h, self.s, self.kv, self.d);
+            let mut out = vec![0f32; self.b * s * h * d];
+            let rows = self.query_block();
+            // Each task: `rows` queries of one batch element, every head; writes its rows
+            // of the output `[b, s, h·d]`.
+            self.with_mask(|mask| {
+                out.par_chunks_mut(rows * h * d).enumerate().try_for_each(|(task, out)| {
+                    let (bi, q0) = (task * rows / s, task * rows % s);
+                    let mut p = vec![0f32; rows * kv];
+                    for hi in 0..h {
+                        let head = self.head(q, k, v, bi, hi);
+                        self.probabilities(&mut p, &head, bi, q0, mask)?;
+                        let probs = View::rows(&p, rows, kv, kv);
+                        gemm::matmul(&mut out[hi * d..], h * d, probs, View::rows(head.v, kv, d, d), false)?;
+                    }
+                    Ok(())
+                })
+            })?;
+            Ok((CpuStorage::F32(out), Shape::from((self.b, s, h * d))))
         })
     }
 
@@ -204,59 +204,61 @@ impl CustomOp3 for Attention {
         d_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("attention.backward", || {
-            let (want_q, want_k, want_v) = (q.track_op(), k.track_op(), v.track_op());
-            let (g, rows) = self.groups();
-            let (kv, d) = (self.kv, self.d);
-            let (qs, ql) = cpu(q)?;
-            let (ks, kl) = cpu(k)?;
-            let (vs, vl) = cpu(v)?;
-            let (qs, ks, vs) = (as_cpu(&qs)?, as_cpu(&ks)?, as_cpu(&vs)?);
-            let p = CpuStorage::F32(self.probabilities(qs, &ql, ks, &kl)?);
-            let d_o = CpuStorage::F32(read(d_out, |d_out| Ok(self.swap_heads(d_out, false)))?);
-            let (p_l, p_t) = (Layout::contiguous((g, rows, kv)), Layout::contiguous((g, rows, kv)).transpose(1, 2)?);
-            let do_l = Layout::contiguous((g, rows, d));
-            let dv = match want_v {
-                true => Some(p.matmul(&d_o, (g, kv, d, rows), &p_t, &do_l)?),
-                false => None,
+            let (h, s, kv, d, rep) = (self.h, self.s, self.kv, self.d, self.rep());
+            let mut dq = vec![0f32; q.elem_count()];
+            let mut dk = vec![0f32; k.elem_count()];
+            let mut dv = vec![0f32; v.elem_count()];
+            read(q, |q| {
+                read(k, |k| {
+                    read(v, |v| {
+                        read(d_out, |d_out| {
+                            self.with_mask(|mask| {
+                                // Each task: one key/value group of one batch element, its
+                                // `rep` query heads one after the other (so the sums into
+                                // dK and dV keep one order).
+                                let chunks = dq
+                                    .par_chunks_mut(rep * s * d)
+                                    .zip(dk.par_chunks_mut(kv * d))
+                                    .zip(dv.par_chunks_mut(kv * d));
+                                chunks.enumerate().try_for_each(|(g, ((dq, dk), dv))| {
+                                    let bi = g / self.kvh;
+                                    let mut p = vec![0f32; s * kv];
+                                    let mut ds = vec![0f32; s * kv];
+                                    for (ri, dq) in dq.chunks_mut(s * d).enumerate() {
+                                        let hi = g % self.kvh * rep + ri;
+                                        let head = self.head(q, k, v, bi, hi);
+                                        self.probabilities(&mut p, &head, bi, 0, mask)?;
+                                        let d_o = View::rows(&d_out[(bi * s * h + hi) * d..], s, d, h * d);
+                                        let probs = View::rows(&p, s, kv, kv);
+                                        gemm::matmul(dv, d, probs.t(), d_o, ri > 0)?;
+                                        gemm::matmul(&mut ds, kv, d_o, View::rows(head.v, kv, d, d).t(), false)?;
+                                        softmax_backward(&mut ds, &p, kv, self.scale);
+                                        let d_s = View::rows(&ds, s, kv, kv);
+                                        gemm::matmul(dq, d, d_s, View::rows(head.k, kv, d, d), false)?;
+                                        gemm::matmul(dk, d, d_s.t(), View::rows(head.q, s, d, d), ri > 0)?;
+                                    }
+                                    Ok(())
+                                })
+                            })
+                        })
+                    })
+                })
+            })?;
+            let wrap = |want: bool, data: Vec<f32>, like: &Tensor| match want {
+                true => tensor(data, like.dims()).map(Some),
+                false => Ok(None),
             };
-            let (mut dq, mut dk) = (None, None);
-            if want_q || want_k {
-                let v_t = Layout::contiguous_with_offset((g, kv, d), vl.start_offset()).transpose(1, 2)?;
-                let CpuStorage::F32(mut ds) = d_o.matmul(vs, (g, rows, kv, d), &do_l, &v_t)? else {
-                    bail!("attention: gradients are not f32")
-                };
-                softmax_backward(&mut ds, slice(&p, &p_l)?, kv, self.scale);
-                let ds = CpuStorage::F32(ds);
-                if want_q {
-                    let k_l = Layout::contiguous_with_offset((g, kv, d), kl.start_offset());
-                    dq = Some(ds.matmul(ks, (g, rows, d, kv), &p_l, &k_l)?);
-                }
-                if want_k {
-                    let q_l = Layout::contiguous_with_offset((g, rows, d), ql.start_offset());
-                    dk = Some(ds.matmul(qs, (g, kv, d, rows), &p_t, &q_l)?);
-                }
-            }
-            let wrap = |s: Option<CpuStorage>, like: &Tensor| -> Result<Option<Tensor>> {
-                match s {
-                    Some(CpuStorage::F32(data)) => Ok(Some(tensor(data, like.dims())?)),
-                    Some(_) => bail!("attention: gradients are not f32"),
-                    None => Ok(None),
-                }
-            };
-            Ok((wrap(dq, q)?, wrap(dk, k)?, wrap(dv, v)?))
+            Ok((wrap(q.track_op(), dq, q)?, wrap(k.track_op(), dk, k)?, wrap(v.track_op(), dv, v)?))
         })
     }
 }
 
 /// `dS = P ∘ (dP - rowsum(dP ∘ P))·scale`, in place over `dP`.
 fn softmax_backward(dp: &mut [f32], p: &[f32], kv: usize, scale: f32) {
-    let chunk = rows_per_task(dp.len() / kv) * kv;
-    dp.par_chunks_mut(chunk).zip(p.par_chunks(chunk)).for_each(|(dp, p)| {
-        for (dp, p) in dp.chunks_mut(kv).zip(p.chunks(kv)) {
-            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-            dp.iter_mut().zip(p).for_each(|(x, p)| *x = p * (*x - dot) * scale);
-        }
-    });
+    for (dp, p) in dp.chunks_mut(kv).zip(p.chunks(kv)) {
+        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+        dp.iter_mut().zip(p).for_each(|(x, p)| *x = p * (*x - dot) * scale);
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 //! `y = x·Wᵀ` with `x [.., in]` and `W [out, in]` (PyTorch's `F.linear` without bias).
 //!
 //! The leading dims of `x` fold into one matrix of `m` rows, so each product is one
-//! GEMM (not a batch of them against a broadcast weight), and every operand is read
-//! through its strides: no transpose is materialized.
+//! GEMM (not a batch of them against a broadcast weight), split into blocks of output
+//! rows that run in parallel on one thread each; every operand is read through its
+//! strides: no transpose is materialized.
 //!
 //! Backward: `dx = dy·W` when `x` needs a gradient, `dW = dyᵀ·x` when `W` does. A
 //! frozen weight enters the graph detached, so it costs no weight-gradient product at
 //! all (candle's own matmul computes both sides whatever they need).
 
-use super::{applies, profile};
-use candle_core::backend::BackendStorage;
+use super::gemm::{self, View};
+use super::{applies, profile, read, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// `x·Wᵀ` for `x [.., in]` and `w [out, in]`.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -44,6 +46,32 @@ struct Linear {
     out_dims: Vec<usize>,
 }
 
+/// `dst = a·b` for `dst` `rows × n` row-major, split into blocks of rows that run in
+/// parallel, each on one thread (`a_rows(r0, r1)` is the view of `a`'s rows `r0..r1`).
+/// One product on all threads synchronizes after every panel; disjoint row blocks
+/// never do, and the sum over `k` stays inside one block, so the result does not
+/// depend on the number of threads.
+fn product_by_rows<'a>(
+    rows: usize,
+    n: usize,
+    k: usize,
+    a_rows: impl Fn(usize, usize) -> View<'a> + Sync,
+    b: View<'a>,
+) -> Result<Vec<f32>> {
+    let mut dst = vec![0f32; rows * n];
+    if rows == 0 || n == 0 {
+        return Ok(dst);
+    }
+    // Blocks of at least ~1 MFLOP, at most 2 per thread.
+    let min_rows = (1usize << 19).div_ceil(n * k.max(1)).max(1);
+    let block = rows.div_ceil(2 * rayon::current_num_threads()).max(min_rows);
+    dst.par_chunks_mut(block * n).enumerate().try_for_each(|(i, dst)| {
+        let r0 = i * block;
+        gemm::matmul(dst, n, a_rows(r0, r0 + dst.len() / n), b, false)
+    })?;
+    Ok(dst)
+}
+
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "linear"
@@ -51,27 +79,39 @@ impl CustomOp2 for Linear {
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         profile::time("linear.forward", || {
-            if !xl.is_contiguous() || !wl.is_contiguous() {
-                bail!("linear: operands must be contiguous")
-            }
-            let lhs = Layout::contiguous_with_offset((self.m, self.in_f), xl.start_offset());
-            let rhs = Layout::contiguous_with_offset((self.out_f, self.in_f), wl.start_offset()).transpose(0, 1)?;
-            let y = x.matmul(w, (1, self.m, self.out_f, self.in_f), &lhs, &rhs)?;
-            Ok((y, Shape::from(self.out_dims.clone())))
+            let (x, w) = (slice(x, xl)?, slice(w, wl)?);
+            let (m, i, o) = (self.m, self.in_f, self.out_f);
+            let x_rows = |r0: usize, r1: usize| View::rows(&x[r0 * i..r1 * i], r1 - r0, i, i);
+            let y = product_by_rows(m, o, i, x_rows, View::rows(w, o, i, i).t())?;
+            Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
         })
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         profile::time("linear.backward", || {
-            let dy = dy.reshape((self.m, self.out_f))?;
-            let dx = match x.track_op() {
-                true => Some(dy.matmul(&w.detach())?.reshape(x.shape())?),
-                false => None,
-            };
-            let dw = match w.track_op() {
-                true => Some(dy.t()?.matmul(&x.detach().reshape((self.m, self.in_f))?)?),
-                false => None,
-            };
+            let (m, i, o) = (self.m, self.in_f, self.out_f);
+            let (want_dx, want_dw) = (x.track_op(), w.track_op());
+            let (dx, dw) = read(dy, |dy| {
+                let dx = match want_dx {
+                    // dx = dy·W: rows of dy against all of W.
+                    true => read(w, |w| {
+                        let dy_rows = |r0: usize, r1: usize| View::rows(&dy[r0 * o..r1 * o], r1 - r0, o, o);
+                        product_by_rows(m, i, o, dy_rows, View::rows(w, o, i, i)).map(Some)
+                    })?,
+                    false => None,
+                };
+                let dw = match want_dw {
+                    // dW = dyᵀ·x: rows of dW (columns of dy) against all of x.
+                    true => read(x, |x| {
+                        let dy_cols = |c0: usize, c1: usize| View::rows(&dy[c0..], m, c1 - c0, o).t();
+                        product_by_rows(o, i, m, dy_cols, View::rows(x, m, i, i)).map(Some)
+                    })?,
+                    false => None,
+                };
+                Ok((dx, dw))
+            })?;
+            let dx = dx.map(|d| tensor(d, x.dims())).transpose()?;
+            let dw = dw.map(|d| tensor(d, &[o, i])).transpose()?;
             Ok((dx, dw))
         })
     }
