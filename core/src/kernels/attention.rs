@@ -141,7 +141,7 @@ impl Attention {
     fn query_block(&self) -> usize {
         let per_batch = (4 * rayon::current_num_threads()).div_ceil(self.b).max(1);
         let mut rows = self.s.div_ceil(per_batch).max(1);
-        while self.s % rows != 0 {
+        while !self.s.is_multiple_of(rows) {
             rows += 1;
         }
         rows

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 /// `[b, h, s, d]`.
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (_, s, _, d) = x.dims4()?;
-    if cos.dims() != [s, d] || sin.dims() != [s, d] || d % 2 != 0 {
+    if cos.dims() != [s, d] || sin.dims() != [s, d] || !d.is_multiple_of(2) {
         bail!("rope tables are {:?} and {:?}, applied to {:?}", cos.dims(), sin.dims(), x.dims())
     }
     if applies(x) && applies(cos) && applies(sin) {
