@@ -5,7 +5,7 @@
 //! of `kvh`; query head `i` uses key/value head `i / (h / kvh)`), the additive mask
 //! `[b, 1, s, kv]` ([`crate::model::layers::attention_mask`]); output `[b, s, h·d]`.
 //!
-//! Each head's products run on one thread ([`super::gemm`]), heads and blocks of
+//! Each head's products run on one thread (`kernels/gemm.rs`), heads and blocks of
 //! queries in parallel; keys and values are never repeated for grouped heads.
 //! Forward: `P = softmax(Q·Kᵀ·scale + mask)`, `O = P·V`, written into the output's
 //! rows; `P` lives only in a per-task buffer of `rows × kv`. Backward recomputes `P`
