@@ -91,9 +91,11 @@ fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
-/// Relative error `max |a - b| / max(max |b|, tiny)`, for the gradient tests.
+/// Relative error `max |a - b| / max(max |b|, tiny)`, for the gradient tests, which
+/// compare a fused op with its composition: only meaningful while fused ops are on.
 #[cfg(test)]
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+    assert!(enabled(), "fused ops are off: the comparison would be composed against composed");
     assert_eq!(a.dims(), b.dims());
     let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-30);

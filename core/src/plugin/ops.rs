@@ -74,17 +74,11 @@ fn guarded<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, RString> {
 }
 
 /// The `matmul` host op. `[.., m, k] × [k, n]` (a batch of rows against one matrix, as
-/// adapters multiply activations by their weights) is one product over all rows, fused
-/// on CPU ([`crate::kernels::linear`]); other shapes broadcast.
+/// adapters multiply activations by their weights) is one product over all rows
+/// ([`crate::kernels::linear`], fused on CPU); other shapes broadcast.
 fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if b.rank() == 2 && a.rank() > 2 {
-        let (k, n) = b.dims2()?;
-        if a.dims().last() == Some(&k) && crate::kernels::applies(a) {
-            return crate::kernels::linear::linear(a, &b.t()?);
-        }
-        let lead = &a.dims()[..a.rank() - 1];
-        let out: Vec<usize> = lead.iter().copied().chain([n]).collect();
-        return a.reshape((lead.iter().product::<usize>(), k))?.matmul(b)?.reshape(out);
+    if b.rank() == 2 && a.rank() > 2 && a.dims().last() == Some(&b.dim(0)?) {
+        return crate::kernels::linear::linear(a, &b.t()?);
     }
     a.broadcast_matmul(b)
 }

@@ -17,7 +17,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// Rotary embedding for one head size and base.
 #[derive(Debug, Clone)]
@@ -82,18 +82,7 @@ impl RopeTables {
 
     /// Rotates `x` `[batch, heads, seq, head_dim]`: `x · cos + rotate_half(x) · sin`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, seq, d) = x.dims4()?;
-        if (seq, d) != self.cos.dims2()? {
-            candle_core::bail!(
-                "rope tables are {:?}, applied to a tensor with seq {seq} and head_dim {d}",
-                self.cos.dims()
-            )
-        }
-        let half = d / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+        self.heads(&x.transpose(1, 2)?)
     }
 }
 
