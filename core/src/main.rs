@@ -12,20 +12,24 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (`mimalloc.h`).
+/// `mi_option_purge_delay` in `mi_option_t` (`mimalloc.h`), the same index in
+/// mimalloc 2 and 3.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Stops mimalloc from returning freed memory to the kernel. By default it does so 10 ms
-/// after a free, and a step that frees an activation and allocates the same size a few
-/// ms later faults every page back in, zeroed (W2: 17% of the step). A training
-/// process keeps its working set anyway; its peak stays the same. The option is set
-/// only if it holds its documented default (10), so a different mimalloc is left as it is.
+/// Stops mimalloc from returning freed memory to the kernel. By default it does so
+/// shortly after a free (10 ms in mimalloc 2, 1 s in mimalloc 3, whose arenas purge in
+/// bulk), and a step that frees an activation and allocates the same size later faults
+/// every page back in, zeroed: W2 full, 37k page faults and ~15% of the step. A
+/// training process keeps its working set anyway; its peak stays the same. The option
+/// is set only for the mimalloc majors whose option table is known (2 and 3), so a
+/// different mimalloc is left as it is.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
-    // SAFETY: plain calls into mimalloc's option table with a valid option index; they
-    // take no pointers.
+    // SAFETY: plain calls into mimalloc's version and option table with a valid option
+    // index; they take no pointers.
     unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
+        let major = libmimalloc_sys::mi_version() / 10_000;
+        if (2..=3).contains(&major) {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
         }
     }

@@ -13,6 +13,12 @@
 //! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP - rowsum(dP ∘ P))·scale`, `dQ = dS·K`,
 //! `dK = dSᵀ·Q`, one task per key/value group, summing its query heads' `dK` and `dV`
 //! in head order. Only the gradients some input needs are returned.
+//!
+//! Keys that the mask hides from every query of a block (under a causal mask, the keys
+//! after the block's last query; right padding) are left out of that block's products:
+//! their probabilities are exactly 0, so leaving them out changes no value and halves
+//! a causal head's work. Backward runs over fixed blocks of [`QUERY_BLOCK`] queries, so
+//! its sums do not depend on the number of threads.
 
 use super::gemm::{self, View};
 use super::{applies, profile, read, slice, tensor};
@@ -20,6 +26,10 @@ use crate::device::Precision;
 use crate::model::layers::MASK_VALUE;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// Queries per block in backward (a fixed size: the order of the sums into dK and dV
+/// depends on it), and about the most per forward task.
+const QUERY_BLOCK: usize = 64;
 
 /// `softmax(q·kᵀ·scale + mask)·v`, output `[b, s, h·d]`; the products in `precision`.
 pub fn attention_heads(
@@ -103,15 +113,40 @@ impl Attention {
         }
     }
 
+    /// How many leading keys queries `q0..q0 + rows` of batch element `bi` can see:
+    /// every later key is masked for all of them (all `kv` without a mask, or when a
+    /// query sees nothing, which the composition spreads over every key).
+    fn visible_keys(&self, mask: Option<&[f32]>, bi: usize, q0: usize, rows: usize) -> usize {
+        let Some(mask) = mask else { return self.kv };
+        let mut keys = 0;
+        for r in q0..q0 + rows {
+            let row = &mask[(bi * self.s + r) * self.kv..][..self.kv];
+            match row.iter().rposition(|&m| m != MASK_VALUE) {
+                Some(last) => keys = keys.max(last + 1),
+                None => return self.kv,
+            }
+        }
+        keys
+    }
+
     /// `p = softmax(q·kᵀ·scale + mask)` for queries `q0..q0 + rows` of a head of batch
-    /// element `bi`; `p` is `[rows, kv]`.
-    fn probabilities(&self, p: &mut [f32], head: &Head<'_>, bi: usize, q0: usize, mask: Option<&[f32]>) -> Result<()> {
+    /// element `bi` against its first `keys` keys (all others masked for these
+    /// queries, see [`Self::visible_keys`]); `p` is `[rows, keys]`.
+    fn probabilities(
+        &self,
+        p: &mut [f32],
+        head: &Head<'_>,
+        bi: usize,
+        q0: usize,
+        keys: usize,
+        mask: Option<&[f32]>,
+    ) -> Result<()> {
         let (kv, d) = (self.kv, self.d);
-        let rows = p.len() / kv;
+        let rows = p.len() / keys;
         let q = View::rows(&head.q[q0 * d..], rows, d, d);
-        gemm::matmul(p, kv, q, View::rows(head.k, kv, d, d).t(), false)?;
-        for (r, row) in p.chunks_mut(kv).enumerate() {
-            let mask_row = mask.map(|m| &m[(bi * self.s + q0 + r) * kv..][..kv]);
+        gemm::matmul(p, keys, q, View::rows(head.k, keys, d, d).t(), false)?;
+        for (r, row) in p.chunks_mut(keys).enumerate() {
+            let mask_row = mask.map(|m| &m[(bi * self.s + q0 + r) * kv..][..keys]);
             let mut max = f32::NEG_INFINITY;
             for (j, x) in row.iter_mut().enumerate() {
                 *x = *x * self.scale + mask_row.map_or(0.0, |m| m[j]);
@@ -137,10 +172,11 @@ impl Attention {
     }
 
     /// Queries per forward task: a divisor of `s`, small enough that the `b·s/rows`
-    /// tasks keep every thread busy.
+    /// tasks keep every thread busy and that a causal block leaves out the keys after
+    /// it (at most about [`QUERY_BLOCK`]).
     fn query_block(&self) -> usize {
         let per_batch = (4 * rayon::current_num_threads()).div_ceil(self.b).max(1);
-        let mut rows = self.s.div_ceil(per_batch).max(1);
+        let mut rows = self.s.div_ceil(per_batch).clamp(1, QUERY_BLOCK);
         while !self.s.is_multiple_of(rows) {
             rows += 1;
         }
@@ -172,7 +208,7 @@ impl CustomOp3 for Attention {
     ) -> Result<(CpuStorage, Shape)> {
         profile::time("attention.forward", || {
             let (q, k, v) = (slice(q, ql)?, slice(k, kl)?, slice(v, vl)?);
-            let (h, s, kv, d) = (self.h, self.s, self.kv, self.d);
+            let (h, s, d) = (self.h, self.s, self.d);
             let mut out = vec![0f32; self.b * s * h * d];
             let rows = self.query_block();
             // Each task: `rows` queries of one batch element, every head; writes its rows
@@ -180,12 +216,13 @@ impl CustomOp3 for Attention {
             self.with_mask(|mask| {
                 out.par_chunks_mut(rows * h * d).enumerate().try_for_each(|(task, out)| {
                     let (bi, q0) = (task * rows / s, task * rows % s);
-                    let mut p = vec![0f32; rows * kv];
+                    let keys = self.visible_keys(mask, bi, q0, rows);
+                    let mut p = vec![0f32; rows * keys];
                     for hi in 0..h {
                         let head = self.head(q, k, v, bi, hi);
-                        self.probabilities(&mut p, &head, bi, q0, mask)?;
-                        let probs = View::rows(&p, rows, kv, kv);
-                        gemm::matmul(&mut out[hi * d..], h * d, probs, View::rows(head.v, kv, d, d), false)?;
+                        self.probabilities(&mut p, &head, bi, q0, keys, mask)?;
+                        let probs = View::rows(&p, rows, keys, keys);
+                        gemm::matmul(&mut out[hi * d..], h * d, probs, View::rows(head.v, keys, d, d), false)?;
                     }
                     Ok(())
                 })
@@ -214,28 +251,39 @@ impl CustomOp3 for Attention {
                         read(d_out, |d_out| {
                             self.with_mask(|mask| {
                                 // Each task: one key/value group of one batch element, its
-                                // `rep` query heads one after the other (so the sums into
-                                // dK and dV keep one order).
+                                // `rep` query heads one after the other and each head's
+                                // query blocks in order (so the sums into dK and dV, which
+                                // start at zero, keep one order).
                                 let chunks = dq
                                     .par_chunks_mut(rep * s * d)
                                     .zip(dk.par_chunks_mut(kv * d))
                                     .zip(dv.par_chunks_mut(kv * d));
                                 chunks.enumerate().try_for_each(|(g, ((dq, dk), dv))| {
                                     let bi = g / self.kvh;
-                                    let mut p = vec![0f32; s * kv];
-                                    let mut ds = vec![0f32; s * kv];
+                                    let block = QUERY_BLOCK.min(s);
+                                    let mut p = vec![0f32; block * kv];
+                                    let mut ds = vec![0f32; block * kv];
                                     for (ri, dq) in dq.chunks_mut(s * d).enumerate() {
                                         let hi = g % self.kvh * rep + ri;
                                         let head = self.head(q, k, v, bi, hi);
-                                        self.probabilities(&mut p, &head, bi, 0, mask)?;
-                                        let d_o = View::rows(&d_out[(bi * s * h + hi) * d..], s, d, h * d);
-                                        let probs = View::rows(&p, s, kv, kv);
-                                        gemm::matmul(dv, d, probs.t(), d_o, ri > 0)?;
-                                        gemm::matmul(&mut ds, kv, d_o, View::rows(head.v, kv, d, d).t(), false)?;
-                                        softmax_backward(&mut ds, &p, kv, self.scale);
-                                        let d_s = View::rows(&ds, s, kv, kv);
-                                        gemm::matmul(dq, d, d_s, View::rows(head.k, kv, d, d), false)?;
-                                        gemm::matmul(dk, d, d_s.t(), View::rows(head.q, s, d, d), ri > 0)?;
+                                        for (q0, dq) in (0..s).step_by(block).zip(dq.chunks_mut(block * d)) {
+                                            let rows = dq.len() / d;
+                                            let keys = self.visible_keys(mask, bi, q0, rows);
+                                            let (p, ds) = (&mut p[..rows * keys], &mut ds[..rows * keys]);
+                                            self.probabilities(p, &head, bi, q0, keys, mask)?;
+                                            let d_o =
+                                                View::rows(&d_out[((bi * s + q0) * h + hi) * d..], rows, d, h * d);
+                                            let probs = View::rows(p, rows, keys, keys);
+                                            let (k_vis, v_vis) =
+                                                (View::rows(head.k, keys, d, d), View::rows(head.v, keys, d, d));
+                                            gemm::matmul(dv, d, probs.t(), d_o, true)?;
+                                            gemm::matmul(ds, keys, d_o, v_vis.t(), false)?;
+                                            softmax_backward(ds, p, keys, self.scale);
+                                            let d_s = View::rows(ds, rows, keys, keys);
+                                            gemm::matmul(dq, d, d_s, k_vis, false)?;
+                                            let q_block = View::rows(&head.q[q0 * d..], rows, d, d);
+                                            gemm::matmul(dk, d, d_s.t(), q_block, true)?;
+                                        }
                                     }
                                     Ok(())
                                 })
@@ -266,20 +314,30 @@ mod tests {
     use super::*;
     use crate::kernels::rel_err;
     use crate::model::layers::attention_mask;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{Device, Var};
 
     /// Grouped heads, padding and a key prefix: fused and composed agree on the
     /// output and on the gradients of queries, keys and values.
     #[test]
     fn matches_the_composed_attention_and_its_gradients() -> Result<()> {
+        // Short sequences (one block of queries) and long ones (several blocks in
+        // backward, whose later keys are left out of the earlier blocks).
+        for (s, prefix) in [(5, 2), (2 * QUERY_BLOCK + 7, 3)] {
+            compare_with_composed(s, prefix)?;
+        }
+        Ok(())
+    }
+
+    fn compare_with_composed(s: usize, prefix: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let (b, h, kvh, s, prefix, d) = (2, 4, 2, 5, 2, 8);
+        let (b, h, kvh, d) = (2, 4, 2, 8);
         let kv = s + prefix;
         let q = Var::randn(0f32, 1.0, (b, h, s, d), &dev)?;
         let k = Var::randn(0f32, 1.0, (b, kvh, kv, d), &dev)?;
         let v = Var::randn(0f32, 1.0, (b, kvh, kv, d), &dev)?;
         // The second row: its last two tokens are padding.
-        let pad = Tensor::new(&[[1u32; 7], [1, 1, 1, 1, 1, 0, 0]], &dev)?.to_dtype(DType::F32)?;
+        let pad: Vec<f32> = (0..b * kv).map(|i| if i >= 2 * kv - 2 { 0.0 } else { 1.0 }).collect();
+        let pad = Tensor::from_vec(pad, (b, kv), &dev)?;
         let probe = Tensor::randn(0f32, 1.0, (b, s, h * d), &dev)?;
         for mask in [None, attention_mask(Some(&pad), b, s, kv, true, &dev)?] {
             let scale = 1.0 / (d as f64).sqrt();
@@ -294,6 +352,32 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// A block of causal queries sees the prefix and the keys up to its last query; a
+    /// padded key at the end is hidden from all; a query that sees nothing needs all.
+    #[test]
+    fn blocks_leave_out_the_keys_no_query_sees() -> Result<()> {
+        let dev = Device::Cpu;
+        let (s, prefix) = (10, 2);
+        let kv = s + prefix;
+        let pad = Tensor::from_vec([[1f32; 12], [1f32; 12]].concat(), (2, kv), &dev)?;
+        let op = |mask: Tensor| Attention { b: 2, h: 1, kvh: 1, s, kv, d: 4, scale: 1.0, mask: Some(mask) };
+        let causal = op(attention_mask(Some(&pad), 2, s, kv, true, &dev)?.expect("a causal mask"));
+        causal.with_mask(|m| {
+            assert_eq!(causal.visible_keys(m, 0, 0, 3), prefix + 3);
+            assert_eq!(causal.visible_keys(m, 1, 4, 6), kv);
+            Ok(())
+        })?;
+        let mut hidden = vec![0f32; 2 * s * kv];
+        (0..2 * s).for_each(|r| hidden[r * kv + kv - 1] = MASK_VALUE); // the last key, for everyone
+        (0..kv).for_each(|j| hidden[(s + 5) * kv + j] = MASK_VALUE); // batch 1, query 5 sees nothing
+        let masked = op(Tensor::from_vec(hidden, (2, 1, s, kv), &dev)?);
+        masked.with_mask(|m| {
+            assert_eq!(masked.visible_keys(m, 0, 0, s), kv - 1);
+            assert_eq!(masked.visible_keys(m, 1, 4, 2), kv);
+            Ok(())
+        })
     }
 
     #[test]
