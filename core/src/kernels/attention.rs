@@ -20,6 +20,7 @@
 //! a causal head's work. Backward runs over fixed blocks of [`QUERY_BLOCK`] queries, so
 //! its sums do not depend on the number of threads.
 
+use super::exp::exp;
 use super::gemm::{self, View};
 use super::{applies, profile, read, slice, tensor};
 use crate::device::Precision;
@@ -153,18 +154,10 @@ impl Attention {
                 max = max.max(*x);
             }
             // A masked score (`MASK_VALUE` added) is below every visible one by ~3.4e38:
-            // its exponential is exactly 0, so it is set rather than computed (half of
-            // each row under a causal mask). A row with nothing visible keeps the
-            // general path, as the composition does.
-            let skip_masked = max > MASK_VALUE / 2.0;
-            let mut sum = 0f32;
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = match mask_row {
-                    Some(m) if skip_masked && m[j] == MASK_VALUE => 0.0,
-                    _ => (*x - max).exp(),
-                };
-                sum += *x;
-            }
+            // its exponential is exactly 0, as in the composition. A row with nothing
+            // visible has its maximum among the masked scores, as there too.
+            row.iter_mut().for_each(|x| *x = exp(*x - max));
+            let sum: f32 = row.iter().sum();
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|x| *x *= inv);
         }

@@ -6,6 +6,7 @@
 //! (log-softmax, gather, mask) keeps the whole log-probability matrix for backward; the
 //! fused op keeps only the logits it was given.
 
+use super::exp::exp;
 use super::{applies, profile, read, rows_per_task, slice, tensor};
 use crate::model::layers::log_softmax;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
@@ -49,7 +50,7 @@ struct CrossEntropy {
 /// Maximum and `ln Σ exp(x - max)` of one row.
 fn shifted_lse(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|x| (x - max).exp()).sum::<f32>().ln())
+    (max, row.iter().map(|&x| exp(x - max)).sum::<f32>().ln())
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -90,7 +91,7 @@ impl CustomOp1 for CrossEntropy {
                             let (max, lse) = shifted_lse(row);
                             let inv = 1.0 / lse.exp();
                             for (d, x) in d.iter_mut().zip(row) {
-                                *d = g[i] * ((x - max).exp() * inv);
+                                *d = g[i] * (exp(x - max) * inv);
                             }
                             d[t] -= g[i];
                         }

@@ -25,6 +25,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub(crate) mod exp;
 mod gemm;
 pub mod grad_norm;
 pub mod linear;

@@ -4,6 +4,7 @@
 //! Backward: `d_up = dy·silu(g)`, `d_gate = dy·up·σ(g)·(1 + g·(1 - σ(g)))`. Only the two
 //! inputs are kept (candle's composition also keeps `silu(g)`).
 
+use super::exp::exp;
 use super::{applies, profile, read, rows_per_task, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -25,7 +26,7 @@ pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 struct SwiGlu;
@@ -43,7 +44,7 @@ impl CustomOp2 for SwiGlu {
             y.par_chunks_mut(chunk).zip(g.par_chunks(chunk)).zip(u.par_chunks(chunk)).for_each(|((y, g), u)| {
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
                     // candle's silu: g / (1 + e^-g).
-                    *y = g / (1.0 + (-g).exp()) * u;
+                    *y = g / (1.0 + exp(-g)) * u;
                 }
             });
             Ok((CpuStorage::F32(y), gl.shape().clone()))
