@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use stagecraft_core::model::{load_model, load_model_as, Adapters, Bert, BertConfig, Llama, LlamaConfig, Model};
+use stagecraft_core::model::{
+    load_model, load_model_as, Adapters, Bert, BertConfig, Llama, LlamaConfig, Model, Outputs,
+};
 use support::{fixture, max_abs, max_abs_diff, reference};
 
 /// Parity with transformers in f32: what the README promises (~1e-6), with room for
@@ -118,7 +120,9 @@ fn llama_prompt_tuning_positions_match_peft() {
         prompt["prompt_embeddings"].unsqueeze(0).expect("unsqueeze").broadcast_as((b, 4, 64)).expect("broadcast");
     let embeds = Tensor::cat(&[&virt, &x], 1).expect("cat");
     let mask = Tensor::ones((b, s), DType::U32, &Device::Cpu).expect("mask");
-    let out = model.forward_embeds(&embeds, Some(&mask), &Adapters::none(model.sites().len())).expect("forward");
+    let out = model
+        .forward_embeds(&embeds, Some(&mask), &Adapters::none(model.sites().len()), Outputs::ALL)
+        .expect("forward");
     check("llama-tiny prompt-tuning logits vs PEFT", &out.logits.expect("logits"), &r["logits_prompt"], TOL);
 }
 

@@ -50,33 +50,53 @@ pub struct Loss<'h> {
 ///
 /// Batches carry `input_ids` (`[batch, seq]`, u32), `attention_mask` (`[batch, seq]`),
 /// and, depending on the data, `labels` (`[batch, seq]`, i64, -100 where no loss) or
-/// `class_labels` (`[batch]`). Model outputs carry what
-/// [`required_outputs`](Self::required_outputs) asked for: `logits`
-/// (`[batch, seq, vocab]`), `hidden` (`[batch, seq, hidden]`), `pooled` (`[batch, hidden]`).
+/// `class_labels` (`[batch]`). Model outputs are those
+/// [`required_outputs`](Self::required_outputs) lists that the model produces, and no
+/// others: `logits` (`[batch, seq, vocab]`, language models), `hidden`
+/// (`[batch, seq, hidden]`, every model), `pooled` (`[batch, hidden]`, encoders with a
+/// pooler). A model does not compute `logits` for an objective that does not list them.
 ///
 /// # Lifecycle, in call order
-/// 1. [`Plugin::new`] — once per stage, with the stage's objective config.
-/// 2. [`init`](Self::init) — once, with the model's shape; create head parameters here.
-/// 3. [`compute`](Self::compute) — for every training batch, then for every evaluation
-///    batch ([`Host::is_training`] tells which).
-/// 4. [`on_step_end`](Self::on_step_end) — after every optimizer step.
-/// 5. [`on_eval_end`](Self::on_eval_end) — after every evaluation, with its metrics.
+/// One instance per stage; the host calls, on that instance:
+/// 1. [`Plugin::new`] — once, with the stage's objective config.
+/// 2. [`required_outputs`](Self::required_outputs) — once, right after `new`.
+/// 3. [`init`](Self::init) — once, with the model's shape; create head parameters here.
+/// 4. For every optimizer step: [`compute`](Self::compute) for each micro-batch
+///    ([`Host::is_training`] is true), then, once the step is taken and accepted (a
+///    step the anomaly guard rejects is undone and gets no call),
+///    [`on_step_end`](Self::on_step_end) with the stage's step (1, 2, ...).
+/// 5. At each evaluation of the stage's own eval set (every `eval_every` steps and
+///    after the last step): `compute` for each eval batch (`is_training` false), then
+///    [`on_eval_end`](Self::on_eval_end) with the evaluation's metrics. Evaluations of
+///    other stages' sets (retention gates) use those stages' objectives and call no
+///    hook here.
+/// 6. When the stage has ended: `compute` for its end-of-stage evaluation, and for later
+///    stages' retention gates on this stage's set; no more hooks.
+///
+/// The [`Control`] a hook returns: `CONTINUE` goes on; `STOP` ends the stage with its
+/// current state (the pipeline goes on with the next stage); `ROLLBACK` restores the
+/// stage's best evaluated state (by its exit metric, else its main score: `exact_match`,
+/// `accuracy` or `loss`, in that order) and ends it, or keeps the current state when
+/// nothing was evaluated yet. At an evaluation, the retention gate and the exit rule
+/// decide first; another value is an error.
 pub trait Stage: Plugin {
     /// Creates head parameters, if any.
     fn init(&mut self, _host: Host<'_>, _model: &ModelInfo) -> Result<()> {
         Ok(())
     }
-    /// Model outputs this objective reads.
+    /// Model outputs this objective reads (`logits`, `hidden`, `pooled`); it is given
+    /// only these. Asked once, after `new`.
     fn required_outputs(&self) -> Vec<String> {
         vec!["logits".to_string()]
     }
     /// Loss and metrics for one batch.
     fn compute<'h>(&mut self, host: Host<'h>, outputs: Named<'h>, batch: Named<'h>) -> Result<Loss<'h>>;
-    /// After each optimizer step: continue, stop or roll back.
+    /// After each accepted optimizer step: continue, stop or roll back.
     fn on_step_end(&mut self, _host: Host<'_>, _info: &StepInfo) -> Result<Control> {
         Ok(Control::CONTINUE)
     }
-    /// After each evaluation.
+    /// After each evaluation of the stage's own set, with its metrics (each a final
+    /// value: `sum` is the value, `count` is 1): continue, stop or roll back.
     fn on_eval_end(&mut self, _host: Host<'_>, _metrics: &[Metric]) -> Result<Control> {
         Ok(Control::CONTINUE)
     }

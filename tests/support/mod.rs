@@ -121,8 +121,9 @@ fn build_compat(crate_dir: &str, features: &[&str], built: &str, keep: &Path, so
     let target = root().join("target/compat");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["build", "--release", "--target-dir"]).arg(&target).current_dir(compat.join(crate_dir));
-    // The frozen-SDK plugins build exactly as pinned; the faulty one follows the live SDK.
-    if crate_dir != "plugin-faulty" {
+    // The frozen-SDK plugins build exactly as pinned; the faulty and lifecycle ones
+    // follow the live SDK.
+    if !matches!(crate_dir, "plugin-faulty" | "plugin-lifecycle") {
         cmd.arg("--locked");
     }
     if !features.is_empty() {
@@ -185,6 +186,23 @@ pub fn compat() -> &'static Compat {
                 &["sdk-1.0-prefix"],
             ),
         }
+    })
+}
+
+/// The `lifecycle_probe` objective (`tests/compat/plugin-lifecycle`), built when its
+/// sources changed.
+pub fn lifecycle_probe() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let keep = root().join("target/compat/libs");
+        std::fs::create_dir_all(&keep).expect("mkdir");
+        build_compat(
+            "plugin-lifecycle",
+            &[],
+            "libcompat_plugin_lifecycle.so",
+            &keep.join("libcompat_lifecycle.so"),
+            &["../../adapters-sdk/src"],
+        )
     })
 }
 

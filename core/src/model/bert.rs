@@ -37,7 +37,7 @@ use super::builder::WeightBuilder;
 use super::hf::{WeightStore, CONFIG_FILE};
 use super::layers::{attention, attention_mask, extend_mask};
 use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
-use super::{Adapters, BertConfig, Model, ModelOutput, SiteTable, Weight};
+use super::{Adapters, BertConfig, Model, ModelOutput, Outputs, SiteTable, Weight};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
@@ -313,7 +313,14 @@ impl Model for Bert {
         self.weights.clone()
     }
 
-    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+    /// BERT has no head here: `outputs` changes nothing.
+    fn forward_outputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+        _outputs: Outputs,
+    ) -> Result<ModelOutput> {
         adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;

@@ -35,7 +35,7 @@ use super::builder::WeightBuilder;
 use super::hf::{WeightStore, CONFIG_FILE};
 use super::layers::{attention_mask, extend_mask, Rope, RopeTables};
 use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
-use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, SiteTable, Weight};
+use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, Outputs, SiteTable, Weight};
 use crate::bail;
 use crate::error::Result;
 use crate::kernels::attention::attention_heads;
@@ -275,12 +275,14 @@ impl Llama {
     /// `model.input_embeds` site), with every position in the outputs.
     /// `attention_mask` is `[batch, seq]` with `seq <= len`: the `len - seq` leading
     /// positions are virtual tokens, always attended to. Positions start after the
-    /// key/value prefix the adapters declare (`kv_prefix_len`).
+    /// key/value prefix the adapters declare (`kv_prefix_len`). The head runs only
+    /// when `outputs` asks for logits.
     pub fn forward_embeds(
         &self,
         embeds: &Tensor,
         attention_mask: Option<&Tensor>,
         adapters: &Adapters,
+        outputs: Outputs,
     ) -> Result<ModelOutput> {
         let (b, len, _) = embeds.dims3()?;
         let pad = extend_mask(attention_mask, b, len)?;
@@ -291,8 +293,8 @@ impl Llama {
             x = layer.forward(&self.cfg, &rope, &x, pad.as_ref(), mask.as_ref(), adapters)?;
         }
         let hidden = self.norm.forward(adapters, &x)?;
-        let logits = self.head.forward(adapters, &hidden)?;
-        Ok(ModelOutput { logits: Some(logits), hidden, pooled: None })
+        let logits = outputs.logits.then(|| self.head.forward(adapters, &hidden)).transpose()?;
+        Ok(ModelOutput { logits, hidden, pooled: None })
     }
 }
 
@@ -313,7 +315,13 @@ impl Model for Llama {
         self.weights.clone()
     }
 
-    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+    fn forward_outputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+        outputs: Outputs,
+    ) -> Result<ModelOutput> {
         adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
@@ -324,7 +332,7 @@ impl Model for Llama {
         if x.dim(1)? < s {
             bail!("site model.input_embeds returned {} positions for {s} tokens", x.dim(1)?);
         }
-        self.forward_embeds(&x, attention_mask, adapters)?.last_positions(s)
+        self.forward_embeds(&x, attention_mask, adapters, outputs)?.last_positions(s)
     }
 
     fn hf_config(&self, eos_token_id: Option<u32>) -> Option<serde_json::Value> {

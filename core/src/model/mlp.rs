@@ -6,7 +6,7 @@
 //! as to a Llama. It has no attention (each position is predicted from its own token),
 //! which keeps plugin tests fast and exact.
 
-use super::{Adapters, Model, ModelOutput, SiteTable, Weight};
+use super::{Adapters, Model, ModelOutput, Outputs, SiteTable, Weight};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
@@ -121,11 +121,12 @@ impl Model for MlpLm {
         w
     }
 
-    fn forward(
+    fn forward_outputs(
         &self,
         input_ids: &Tensor,
         _attention_mask: Option<&Tensor>,
         adapters: &Adapters,
+        outputs: Outputs,
     ) -> Result<ModelOutput> {
         adapters.begin_forward()?;
         let (b, s) = input_ids.dims2()?;
@@ -138,7 +139,8 @@ impl Model for MlpLm {
             let y = (&x + adapters.post(blk.mlp_site, &x, h)?)?;
             x = adapters.post(blk.out_site, &x, y)?;
         }
-        let logits = adapters.linear(self.head.0, &x, &self.head.1.get(), None)?;
-        Ok(ModelOutput { logits: Some(logits), hidden: x, pooled: None })
+        let head = |x: &Tensor| adapters.linear(self.head.0, x, &self.head.1.get(), None);
+        let logits = outputs.logits.then(|| head(&x)).transpose()?;
+        Ok(ModelOutput { logits, hidden: x, pooled: None })
     }
 }

@@ -75,6 +75,26 @@ impl Weight {
     }
 }
 
+/// Which optional outputs a forward pass computes (`hidden` always is, and `pooled`
+/// where the model has a pooler): an objective that reads no `logits` spares the
+/// language-model head, the largest product of a decoder with a big vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outputs {
+    /// `[batch, seq, vocab]` logits, for models with a head.
+    pub logits: bool,
+}
+
+impl Outputs {
+    /// Every output the model has.
+    pub const ALL: Outputs = Outputs { logits: true };
+
+    /// The outputs an objective names in `required_outputs` (`logits`, `hidden`,
+    /// `pooled`).
+    pub fn named(names: &[String]) -> Outputs {
+        Outputs { logits: names.iter().any(|n| n == "logits") }
+    }
+}
+
 /// What a forward pass returns.
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
@@ -111,10 +131,22 @@ pub trait Model {
     fn sites(&self) -> &SiteTable;
     /// Named base weights, Hugging Face names (`model.layers.0.mlp.up_proj.weight`).
     fn weights(&self) -> Vec<(String, Weight)>;
-    /// Forward pass; `input_ids` is `[batch, seq]` u32. Outputs have one position per
-    /// input token: virtual tokens an adapter prepends (prompt tuning) are dropped, so
-    /// objectives and evaluations see `[batch, seq, ..]` whatever is attached.
-    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput>;
+    /// Forward pass with every output; `input_ids` is `[batch, seq]` u32. Outputs have
+    /// one position per input token: virtual tokens an adapter prepends (prompt tuning)
+    /// are dropped, so objectives and evaluations see `[batch, seq, ..]` whatever is
+    /// attached.
+    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, adapters: &Adapters) -> Result<ModelOutput> {
+        self.forward_outputs(input_ids, attention_mask, adapters, Outputs::ALL)
+    }
+
+    /// [`forward`](Self::forward) computing only the optional outputs in `outputs`.
+    fn forward_outputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        adapters: &Adapters,
+        outputs: Outputs,
+    ) -> Result<ModelOutput>;
 
     /// `config.json` as transformers writes it for this model (`None`: not a
     /// transformers architecture). `eos_token_id` is the tokenizer's end of text.

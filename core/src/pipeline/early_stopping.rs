@@ -1,5 +1,7 @@
-//! Early stopping: with `exit.patience`, a stage stops after that many evaluations
-//! without a better exit metric, and goes back to the best state it saw.
+//! The best state a stage saw, and early stopping: a stage that evaluates its own set
+//! keeps a copy of its state at its best evaluation (by the exit metric, else its main
+//! score), which an objective's `Control::ROLLBACK` restores; with `exit.patience`, it
+//! stops after that many evaluations without a better score and goes back to it.
 
 use super::float_bits::opt_bits;
 use super::snapshot::{Snapshot, SnapshotAt};
@@ -25,9 +27,10 @@ pub(crate) struct EarlyStoppingState {
     best_at: SnapshotAt,
 }
 
-/// Early stopping for one stage.
+/// The best state of one stage, and its early stopping.
 pub(crate) struct EarlyStopping {
-    patience: u32,
+    /// Evaluations without improvement before stopping; `None`: never stops.
+    patience: Option<u32>,
     state: EarlyStoppingState,
     best: Option<Snapshot>,
 }
@@ -42,13 +45,19 @@ pub(crate) enum Patience {
 }
 
 impl EarlyStopping {
-    /// Early stopping after `patience` evaluations without improvement.
-    pub fn new(patience: u32) -> Self {
+    /// Keeps the best state; with `patience`, stops after that many evaluations without
+    /// improvement.
+    pub fn new(patience: Option<u32>) -> Self {
         EarlyStopping { patience, state: EarlyStoppingState::default(), best: None }
     }
 
     /// Early stopping as a checkpoint saved it.
-    pub fn load(patience: u32, state: EarlyStoppingState, ckpt: &Checkpoint, trainer: &Trainer) -> Result<Self> {
+    pub fn load(
+        patience: Option<u32>,
+        state: EarlyStoppingState,
+        ckpt: &Checkpoint,
+        trainer: &Trainer,
+    ) -> Result<Self> {
         let best = state.best.map(|_| Snapshot::load(ckpt, ROLE, state.best_at, trainer)).transpose()?;
         Ok(EarlyStopping { patience, state, best })
     }
@@ -73,11 +82,18 @@ impl EarlyStopping {
         }
         self.state.since_best += 1;
         match &self.best {
-            Some(best) if self.state.since_best >= self.patience => {
+            Some(best) if self.patience.is_some_and(|p| self.state.since_best >= p) => {
                 best.restore(trainer)?;
                 Ok(Patience::Exhausted { best: best.step })
             }
             _ => Ok(Patience::Continue),
         }
+    }
+
+    /// Puts the best state back; its step, or `None` when nothing was evaluated yet.
+    pub fn restore_best(&self, trainer: &mut Trainer) -> Result<Option<u64>> {
+        let Some(best) = &self.best else { return Ok(None) };
+        best.restore(trainer)?;
+        Ok(Some(best.step))
     }
 }

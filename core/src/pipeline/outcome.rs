@@ -19,6 +19,10 @@ pub enum StageEnd {
     GateRollback,
     /// The retention gate failed and stops the pipeline.
     GateStop,
+    /// The objective's hook returned `Control::STOP`.
+    ObjectiveStop,
+    /// The objective's hook returned `Control::ROLLBACK` (best state restored).
+    ObjectiveRollback,
 }
 
 impl std::fmt::Display for StageEnd {
@@ -29,6 +33,8 @@ impl std::fmt::Display for StageEnd {
             StageEnd::Patience => "patience (best checkpoint restored)",
             StageEnd::GateRollback => "the retention gate (rolled back to the best state that passed)",
             StageEnd::GateStop => "the retention gate (pipeline stopped)",
+            StageEnd::ObjectiveStop => "its objective (STOP)",
+            StageEnd::ObjectiveRollback => "its objective (ROLLBACK to the best state)",
         })
     }
 }

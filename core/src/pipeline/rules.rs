@@ -1,5 +1,6 @@
 //! The per-step rules of one stage, together: the anomaly guard, the retention gate
-//! (stages with `gates.retention`) and early stopping (stages with `exit.patience`).
+//! (stages with `gates.retention`) and the best state with early stopping (stages that
+//! evaluate their own set, or have `exit.patience`).
 //! Each owns its state and its snapshot; [`RulesState`] is what a checkpoint's meta
 //! keeps of them, [`StageRules::tensors`] what its tensors keep.
 
@@ -22,6 +23,16 @@ pub(crate) struct RulesState {
     early_stopping: Option<EarlyStoppingState>,
 }
 
+/// Whether stage `s` keeps its best state: it evaluates its own set, or stops early.
+fn keeps_best(s: &StageConfig) -> bool {
+    s.data.eval.is_some() || patience(s).is_some()
+}
+
+/// Its `exit.patience`.
+fn patience(s: &StageConfig) -> Option<u32> {
+    s.exit.as_ref().and_then(|e| e.patience)
+}
+
 /// The rules of one stage.
 pub(crate) struct StageRules {
     pub guard: AnomalyGuard,
@@ -35,7 +46,7 @@ impl StageRules {
         Ok(StageRules {
             guard: AnomalyGuard::new(&s.anomaly, trainer)?,
             gate: (!s.gates.retention.is_empty()).then(|| RetentionGate::new(trainer)).transpose()?,
-            early_stopping: s.exit.as_ref().and_then(|e| e.patience).map(EarlyStopping::new),
+            early_stopping: keeps_best(s).then(|| EarlyStopping::new(patience(s))),
         })
     }
 
@@ -49,9 +60,11 @@ impl StageRules {
             (false, Some(g)) => Some(RetentionGate::load(g, ckpt, trainer)?),
             _ => return Err(mismatch()),
         };
-        let early_stopping = match (s.exit.as_ref().and_then(|e| e.patience), state.early_stopping) {
-            (None, None) => None,
-            (Some(p), Some(e)) => Some(EarlyStopping::load(p, e, ckpt, trainer)?),
+        let early_stopping = match (keeps_best(s), patience(s), state.early_stopping) {
+            (false, _, None) => None,
+            (true, p, Some(e)) => Some(EarlyStopping::load(p, e, ckpt, trainer)?),
+            // A checkpoint from before stages kept their best state without patience.
+            (true, None, None) => Some(EarlyStopping::new(None)),
             _ => return Err(mismatch()),
         };
         Ok(StageRules { guard: AnomalyGuard::load(&s.anomaly, state.guard, ckpt, trainer)?, gate, early_stopping })

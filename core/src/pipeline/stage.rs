@@ -1,6 +1,13 @@
 //! Training one stage, step by step: batches from its data mixture, the learning-rate
-//! schedule, the anomaly guard, evaluations, the retention gate, the exit rule and
-//! early stopping, and a resume checkpoint after each evaluation.
+//! schedule, the anomaly guard, the objective's hooks, evaluations, the retention
+//! gate, the exit rule and early stopping, and a resume checkpoint after each
+//! evaluation.
+//!
+//! After every accepted optimizer step the objective's `on_step_end` runs; after every
+//! evaluation of the stage's own set (each `eval_every` and the last step), its
+//! `on_eval_end`. Their `Control`: `STOP` ends the stage with its current state,
+//! `ROLLBACK` restores the best state the stage saw (see [`super::early_stopping`]) and
+//! ends it. The retention gate and the exit rule decide first at an evaluation.
 
 use super::early_stopping::Patience;
 use super::eval::{EvalSets, Metrics};
@@ -17,6 +24,7 @@ use crate::error::{Context, Error, Result};
 use crate::report::{EventKind, MetricRow, Split};
 use crate::train::{lr_at, Batch, StepOutput, Trainer};
 use candle_core::Device;
+use stagecraft_sdk::{Control, Metric, StepInfo};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -85,7 +93,12 @@ impl<'a> StageRun<'a> {
                 continue;
             }
             let out = out.with_context(|| format!("stage `{}` step {step}", self.s.name))?;
+            let info = StepInfo { step, loss: out.loss, lr, grad_norm: out.grad_norm };
             self.record_step(out, lr)?;
+            let control = self.trainer.objective.on_step_end(&info)?;
+            if let Some(end) = self.obey(control, "on_step_end")? {
+                return Ok(end);
+            }
             if !self.eval_due() {
                 continue;
             }
@@ -136,16 +149,54 @@ impl<'a> StageRun<'a> {
         self.s.eval_every.is_some_and(|e| step.is_multiple_of(e)) || step == self.total
     }
 
-    /// Evaluates the stage's own set and every gated set, and applies the gate, the
-    /// exit rule and early stopping, in that order.
+    /// Evaluates the stage's own set (and tells the objective) and every gated set, and
+    /// applies the gate, the exit rule, early stopping and the objective's decision,
+    /// in that order.
     fn evaluate_and_decide(&mut self) -> Result<Option<StageEnd>> {
         let own = self.evaluate(self.ctx.index)?;
+        let control = match &own {
+            Some(m) => self.trainer.objective.on_eval_end(&hook_metrics(m))?,
+            None => Control::CONTINUE,
+        };
         let failures = self.gate_failures()?;
         let failing = !failures.is_empty();
         if let Some(end) = self.apply_gate(failures, own.as_ref())? {
             return Ok(Some(end));
         }
-        self.exit_or_patience(own.as_ref(), failing)
+        if let Some(end) = self.exit_or_patience(own.as_ref(), failing)? {
+            return Ok(Some(end));
+        }
+        self.obey(control, "on_eval_end")
+    }
+
+    /// What an objective's `control` from `hook` does to the stage.
+    fn obey(&mut self, control: Control, hook: &str) -> Result<Option<StageEnd>> {
+        let step = self.trainer.step;
+        let objective = self.s.objective.name();
+        let (message, end) = match control {
+            Control::CONTINUE => return Ok(None),
+            Control::STOP => (format!("objective `{objective}` stopped the stage from {hook}"), StageEnd::ObjectiveStop),
+            Control::ROLLBACK => {
+                let best = match self.rules.early_stopping.as_ref() {
+                    Some(b) => b.restore_best(self.trainer)?,
+                    None => None,
+                };
+                let restored = match best {
+                    Some(at) => format!("restored the best state (step {at})"),
+                    None => "no evaluated state to go back to, kept the current one".to_string(),
+                };
+                (format!("objective `{objective}` rolled the stage back from {hook}: {restored}"), StageEnd::ObjectiveRollback)
+            }
+            Control(other) => {
+                return Err(Error::msg(format!(
+                    "stage `{}` step {step}: objective `{objective}` returned control {other} from {hook}; this host knows \
+                     CONTINUE (0), STOP (1) and ROLLBACK (2)",
+                    self.s.name
+                )))
+            }
+        };
+        self.ctx.records.event(&self.s.name, step, EventKind::Objective, message)?;
+        Ok(Some(end))
     }
 
     /// Evaluates stage `k`'s set and logs it.
@@ -217,8 +268,16 @@ impl<'a> StageRun<'a> {
         Ok(end)
     }
 
+    /// The exit rule, then the best state and early stopping (scored by the exit
+    /// metric, else by the stage's main score).
     fn exit_or_patience(&mut self, own: Option<&Metrics>, gate_failing: bool) -> Result<Option<StageEnd>> {
-        let Some(exit) = &self.s.exit else { return Ok(None) };
+        let Some(exit) = &self.s.exit else {
+            let Some(score) = own.and_then(|m| oriented(m, None)) else { return Ok(None) };
+            if let Some(best) = self.rules.early_stopping.as_mut() {
+                best.observe(score, self.trainer)?;
+            }
+            return Ok(None);
+        };
         let value = match exit.metric.split_once('.') {
             Some(("train", _)) => self
                 .ctx
@@ -267,4 +326,10 @@ impl<'a> StageRun<'a> {
             self.rules.tensors(),
         )
     }
+}
+
+/// An evaluation's metrics as the objective's `on_eval_end` gets them: each final value
+/// as `sum` with `count` 1.
+fn hook_metrics(m: &Metrics) -> Vec<Metric> {
+    m.iter().map(|(name, value)| Metric::new(name, *value, 1.0)).collect()
 }

@@ -327,12 +327,16 @@ pub struct ObjectiveInstance {
     /// Common parts.
     pub core: InstanceCore,
     obj: StageBox,
+    /// What `required_outputs` returned when it was created.
+    required: Vec<String>,
 }
 
 impl ObjectiveInstance {
-    /// Wraps a freshly created plugin object.
+    /// Wraps a freshly created plugin object (and asks it once which model outputs it
+    /// reads).
     pub fn new(core: InstanceCore, obj: StageBox) -> Self {
-        ObjectiveInstance { core, obj }
+        let required = obj.required_outputs().into_iter().map(|s| s.into_string()).collect();
+        ObjectiveInstance { core, obj, required }
     }
 
     /// Tells the stage about the model (it may create head parameters).
@@ -340,9 +344,10 @@ impl ObjectiveInstance {
         self.core.check("init", self.obj.init(&self.core.host, model))
     }
 
-    /// Model outputs the objective reads.
-    pub fn required_outputs(&self) -> Vec<String> {
-        self.obj.required_outputs().into_iter().map(|s| s.into_string()).collect()
+    /// Model outputs the objective reads (`logits`, `hidden`, `pooled`): the only ones
+    /// it is given.
+    pub fn required_outputs(&self) -> &[String] {
+        &self.required
     }
 
     /// Loss and metrics for one batch.

@@ -34,6 +34,8 @@ pub enum EventKind {
     Stop,
     /// Early stopping ran out of patience and restored the best state.
     Patience,
+    /// The stage's objective ended it from a hook (`Control::STOP` or `ROLLBACK`).
+    Objective,
     /// A stage ended.
     End,
 }
@@ -47,6 +49,7 @@ impl EventKind {
             EventKind::Rollback => "rollback",
             EventKind::Stop => "stop",
             EventKind::Patience => "patience",
+            EventKind::Objective => "objective",
             EventKind::End => "end",
         }
     }

@@ -4,7 +4,7 @@
 
 use super::Batch;
 use crate::error::{Error, Result};
-use crate::model::{Adapters, Model};
+use crate::model::{Adapters, Model, Outputs};
 use crate::plugin::{Entry, HostState, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam};
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -33,21 +33,24 @@ pub struct StepTimes {
     pub update: f64,
 }
 
-/// Runs the model (with adapters) on a batch and the objective on its outputs.
+/// Runs the model (with adapters) on a batch and the objective on its outputs: those
+/// it lists in `required_outputs` that the model produces (only those are computed
+/// where that saves work: no logits, no language-model head).
 pub fn forward_loss(
     model: &dyn Model,
     adapters: &Adapters,
     objective: &mut ObjectiveInstance,
     batch: &Batch,
 ) -> Result<StageLoss> {
-    let out = model.forward(&batch.input_ids, batch.attention_mask.as_ref(), adapters)?;
-    let mut outputs: Vec<(&str, &Tensor)> = vec![("hidden", &out.hidden)];
-    if let Some(l) = &out.logits {
-        outputs.push(("logits", l));
-    }
-    if let Some(p) = &out.pooled {
-        outputs.push(("pooled", p));
-    }
+    let required = objective.required_outputs();
+    let wanted = Outputs::named(required);
+    let out = model.forward_outputs(&batch.input_ids, batch.attention_mask.as_ref(), adapters, wanted)?;
+    let produced = [("hidden", Some(&out.hidden)), ("logits", out.logits.as_ref()), ("pooled", out.pooled.as_ref())];
+    let outputs: Vec<(&str, &Tensor)> = produced
+        .into_iter()
+        .filter_map(|(name, t)| Some((name, t?)))
+        .filter(|(name, _)| required.iter().any(|r| r == name))
+        .collect();
     objective.compute(&outputs, &batch.named())
 }
 

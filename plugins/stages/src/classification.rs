@@ -63,9 +63,14 @@ impl Stage for Classification {
         Ok(())
     }
 
+    /// `auto` takes the pooler's output where the model has one, else pools `hidden`.
     fn required_outputs(&self) -> Vec<String> {
-        let name = if self.pooling == Pooling::Pooled { "pooled" } else { "hidden" };
-        vec![name.to_string()]
+        let names: &[&str] = match self.pooling {
+            Pooling::Pooled => &["pooled"],
+            Pooling::Auto => &["pooled", "hidden"],
+            _ => &["hidden"],
+        };
+        names.iter().map(|n| n.to_string()).collect()
     }
 
     fn compute<'h>(&mut self, host: Host<'h>, outputs: Named<'h>, batch: Named<'h>) -> Result<Loss<'h>> {
