@@ -148,7 +148,11 @@ seq_len = 12
     );
     let reg = Registry::with_builtins(scratch("dora-plan")).expect("registry");
     let plan = Pipeline::plan(&parse(&text), &reg).expect("the checks pass");
-    assert!(plan.contains("adapter lora on 2 sites") && plan.contains("adapter prompt_tuning on 1 sites"), "{plan}");
+    assert!(
+        plan.contains("adapter lora on 2 sites: ")
+            && plan.contains("adapter prompt_tuning on 1 site: model.input_embeds (input_embeds)"),
+        "{plan}"
+    );
     run("dora-run", &text);
 }
 

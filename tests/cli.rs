@@ -224,8 +224,19 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     let (ok, sites, err) = stagecraft(&["model", "sites", "--model", base], None);
     assert!(ok, "{err}");
     let q = sites.lines().find(|l| l.starts_with("model.layers.1.self_attn.q_proj ")).expect("q_proj site");
-    assert!(q.contains("linear") && q.contains("[64, 64]"), "{q}");
+    assert!(q.contains("linear") && q.contains("[64, 64]") && q.ends_with(" attn_q"), "{q}");
     assert!(sites.lines().any(|l| l.starts_with("model.layers.0.self_attn.key_states ") && l.contains("attn_key")));
+}
+
+#[test]
+fn model_sites_lists_a_pipelines_fresh_model() {
+    let file = support::root().join("examples/pipelines/tiny.toml");
+    let (ok, sites, err) = stagecraft(&["model", "sites", "--config", &file.to_string_lossy()], None);
+    assert!(ok, "{err}");
+    // tiny.toml: a fresh 2-layer Llama of hidden size 32.
+    let up = sites.lines().find(|l| l.starts_with("model.layers.1.mlp.up_proj ")).expect("up_proj site");
+    assert!(up.contains("linear") && up.contains("[32, 88]") && up.ends_with(" mlp_up"), "{up}");
+    assert!(!sites.contains("model.layers.2."), "two layers:\n{sites}");
 }
 
 #[test]
@@ -460,10 +471,14 @@ fn check_prints_the_plan_without_training() {
     );
     assert!(ok, "{err}");
     assert!(out.starts_with("model: llama (2 layers, hidden 32, vocab 256)"), "{out}");
-    assert!(
-        out.contains("3. adapt_sub [completion] 7 steps x 16 examples") && out.contains("adapter lora on 8 sites"),
-        "{out}"
-    );
+    assert!(out.contains("3. adapt_sub [completion] 7 steps x 16 examples"), "{out}");
+    let sites = "adapter lora on 8 sites: model.layers.*.self_attn.q_proj x2 (attn_q), model.layers.*.self_attn.v_proj x2 (attn_v), model.layers.*.mlp.up_proj x2 (mlp_up), model.layers.*.mlp.down_proj x2 (mlp_down)";
+    assert!(out.contains(sites), "{out}");
+    // r 8 on two layers: q and v 32 -> 32, up 32 -> 88, down 88 -> 32, each r·(in + out).
+    let lora = 2 * (2 * 8 * (32 + 32) + 2 * 8 * (32 + 88));
+    assert_eq!(lora, 5_888);
+    assert!(out.contains("trains 41,632 of 41,632 parameters (100.00%)"), "pretraining trains everything:\n{out}");
+    assert!(out.contains("trains 5,888 of 47,520 parameters (12.39%)"), "the base is frozen under LoRA:\n{out}");
     assert_eq!(std::fs::read_dir(&cwd).expect("cwd").count(), 0, "nothing written");
     let (ok, _, err) = stagecraft(
         &["run", &file.to_string_lossy(), "--check", "--set", "stages.adapt_sub.adapters.0.targets=[\"nope\"]"],

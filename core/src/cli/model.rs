@@ -4,11 +4,12 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
 use stagecraft_core::adapter::{load_peft, merge_into_base};
+use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::device::resolve_device;
 use stagecraft_core::generate::{generate_streaming, Request, Sampling};
 use stagecraft_core::model::{check_sequence, load_model, Adapters, Model};
-use stagecraft_core::pipeline::{open_stage, OpenedStage};
+use stagecraft_core::pipeline::{config_model, open_stage, OpenedStage};
 use stagecraft_core::plugin::{HostState, Registry};
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,11 +18,16 @@ use std::rc::Rc;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCmd {
-    /// Every site of a model where adaptation methods can attach: name, kind, dims, layer.
+    /// Every site of a model where adaptation methods can attach: name, kind, dims,
+    /// layer and role (what `role:<name>` targets match).
     Sites {
         /// Hugging Face model directory.
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        model: Option<PathBuf>,
+        /// A pipeline config: the model its `[model]` table describes (fresh or `from`
+        /// a directory).
         #[arg(long)]
-        model: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -204,13 +210,18 @@ pub struct GenerateArgs {
 }
 
 pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
-    let ModelCmd::Sites { model } = cmd;
-    let m = load_model(&model, &Device::Cpu)?;
-    println!("{:<48} {:<13} {:<14} LAYER", "NAME", "KIND", "DIMS");
-    for s in m.sites().infos() {
+    let ModelCmd::Sites { model, config } = cmd;
+    let m = match (model, config) {
+        (Some(dir), _) => load_model(&dir, &Device::Cpu)?,
+        (None, Some(file)) => config_model(&PipelineConfig::from_file(&file, &[])?)?,
+        (None, None) => anyhow::bail!("model sites: give --model DIR or --config FILE"),
+    };
+    let sites = m.sites();
+    println!("{:<48} {:<13} {:<14} {:<6} ROLE", "NAME", "KIND", "DIMS", "LAYER");
+    for (s, role) in sites.infos().iter().zip(sites.roles()) {
         let layer = s.layer.into_option().map_or("-".to_string(), |l| l.to_string());
         println!(
-            "{:<48} {:<13} {:<14} {layer}",
+            "{:<48} {:<13} {:<14} {layer:<6} {role}",
             s.name.as_str(),
             s.kind.to_string(),
             format!("{:?}", s.dims.as_slice())

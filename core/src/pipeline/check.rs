@@ -3,6 +3,7 @@
 //! the adapters' targets along the handoffs.
 
 use super::build;
+use super::freeze;
 use crate::bail;
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::data::{load_source, preview_source, Dataset, SourcePreview, Tokenizer};
@@ -145,27 +146,59 @@ fn is_plain_text(d: &Dataset) -> bool {
     d.examples.iter().any(|e| e.labels.is_none() && e.class_label.is_none())
 }
 
+/// What a stage's adapters attach to and how much of the model trains in it, as far as
+/// the config tells before training.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Footprint {
+    /// Per adapter of the stage, in config order: the sites it attaches to (indices
+    /// into the model's site table).
+    pub adapter_sites: Vec<Vec<usize>>,
+    /// Parameters that train at the stage's start: base weights its freeze rules leave
+    /// on, the adapters that train (its own, and earlier ones handed over with
+    /// `continue` or `combine`), the objective's head.
+    pub trainable: usize,
+    /// Every parameter of the stage's model: base weights, every adapter alive in the
+    /// stage, the objective's head.
+    pub total: usize,
+}
+
+/// An adapter made while checking: its stage, the instance and its config.
+struct Made {
+    stage: String,
+    method: MethodInstance,
+    config: String,
+}
+
+/// An adapter alive in a stage: which one (index into the adapters made), whether it
+/// trains there, and its parameter count.
+#[derive(Debug, Clone, Copy)]
+struct Alive {
+    made: usize,
+    trains: bool,
+    params: usize,
+}
+
 /// Attaches every stage's adapters to a throwaway copy of the model's sites, following
 /// the handoffs from stage to stage, so that before the first step
 /// - a target pattern that matches no site fails, naming the stage and adapter;
 /// - a `merge` handoff of an adapter that cannot be merged fails, naming both stages.
 ///
-/// Returns how many sites each stage's adapters attach to (`None` for stages on
-/// another model, checked when they start).
+/// Returns each stage's [`Footprint`] (`None` for stages on another model, checked
+/// when they start).
 pub(crate) fn adapter_sites(
     cfg: &PipelineConfig,
     registry: &Registry,
     device: &Device,
     model: &dyn Model,
     tokenizer: Rc<Tokenizer>,
-) -> Result<Vec<Option<Vec<usize>>>> {
+) -> Result<Vec<Option<Footprint>>> {
     let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
     scratch.register_model(model);
     scratch.set_tokenizer(tokenizer);
-    let mut made: Vec<(String, MethodInstance, String)> = Vec::new();
-    // The adapters alive at the end of each stage (indices into `made`); `None` on
-    // another model.
-    let mut alive_after: Vec<Option<Vec<usize>>> = Vec::new();
+    let base: Vec<(String, usize)> = model.weights().iter().map(|(n, w)| (n.clone(), w.var().elem_count())).collect();
+    let mut made: Vec<Made> = Vec::new();
+    // The adapters alive at the end of each stage; `None` on another model.
+    let mut alive_after: Vec<Option<Vec<Alive>>> = Vec::new();
     let mut out = Vec::new();
     for (i, s) in cfg.stages.iter().enumerate() {
         let start = match s.from.as_ref().map(|f| cfg.stage(f)) {
@@ -182,51 +215,70 @@ pub(crate) fn adapter_sites(
         if i > 0 {
             alive = after_handoff(s, alive, &made, model)?;
         }
-        let mut counts = Vec::new();
+        let mut adapter_sites = Vec::new();
         for a in &s.adapters {
             let mut m = registry.new_method(&a.plugin, &a.config_json(), &scratch)?;
             m.attach(model.sites().infos()).with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
-            counts.push(m.attachments().len());
-            alive.push(made.len());
-            made.push((s.name.clone(), m, a.config_json()));
+            adapter_sites.push(m.attachments().iter().map(|at| at.site as usize).collect());
+            let params = m.params().iter().map(|p| p.var.elem_count()).sum();
+            alive.push(Alive { made: made.len(), trains: true, params });
+            made.push(Made { stage: s.name.clone(), method: m, config: a.config_json() });
         }
+        let head = head_params(s, registry, &scratch, model)?;
+        let adapters_train = alive.iter().any(|a| a.trains);
+        let base_trainable: usize =
+            base.iter().filter(|(n, _)| freeze::base_weight_trains(s, n, adapters_train, 0)).map(|(_, n)| n).sum();
+        let adapters_trainable: usize = alive.iter().filter(|a| a.trains).map(|a| a.params).sum();
+        let adapters_total: usize = alive.iter().map(|a| a.params).sum();
+        out.push(Some(Footprint {
+            adapter_sites,
+            trainable: base_trainable + adapters_trainable + head,
+            total: base.iter().map(|(_, n)| n).sum::<usize>() + adapters_total + head,
+        }));
         alive_after.push(Some(alive));
-        out.push(Some(counts));
     }
     Ok(out)
 }
 
-/// The adapters alive after stage `s`'s handoff, once checked: a `merge` of an adapter
-/// that cannot be merged, a `combine` of anything but plain LoRA adapters (or of none)
-/// fail, naming both stages. `made[k]` is (stage, adapter, config) of the `k`-th adapter.
-fn after_handoff(
-    s: &StageConfig,
-    alive: Vec<usize>,
-    made: &[(String, MethodInstance, String)],
-    model: &dyn Model,
-) -> Result<Vec<usize>> {
+/// The parameters stage `s`'s objective creates for its head (a classifier).
+fn head_params(s: &StageConfig, registry: &Registry, scratch: &Rc<HostState>, model: &dyn Model) -> Result<usize> {
+    let mut objective = registry
+        .new_objective(s.objective.name(), &s.objective.config_json(), scratch)
+        .with_context(|| format!("stage `{}`: objective", s.name))?;
+    objective.init(&model.info()).with_context(|| format!("stage `{}`: objective", s.name))?;
+    Ok(objective.params().iter().map(|p| p.var.elem_count()).sum())
+}
+
+/// The adapters alive after stage `s`'s handoff, once checked, and whether each
+/// trains: `stack` freezes them, `continue` trains them, `combine` makes one trainable
+/// adapter of them. A `merge` of an adapter that cannot be merged, a `combine` of
+/// anything but plain LoRA adapters (or of none) fail, naming both stages.
+fn after_handoff(s: &StageConfig, alive: Vec<Alive>, made: &[Made], model: &dyn Model) -> Result<Vec<Alive>> {
     match s.handoff.adapters {
-        AdapterHandoff::Stack | AdapterHandoff::Continue => Ok(alive),
+        AdapterHandoff::Stack => Ok(alive.into_iter().map(|a| Alive { trains: false, ..a }).collect()),
+        AdapterHandoff::Continue => Ok(alive.into_iter().map(|a| Alive { trains: true, ..a }).collect()),
         AdapterHandoff::Drop => Ok(Vec::new()),
         AdapterHandoff::Merge => {
-            for &k in &alive {
-                let (from, m, _) = &made[k];
+            for a in &alive {
+                let Made { stage: from, method: m, .. } = &made[a.made];
                 check_mergeable(m, model).map_err(|e| Error::msg(format!("stage `{}`: handoff `merge` folds adapter `{}` of stage `{from}` into the base weights, but {e}; hand it over with \"stack\" or \"drop\" instead", s.name, m.core.plugin)))?;
             }
             Ok(Vec::new())
         }
         AdapterHandoff::Combine => {
-            let plain_lora =
-                |m: &MethodInstance, config: &str| m.core.plugin == "lora" && !config.contains("\"use_dora\":true");
-            if let Some(&k) = alive.iter().find(|&&k| !plain_lora(&made[k].1, &made[k].2)) {
-                let (from, m, _) = &made[k];
+            let plain_lora = |m: &Made| m.method.core.plugin == "lora" && !m.config.contains("\"use_dora\":true");
+            if let Some(a) = alive.iter().find(|a| !plain_lora(&made[a.made])) {
+                let Made { stage: from, method: m, .. } = &made[a.made];
                 bail!("stage `{}`: handoff `combine` combines plain LoRA adapters only (no DoRA), but adapter `{}` of stage `{from}` is not one", s.name, m.core.plugin);
             }
             if alive.is_empty() {
                 bail!("stage `{}`: handoff `combine` has no adapters to combine", s.name);
             }
-            // A combination is one new LoRA adapter; its sites are those of the ones it replaces.
-            Ok(alive.first().copied().into_iter().collect())
+            // A combination is one new LoRA adapter, trained; its sites are those of the
+            // first it replaces, its size the sum of theirs (concatenated ranks; an SVD
+            // to a lower rank is smaller).
+            let params = alive.iter().map(|a| a.params).sum();
+            Ok(alive.first().map(|a| Alive { trains: true, params, ..*a }).into_iter().collect())
         }
     }
 }

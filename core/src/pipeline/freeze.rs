@@ -20,14 +20,20 @@ pub(crate) fn apply(trainer: &mut Trainer, s: &StageConfig, done: u64) -> Result
 pub(crate) fn set_flags(model: &dyn Model, adapters: &Adapters, s: &StageConfig, done: u64) {
     let adapters_train = (0..adapters.methods().len()).any(|k| !adapters.is_frozen(k));
     for (name, w) in model.weights() {
-        let frozen = match s.train.freeze.is_empty() {
-            true => adapters_train,
-            false => s.train.freeze.iter().any(|p| module_matches(p, &name)),
-        };
-        let released =
-            s.train.unfreeze.iter().any(|u| u.at_step <= done && u.modules.iter().any(|p| module_matches(p, &name)));
-        w.set_trainable(!frozen || released);
+        w.set_trainable(base_weight_trains(s, &name, adapters_train, done));
     }
+}
+
+/// Whether base weight `name` trains in stage `s` after `done` of its steps, when some
+/// adapter trains in it (`adapters_train`) or none does.
+pub(crate) fn base_weight_trains(s: &StageConfig, name: &str, adapters_train: bool, done: u64) -> bool {
+    let frozen = match s.train.freeze.is_empty() {
+        true => adapters_train,
+        false => s.train.freeze.iter().any(|p| module_matches(p, name)),
+    };
+    let released =
+        s.train.unfreeze.iter().any(|u| u.at_step <= done && u.modules.iter().any(|p| module_matches(p, name)));
+    !frozen || released
 }
 
 /// Collects the trainer's parameters again (the optimizer creates state for new ones),

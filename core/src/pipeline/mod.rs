@@ -44,6 +44,19 @@ pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
 
+/// The model a pipeline's `[model]` describes, on the CPU: loaded `from` its directory,
+/// or, for a fresh model, its architecture with placeholder values (what `model sites
+/// --config` lists; no values are computed).
+pub fn config_model(cfg: &PipelineConfig) -> Result<Box<dyn crate::model::Model>> {
+    let base = cfg.base_dir();
+    let tokenizer = build::tokenizer(&cfg.model, &base)?;
+    let cpu = candle_core::Device::Cpu;
+    match &cfg.model.from {
+        Some(_) => build::model(&cfg.model, tokenizer.vocab_size(), cfg.run.seed, &base, &cpu),
+        None => build::architecture(&cfg.model, tokenizer.vocab_size(), &base)?.placeholder(&cpu),
+    }
+}
+
 use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::config::{OptimizerHandoff, PipelineConfig, StageConfig};

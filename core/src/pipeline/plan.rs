@@ -2,18 +2,71 @@
 //! where it starts, optimizer and schedule, adapters, replay, evaluations, exit rule and
 //! gates — once everything a run checks before training has passed ([`super::check`]).
 
-use super::check::{adapter_sites, load, Depth};
+use super::check::{adapter_sites, load, Depth, Footprint};
 use super::{build, Pipeline};
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::memory;
+use crate::model::SiteTable;
 use crate::plugin::Registry;
 use std::fmt::Write;
 use std::rc::Rc;
 
 fn millions(n: usize) -> String {
     format!("{:.2}M", n as f64 / 1e6)
+}
+
+/// `n` with a comma between thousands: `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1 site`, `4 sites`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The most site groups [`site_summary`] lists.
+const SITE_GROUPS_SHOWN: usize = 8;
+
+/// The sites `on` as one line: names with the layer number as `*`, each with how many
+/// layers it covers and its role, in model order (`model.layers.*.self_attn.q_proj x4
+/// (attn_q), lm_head (lm_head)`).
+fn site_summary(on: &[usize], sites: &SiteTable) -> String {
+    let mut groups: Vec<(String, usize, String)> = Vec::new();
+    for &k in on {
+        let info = &sites.infos()[k];
+        let name = match info.layer.into_option() {
+            Some(l) => info.name.as_str().replacen(&format!(".{l}."), ".*.", 1),
+            None => info.name.to_string(),
+        };
+        match groups.iter_mut().find(|(n, ..)| *n == name) {
+            Some(g) => g.1 += 1,
+            None => groups.push((name, 1, sites.roles()[k].to_string())),
+        }
+    }
+    let mut parts: Vec<String> = groups
+        .iter()
+        .take(SITE_GROUPS_SHOWN)
+        .map(|(name, n, role)| {
+            let times = if *n > 1 { format!(" x{n}") } else { String::new() };
+            let role = if role == "other" { String::new() } else { format!(" ({role})") };
+            format!("{name}{times}{role}")
+        })
+        .collect();
+    if groups.len() > SITE_GROUPS_SHOWN {
+        parts.push(format!("and {} more", count(groups.len() - SITE_GROUPS_SHOWN, "group")));
+    }
+    parts.join(", ")
 }
 
 impl Pipeline {
@@ -28,7 +81,8 @@ impl Pipeline {
             }
             None => loaded.arch.placeholder(&loaded.device)?,
         };
-        let sites = adapter_sites(cfg, registry, &loaded.device, model.as_ref(), Rc::new(loaded.tokenizer.clone()))?;
+        let footprints =
+            adapter_sites(cfg, registry, &loaded.device, model.as_ref(), Rc::new(loaded.tokenizer.clone()))?;
         let info = model.info();
         let params: usize = model.weights().iter().map(|(_, w)| w.var().elem_count()).sum();
         let mut out = String::new();
@@ -52,7 +106,7 @@ impl Pipeline {
                 train_len: loaded.sizes[i].0,
                 eval: loaded.eval_data[i].as_deref().zip(loaded.sizes[i].1),
             };
-            describe_stage(&mut out, i, s, &data, &sites[i]);
+            describe_stage(&mut out, i, s, &data, footprints[i].as_ref(), model.sites());
         }
         Ok(out)
     }
@@ -68,9 +122,16 @@ struct StageData<'a> {
 }
 
 /// Stage `i`'s lines of the plan: steps and data, where it starts, its optimizer and
-/// schedule, adapters (and how many sites each attaches to), replay, evaluations, exit
-/// rule and gates.
-fn describe_stage(out: &mut String, i: usize, s: &StageConfig, data: &StageData, sites: &Option<Vec<usize>>) {
+/// schedule, adapters (and the sites each attaches to), trainable parameters, replay,
+/// evaluations, exit rule and gates.
+fn describe_stage(
+    out: &mut String,
+    i: usize,
+    s: &StageConfig,
+    data: &StageData,
+    footprint: Option<&Footprint>,
+    sites: &SiteTable,
+) {
     let (train, len) = (data.train, data.train_len);
     let per_step = s.batch_size * s.grad_accum;
     let steps = s.total_steps(len).unwrap_or(0);
@@ -107,8 +168,14 @@ fn describe_stage(out: &mut String, i: usize, s: &StageConfig, data: &StageData,
         "   {} lr {} ({decay} after {} warm-up steps), seq_len {}",
         s.optimizer.name, s.optimizer.lr, s.schedule.warmup_steps, s.seq_len
     );
-    for (a, n) in s.adapters.iter().zip(sites.iter().flatten()) {
-        let _ = writeln!(out, "   adapter {} on {n} sites", a.plugin);
+    if let Some(f) = footprint {
+        for (a, on) in s.adapters.iter().zip(&f.adapter_sites) {
+            let _ =
+                writeln!(out, "   adapter {} on {}: {}", a.plugin, count(on.len(), "site"), site_summary(on, sites));
+        }
+        let share = 100.0 * f.trainable as f64 / f.total.max(1) as f64;
+        let _ =
+            writeln!(out, "   trains {} of {} parameters ({share:.2}%)", thousands(f.trainable), thousands(f.total));
     }
     if let Some(r) = &s.data.replay {
         let _ = writeln!(out, "   replays {} ({:.0}% of each batch)", r.from.join(", "), r.ratio * 100.0);
