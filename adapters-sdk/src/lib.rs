@@ -7,6 +7,26 @@
 //! compute, so every op runs on the host's device and is recorded by its autograd, and
 //! a plugin keeps working when the host upgrades candle.
 //!
+//! New here? [`tutorial`] goes from an empty folder to a pipeline that trains with
+//! your own adaptation method, and `stagecraft plugin new NAME --kind
+//! method|optimizer|objective` writes a working crate of each kind to start from.
+//!
+//! ## Depending on the SDK
+//!
+//! `stagecraft-sdk` is not published on crates.io. Depend on it by path, from a
+//! checkout of the stagecraft repository, or by git:
+//!
+//! ```toml
+//! [dependencies]
+//! # A checkout of the repository (relative paths are from your crate's folder):
+//! stagecraft-sdk = { path = "../stagecraft/adapters-sdk" }
+//! # or, instead, the repository itself (add `rev = "<commit>"` to pin it):
+//! # stagecraft-sdk = { git = "https://github.com/stagecraft-ml/stagecraft" }
+//! ```
+//!
+//! The `adapters-sdk` folder is a self-contained crate: a copy of it outside the
+//! repository works as a path dependency too.
+//!
 //! ## A complete plugin
 //!
 //! `Cargo.toml`:
@@ -20,8 +40,11 @@
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! stagecraft-sdk = "1"
+//! stagecraft-sdk = { path = "../stagecraft/adapters-sdk" }
 //! serde = { version = "1", features = ["derive"] }
+//!
+//! # Its own workspace, even inside another workspace's folder.
+//! [workspace]
 //! ```
 //!
 //! `src/lib.rs` — a learned per-channel scale on linear outputs (IA3-like):
@@ -95,6 +118,7 @@
 //! `adapters = [{ plugin = "scale", targets = ["q_proj"] }]`.
 //!
 //! ## The pieces
+//! - [`tutorial`]: write your first adaptation plugin, step by step.
 //! - [`Plugin`]: name, version, config type; one per plugin.
 //! - [`AdaptationMethod`], [`Optimizer`], [`Stage`]: the three kinds. Each trait's docs
 //!   list its lifecycle in call order.
@@ -142,6 +166,7 @@ mod optimizer;
 mod plugin;
 mod stage;
 mod targets;
+pub mod tutorial;
 // `StableAbi` derives expand to unsafe code.
 #[allow(unsafe_code)]
 mod types;

@@ -17,17 +17,26 @@ use crate::types::{Attachment, MergeSupport, SiteInfo};
 /// 3. [`init_site`](Self::init_site) — once per attached site, in model order: create the
 ///    site's parameters with [`Host::new_param`]. (When an adapter is loaded from disk,
 ///    the host overwrites their values afterwards, matching by name.)
-/// 4. [`begin_forward`](Self::begin_forward) — at the start of every model forward
-///    pass: compute here what every site of the pass shares (prefix tuning's
-///    reparameterization MLP), once.
-/// 5. [`forward_pre`](Self::forward_pre) / [`forward`](Self::forward) — at every model
-///    forward, at each attached site, for the hooks asked for. Training and evaluation
-///    alike ([`Host::is_training`] tells which).
-/// 6. [`merge`](Self::merge) / [`merge_bias`](Self::merge_bias) (and the `unmerge`
-///    pair) — when the adapter is folded into (or taken out of) a linear site's base
-///    weight and bias. [`merge_support`](Self::merge_support) says beforehand whether
-///    that is possible, so a pipeline that would merge a method that cannot fails
-///    before it trains.
+/// 4. [`merge_support`](Self::merge_support) — before the first training step, only
+///    when a later stage's handoff merges this adapter (`handoff.adapters = "merge"`):
+///    `NO` refuses the pipeline; `UNKNOWN` makes the host try [`merge`](Self::merge) on
+///    copies of the weights (a trial merge; nothing changes).
+/// 5. At every model forward pass, training and evaluation alike
+///    ([`Host::is_training`] tells which):
+///    1. [`begin_forward`](Self::begin_forward) — once, before any site: compute here
+///       what every site of the pass shares (prefix tuning's reparameterization MLP);
+///    2. [`kv_prefix_len`](Self::kv_prefix_len) — once, to place the real tokens'
+///       positions after any key/value prefix;
+///    3. [`forward_pre`](Self::forward_pre) / [`forward`](Self::forward) — at each
+///       attached site, in model order, for the hooks asked for.
+/// 6. [`merge`](Self::merge), then [`merge_bias`](Self::merge_bias) where the site has
+///    a bias — once per attached linear site, when the adapter is folded into the base
+///    weights: a `merge` handoff, `stagecraft export --format merged`, `stagecraft
+///    merge`. The adapter is detached afterwards and not called again.
+///
+/// [`unmerge`](Self::unmerge) and [`unmerge_bias`](Self::unmerge_bias) are not called by
+/// any pipeline or command; they serve Rust code that drives the host directly (the
+/// host's `MethodInstance::unmerge`).
 ///
 /// Parameters are named locally and PEFT-style: `<site>.lora_A.weight`, which is the
 /// adapter file's key without the `base_model.model.` prefix. Several instances of one

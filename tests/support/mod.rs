@@ -136,6 +136,13 @@ fn build_compat(crate_dir: &str, features: &[&str], built: &str, keep: &Path, so
 }
 
 /// The compat plugins, built when their sources changed, into `target/compat/libs`.
+///
+/// The frozen SDK copies and the plugins built against them live in dot-folders
+/// (`tests/compat/.sdk-1.0-prefix`, `.sdk-1.3-next`, `.plugin-old`, `.plugin-next`):
+/// the copies are packages named `stagecraft-sdk` too, and cargo, looking for that
+/// package in a git dependency on this repository, reads every package it finds
+/// (following path dependencies) and would pick the highest version, a frozen copy,
+/// over the live SDK. It skips hidden folders.
 pub fn compat() -> &'static Compat {
     static C: OnceLock<Compat> = OnceLock::new();
     C.get_or_init(|| {
@@ -144,25 +151,25 @@ pub fn compat() -> &'static Compat {
         let live = ["../../adapters-sdk/src"];
         Compat {
             old_mismatch: build_compat(
-                "plugin-old",
+                ".plugin-old",
                 &["mismatch"],
                 "libcompat_plugin_old.so",
                 &keep.join("libcompat_old_mismatch.so"),
-                &["sdk-1.0-prefix"],
+                &[".sdk-1.0-prefix"],
             ),
             old: build_compat(
-                "plugin-old",
+                ".plugin-old",
                 &[],
                 "libcompat_plugin_old.so",
                 &keep.join("libcompat_old.so"),
-                &["sdk-1.0-prefix"],
+                &[".sdk-1.0-prefix"],
             ),
             next: build_compat(
-                "plugin-next",
+                ".plugin-next",
                 &[],
                 "libcompat_plugin_next.so",
                 &keep.join("libcompat_next.so"),
-                &["sdk-1.3-next"],
+                &[".sdk-1.3-next"],
             ),
             faulty: build_compat(
                 "plugin-faulty",
@@ -179,11 +186,11 @@ pub fn compat() -> &'static Compat {
                 &[],
             ),
             major: build_compat(
-                "plugin-old",
+                ".plugin-old",
                 &["major2"],
                 "libcompat_plugin_old.so",
                 &keep.join("libcompat_major.so"),
-                &["sdk-1.0-prefix"],
+                &[".sdk-1.0-prefix"],
             ),
         }
     })

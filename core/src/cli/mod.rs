@@ -5,6 +5,7 @@ mod export;
 mod model;
 mod plugin;
 mod run;
+mod scaffold;
 
 use clap::{Parser, Subcommand};
 
@@ -21,7 +22,7 @@ pub struct Cli {
 enum Command {
     /// Run a multi-stage pipeline from its TOML file.
     Run(run::RunArgs),
-    /// List, inspect and check plugins.
+    /// List, inspect and check plugins; write a new one.
     #[command(subcommand)]
     Plugin(plugin::PluginCmd),
     /// Inspect models.

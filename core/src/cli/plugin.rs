@@ -1,4 +1,4 @@
-//! `stagecraft plugin list | inspect`, and the preflight load of a library in a child
+//! `stagecraft plugin list | inspect | new`, and the preflight load of a library in a child
 //! process (`stagecraft plugin probe FILE`, hidden) that every command runs before it
 //! opens a library file, so that one that crashes or hangs when loaded is one line.
 
@@ -26,6 +26,9 @@ pub enum PluginCmd {
         /// The .so file.
         file: PathBuf,
     },
+    /// Write a new plugin crate: a working example plugin of the kind, unit tests, a
+    /// README and a pipeline that trains with it.
+    New(super::scaffold::NewArgs),
     /// Load one library file and exit: 0 when it loads, 1 with the error when it does not.
     /// Run in a child process before the host opens a library (a crash there cannot
     /// take the host down).
@@ -40,6 +43,7 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
     match cmd {
         PluginCmd::List { paths } => list(paths),
         PluginCmd::Inspect { file } => inspect(&file),
+        PluginCmd::New(args) => super::scaffold::new_plugin(args),
         PluginCmd::Probe { file } => {
             Registry::empty(super::report_dir()).load_file(&file)?;
             Ok(())
