@@ -233,3 +233,33 @@ fn a_library_of_an_older_sdk_opened_first_does_not_spoil_the_check_of_the_next()
     reg.load_file(&c.old).expect("older plugin loads");
     reg.load_file(&c.faulty).expect("a current plugin still loads after it");
 }
+
+#[test]
+fn a_pipelines_plugin_paths_are_searched_relative_to_its_folder() {
+    let cwd = scratch("paths-cwd");
+    let project = scratch("paths-project");
+    std::fs::create_dir(project.join("libs")).expect("mkdir");
+    let bad = corrupted("ia3", &project.join("libs/libbroken_ia3.so"));
+    let text = std::fs::read_to_string(ia3_pipeline(&project)).expect("read");
+    let pipeline = project.join("ia3.toml");
+    std::fs::write(&pipeline, format!("{text}\n[plugins]\npaths = [\"libs\"]\n")).expect("write");
+
+    // Run from elsewhere: `libs` is the pipeline's folder's, and its `ia3` is the one used.
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    assert!(o.err.contains("libbroken_ia3.so") && o.err.contains("adapter `ia3`"), "{}", o.err);
+
+    // A good build there instead checks.
+    std::fs::remove_file(&bad).expect("rm");
+    std::fs::copy(first_party("ia3"), project.join("libs/libstagecraft_ia3.so")).expect("copy");
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+
+    // STAGECRAFT_PLUGIN_PATH comes first: its library is used, the pipeline's is a warning.
+    let env = scratch("paths-env");
+    corrupted("ia3", &env.join("libbroken_ia3.so"));
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], Some(utf8(&env)));
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    assert!(o.err.lines().any(|l| l.starts_with("error:") && l.contains("libbroken_ia3.so")), "{}", o.err);
+    assert!(o.warnings().iter().any(|w| w.contains("libstagecraft_ia3.so")), "{}", o.err);
+}

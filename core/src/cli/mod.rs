@@ -7,6 +7,8 @@ mod plugin;
 mod run;
 
 use clap::{Parser, Subcommand};
+use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::plugin::{search_path_with, Registry, SearchDir};
 
 /// stagecraft: multi-stage training of transformer models with plugin adaptation
 /// methods, optimizers and objectives.
@@ -66,10 +68,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The built-in plugins and those on the search path, each file opened only when a
 /// plugin it provides is used, after a load in a child process (problems are warnings).
-pub fn registry() -> anyhow::Result<stagecraft_core::plugin::Registry> {
-    let mut registry = stagecraft_core::plugin::Registry::with_builtins(report_dir())?;
+pub fn registry() -> anyhow::Result<Registry> {
+    registry_with(Vec::new())
+}
+
+/// [`registry`] for a pipeline: its `[plugins] paths` are searched too.
+pub fn pipeline_registry(cfg: &PipelineConfig) -> anyhow::Result<Registry> {
+    registry_with(cfg.plugins.search_dirs(&cfg.base_dir()))
+}
+
+fn registry_with(config_dirs: Vec<SearchDir>) -> anyhow::Result<Registry> {
+    let mut registry = Registry::with_builtins(report_dir())?;
     registry.set_preflight(plugin::preflight());
-    for e in registry.scan_dirs(&stagecraft_core::plugin::search_path()) {
+    for e in registry.scan_dirs(&search_path_with(config_dirs)) {
         tracing::warn!("{e}");
     }
     Ok(registry)

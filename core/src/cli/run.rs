@@ -4,7 +4,7 @@
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{Pipeline, RunDir, StageEnd};
+use stagecraft_core::pipeline::{run_config, Pipeline, RunDir, StageEnd};
 use std::path::PathBuf;
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -48,7 +48,7 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
-        let registry = super::registry()?;
+        let registry = super::pipeline_registry(&run_config(dir)?)?;
         let t = std::time::Instant::now();
         let (pipeline, _) = Pipeline::resume(dir, registry, args.quiet)?;
         return finish(pipeline, t);
@@ -64,7 +64,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => PipelineConfig::from_file(path, &overrides)?,
         None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &overrides)?,
     };
-    let registry = super::registry()?;
+    let registry = super::pipeline_registry(&cfg)?;
     if args.check {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
         return Ok(());

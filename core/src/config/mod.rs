@@ -29,12 +29,14 @@
 
 mod model;
 mod overrides;
+mod plugins;
 mod run;
 mod stage;
 mod validate;
 
 pub use model::ModelConfig;
 pub use overrides::apply_override;
+pub use plugins::PluginsConfig;
 pub use run::RunConfig;
 pub use stage::{
     AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction,
@@ -57,6 +59,9 @@ pub struct PipelineConfig {
     pub model: ModelConfig,
     /// The stages, run in order.
     pub stages: Vec<StageConfig>,
+    /// Where plugin libraries are found besides the default search path.
+    #[serde(default, skip_serializing_if = "PluginsConfig::is_empty")]
+    pub plugins: PluginsConfig,
     /// The file it was read from (set by the loader).
     #[serde(skip)]
     pub source: PathBuf,

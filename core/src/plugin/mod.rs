@@ -21,6 +21,8 @@ pub use loader::{
     ManifestEntry,
 };
 pub use ops::{from_candle_dtype, to_candle_dtype, HostCtx};
-pub use registry::{is_library_file, scan_dirs, search_path, Library, Preflight, Registry, SearchDir, Source};
+pub use registry::{
+    is_library_file, scan_dirs, search_path, search_path_with, Library, Preflight, Registry, SearchDir, Source,
+};
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};

@@ -117,9 +117,18 @@ impl SearchDir {
 /// The directories searched for plugin files: `STAGECRAFT_PLUGIN_PATH` (a `:`-separated
 /// list), then `./plugins` (optional).
 pub fn search_path() -> Vec<SearchDir> {
+    search_path_with(Vec::new())
+}
+
+/// The directories searched for plugin files, in order: `STAGECRAFT_PLUGIN_PATH` (a
+/// `:`-separated list), then `config` (a pipeline's `[plugins] paths`), then
+/// `./plugins` (optional). Where two files provide the same plugin, the first found
+/// is used.
+pub fn search_path_with(config: Vec<SearchDir>) -> Vec<SearchDir> {
     let mut dirs: Vec<SearchDir> = std::env::var_os("STAGECRAFT_PLUGIN_PATH")
         .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).map(SearchDir::required).collect())
         .unwrap_or_default();
+    dirs.extend(config);
     dirs.push(SearchDir { path: PathBuf::from("plugins"), optional: true });
     dirs
 }
