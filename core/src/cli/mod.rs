@@ -8,7 +8,7 @@ mod run;
 
 use clap::{Parser, Subcommand};
 use stagecraft_core::config::PipelineConfig;
-use stagecraft_core::plugin::{search_path_with, Registry, SearchDir};
+use stagecraft_core::plugin::{search_path_with, Registry, SearchDir, TrustPolicy};
 
 /// stagecraft: multi-stage training of transformer models with plugin adaptation
 /// methods, optimizers and objectives.
@@ -69,17 +69,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// The built-in plugins and those on the search path, each file opened only when a
 /// plugin it provides is used, after a load in a child process (problems are warnings).
 pub fn registry() -> anyhow::Result<Registry> {
-    registry_with(Vec::new())
+    registry_with(Vec::new(), TrustPolicy::default())
 }
 
 /// [`registry`] for a pipeline: its `[plugins] paths` are searched too.
 pub fn pipeline_registry(cfg: &PipelineConfig) -> anyhow::Result<Registry> {
-    registry_with(cfg.plugins.search_dirs(&cfg.base_dir()))
+    registry_with(cfg.plugins.search_dirs(&cfg.base_dir()), cfg.trust())
 }
 
-fn registry_with(config_dirs: Vec<SearchDir>) -> anyhow::Result<Registry> {
+/// The registry: each library file is checked against `trust` before any of its code
+/// runs (even the preflight's).
+fn registry_with(config_dirs: Vec<SearchDir>, trust: TrustPolicy) -> anyhow::Result<Registry> {
     let mut registry = Registry::with_builtins(report_dir())?;
     registry.set_preflight(plugin::preflight());
+    registry.set_trust(trust)?;
     for e in registry.scan_dirs(&search_path_with(config_dirs)) {
         tracing::warn!("{e}");
     }

@@ -65,6 +65,16 @@ pub struct PipelineConfig {
     /// The file it was read from (set by the loader).
     #[serde(skip)]
     pub source: PathBuf,
+    /// Where it was parsed from, for errors found later (set by the loader).
+    #[serde(skip)]
+    pub(crate) origin: Option<ConfigText>,
+}
+
+/// Where a config was parsed from.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigText {
+    /// The file, as errors name it.
+    pub file: String,
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -105,7 +115,7 @@ impl PipelineConfig {
     /// Parses and validates config text; `file` names it in errors.
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
-        let cfg: PipelineConfig = if overrides.is_empty() {
+        let mut cfg: PipelineConfig = if overrides.is_empty() {
             let de = toml::Deserializer::parse(text).map_err(|e| located(file, text, &e))?;
             serde_path_to_error::deserialize(de).map_err(|e| at_path(file, text, e.inner(), &e.path().to_string()))?
         } else {
@@ -119,7 +129,18 @@ impl PipelineConfig {
             })?
         };
         cfg.validate(file)?;
+        cfg.origin = Some(ConfigText { file: file.to_string() });
         Ok(cfg)
+    }
+
+    /// The config's file as errors name it.
+    pub fn file_name(&self) -> &str {
+        self.origin.as_ref().map_or("the pipeline config", |o| o.file.as_str())
+    }
+
+    /// The trust policy of its `[plugins]` table.
+    pub fn trust(&self) -> crate::plugin::TrustPolicy {
+        self.plugins.trust(self.file_name())
     }
 
     /// The directory relative paths in the config resolve against.

@@ -10,6 +10,7 @@ mod ops;
 mod registry;
 mod state;
 mod table;
+mod trust;
 
 pub use crate::kernels::cross_entropy::cross_entropy;
 pub use crate::model::layers::{log_softmax, softmax};
@@ -22,7 +23,9 @@ pub use loader::{
 };
 pub use ops::{from_candle_dtype, to_candle_dtype, HostCtx};
 pub use registry::{
-    is_library_file, scan_dirs, search_path, search_path_with, Library, Preflight, Registry, SearchDir, Source,
+    is_library_file, scan_dir, scan_dirs, search_path, search_path_with, DirScan, DirState, Library, Preflight,
+    Registry, SearchDir, SearchOrigin, Source,
 };
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};
+pub use trust::{Sha256, TrustPolicy};
