@@ -4,7 +4,9 @@
 //! and column: `pipeline.toml:12:9: unknown field `max_step`, expected one of ...`.
 //! [`PipelineConfig::from_file`] reads, applies `--set key=value` overrides and checks
 //! the rules across fields ([`validate`](PipelineConfig::validate)) before any
-//! training starts.
+//! training starts. A plugin's refusal of its own config, found when the plugin is
+//! instantiated, is reported the same way at the key in the file
+//! ([`PipelineConfig::plugin_error`]).
 //!
 //! ```
 //! use stagecraft_core::config::PipelineConfig;
@@ -27,15 +29,22 @@
 //! # Ok::<(), stagecraft_core::Error>(())
 //! ```
 
+mod key_path;
 mod model;
 mod overrides;
+mod plugin_errors;
+mod plugin_json;
 mod plugins;
 mod run;
+mod spans;
 mod stage;
 mod validate;
 
+pub use key_path::{KeyPart, KeyPath};
 pub use model::ModelConfig;
 pub use overrides::apply_override;
+pub use plugin_errors::PluginSlot;
+pub use plugin_json::{Part, PluginJson};
 pub use plugins::PluginsConfig;
 pub use run::RunConfig;
 pub use stage::{
@@ -65,16 +74,24 @@ pub struct PipelineConfig {
     /// The file it was read from (set by the loader).
     #[serde(skip)]
     pub source: PathBuf,
-    /// Where it was parsed from, for errors found later (set by the loader).
+    /// The text it was parsed from, for errors found later (set by the loader).
     #[serde(skip)]
     pub(crate) origin: Option<ConfigText>,
 }
 
-/// Where a config was parsed from.
-#[derive(Debug, Clone)]
+/// The text a config was parsed from, and how errors name its file.
+#[derive(Clone)]
 pub(crate) struct ConfigText {
     /// The file, as errors name it.
     pub file: String,
+    /// Its text (before `--set` overrides).
+    pub text: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for ConfigText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigText").field("file", &self.file).finish_non_exhaustive()
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -129,7 +146,7 @@ impl PipelineConfig {
             })?
         };
         cfg.validate(file)?;
-        cfg.origin = Some(ConfigText { file: file.to_string() });
+        cfg.origin = Some(ConfigText { file: file.to_string(), text: text.into() });
         Ok(cfg)
     }
 
