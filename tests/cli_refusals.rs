@@ -2,7 +2,8 @@
 //! allocates much: a closed stdout ends a command quietly, `forward --out` never replaces
 //! a node that is not a regular file, inputs beyond the context length or the memory
 //! available are refused, malformed `input_ids` are named with their shape, and model
-//! directories that disagree with their config warn (or are refused) by tensor name.
+//! directories that disagree with their config warn (or are refused) by tensor name, and
+//! a plugin refusing its config is reported at the key in the pipeline file.
 
 mod support;
 
@@ -326,4 +327,73 @@ fn model_directories_that_disagree_with_their_config_warn_by_name() {
     add_tensors(&other, vec![("lm_head.weight".into(), (embed * 2.0).expect("scaled"))]);
     let err = refusal(&["model", "sites", "--model", s(&other)]);
     assert!(err.contains("lm_head.weight") && err.contains("tie_word_embeddings"), "{err}");
+}
+
+/// A pipeline whose adapter and optimizer tables end with `adapter` and `optimizer`.
+const PLUGIN_CONFIGS: &str = r#"[run]
+name = "plugin-configs"
+
+[model]
+arch = "llama"
+hidden_size = 16
+num_layers = 1
+num_heads = 2
+
+[[stages]]
+name = "pretrain"
+objective = "causal_lm"
+data = { train = "synthetic:arith_text?n=16&digits=1" }
+optimizer = { lr = 1e-3 }
+max_steps = 1
+
+[[stages]]
+name = "adapt"
+objective = "causal_lm"
+data = { train = "synthetic:arith_text?n=16&digits=1" }
+optimizer = { lr = 1e-3OPTIMIZER }
+max_steps = 1
+adapters = [
+  { plugin = "lora", targets = ["q_proj"] },
+  { plugin = "bottleneck"ADAPTER },
+]
+"#;
+
+/// `run --check` of [`PLUGIN_CONFIGS`] with these tails: the refusal, and the line and
+/// column of `needle` in the file.
+fn plugin_config_refusal(adapter: &str, optimizer: &str, needle: &str) -> (String, String) {
+    let text = PLUGIN_CONFIGS.replace("ADAPTER", adapter).replace("OPTIMIZER", optimizer);
+    let path = scratch("plugin-configs").join("pipeline.toml");
+    std::fs::write(&path, &text).expect("write");
+    let offset = text.find(needle).expect("needle in the file");
+    let line = text[..offset].matches('\n').count() + 1;
+    let col = offset - text[..offset].rfind('\n').map_or(0, |n| n + 1) + 1;
+    (refusal(&["run", "--check", s(&path)]), format!("{}:{line}:{col}: ", path.display()))
+}
+
+#[test]
+fn a_plugin_refusing_its_config_is_reported_at_the_key_in_the_pipeline_file() {
+    // An unknown key: at the key, with its path and the plugin's own message.
+    let (e, at) = plugin_config_refusal(", reduction = 4", "", "reduction");
+    assert!(
+        e.contains(&format!("{at}stages[1].adapters[1].reduction: unknown field `reduction`, expected one of ")),
+        "{e}"
+    );
+    assert!(e.ends_with("(plugin `bottleneck`)") && !e.contains("column"), "{e}");
+
+    // A known key of the wrong type: at its value.
+    let (e, at) = plugin_config_refusal(", reduction_factor = \"four\"", "", "\"four\"");
+    assert!(e.contains(&format!("{at}stages[1].adapters[1].reduction_factor: invalid type: string \"four\"")), "{e}");
+
+    // Inside an array: at the element.
+    let (e, at) = plugin_config_refusal(", layers = [0, \"one\"]", "", "\"one\"");
+    assert!(e.contains(&format!("{at}stages[1].adapters[1].layers[1]: invalid type")), "{e}");
+
+    // A value the plugin refuses after parsing, naming the key: at the key.
+    let (e, at) = plugin_config_refusal(", variant = \"sideways\"", "", "variant");
+    assert!(e.contains(&format!("{at}stages[1].adapters[1].variant: variant must be")), "{e}");
+
+    // The optimizer's table too.
+    let (e, at) = plugin_config_refusal("", ", beta1 = 0.9", "beta1");
+    assert!(e.contains(&format!("{at}stages[1].optimizer.beta1: unknown field `beta1`")), "{e}");
+    assert!(e.ends_with("(plugin `adamw`)"), "{e}");
 }

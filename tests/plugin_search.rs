@@ -233,3 +233,187 @@ fn a_library_of_an_older_sdk_opened_first_does_not_spoil_the_check_of_the_next()
     reg.load_file(&c.old).expect("older plugin loads");
     reg.load_file(&c.faulty).expect("a current plugin still loads after it");
 }
+
+#[test]
+fn a_pipelines_plugin_paths_are_searched_relative_to_its_folder() {
+    let cwd = scratch("paths-cwd");
+    let project = scratch("paths-project");
+    std::fs::create_dir(project.join("libs")).expect("mkdir");
+    let bad = corrupted("ia3", &project.join("libs/libbroken_ia3.so"));
+    let text = std::fs::read_to_string(ia3_pipeline(&project)).expect("read");
+    let pipeline = project.join("ia3.toml");
+    std::fs::write(&pipeline, format!("{text}\n[plugins]\npaths = [\"libs\"]\n")).expect("write");
+
+    // Run from elsewhere: `libs` is the pipeline's folder's, and its `ia3` is the one used.
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    assert!(o.err.contains("libbroken_ia3.so") && o.err.contains("adapter `ia3`"), "{}", o.err);
+
+    // A good build there instead checks.
+    std::fs::remove_file(&bad).expect("rm");
+    std::fs::copy(first_party("ia3"), project.join("libs/libstagecraft_ia3.so")).expect("copy");
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+
+    // STAGECRAFT_PLUGIN_PATH comes first: its library is used, the pipeline's is a warning.
+    let env = scratch("paths-env");
+    corrupted("ia3", &env.join("libbroken_ia3.so"));
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], Some(utf8(&env)));
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    assert!(o.err.lines().any(|l| l.starts_with("error:") && l.contains("libbroken_ia3.so")), "{}", o.err);
+    assert!(o.warnings().iter().any(|w| w.contains("libstagecraft_ia3.so")), "{}", o.err);
+}
+
+/// A project folder with `libs/` holding a copy of first-party `ia3` (`libstagecraft_ia3.so`,
+/// or `corrupt` made by inverting its code) and the IA3 pipeline searching `libs`, with
+/// `plugins` appended to its `[plugins]` table.
+fn pinned_project(name: &str, corrupt: bool, plugins: &str) -> (PathBuf, PathBuf) {
+    let project = scratch(name);
+    std::fs::create_dir(project.join("libs")).expect("mkdir");
+    let lib = project.join("libs/libstagecraft_ia3.so");
+    if corrupt {
+        corrupted("ia3", &lib);
+    } else {
+        std::fs::copy(first_party("ia3"), &lib).expect("copy");
+    }
+    let text = std::fs::read_to_string(ia3_pipeline(&project)).expect("read");
+    let pipeline = project.join("pinned.toml");
+    std::fs::write(&pipeline, format!("{text}\n[plugins]\npaths = [\"libs\"]\n{plugins}\n")).expect("write");
+    (pipeline, lib)
+}
+
+fn sha256(p: &Path) -> String {
+    stagecraft_core::plugin::sha256_file(p).expect("sha256")
+}
+
+#[test]
+fn a_tampered_library_is_refused_by_its_pin_before_it_is_loaded() {
+    let cwd = scratch("pin-cwd");
+    let good = sha256(&first_party("ia3"));
+    let (pipeline, lib) =
+        pinned_project("pin-tampered", true, &format!("[plugins.pins]\n\"libstagecraft_ia3.so\" = \"{good}\""));
+    let bad = sha256(&lib);
+
+    // Its code is inverted: had it been loaded, even in the child process, the error would say so.
+    for args in
+        [&["run", "--check", utf8(&pipeline)][..], &["run", utf8(&pipeline), "--run-dir", utf8(&cwd.join("run"))]]
+    {
+        let o = stagecraft(&cwd, args, None);
+        assert_eq!(o.status.code(), Some(1), "{}", o.err);
+        let errors: Vec<&str> = o.err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{}", o.err);
+        for needle in ["libs/libstagecraft_ia3.so", &good, &bad, "does not match its pin", "pinned.toml"] {
+            assert!(errors[0].contains(needle), "{needle}: {}", o.err);
+        }
+        assert!(!cwd.join("run/checkpoints").exists(), "nothing trained");
+    }
+
+    // The good build passes the same pin, also given by library id and in capitals.
+    let (pipeline, _) =
+        pinned_project("pin-good", false, &format!("[plugins.pins]\nia3 = \"{}\"", good.to_uppercase()));
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+    assert!(o.warnings().is_empty(), "{}", o.err);
+
+    // A pin that is not a sha256 is a config error at its line.
+    let (pipeline, _) = pinned_project("pin-malformed", false, "[plugins.pins]\nia3 = \"abc\"");
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    assert!(o.err.contains("pinned.toml:") && o.err.contains("64 hexadecimal digits"), "{}", o.err);
+
+    // A pin naming no library the pipeline loads (here: a plugin built into the binary) is a warning.
+    let (pipeline, _) =
+        pinned_project("pin-unused", false, &format!("[plugins.pins]\nia3 = \"{good}\"\nlora = \"{good}\""));
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+    assert!(o.warnings().iter().any(|w| w.contains("\"lora\" names no plugin library file")), "{}", o.err);
+}
+
+#[test]
+fn require_pinned_refuses_an_unpinned_library_and_exempts_built_ins() {
+    let cwd = scratch("require-cwd");
+    let (pipeline, lib) = pinned_project("require-unpinned", false, "require_pinned = true");
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    let errors: Vec<&str> = o.err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", o.err);
+    for needle in ["libs/libstagecraft_ia3.so", "not pinned", "require_pinned", &sha256(&lib)] {
+        assert!(errors[0].contains(needle), "{needle}: {}", o.err);
+    }
+
+    // Pinned, it passes; the built-in optimizer and objective need no pin.
+    let pin = format!("require_pinned = true\n[plugins.pins]\n\"libstagecraft_ia3.so\" = \"{}\"", sha256(&lib));
+    let (pipeline, _) = pinned_project("require-pinned", false, &pin);
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+}
+
+#[test]
+fn search_path_entries_that_are_not_folders_warn_with_what_to_use_instead() {
+    let cwd = scratch("entries-cwd");
+    let dir = scratch("entries-path");
+    let so = dir.join("libstagecraft_lora.so");
+    std::fs::copy(first_party("lora"), &so).expect("copy");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "x").expect("write");
+    let path = format!("{}:{}", utf8(&so), utf8(&text));
+
+    let o = stagecraft(&cwd, &["plugin", "list"], Some(&path));
+    assert!(o.status.success(), "{}", o.err);
+    let w = o.warnings();
+    assert_eq!(w.len(), 2, "{}", o.err);
+    assert!(
+        w[0].contains("libstagecraft_lora.so: not a folder but a library file (STAGECRAFT_PLUGIN_PATH)"),
+        "{}",
+        o.err
+    );
+    assert!(w[0].contains(&format!("use its folder {}", utf8(&dir))), "{}", o.err);
+    assert!(w[1].contains("notes.txt: not a folder (STAGECRAFT_PLUGIN_PATH)"), "{}", o.err);
+
+    // A missing folder in a pipeline's `[plugins] paths` warns too, naming the key.
+    let pipeline = cwd.join("p.toml");
+    let default = std::fs::read_to_string(root().join("examples/pipelines/default.toml")).expect("read");
+    std::fs::write(&pipeline, format!("{default}\n[plugins]\npaths = [\"no-such-libs\"]\n")).expect("write");
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], None);
+    assert!(o.status.success(), "{}", o.err);
+    assert_eq!(o.warnings().len(), 1, "{}", o.err);
+    assert!(o.warnings()[0].contains("no-such-libs: plugin directory does not exist ([plugins] paths)"), "{}", o.err);
+}
+
+#[test]
+fn a_plugin_not_found_lists_every_place_searched_and_what_was_there() {
+    let cwd = scratch("notfound-cwd");
+    let dir = scratch("notfound-path");
+    std::fs::copy(first_party("optimizers"), dir.join("libstagecraft_optimizers.so")).expect("copy");
+    let missing = dir.join("missing");
+    let pipeline = ia3_pipeline(&cwd);
+    let text = std::fs::read_to_string(&pipeline).expect("read").replace("plugin = \"ia3\"", "plugin = \"bottle\"");
+    std::fs::write(&pipeline, text).expect("write");
+
+    let o = stagecraft(&cwd, &["run", "--check", utf8(&pipeline)], Some(&format!("{}:{}", utf8(&dir), utf8(&missing))));
+    assert_eq!(o.status.code(), Some(1), "{}", o.err);
+    let error = o.err.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    for needle in [
+        "no method plugin named `bottle`",
+        "built in: bottleneck, ia3, lora, prefix_tuning, prompt_tuning;",
+        &format!("{} (STAGECRAFT_PLUGIN_PATH): adamw (optimizer), lion (optimizer), sgd (optimizer)", utf8(&dir)),
+        &format!("{} (STAGECRAFT_PLUGIN_PATH): does not exist", utf8(&missing)),
+        "plugins (default): does not exist",
+    ] {
+        assert!(error.contains(needle), "{needle}: {error}");
+    }
+}
+
+#[test]
+fn a_duplicate_library_warning_names_every_plugin_it_provides_again() {
+    let cwd = scratch("dups-cwd");
+    let (a, b) = (scratch("dups-a"), scratch("dups-b"));
+    std::fs::copy(first_party("optimizers"), a.join("libstagecraft_optimizers.so")).expect("copy");
+    std::fs::copy(first_party("optimizers"), b.join("libteam_optimizers.so")).expect("copy");
+    let o = stagecraft(&cwd, &["plugin", "list"], Some(&format!("{}:{}", utf8(&a), utf8(&b))));
+    assert!(o.status.success(), "{}", o.err);
+    assert_eq!(o.warnings().len(), 1, "{}", o.err);
+    let w = o.warnings()[0];
+    assert!(w.contains("plugins `adamw`, `lion`, `sgd` are provided by both"), "{w}");
+    assert!(w.contains("libstagecraft_optimizers.so") && w.contains("libteam_optimizers.so"), "{w}");
+}

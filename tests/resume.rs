@@ -221,3 +221,76 @@ eval_every = 2"#;
     assert!(mid < ended, "{mid} {ended}");
     check_kill_and_resume("resume-patience", adapt, mid);
 }
+
+/// `stagecraft run --resume RUN [extra]` with info logs: (success, stderr).
+fn resume_with(run: &Path, extra: &[&str], plugin_path: Option<&Path>) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
+    c.env_remove("STAGECRAFT_PLUGIN_PATH").env("RUST_LOG", "info");
+    if let Some(p) = plugin_path {
+        c.env("STAGECRAFT_PLUGIN_PATH", p);
+    }
+    let out = c.args(["run", "--resume"]).arg(run).args(extra).args(["--quiet"]).output().expect("stagecraft");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn sha256(p: &Path) -> String {
+    stagecraft_core::plugin::sha256_file(p).expect("sha256")
+}
+
+/// The `plugins.json` entry of the library providing `lora` from a file.
+fn lora_record(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("plugins.json")).expect("plugins.json");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    all.into_iter().find(|l| l["library"] == "lora" && !l["sha256"].is_null()).expect("lora from a file")
+}
+
+#[test]
+fn a_resume_refuses_a_changed_plugin_build_unless_allowed_and_keeps_both_hashes() {
+    let dir = scratch("plugin-change");
+    std::fs::create_dir(dir.join("libs")).expect("mkdir");
+    let lib = dir.join("libs/libstagecraft_lora.so");
+    std::fs::copy(support::first_party("lora"), &lib).expect("copy");
+    let original = sha256(&lib);
+    let cfg = dir.join("p.toml");
+    let text =
+        head("optimizer = { lr = 1e-2 }\nmax_steps = 4\neval_every = 2").replace("max_steps = 20", "max_steps = 2");
+    std::fs::write(&cfg, format!("{text}\n[plugins]\npaths = [\"libs\"]\n")).expect("write");
+    let run = dir.join("run");
+    run_to_end(&cfg, &run);
+    assert_eq!(lora_record(&run)["sha256"], original.as_str());
+
+    // Another build of it (still loadable: bytes appended after the ELF image).
+    let mut bytes = std::fs::read(&lib).expect("read");
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&lib, bytes).expect("write");
+    let changed = sha256(&lib);
+    let before = std::fs::read(run.join("plugins.json")).expect("plugins.json");
+
+    let (ok, err) = resume_with(&run, &[], None);
+    assert!(!ok, "{err}");
+    let error = err.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    for needle in [&original, &changed, "libs/libstagecraft_lora.so", "--allow-plugin-change", "plugins.json"] {
+        assert!(error.contains(needle), "{needle}: {error}");
+    }
+    assert_eq!(std::fs::read(run.join("plugins.json")).expect("plugins.json"), before, "the record is untouched");
+
+    let (ok, err) = resume_with(&run, &["--allow-plugin-change"], None);
+    assert!(ok, "{err}");
+    let record = lora_record(&run);
+    assert_eq!(record["sha256"], original.as_str(), "the original hash is kept");
+    let changes = record["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{record}");
+    assert_eq!(changes[0]["sha256"], changed.as_str());
+    assert_eq!((changes[0]["stage"].as_str(), changes[0]["step"].as_u64()), (Some("adapt"), Some(4)), "{record}");
+    assert!(changes[0]["unix_time"].as_u64().is_some_and(|t| t > 0), "{record}");
+
+    // The same build again is no change; found elsewhere, the resume says where.
+    let moved = dir.join("moved");
+    std::fs::create_dir(&moved).expect("mkdir");
+    std::fs::rename(&lib, moved.join("libstagecraft_lora.so")).expect("move");
+    let (ok, err) = resume_with(&run, &[], Some(&moved));
+    assert!(ok, "{err}");
+    let line = err.lines().find(|l| l.contains("plugin library `lora`")).expect("an info line on the library");
+    assert!(line.contains("libs/libstagecraft_lora.so") && line.contains("moved/libstagecraft_lora.so"), "{line}");
+    assert_eq!(lora_record(&run)["changes"].as_array().map(Vec::len), Some(1));
+}

@@ -42,19 +42,17 @@ pub enum Error {
         msg: String,
     },
 
-    /// Two libraries provide a plugin with the same name.
-    #[error("plugin `{name}` is provided by both {first} and {second}")]
+    /// A library provides plugins already provided by others: it is not used.
+    #[error("{}", Clash::describe(clashes, second))]
     Duplicate {
-        /// The plugin name.
-        name: String,
-        /// Where it was found first.
-        first: String,
-        /// Where it was found again.
+        /// Each library that provides them first, with the names.
+        clashes: Vec<Clash>,
+        /// The library that provides them again.
         second: String,
     },
 
     /// No plugin with that name (and kind) is registered.
-    #[error("no {kind} plugin named `{name}` (available: {available})")]
+    #[error("no {kind} plugin named `{name}` (available: {available}); searched: {searched}")]
     UnknownPlugin {
         /// Plugin kind (`method`, `optimizer`, `stage`).
         kind: String,
@@ -62,6 +60,8 @@ pub enum Error {
         name: String,
         /// Registered names of that kind.
         available: String,
+        /// Each place searched and what was found there.
+        searched: String,
     },
 
     /// A model file (config.json, safetensors, index) is missing something or malformed.
@@ -92,6 +92,29 @@ pub enum Error {
         /// The error.
         inner: Box<Error>,
     },
+}
+
+/// Plugin names a library provides that another library, found first, provides too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clash {
+    /// The library found first.
+    pub first: String,
+    /// The names both provide.
+    pub names: Vec<String>,
+}
+
+impl Clash {
+    /// `plugin `a` is provided by both X and Y; plugins `b`, `c` are provided by both Z and Y`.
+    fn describe(clashes: &[Clash], second: &str) -> String {
+        let one = |c: &Clash| {
+            let names: Vec<String> = c.names.iter().map(|n| format!("`{n}`")).collect();
+            match names.len() {
+                1 => format!("plugin {} is provided by both {} and {second}", names[0], c.first),
+                _ => format!("plugins {} are provided by both {} and {second}", names.join(", "), c.first),
+            }
+        };
+        clashes.iter().map(one).collect::<Vec<_>>().join("; ")
+    }
 }
 
 /// `Result` with the host's [`Error`].

@@ -8,6 +8,8 @@ mod run;
 mod scaffold;
 
 use clap::{Parser, Subcommand};
+use stagecraft_core::config::PipelineConfig;
+use stagecraft_core::plugin::{search_path_with, Registry, SearchDir, TrustPolicy};
 
 /// stagecraft: multi-stage training of transformer models with plugin adaptation
 /// methods, optimizers and objectives.
@@ -67,10 +69,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The built-in plugins and those on the search path, each file opened only when a
 /// plugin it provides is used, after a load in a child process (problems are warnings).
-pub fn registry() -> anyhow::Result<stagecraft_core::plugin::Registry> {
-    let mut registry = stagecraft_core::plugin::Registry::with_builtins(report_dir())?;
+pub fn registry() -> anyhow::Result<Registry> {
+    registry_with(Vec::new(), TrustPolicy::default())
+}
+
+/// [`registry`] for a pipeline: its `[plugins] paths` are searched too.
+pub fn pipeline_registry(cfg: &PipelineConfig) -> anyhow::Result<Registry> {
+    registry_with(cfg.plugins.search_dirs(&cfg.base_dir()), cfg.trust())
+}
+
+/// The registry: each library file is checked against `trust` before any of its code
+/// runs (even the preflight's).
+fn registry_with(config_dirs: Vec<SearchDir>, trust: TrustPolicy) -> anyhow::Result<Registry> {
+    let mut registry = Registry::with_builtins(report_dir())?;
     registry.set_preflight(plugin::preflight());
-    for e in registry.scan_dirs(&stagecraft_core::plugin::search_path()) {
+    registry.set_trust(trust)?;
+    for e in registry.scan_dirs(&search_path_with(config_dirs)) {
         tracing::warn!("{e}");
     }
     Ok(registry)

@@ -4,7 +4,7 @@
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{Pipeline, RunDir, StageEnd};
+use stagecraft_core::pipeline::{run_config, Pipeline, PluginChanges, RunDir, StageEnd};
 use std::path::PathBuf;
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// used; PIPELINE and --set are not allowed).
     #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir", "device", "precision"])]
     resume: Option<PathBuf>,
+    /// With --resume: go on although a plugin library file's sha256 differs from the one
+    /// the run recorded in its plugins.json (without it that is refused). The change is
+    /// recorded there next to the original hash, with the stage and step it took effect.
+    #[arg(long, requires = "resume")]
+    allow_plugin_change: bool,
 }
 
 impl RunArgs {
@@ -48,9 +53,10 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
-        let registry = super::registry()?;
+        let registry = super::pipeline_registry(&run_config(dir)?)?;
         let t = std::time::Instant::now();
-        let (pipeline, _) = Pipeline::resume(dir, registry, args.quiet)?;
+        let changes = if args.allow_plugin_change { PluginChanges::Allow } else { PluginChanges::Refuse };
+        let (pipeline, _) = Pipeline::resume_with(dir, registry, args.quiet, changes)?;
         return finish(pipeline, t);
     }
     let mut overrides = args.overrides.clone();
@@ -64,7 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => PipelineConfig::from_file(path, &overrides)?,
         None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &overrides)?,
     };
-    let registry = super::registry()?;
+    let registry = super::pipeline_registry(&cfg)?;
     if args.check {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
         return Ok(());

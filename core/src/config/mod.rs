@@ -4,7 +4,9 @@
 //! and column: `pipeline.toml:12:9: unknown field `max_step`, expected one of ...`.
 //! [`PipelineConfig::from_file`] reads, applies `--set key=value` overrides and checks
 //! the rules across fields ([`validate`](PipelineConfig::validate)) before any
-//! training starts.
+//! training starts. A plugin's refusal of its own config, found when the plugin is
+//! instantiated, is reported the same way at the key in the file
+//! ([`PipelineConfig::plugin_error`]).
 //!
 //! ```
 //! use stagecraft_core::config::PipelineConfig;
@@ -27,14 +29,23 @@
 //! # Ok::<(), stagecraft_core::Error>(())
 //! ```
 
+mod key_path;
 mod model;
 mod overrides;
+mod plugin_errors;
+mod plugin_json;
+mod plugins;
 mod run;
+mod spans;
 mod stage;
 mod validate;
 
+pub use key_path::{KeyPart, KeyPath};
 pub use model::ModelConfig;
 pub use overrides::apply_override;
+pub use plugin_errors::PluginSlot;
+pub use plugin_json::{Part, PluginJson};
+pub use plugins::PluginsConfig;
 pub use run::RunConfig;
 pub use stage::{
     AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction,
@@ -57,9 +68,30 @@ pub struct PipelineConfig {
     pub model: ModelConfig,
     /// The stages, run in order.
     pub stages: Vec<StageConfig>,
+    /// Where plugin libraries are found besides the default search path.
+    #[serde(default, skip_serializing_if = "PluginsConfig::is_empty")]
+    pub plugins: PluginsConfig,
     /// The file it was read from (set by the loader).
     #[serde(skip)]
     pub source: PathBuf,
+    /// The text it was parsed from, for errors found later (set by the loader).
+    #[serde(skip)]
+    pub(crate) origin: Option<ConfigText>,
+}
+
+/// The text a config was parsed from, and how errors name its file.
+#[derive(Clone)]
+pub(crate) struct ConfigText {
+    /// The file, as errors name it.
+    pub file: String,
+    /// Its text (before `--set` overrides).
+    pub text: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for ConfigText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigText").field("file", &self.file).finish_non_exhaustive()
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -100,7 +132,7 @@ impl PipelineConfig {
     /// Parses and validates config text; `file` names it in errors.
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
-        let cfg: PipelineConfig = if overrides.is_empty() {
+        let mut cfg: PipelineConfig = if overrides.is_empty() {
             let de = toml::Deserializer::parse(text).map_err(|e| located(file, text, &e))?;
             serde_path_to_error::deserialize(de).map_err(|e| at_path(file, text, e.inner(), &e.path().to_string()))?
         } else {
@@ -114,7 +146,18 @@ impl PipelineConfig {
             })?
         };
         cfg.validate(file)?;
+        cfg.origin = Some(ConfigText { file: file.to_string(), text: text.into() });
         Ok(cfg)
+    }
+
+    /// The config's file as errors name it.
+    pub fn file_name(&self) -> &str {
+        self.origin.as_ref().map_or("the pipeline config", |o| o.file.as_str())
+    }
+
+    /// The trust policy of its `[plugins]` table.
+    pub fn trust(&self) -> crate::plugin::TrustPolicy {
+        self.plugins.trust(self.file_name())
     }
 
     /// The directory relative paths in the config resolve against.

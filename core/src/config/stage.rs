@@ -1,6 +1,7 @@
 //! `[[stages]]`: one stage of the pipeline — objective, data, optimizer, schedule,
 //! training controls, adapters, handoff, exit criteria and gates.
 
+use super::plugin_json::PluginJson;
 use serde::{Deserialize, Serialize};
 
 fn default_batch_size() -> usize {
@@ -119,9 +120,13 @@ impl Objective {
     }
     /// The plugin's config as JSON.
     pub fn config_json(&self) -> String {
+        self.plugin_json().text
+    }
+    /// The plugin's config as JSON, with where each key lies in it.
+    pub fn plugin_json(&self) -> PluginJson {
         match self {
-            Objective::Name(_) => "{}".into(),
-            Objective::Table { config, .. } => serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
+            Objective::Name(_) => PluginJson::of(&toml::Table::new()),
+            Objective::Table { config, .. } => PluginJson::of(config),
         }
     }
 }
@@ -194,9 +199,13 @@ pub struct OptimizerConfig {
 impl OptimizerConfig {
     /// The plugin's config as JSON (with `lr`).
     pub fn config_json(&self) -> String {
+        self.plugin_json().text
+    }
+    /// The plugin's config as JSON (with `lr`), with where each key lies in it.
+    pub fn plugin_json(&self) -> PluginJson {
         let mut t = self.config.clone();
         t.insert("lr".into(), toml::Value::Float(self.lr));
-        serde_json::to_string(&t).unwrap_or_else(|_| "{}".into())
+        PluginJson::of(&t)
     }
 }
 
@@ -272,7 +281,11 @@ pub struct AdapterConfig {
 impl AdapterConfig {
     /// The plugin's config as JSON.
     pub fn config_json(&self) -> String {
-        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+        self.plugin_json().text
+    }
+    /// The plugin's config as JSON, with where each key lies in it.
+    pub fn plugin_json(&self) -> PluginJson {
+        PluginJson::of(&self.config)
     }
 }
 

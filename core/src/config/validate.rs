@@ -236,6 +236,7 @@ impl PipelineConfig {
         if self.stages.is_empty() {
             bail!("{file}: no [[stages]]");
         }
+        self.plugins.validate(file)?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.stages.iter().enumerate() {
             check_stage_name(file, i, &s.name)?;

@@ -5,7 +5,7 @@
 use super::build;
 use super::freeze;
 use crate::bail;
-use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
+use crate::config::{AdapterHandoff, PipelineConfig, PluginSlot, StageConfig};
 use crate::data::{load_source, preview_source, Dataset, SourcePreview, Tokenizer};
 use crate::error::{Context, Error, Result};
 use crate::memory::{self, Bytes, Estimate, StepShape};
@@ -124,18 +124,18 @@ fn peak_memory(cfg: &PipelineConfig, spec: &ModelSpec, previews: &[StagePreview]
 /// Instantiates each stage's objective, optimizer and adapters once, on scratch state,
 /// so a bad plugin name or config fails before anything else is built.
 fn check_plugins(cfg: &PipelineConfig, registry: &Registry, device: &Device) -> Result<()> {
-    for s in &cfg.stages {
+    for (i, s) in cfg.stages.iter().enumerate() {
         let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
         registry
             .new_objective(s.objective.name(), &s.objective.config_json(), &scratch)
-            .with_context(|| format!("stage `{}`: objective", s.name))?;
+            .map_err(|e| cfg.plugin_error(i, PluginSlot::Objective, e))?;
         registry
             .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
-            .with_context(|| format!("stage `{}`: optimizer", s.name))?;
-        for a in &s.adapters {
+            .map_err(|e| cfg.plugin_error(i, PluginSlot::Optimizer, e))?;
+        for (k, a) in s.adapters.iter().enumerate() {
             registry
                 .new_method(&a.plugin, &a.config_json(), &scratch)
-                .with_context(|| format!("stage `{}`: adapter `{}`", s.name, a.plugin))?;
+                .map_err(|e| cfg.plugin_error(i, PluginSlot::Adapter(k), e))?;
         }
     }
     Ok(())

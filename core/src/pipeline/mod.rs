@@ -28,6 +28,7 @@ mod guard;
 mod handoff;
 mod outcome;
 mod plan;
+mod plugin_record;
 mod provenance;
 mod records;
 mod result;
@@ -40,6 +41,7 @@ mod stage;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
+pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
@@ -69,6 +71,7 @@ use crate::train::Trainer;
 use candle_core::DType;
 use eval::EvalSets;
 use handoff::{Carried, Env};
+use plugin_record::ResumePoint;
 use records::{Records, RecordsMark};
 use resume::{Position, ResumeMeta};
 use rules::StageRules;
@@ -77,6 +80,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// Warns about each pin in `[plugins.pins]` that names no library file the pipeline
+/// loaded: a typo, or a plugin that is built into the binary (built-ins are not pinned).
+fn warn_unused_pins(registry: &Registry) {
+    for key in registry.unused_pins() {
+        tracing::warn!(
+            "[plugins.pins] \"{key}\" names no plugin library file this pipeline loaded (plugins built into the binary are not pinned)"
+        );
+    }
+}
 
 /// How each stage ended, and the final retention matrix.
 #[derive(Debug)]
@@ -87,6 +100,16 @@ pub struct RunSummary {
     pub stages: Vec<StageSummary>,
     /// Stages × eval sets, on each set's main score.
     pub retention: RetentionMatrix,
+}
+
+/// What a resume brings to [`Pipeline::open`].
+struct Resuming {
+    /// How much of the logs its checkpoint covers.
+    mark: RecordsMark,
+    /// Where the run goes on from.
+    from: ResumePoint,
+    /// Whether changed plugin library files are refused.
+    plugins: PluginChanges,
 }
 
 /// A checkpoint to resume from.
@@ -143,7 +166,7 @@ impl Pipeline {
         let base_dir = std::fs::canonicalize(p.cfg.base_dir()).unwrap_or_else(|_| p.cfg.base_dir());
         p.run_dir.write_json("run.json", &serde_json::json!({ "config_source": source, "base_dir": base_dir }))?;
         p.run_dir.write_json("data.json", &provenance::data_record(&p.train_data, p.sets.data()))?;
-        p.run_dir.write_json("plugins.json", &provenance::plugins_record(&p.registry))?;
+        p.run_dir.write_json("plugins.json", &plugin_record::record(&p.registry)?)?;
         // Last: its presence marks the directory as holding a run.
         p.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())?;
         Ok((p, tokenizer))
@@ -154,11 +177,25 @@ impl Pipeline {
     /// before its first checkpoint starts over. The data must be what the run started
     /// with (`data.json`).
     pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
+        Pipeline::resume_with(run_dir, registry, quiet, PluginChanges::Refuse)
+    }
+
+    /// [`Pipeline::resume`], where `plugins` says whether plugin library files whose
+    /// sha256 differs from the one the run recorded in `plugins.json` are refused or
+    /// used (the change recorded); see [`PluginChanges`].
+    pub fn resume_with(
+        run_dir: &Path,
+        registry: Registry,
+        quiet: bool,
+        plugins: PluginChanges,
+    ) -> Result<(Self, Tokenizer)> {
         let dir = RunDir::reopen(run_dir)?;
         let cfg = run_config(run_dir)?;
         let found = resume::latest(run_dir, &check::resolve_device(&cfg.run.device)?)?;
         let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
-        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(mark), quiet)?;
+        let (stage, step) = found.as_ref().map_or((0, 0), |(_, meta, _)| (meta.stage, meta.step));
+        let from = ResumePoint { stage: cfg.stages.get(stage).map(|s| s.name.clone()).unwrap_or_default(), step };
+        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(Resuming { mark, from, plugins }), quiet)?;
         match found {
             Some((ckpt, meta, name)) => {
                 p.own_scores = meta.own_scores.clone();
@@ -173,24 +210,27 @@ impl Pipeline {
         Ok((p, tokenizer))
     }
 
-    /// Loads and checks everything, and opens the logs: a new run's (`resume_from` is
-    /// `None`), or a resumed run's cut back to `resume_from` once its data is checked
-    /// against `data.json`.
+    /// Loads and checks everything, and opens the logs: a new run's (`resuming` is
+    /// `None`), or a resumed run's cut back to where it goes on from once its data and
+    /// plugin libraries are checked against `data.json` and `plugins.json`.
     fn open(
         cfg: PipelineConfig,
-        registry: Registry,
+        mut registry: Registry,
         run_dir: RunDir,
-        resume_from: Option<RecordsMark>,
+        resuming: Option<Resuming>,
         quiet: bool,
     ) -> Result<(Self, Tokenizer)> {
+        registry.set_trust(cfg.trust())?;
         let check::Loaded { device, tokenizer, train_data, eval_data, .. } =
             check::load(&cfg, &registry, check::Depth::Run)?;
-        if resume_from.is_some() {
+        warn_unused_pins(&registry);
+        if let Some(r) = &resuming {
             provenance::check_same_data(&run_dir, &provenance::data_record(&train_data, &eval_data))?;
+            plugin_record::check_on_resume(&run_dir, &registry, r.plugins, &r.from)?;
         }
         let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
-        let records = Records::open(&run_dir, resume_from.unwrap_or_default(), quiet)?;
+        let records = Records::open(&run_dir, resuming.map(|r| r.mark).unwrap_or_default(), quiet)?;
         let n = cfg.stages.len();
         let p = Pipeline {
             sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),

@@ -70,10 +70,12 @@ fn site_summary(on: &[usize], sites: &SiteTable) -> String {
 }
 
 impl Pipeline {
-    /// Checks everything a run would check before training (config, data, plugins,
-    /// adapter targets) without training or writing anything, and describes the run.
+    /// Checks everything a run would check before training (config, data, plugins and
+    /// their pins, adapter targets) without training or writing anything, and describes the run.
     pub fn plan(cfg: &PipelineConfig, registry: &Registry) -> Result<String> {
         let loaded = load(cfg, registry, Depth::Check)?;
+        registry.check_trust(&cfg.trust())?;
+        super::warn_unused_pins(registry);
         // A fresh model's values do not matter to any check: its placeholder costs nothing.
         let model = match &cfg.model.from {
             Some(_) => {

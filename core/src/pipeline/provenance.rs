@@ -1,11 +1,10 @@
 //! What a run was made from, recorded in its directory: `data.json` (each data set's
-//! source, size and sha256) and `plugins.json` (each plugin library, its source, SDK
-//! version and sha256). A resume checks the data against `data.json`.
+//! source, size and sha256; `plugins.json` is [`super::plugin_record`]'s). A resume
+//! checks the data against `data.json`.
 
 use super::run_dir::RunDir;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::plugin::Registry;
 use std::sync::Arc;
 
 /// What `data.json` records: each data set's source, size and sha256 (training sets,
@@ -29,18 +28,4 @@ pub(crate) fn check_same_data(run: &RunDir, now: &serde_json::Value) -> Result<(
     let changed = then.iter().zip(&now).find(|(a, b)| a != b).map(|(a, _)| a["source"].to_string());
     let what = changed.map_or("the list of data sets".to_string(), |source| format!("data set {source}"));
     Err(Error::file(&path, format!("{what} changed since the run started: resuming would not continue the same run")))
-}
-
-/// What `plugins.json` records: each plugin library, where it came from, its SDK
-/// version, its plugins and its sha256.
-pub(crate) fn plugins_record(registry: &Registry) -> serde_json::Value {
-    let libraries = registry.libraries().map(|l| {
-        let sha256 = match &l.source {
-            crate::plugin::Source::File { path } => crate::plugin::sha256_file(path).ok(),
-            crate::plugin::Source::Builtin => None,
-        };
-        let names: Vec<&str> = l.plugins.iter().map(|p| p.name.as_str()).collect();
-        serde_json::json!({ "library": l.id, "source": l.source.to_string(), "sdk": l.sdk.to_string(), "plugins": names, "sha256": sha256 })
-    });
-    serde_json::Value::Array(libraries.collect())
 }

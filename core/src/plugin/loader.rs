@@ -30,7 +30,6 @@ use abi_stable::{
     sabi_types::VersionNumber,
     StableAbi,
 };
-use sha2::{Digest, Sha256};
 use stagecraft_sdk::abi::PluginLibRef;
 use stagecraft_sdk::export::{valid_name, MANIFEST_HEADER, MANIFEST_SYMBOL_PREFIX};
 use stagecraft_sdk::{PluginKind, SdkVersion, SDK_VERSION};
@@ -196,8 +195,7 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<ManifestEntry>, String>
 /// sha256 of a file, hex (for provenance: `plugin inspect`, run records, pinning).
 pub fn sha256_file(path: &Path) -> Result<String> {
     check_regular_file(path)?;
-    let bytes = std::fs::read(path).map_err(|e| load_err(path, format!("cannot read: {e}")))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    super::trust::Sha256::of_file(path).map(String::from)
 }
 
 fn load_err(path: &Path, msg: impl Into<String>) -> Error {

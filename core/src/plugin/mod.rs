@@ -10,6 +10,7 @@ mod ops;
 mod registry;
 mod state;
 mod table;
+mod trust;
 
 pub use crate::kernels::cross_entropy::cross_entropy;
 pub use crate::model::layers::{log_softmax, softmax};
@@ -21,6 +22,10 @@ pub use loader::{
     ManifestEntry,
 };
 pub use ops::{from_candle_dtype, to_candle_dtype, HostCtx};
-pub use registry::{is_library_file, scan_dirs, search_path, Library, Preflight, Registry, SearchDir, Source};
+pub use registry::{
+    is_library_file, scan_dir, scan_dirs, search_path, search_path_with, DirScan, DirState, Library, Preflight,
+    Registry, SearchDir, SearchOrigin, Source,
+};
 pub use state::{HostState, InstanceStore, Owned};
 pub use table::{Entry, TensorTable};
+pub use trust::{Sha256, TrustPolicy};

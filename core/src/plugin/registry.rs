@@ -8,22 +8,26 @@
 //! name is never opened. A library without a manifest (built before the SDK wrote one)
 //! is opened when scanned, as before, since only loading it tells what it provides.
 //! Each oddity on the search path (a directory, FIFO or dangling symlink named like a
-//! library, a missing or unreadable directory) is one error naming the path.
+//! library, a missing or unreadable directory, an entry that is not a folder) is one
+//! error naming the path and where it was named; what each directory held is kept, so
+//! that a plugin not found is an error listing every place searched.
 //!
-//! Before opening a file the registry runs its preflight check, if it has one: the CLI
-//! loads the library in a child process first, so a library that crashes or hangs when
-//! loaded is one error rather than the end of the host.
+//! Before opening a file the registry checks it against its trust policy (sha256 pins,
+//! [`TrustPolicy`]), before any of its code runs, then runs its preflight check, if it
+//! has one: the CLI loads the library in a child process first, so a library that
+//! crashes or hangs when loaded is one error rather than the end of the host.
 //!
-//! Name rules: two files providing the same plugin name is an error naming both (the
-//! second library is not registered); a file providing a built-in's name replaces the
-//! built-in (logged), which is how a team swaps in its own build. A library that fails
-//! to open when looked up is an error for each of its names: a built-in it replaces is
-//! not used in its stead.
+//! Name rules: two files providing the same plugin names is an error naming both files
+//! and every such name (the second library is not registered); a file providing a
+//! built-in's name replaces the built-in (logged), which is how a team swaps in its own
+//! build. A library that fails to open when looked up is an error for each of its
+//! names: a built-in it replaces is not used in its stead.
 
 use super::instance::{InstanceCore, MethodInstance, ObjectiveInstance, OptimizerInstance};
 use super::loader::{open_library, read_library_file, Compat, LibraryFile, ManifestEntry};
 use super::state::HostState;
-use crate::error::{Error, Result};
+use super::trust::TrustPolicy;
+use crate::error::{Clash, Error, Result};
 use abi_stable::std_types::{RResult, RStr};
 use stagecraft_sdk::abi::PluginLibRef;
 use stagecraft_sdk::export::BuiltinLibrary;
@@ -88,6 +92,13 @@ enum At {
     File(usize),
 }
 
+/// A directory [`Registry::scan_dirs`] searched, and the plugins found there.
+struct Searched {
+    dir: SearchDir,
+    state: DirState,
+    plugins: Vec<ManifestEntry>,
+}
+
 /// All known plugins.
 pub struct Registry {
     builtins: Vec<Library>,
@@ -95,6 +106,32 @@ pub struct Registry {
     by_name: BTreeMap<String, (At, PluginKind)>,
     report_dir: PathBuf,
     preflight: Option<Preflight>,
+    trust: TrustPolicy,
+    searched: Vec<Searched>,
+}
+
+/// Where a searched directory was named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrigin {
+    /// Given to the command (`plugin list DIR`) or by the caller.
+    Given,
+    /// An entry of `STAGECRAFT_PLUGIN_PATH`.
+    EnvVar,
+    /// An entry of the pipeline's `[plugins] paths`.
+    Config,
+    /// `./plugins`, searched when it exists.
+    Default,
+}
+
+impl std::fmt::Display for SearchOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SearchOrigin::Given => "given",
+            SearchOrigin::EnvVar => "STAGECRAFT_PLUGIN_PATH",
+            SearchOrigin::Config => "[plugins] paths",
+            SearchOrigin::Default => "default",
+        })
+    }
 }
 
 /// A directory searched for plugin files.
@@ -102,31 +139,78 @@ pub struct Registry {
 pub struct SearchDir {
     /// The directory.
     pub path: PathBuf,
-    /// Whether it may be missing without a word (`./plugins`); a directory the user
-    /// named that does not exist is an error.
-    pub optional: bool,
+    /// Where it was named.
+    pub origin: SearchOrigin,
 }
 
 impl SearchDir {
-    /// A directory the user named: a missing one is reported.
+    /// A directory named by `origin`.
+    pub fn new(path: impl Into<PathBuf>, origin: SearchOrigin) -> Self {
+        SearchDir { path: path.into(), origin }
+    }
+
+    /// A directory given by the caller: a missing one is reported.
     pub fn required(path: impl Into<PathBuf>) -> Self {
-        SearchDir { path: path.into(), optional: false }
+        SearchDir::new(path, SearchOrigin::Given)
+    }
+
+    /// Whether it may be missing without a word (`./plugins`); a directory the user
+    /// named that does not exist is a warning.
+    pub fn optional(&self) -> bool {
+        self.origin == SearchOrigin::Default
     }
 }
 
 /// The directories searched for plugin files: `STAGECRAFT_PLUGIN_PATH` (a `:`-separated
 /// list), then `./plugins` (optional).
 pub fn search_path() -> Vec<SearchDir> {
+    search_path_with(Vec::new())
+}
+
+/// The directories searched for plugin files, in order: `STAGECRAFT_PLUGIN_PATH` (a
+/// `:`-separated list), then `config` (a pipeline's `[plugins] paths`), then
+/// `./plugins` (optional). Where two files provide the same plugin, the first found
+/// is used.
+pub fn search_path_with(config: Vec<SearchDir>) -> Vec<SearchDir> {
     let mut dirs: Vec<SearchDir> = std::env::var_os("STAGECRAFT_PLUGIN_PATH")
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).map(SearchDir::required).collect())
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| SearchDir::new(p, SearchOrigin::EnvVar))
+                .collect()
+        })
         .unwrap_or_default();
-    dirs.push(SearchDir { path: PathBuf::from("plugins"), optional: true });
+    dirs.extend(config);
+    dirs.push(SearchDir::new("plugins", SearchOrigin::Default));
     dirs
 }
 
 /// Whether a file name looks like a shared library.
 pub fn is_library_file(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
+}
+
+/// What a searched directory turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirState {
+    /// Read (its unusable entries are errors of their own).
+    Read,
+    /// It does not exist.
+    Missing,
+    /// It is a file or something else that is not a folder.
+    NotAFolder,
+    /// It could not be read.
+    Unreadable,
+}
+
+/// One directory of the search path, scanned.
+pub struct DirScan {
+    /// What it turned out to be.
+    pub state: DirState,
+    /// Its library files, by name, read without running their code.
+    pub files: Vec<LibraryFile>,
+    /// One per path that cannot be used (the directory itself, or an entry).
+    pub errors: Vec<Error>,
 }
 
 /// The library files in `dirs` (not recursive), read without running their code, in
@@ -137,35 +221,61 @@ pub fn is_library_file(p: &Path) -> bool {
 pub fn scan_dirs(dirs: &[SearchDir]) -> (Vec<LibraryFile>, Vec<Error>) {
     let (mut found, mut errors) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let entries = match std::fs::read_dir(&dir.path) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.optional => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                errors.push(Error::file(&dir.path, "plugin directory does not exist"));
-                continue;
-            }
-            Err(e) => {
-                errors.push(Error::file(&dir.path, format!("plugin directory cannot be read: {e}")));
-                continue;
-            }
-        };
-        let mut paths = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(entry) => paths.push(entry.path()),
-                Err(e) => errors.push(Error::file(&dir.path, format!("plugin directory cannot be read: {e}"))),
-            }
-        }
-        paths.retain(|p| is_library_file(p));
-        paths.sort();
-        for path in paths {
-            match read_library_file(&path) {
-                Ok(file) => found.push(file),
-                Err(e) => errors.push(e),
-            }
-        }
+        let scan = scan_dir(dir);
+        found.extend(scan.files);
+        errors.extend(scan.errors);
     }
     (found, errors)
+}
+
+/// The library files in one directory (see [`scan_dirs`]). A directory that is missing
+/// (unless optional), is not a folder (`STAGECRAFT_PLUGIN_PATH` naming the `.so` itself:
+/// its folder is suggested) or cannot be read is one error naming it and where it was
+/// named.
+pub fn scan_dir(dir: &SearchDir) -> DirScan {
+    let origin = dir.origin;
+    let refused = |state, msg: String| DirScan { state, files: Vec::new(), errors: vec![Error::file(&dir.path, msg)] };
+    match std::fs::metadata(&dir.path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.optional() => {
+            return DirScan { state: DirState::Missing, files: Vec::new(), errors: Vec::new() }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return refused(DirState::Missing, format!("plugin directory does not exist ({origin})"))
+        }
+        Ok(meta) if !meta.is_dir() => {
+            let msg = match dir.path.parent().filter(|_| is_library_file(&dir.path)) {
+                Some(folder) => format!(
+                    "not a folder but a library file ({origin}): the search path takes folders, use its folder {}",
+                    if folder.as_os_str().is_empty() { Path::new(".") } else { folder }.display()
+                ),
+                None => format!("not a folder ({origin}): the search path takes folders"),
+            };
+            return refused(DirState::NotAFolder, msg);
+        }
+        _ => {}
+    }
+    let entries = match std::fs::read_dir(&dir.path) {
+        Ok(rd) => rd,
+        Err(e) => return refused(DirState::Unreadable, format!("plugin directory cannot be read ({origin}): {e}")),
+    };
+    let mut errors = Vec::new();
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => paths.push(entry.path()),
+            Err(e) => errors.push(Error::file(&dir.path, format!("plugin directory cannot be read ({origin}): {e}"))),
+        }
+    }
+    paths.retain(|p| is_library_file(p));
+    paths.sort();
+    let mut files = Vec::new();
+    for path in paths {
+        match read_library_file(&path) {
+            Ok(file) => files.push(file),
+            Err(e) => errors.push(e),
+        }
+    }
+    DirScan { state: DirState::Read, files, errors }
 }
 
 /// The message of a load error (its path is given again when the error is rebuilt).
@@ -185,6 +295,8 @@ impl Registry {
             by_name: BTreeMap::new(),
             report_dir: report_dir.into(),
             preflight: None,
+            trust: TrustPolicy::default(),
+            searched: Vec::new(),
         }
     }
 
@@ -221,6 +333,29 @@ impl Registry {
         self.preflight = Some(check);
     }
 
+    /// Checks each library file against `policy` before it is opened (see
+    /// [`TrustPolicy::check`]); a file opened already is checked now.
+    pub fn set_trust(&mut self, policy: TrustPolicy) -> Result<()> {
+        self.check_trust(&policy)?;
+        self.trust = policy;
+        Ok(())
+    }
+
+    /// Checks the library files opened so far against `policy`.
+    pub fn check_trust(&self, policy: &TrustPolicy) -> Result<()> {
+        let mut opened = self.files.iter().filter(|f| f.opened.get().is_some_and(|r| r.is_ok()));
+        opened.try_for_each(|f| policy.check(&f.file))
+    }
+
+    /// The pins of the trust policy that name no library file opened so far (a typo, or
+    /// a plugin built into the host used instead: built-ins are not pinned).
+    pub fn unused_pins(&self) -> Vec<&str> {
+        let opened: Vec<&FileLibrary> =
+            self.files.iter().filter(|f| f.opened.get().is_some_and(|r| r.is_ok())).collect();
+        let used = |key: &str| opened.iter().any(|f| TrustPolicy::names(key, &f.file));
+        self.trust.pins.keys().map(String::as_str).filter(|k| !used(k)).collect()
+    }
+
     /// The libraries loaded so far: the built-ins, then each file opened.
     pub fn libraries(&self) -> impl Iterator<Item = &Library> {
         let files = self.files.iter().filter_map(|f| f.opened.get().and_then(|r| r.as_ref().ok()));
@@ -229,41 +364,51 @@ impl Registry {
 
     /// Every plugin by name, `(name, kind, source)`, opening nothing.
     pub fn plugins(&self) -> impl Iterator<Item = (&str, PluginKind, &Source)> {
-        self.by_name.iter().map(|(n, &(at, kind))| {
-            let source = match at {
-                At::Builtin(i) => &self.builtins[i].source,
-                At::File(i) => &self.files[i].source,
-            };
-            (n.as_str(), kind, source)
-        })
+        self.by_name.iter().map(|(n, &(at, kind))| (n.as_str(), kind, self.source_of(at)))
+    }
+
+    /// Where the plugin at `at` comes from.
+    fn source_of(&self, at: At) -> &Source {
+        match at {
+            At::Builtin(i) => &self.builtins[i].source,
+            At::File(i) => &self.files[i].source,
+        }
     }
 
     /// Checks `names` of a library from `source` against those registered: an error
-    /// when one is provided twice or by another file; built-ins may be replaced by files.
+    /// naming every name provided twice or by another file (built-ins may be replaced
+    /// by files).
     fn claim(&self, source: &Source, names: &[ManifestEntry]) -> Result<()> {
         let mut seen = std::collections::BTreeSet::new();
+        let twice: Vec<String> = names
+            .iter()
+            .filter(|p| !seen.insert((p.name.as_str(), p.kind.0)))
+            .map(|p| format!("`{}`", p.name))
+            .collect();
+        if !twice.is_empty() {
+            return Err(Error::Load {
+                path: PathBuf::from(source.to_string()),
+                msg: format!("provides {} twice", twice.join(", ")),
+            });
+        }
+        let mut clashes: Vec<Clash> = Vec::new();
         for p in names {
-            if !seen.insert((p.name.as_str(), p.kind.0)) {
-                return Err(Error::Load {
-                    path: PathBuf::from(source.to_string()),
-                    msg: format!("provides `{}` twice", p.name),
-                });
+            let Some(&(at, _)) = self.by_name.get(p.name.as_str()) else { continue };
+            let other = self.source_of(at);
+            if *other == Source::Builtin && *source != Source::Builtin {
+                continue;
             }
-            if let Some(&(at, _)) = self.by_name.get(p.name.as_str()) {
-                let other = match at {
-                    At::Builtin(i) => &self.builtins[i].source,
-                    At::File(i) => &self.files[i].source,
-                };
-                if *other != Source::Builtin || *source == Source::Builtin {
-                    return Err(Error::Duplicate {
-                        name: p.name.clone(),
-                        first: other.to_string(),
-                        second: source.to_string(),
-                    });
-                }
+            let first = other.to_string();
+            match clashes.iter_mut().find(|c| c.first == first) {
+                Some(c) => c.names.push(p.name.clone()),
+                None => clashes.push(Clash { first, names: vec![p.name.clone()] }),
             }
         }
-        Ok(())
+        clashes.iter_mut().for_each(|c| c.names.sort());
+        match clashes.is_empty() {
+            true => Ok(()),
+            false => Err(Error::Duplicate { second: source.to_string(), clashes }),
+        }
     }
 
     /// Registers a file library whose plugins are `names`, opened or not.
@@ -309,17 +454,39 @@ impl Registry {
         self.opened(i)
     }
 
-    /// Registers the library files in `dirs` ([`scan_dirs`]) without opening those with a
+    /// Registers the library files in `dirs` ([`scan_dir`]) without opening those with a
     /// manifest; a file without one is opened now. Each failure is one error; the other
-    /// files are still registered.
+    /// files are still registered. What each directory held is remembered for the
+    /// message of a plugin not found.
     pub fn scan_dirs(&mut self, dirs: &[SearchDir]) -> Vec<Error> {
-        let (found, mut errors) = scan_dirs(dirs);
-        for file in found {
-            if let Err(e) = self.add_file(file) {
-                errors.push(e);
+        let mut errors = Vec::new();
+        for dir in dirs {
+            let scan = scan_dir(dir);
+            errors.extend(scan.errors);
+            let mut plugins = Vec::new();
+            for file in scan.files {
+                let manifest = file.manifest.clone();
+                match self.add_file(file) {
+                    Ok(i) => plugins.extend(manifest.unwrap_or_else(|| self.file_plugins(i))),
+                    Err(e) => {
+                        plugins.extend(manifest.unwrap_or_default());
+                        errors.push(e);
+                    }
+                }
             }
+            self.searched.push(Searched { dir: dir.clone(), state: scan.state, plugins });
         }
         errors
+    }
+
+    /// The plugins file library `i` provides, as far as known without opening it.
+    fn file_plugins(&self, i: usize) -> Vec<ManifestEntry> {
+        let f = &self.files[i];
+        match (&f.file.manifest, f.opened.get()) {
+            (Some(m), _) => m.clone(),
+            (None, Some(Ok(lib))) => entries(&lib.plugins),
+            (None, _) => Vec::new(),
+        }
     }
 
     /// Registers a file read by [`read_library_file`]; opens it only when it has no manifest.
@@ -345,9 +512,11 @@ impl Registry {
         (0..self.files.len()).filter_map(|i| self.opened(i).err()).collect()
     }
 
-    /// Loads a library file: the preflight check, then the loader; checks that what it
-    /// provides is what its manifest says.
+    /// Loads a library file: the trust policy's check (its sha256 against the pins,
+    /// before any of its code runs), the preflight check, then the loader; checks that
+    /// what it provides is what its manifest says.
     fn open(&self, file: &LibraryFile) -> Result<Library> {
+        self.trust.check(file)?;
         if let Some(check) = &self.preflight {
             check(&file.path)?;
         }
@@ -391,6 +560,7 @@ impl Registry {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                searched: self.searched_places(kind),
             });
         };
         let lib = match at {
@@ -403,6 +573,40 @@ impl Registry {
                 msg: format!("does not provide {kind} `{name}`"),
             })?;
         Ok((lib, info))
+    }
+
+    /// Every place plugins were looked for and what was found there: `built in: lora,
+    /// ia3; /opt/plugins (STAGECRAFT_PLUGIN_PATH): bottleneck, sgd (optimizer); plugins
+    /// (default): does not exist`. Plugins of another kind than `kind` carry theirs.
+    fn searched_places(&self, kind: PluginKind) -> String {
+        let list = |plugins: &[ManifestEntry]| {
+            let mut names: Vec<String> = plugins
+                .iter()
+                .map(|p| if p.kind == kind { p.name.clone() } else { format!("{} ({})", p.name, p.kind) })
+                .collect();
+            names.sort();
+            if names.is_empty() {
+                "no plugins".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let builtin: Vec<ManifestEntry> =
+            self.builtins.iter().flat_map(|b| entries(&b.plugins)).filter(|p| p.kind == kind).collect();
+        let mut places = vec![format!("built in: {}", list(&builtin))];
+        for s in &self.searched {
+            let found = match s.state {
+                DirState::Read => list(&s.plugins),
+                DirState::Missing => "does not exist".into(),
+                DirState::NotAFolder => "not a folder".into(),
+                DirState::Unreadable => "cannot be read".into(),
+            };
+            places.push(format!("{} ({}): {found}", s.dir.path.display(), s.dir.origin));
+        }
+        if self.searched.is_empty() {
+            places.push("no folder searched".into());
+        }
+        places.join("; ")
     }
 
     fn core(&self, kind: PluginKind, name: &str, state: &Rc<HostState>) -> Result<(InstanceCore, PluginLibRef)> {
