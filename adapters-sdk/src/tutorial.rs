@@ -302,6 +302,9 @@
 //! num_heads = 2
 //! tokenizer = "bytes"
 //!
+//! [plugins]
+//! paths = ["target/release"]
+//!
 //! [[stages]]
 //! name = "pretrain"
 //! objective = "causal_lm"
@@ -324,12 +327,13 @@
 //!
 //! ## 8. Run
 //!
-//! The host finds plugin libraries in the folders of `STAGECRAFT_PLUGIN_PATH`
-//! (`:`-separated) and in `./plugins`:
+//! The host finds plugin libraries in the folders of the pipeline's `[plugins] paths`
+//! (relative to the pipeline file; the generated `pipeline.toml` names
+//! `target/release`), of `STAGECRAFT_PLUGIN_PATH` (`:`-separated) and in `./plugins`:
 //!
 //! ```sh
-//! STAGECRAFT_PLUGIN_PATH=target/release stagecraft run pipeline.toml --check   # the plan, trains nothing
-//! STAGECRAFT_PLUGIN_PATH=target/release stagecraft run pipeline.toml
+//! stagecraft run pipeline.toml --check   # the plan, trains nothing
+//! stagecraft run pipeline.toml
 //! ```
 //!
 //! `--check` loads the plugin, checks its config and its targets against the model's

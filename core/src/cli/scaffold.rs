@@ -284,7 +284,7 @@ pub fn new_plugin(args: NewArgs) -> anyhow::Result<()> {
     println!("  cd {}", dir.display());
     println!("  cargo build --release");
     println!("  {exe} plugin inspect {lib}");
-    println!("  STAGECRAFT_PLUGIN_PATH=target/release {exe} run pipeline.toml");
+    println!("  {exe} run pipeline.toml");
     Ok(())
 }
 
