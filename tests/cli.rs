@@ -29,7 +29,7 @@ fn plugin_list_shows_builtins_and_search_path_plugins_with_versions() {
     assert!(ok);
     let header = out.lines().next().expect("header");
     assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["NAME", "KIND", "VERSION", "SDK", "SOURCE"]);
-    for name in ["lora", "adamw", "sgd", "lion", "causal_lm", "completion", "classification"] {
+    for name in ["lora", "adamw", "sgd", "lion", "causal_lm", "completion", "classification", "distill"] {
         assert!(out.lines().any(|l| l.starts_with(name) && l.ends_with("built-in")), "{name} missing:\n{out}");
     }
 

@@ -125,10 +125,10 @@ fn final_bits(run: &Path) -> BTreeMap<String, Vec<u32>> {
 /// Kills the run right after the checkpoint of `step`, resumes it, and checks it
 /// against an uninterrupted run: where it resumed, the logged steps, the final bits,
 /// and every event and stage end.
-fn check_kill_and_resume(name: &str, adapt: &str, step: u64) {
+fn check_kill_and_resume(name: &str, config: &str, step: u64) {
     let dir = scratch(name);
     let cfg = dir.join("p.toml");
-    std::fs::write(&cfg, head(adapt)).expect("write config");
+    std::fs::write(&cfg, config).expect("write config");
     let whole = dir.join("whole");
     run_to_end(&cfg, &whole);
     let killed = killed_after_checkpoint(&cfg, &dir, step);
@@ -165,7 +165,7 @@ fn check_kill_and_resume(name: &str, adapt: &str, step: u64) {
 
 #[test]
 fn a_kill_mid_stage_resumes_bit_identically_from_its_checkpoint() {
-    check_kill_and_resume("resume-plain", "optimizer = { lr = 1e-2 }\nmax_steps = 60\neval_every = 10", 30);
+    check_kill_and_resume("resume-plain", &head("optimizer = { lr = 1e-2 }\nmax_steps = 60\neval_every = 10"), 30);
 }
 
 #[test]
@@ -188,7 +188,7 @@ eval_every = 2"#;
         acted.len() == 1 && last + 2 == acted[0] && before + 2 == last,
         "the config no longer fails the gate twice in a row before it acts: {gates:?} {acted:?}"
     );
-    check_kill_and_resume("resume-gate", adapt, last);
+    check_kill_and_resume("resume-gate", &head(adapt), last);
 }
 
 #[test]
@@ -219,10 +219,32 @@ eval_every = 2"#;
     let ended = events(&run).into_iter().find(|e| e.0 == "adapt" && e.2 == "patience").map(|e| e.1);
     let (Some(mid), Some(ended)) = (mid, ended) else { panic!("the config no longer stops early: {scores:?}") };
     assert!(mid < ended, "{mid} {ended}");
-    check_kill_and_resume("resume-patience", adapt, mid);
+    check_kill_and_resume("resume-patience", &head(adapt), mid);
 }
 
 /// `stagecraft run --resume RUN [extra]` with info logs: (success, stderr).
+/// A distillation stage — a fresh student of its own, a teacher rebuilt from the
+/// earlier stage's checkpoint, model dropout and replay — resumes to the same bits.
+#[test]
+fn a_kill_in_a_distillation_stage_resumes_bit_identically() {
+    let adapt_start = head("").find("[[stages]]\nname = \"adapt\"").expect("adapt stage");
+    let config = head("")[..adapt_start].to_string()
+        + r#"[[stages]]
+name = "adapt"
+model = { arch = "llama", hidden_size = 8, num_layers = 1, num_heads = 2 }
+teacher = "pretrain"
+objective = { name = "distill", temperature = 2.0, alpha = 0.7 }
+data = { train = "synthetic:arith_text?n=128&digits=1&seed=3", eval = "synthetic:arith_text?n=16&digits=1&seed=2", replay = { from = "pretrain", ratio = 0.25 } }
+optimizer = { lr = 1e-2 }
+train = { dropout = 0.1 }
+batch_size = 8
+seq_len = 24
+max_steps = 60
+eval_every = 10
+"#;
+    check_kill_and_resume("resume-distill", &config, 30);
+}
+
 fn resume_with(run: &Path, extra: &[&str], plugin_path: Option<&Path>) -> (bool, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
     c.env_remove("STAGECRAFT_PLUGIN_PATH").env("RUST_LOG", "info");

@@ -1,7 +1,8 @@
 //! The objective plugins against the same losses written directly in candle: the
 //! causal-LM and completion losses (with padding, prompt masking and label smoothing)
-//! and the classification head give the same loss and gradients, and the same metrics
-//! and per-example losses (which feed the loss quantiles).
+//! the classification head and the distillation loss (KL to a teacher's logits mixed
+//! with cross-entropy) give the same loss and gradients, and the same metrics and
+//! per-example losses (which feed the loss quantiles).
 
 mod support;
 
@@ -183,4 +184,52 @@ fn classification_head_matches_a_direct_linear_head() {
         .compute(&[("hidden", hidden.as_tensor())], &[("input_ids", &ids()), ("class_labels", &bad)])
         .expect_err("label out of range");
     assert!(!err.to_string().contains('\n') && err.to_string().contains("has 5 at row 0"), "{err}");
+}
+
+/// `distill` against the same loss written out: while training,
+/// `alpha·T²·KL(p_T(teacher) ‖ p_T(student)) + (1 − alpha)·CE` on positions with a
+/// target; when evaluating, the cross-entropy alone; the KL and agreement metrics over
+/// the same positions.
+#[test]
+fn distill_loss_gradient_and_metrics_equal_the_direct_ones() {
+    let (t, alpha) = (2.0, 0.3);
+    let (mut s, st) = stage("distill", &format!(r#"{{"temperature": {t}, "alpha": {alpha}}}"#));
+    let (student, teacher) = (logits(5), random(&[B, S, V], 6, 2.0));
+    let mask = Tensor::new(&[[1u32, 1, 1, 0, 0], [1, 1, 1, 1, 1]], &Device::Cpu).expect("mask");
+    let valid = [[true, true, false, false], [true; 4]];
+    let batch = [("input_ids", &ids()), ("attention_mask", &mask)];
+    let outputs = [("logits", student.as_tensor()), ("teacher_logits", &teacher)];
+    let out = s.compute(&outputs, &batch).expect("compute");
+
+    let ce = direct_next_token(student.as_tensor(), valid, 0.0);
+    let scaled = |x: &Tensor| {
+        candle_nn::ops::log_softmax(&(x.narrow(1, 0, S - 1).expect("rows") / t).expect("scale"), D::Minus1)
+            .expect("log softmax")
+    };
+    let (log_s, log_t) = (scaled(student.as_tensor()), scaled(&teacher));
+    let row_kl =
+        (log_t.exp().expect("p") * (&log_t - &log_s).expect("diff")).expect("terms").sum(D::Minus1).expect("kl");
+    let weights: Vec<f32> = valid.iter().flatten().map(|&v| f32::from(u8::from(v))).collect();
+    let weights = Tensor::from_vec(weights, (B, S - 1), &Device::Cpu).expect("weights");
+    let kl = ((row_kl * &weights).expect("masked").sum_all().expect("sum") / 6.0).expect("mean");
+    let direct =
+        ((&kl * (alpha * t * t)).expect("kl term") + (&ce.loss * (1.0 - alpha)).expect("ce term")).expect("mix");
+    let d = max_abs_diff(&out.loss, &direct);
+    assert!(d <= 1e-6, "distill loss {} vs {}", out.loss, direct);
+    let (gp, gd) = (out.loss.backward().expect("backward"), direct.backward().expect("backward"));
+    let d = max_abs_diff(gp.get(student.as_tensor()).expect("grad"), gd.get(student.as_tensor()).expect("grad"));
+    assert!(d <= 1e-6, "distill gradient differs by {d}");
+    let got = metric(&out.metrics, "kl");
+    assert_eq!(got.count, 6.0, "KL counts the target positions only");
+    assert!((got.sum / got.count - f64::from(kl.to_scalar::<f32>().expect("kl"))).abs() <= 1e-6, "{got:?}");
+    let agreement = metric(&out.metrics, "agreement");
+    let (ps, pt) = (log_s.argmax(D::Minus1).expect("s"), log_t.argmax(D::Minus1).expect("t"));
+    let same = ps.eq(&pt).expect("eq").to_dtype(DType::F32).expect("f32");
+    let want = (same * &weights).expect("masked").sum_all().and_then(|t| t.to_scalar::<f32>()).expect("agreed");
+    assert_eq!(agreement.sum, f64::from(want));
+
+    // Evaluating: the task loss alone (a distilled stage's score is its own loss).
+    st.set_training(false);
+    let eval = s.compute(&outputs, &batch).expect("compute");
+    assert!(max_abs_diff(&eval.loss, &ce.loss) <= 1e-6, "eval loss {} vs {}", eval.loss, ce.loss);
 }

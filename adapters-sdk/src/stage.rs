@@ -54,7 +54,11 @@ pub struct Loss<'h> {
 /// [`required_outputs`](Self::required_outputs) lists that the model produces, and no
 /// others: `logits` (`[batch, seq, vocab]`, language models), `hidden`
 /// (`[batch, seq, hidden]`, every model), `pooled` (`[batch, hidden]`, encoders with a
-/// pooler). A model does not compute `logits` for an objective that does not list them.
+/// pooler), and `teacher_logits` (`[batch, seq, vocab]`: the logits of the frozen model
+/// the stage names as its `teacher` on the same batch, computed in evaluation mode,
+/// without gradient; listing it without a `teacher`, or a `teacher` for an objective
+/// that does not list it, is refused before training). A model does not compute
+/// `logits` for an objective that does not list them.
 ///
 /// # Lifecycle, in call order
 /// One instance per stage; the host calls, on that instance:
@@ -84,8 +88,8 @@ pub trait Stage: Plugin {
     fn init(&mut self, _host: Host<'_>, _model: &ModelInfo) -> Result<()> {
         Ok(())
     }
-    /// Model outputs this objective reads (`logits`, `hidden`, `pooled`); it is given
-    /// only these. Asked once, after `new`.
+    /// Outputs this objective reads (`logits`, `hidden`, `pooled`, `teacher_logits`); it
+    /// is given only these. Asked once, after `new`.
     fn required_outputs(&self) -> Vec<String> {
         vec!["logits".to_string()]
     }

@@ -2,6 +2,7 @@
 //! training controls, adapters, handoff, exit criteria and gates.
 
 use super::plugin_json::PluginJson;
+use super::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 fn default_batch_size() -> usize {
@@ -70,6 +71,16 @@ pub struct StageConfig {
     /// the previous stage.
     #[serde(default)]
     pub from: Option<String>,
+    /// Start from a fresh model of these sizes instead of the previous stage's (a
+    /// smaller student to distil into): `{ arch = "llama", hidden_size = 64, ... }`, as
+    /// `[model]` without `from` and `tokenizer` (the pipeline's tokenizer is used).
+    /// Exclusive with `from`.
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// The frozen model an objective that reads `teacher_logits` learns from: an earlier
+    /// stage (its model and adapters as that stage ended) or a Hugging Face directory.
+    #[serde(default)]
+    pub teacher: Option<String>,
     /// Early exit on a metric.
     #[serde(default)]
     pub exit: Option<ExitConfig>,

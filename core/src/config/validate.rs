@@ -2,7 +2,7 @@
 //! plugin, a target matching no site, a plugin rejecting its config) happen when the
 //! pipeline instantiates its plugins, also before the first step.
 
-use super::{AdapterHandoff, ExitConfig, PipelineConfig, StageConfig};
+use super::{AdapterHandoff, ExitConfig, ModelConfig, PipelineConfig, StageConfig};
 use crate::bail;
 use crate::error::{Error, Result};
 
@@ -12,7 +12,10 @@ pub fn objective_metrics(objective: &str) -> Option<&'static [&'static str]> {
     const COMPLETION: &[&str] =
         &["loss", "perplexity", "token_accuracy", "exact_match", "loss_p50", "loss_p90", "loss_p99"];
     const CLASSIFICATION: &[&str] = &["loss", "accuracy", "loss_p50", "loss_p90", "loss_p99"];
+    const DISTILL: &[&str] =
+        &["loss", "perplexity", "token_accuracy", "kl", "agreement", "loss_p50", "loss_p90", "loss_p99"];
     match objective {
+        "distill" => Some(DISTILL),
         "causal_lm" => Some(LM),
         "completion" => Some(COMPLETION),
         "classification" => Some(CLASSIFICATION),
@@ -136,15 +139,27 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             _ => {}
         }
     }
-    if let Some(from) = &s.from {
-        if !earlier(from)
-            && !cfg.base_dir().join(from).join("config.json").exists()
-            && !std::path::Path::new(from).join("config.json").exists()
-        {
+    let is_model_dir = |d: &str| {
+        cfg.base_dir().join(d).join("config.json").exists() || std::path::Path::new(d).join("config.json").exists()
+    };
+    for (key, value) in [("from", &s.from), ("teacher", &s.teacher)] {
+        if let Some(v) = value.as_deref().filter(|v| !earlier(v) && !is_model_dir(v)) {
             return Err(bad(format!(
-                "from `{from}` is neither an earlier stage nor a model directory with a config.json"
+                "{key} `{v}` is neither an earlier stage nor a model directory with a config.json"
             )));
         }
+    }
+    if let Some(m) = &s.model {
+        if s.from.is_some() {
+            return Err(bad("give `model` (a fresh model) or `from`, not both".into()));
+        }
+        if m.from.is_some() {
+            return Err(bad("model.from: a stage starts from a model directory with `from = \"DIR\"`".into()));
+        }
+        if m.tokenizer != "bytes" {
+            return Err(bad("model.tokenizer: every stage uses the pipeline's tokenizer (`[model] tokenizer`)".into()));
+        }
+        check_fresh_model(&format!("{file}: stage `{}`: model", s.name), m)?;
     }
     check_handoff(s).map_err(|m| bad(format!("handoff: {m}")))?;
     if !(0.0..1.0).contains(&s.train.dropout) {
@@ -161,6 +176,20 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         return Err(bad(
             "anomaly.spike_factor must be > 1, anomaly.spike_margin >= 0 and anomaly.lr_scale in (0, 1]".into()
         ));
+    }
+    Ok(())
+}
+
+/// A fresh model's architecture and required sizes; `at` names the table in errors.
+fn check_fresh_model(at: &str, m: &ModelConfig) -> Result<()> {
+    let Some(arch) = m.arch.as_deref() else { bail!("{at}.arch is required for a fresh model (llama or bert)") };
+    if !["llama", "bert"].contains(&arch) {
+        bail!("{at}.arch `{arch}` is not supported (supported: llama, bert)");
+    }
+    for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)] {
+        if v.unwrap_or(0) == 0 {
+            bail!("{at}.{k} is required (> 0) for a fresh `{arch}`");
+        }
     }
     Ok(())
 }
@@ -218,19 +247,7 @@ impl PipelineConfig {
                     "{file}: model: give `arch` (a fresh model) or `from` (a Hugging Face directory)"
                 )))
             }
-            (Some(arch), None) => {
-                if !["llama", "bert"].contains(&arch.as_str()) {
-                    return Err(Error::msg(format!(
-                        "{file}: model.arch `{arch}` is not supported (supported: llama, bert)"
-                    )));
-                }
-                for (k, v) in [("hidden_size", m.hidden_size), ("num_layers", m.num_layers), ("num_heads", m.num_heads)]
-                {
-                    if v.unwrap_or(0) == 0 {
-                        bail!("{file}: model.{k} is required (> 0) for a fresh `{arch}`");
-                    }
-                }
-            }
+            (Some(_), None) => check_fresh_model(&format!("{file}: model"), m)?,
             (None, Some(_)) => {}
         }
         if self.stages.is_empty() {

@@ -4,6 +4,7 @@
 
 use super::build;
 use super::freeze;
+use super::handoff;
 use crate::bail;
 use crate::config::{AdapterHandoff, PipelineConfig, PluginSlot, StageConfig};
 use crate::data::{load_source, preview_source, Dataset, SourcePreview, Tokenizer};
@@ -122,13 +123,15 @@ fn peak_memory(cfg: &PipelineConfig, spec: &ModelSpec, previews: &[StagePreview]
 }
 
 /// Instantiates each stage's objective, optimizer and adapters once, on scratch state,
-/// so a bad plugin name or config fails before anything else is built.
+/// so a bad plugin name or config, or a `teacher` without an objective that reads it
+/// (or the reverse), fails before anything else is built.
 fn check_plugins(cfg: &PipelineConfig, registry: &Registry, device: &Device) -> Result<()> {
     for (i, s) in cfg.stages.iter().enumerate() {
         let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
-        registry
+        let objective = registry
             .new_objective(s.objective.name(), &s.objective.config_json(), &scratch)
             .map_err(|e| cfg.plugin_error(i, PluginSlot::Objective, e))?;
+        handoff::check_teacher(s, &objective, None, 0)?;
         registry
             .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
             .map_err(|e| cfg.plugin_error(i, PluginSlot::Optimizer, e))?;
@@ -178,13 +181,14 @@ struct Alive {
     params: usize,
 }
 
-/// Attaches every stage's adapters to a throwaway copy of the model's sites, following
+/// Attaches every stage's adapters to a throwaway copy of its model's sites, following
 /// the handoffs from stage to stage, so that before the first step
 /// - a target pattern that matches no site fails, naming the stage and adapter;
 /// - a `merge` handoff of an adapter that cannot be merged fails, naming both stages.
 ///
-/// Returns each stage's [`Footprint`] (`None` for stages on another model, checked
-/// when they start).
+/// A stage with its own fresh `model` is checked on a placeholder of that model.
+/// Returns each stage's [`Footprint`] (`None` for stages on a model directory named in
+/// `from`, checked when they start).
 pub(crate) fn adapter_sites(
     cfg: &PipelineConfig,
     registry: &Registry,
@@ -193,25 +197,27 @@ pub(crate) fn adapter_sites(
     tokenizer: Rc<Tokenizer>,
 ) -> Result<Vec<Option<Footprint>>> {
     let scratch = Rc::new(HostState::for_checks(device.clone(), DType::F32, cfg.run.seed));
-    scratch.register_model(model);
+    let vocab = tokenizer.vocab_size();
     scratch.set_tokenizer(tokenizer);
-    let base: Vec<(String, usize)> = model.weights().iter().map(|(n, w)| (n.clone(), w.var().elem_count())).collect();
+    let fresh = fresh_models(cfg, vocab, device)?;
     let mut made: Vec<Made> = Vec::new();
-    // The adapters alive at the end of each stage; `None` on another model.
-    let mut alive_after: Vec<Option<Vec<Alive>>> = Vec::new();
+    // Per stage: the model it trains (`None`: a directory) and the adapters alive at its end.
+    let mut after: Vec<Option<(&dyn Model, Vec<Alive>)>> = Vec::new();
     let mut out = Vec::new();
     for (i, s) in cfg.stages.iter().enumerate() {
-        let start = match s.from.as_ref().map(|f| cfg.stage(f)) {
-            Some(None) => None,
-            Some(Some((k, _))) => alive_after[k].clone(),
-            None if i == 0 => Some(Vec::new()),
-            None => alive_after[i - 1].clone(),
+        let start = match (&fresh[i], s.from.as_ref().map(|f| cfg.stage(f))) {
+            (Some(m), _) => Some((m.as_ref(), Vec::new())),
+            (None, Some(None)) => None,
+            (None, Some(Some((k, _)))) => after[k].clone(),
+            (None, None) if i == 0 => Some((model, Vec::new())),
+            (None, None) => after[i - 1].clone(),
         };
-        let Some(mut alive) = start else {
-            alive_after.push(None);
+        let Some((model, mut alive)) = start else {
+            after.push(None);
             out.push(None);
             continue;
         };
+        scratch.register_model(model);
         if i > 0 {
             alive = after_handoff(s, alive, &made, model)?;
         }
@@ -225,6 +231,8 @@ pub(crate) fn adapter_sites(
             made.push(Made { stage: s.name.clone(), method: m, config: a.config_json() });
         }
         let head = head_params(s, registry, &scratch, model)?;
+        let base: Vec<(String, usize)> =
+            model.weights().iter().map(|(n, w)| (n.clone(), w.var().elem_count())).collect();
         let adapters_train = alive.iter().any(|a| a.trains);
         let base_trainable: usize =
             base.iter().filter(|(n, _)| freeze::base_weight_trains(s, n, adapters_train, 0)).map(|(_, n)| n).sum();
@@ -235,9 +243,18 @@ pub(crate) fn adapter_sites(
             trainable: base_trainable + adapters_trainable + head,
             total: base.iter().map(|(_, n)| n).sum::<usize>() + adapters_total + head,
         }));
-        alive_after.push(Some(alive));
+        after.push(Some((model, alive)));
     }
     Ok(out)
+}
+
+/// A placeholder (no values computed) of each stage's own fresh `model`, if it has one.
+fn fresh_models(cfg: &PipelineConfig, vocab: usize, device: &Device) -> Result<Vec<Option<Box<dyn Model>>>> {
+    let base = cfg.base_dir();
+    let placeholder = |s: &StageConfig, m| {
+        build::architecture(m, vocab, &base)?.placeholder(device).with_context(|| format!("stage `{}`: model", s.name))
+    };
+    cfg.stages.iter().map(|s| s.model.as_ref().map(|m| placeholder(s, m)).transpose()).collect()
 }
 
 /// The parameters stage `s`'s objective creates for its head (a classifier).

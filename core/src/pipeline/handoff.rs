@@ -1,17 +1,19 @@
 //! What a stage starts from: the previous stage's model, adapters and optimizer, a
-//! Hugging Face directory, or an earlier stage's result (`from`); and what it does with
-//! the adapters it receives (`handoff.adapters`: merge, drop, stack, continue, combine)
-//! before attaching its own.
+//! Hugging Face directory, or an earlier stage's result (`from`), or a fresh model of
+//! its own (`model`); what it does with the adapters it receives (`handoff.adapters`:
+//! merge, drop, stack, continue, combine) before attaching its own; and the frozen
+//! `teacher` its objective may learn from.
 
 use super::outcome::{AdapterRecord, StageResult};
-use super::result;
 use super::resume;
+use super::{build, result};
 use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
 use crate::checkpoint;
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::error::{Context, Error, Result};
 use crate::model::{Adapters, Model};
-use crate::plugin::{HostState, OptimizerInstance, Registry};
+use crate::plugin::{HostState, ObjectiveInstance, OptimizerInstance, Registry};
+use crate::train::{no_teacher, Teacher, TEACHER_LOGITS};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -44,6 +46,14 @@ pub(crate) fn start_from(
 ) -> Result<Carried> {
     let cfg = env.cfg;
     let s = &cfg.stages[i];
+    if let Some(fresh) = &s.model {
+        drop(carried);
+        let model = build::model(fresh, env.vocab, cfg.run.seed, &cfg.base_dir(), &env.state.device)
+            .with_context(|| format!("stage `{}`: model", s.name))?;
+        env.state.register_model(model.as_ref());
+        *lineage = StageResult { fresh: Some(fresh.clone()), ..StageResult::default() };
+        return Ok(Carried { adapters: Adapters::none(model.sites().len()), model, optimizer: None });
+    }
     let Some(from) = &s.from else { return Ok(carried) };
     match cfg.stage(from).map(|(k, _)| k) {
         Some(k) if k + 1 == i => Ok(carried),
@@ -60,9 +70,66 @@ pub(crate) fn start_from(
             let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
             let model = crate::model::load_model(&dir, &env.state.device)?;
             env.state.register_model(model.as_ref());
-            *lineage = StageResult { model_dir: Some(dir), adapters: Vec::new() };
+            *lineage = StageResult { model_dir: Some(dir), ..StageResult::default() };
             Ok(Carried { adapters: Adapters::none(model.sites().len()), model, optimizer: None })
         }
+    }
+}
+
+/// Stage `i`'s `teacher`, frozen: an earlier stage's result (its model and adapters,
+/// read from its end-of-stage checkpoint) or a model directory. Building it registers
+/// it with the host, so the caller registers the student again.
+pub(crate) fn teacher(env: &Env, i: usize, results: &[Option<StageResult>]) -> Result<Option<Teacher>> {
+    let cfg = env.cfg;
+    let s = &cfg.stages[i];
+    let Some(source) = &s.teacher else { return Ok(None) };
+    let context = || format!("stage `{}`: teacher `{source}`", s.name);
+    let (model, adapters) = match cfg.stage(source).map(|(k, _)| k) {
+        Some(k) => {
+            let ended = results[k].clone().ok_or_else(|| Error::msg(format!("{}: it has not run yet", context())))?;
+            let (model, adapters) =
+                result::rebuild(&ended, cfg, env.vocab, env.registry, env.state).with_context(context)?;
+            let ckpt = checkpoint::load(&env.run_dir.join("checkpoints").join(source), &env.state.device)
+                .with_context(context)?;
+            resume::load_result(&ckpt, model.as_ref(), &adapters).with_context(context)?;
+            (model, adapters)
+        }
+        None => {
+            let dir = cfg.base_dir().join(source);
+            let model = crate::model::load_model(&dir, &env.state.device).with_context(context)?;
+            let adapters = Adapters::none(model.sites().len());
+            (model, adapters)
+        }
+    };
+    Ok(Some(Teacher::new(source.clone(), model, adapters, env.state.clone())))
+}
+
+/// Refuses a `teacher` the objective does not read, an objective that reads
+/// `teacher_logits` without one, and a teacher whose vocabulary differs from the
+/// student's (`student_vocab`).
+pub(crate) fn check_teacher(
+    s: &StageConfig,
+    objective: &ObjectiveInstance,
+    teacher: Option<&Teacher>,
+    student_vocab: usize,
+) -> Result<()> {
+    let reads = objective.required_outputs().iter().any(|o| o == TEACHER_LOGITS);
+    let name = s.objective.name();
+    match (reads, &s.teacher) {
+        (true, None) => Err(no_teacher(name)).with_context(|| format!("stage `{}`", s.name)),
+        (false, Some(t)) => Err(Error::msg(format!(
+            "stage `{}`: `teacher = \"{t}\"` is set, but objective `{name}` does not read `{TEACHER_LOGITS}` (use an objective that does, such as `distill`)",
+            s.name
+        ))),
+        _ => match teacher.filter(|t| t.vocab() != student_vocab) {
+            Some(t) => Err(Error::msg(format!(
+                "stage `{}`: teacher `{}` has a vocabulary of {}, the student {student_vocab}: their logits cannot be compared",
+                s.name,
+                t.source,
+                t.vocab()
+            ))),
+            None => Ok(()),
+        },
     }
 }
 

@@ -296,7 +296,15 @@ impl Pipeline {
             handoff::apply(&s, model.as_ref(), &mut adapters, &mut self.lineage, &env)?;
         }
         freeze::set_flags(model.as_ref(), &adapters, &s, 0);
-        let objective = self.registry.new_objective(s.objective.name(), &s.objective.config_json(), &self.state)?;
+        let mut objective = self.registry.new_objective(s.objective.name(), &s.objective.config_json(), &self.state)?;
+        let teacher = handoff::teacher(&env, i, &self.results)?;
+        if teacher.is_some() {
+            self.state.register_model(model.as_ref());
+        }
+        handoff::check_teacher(&s, &objective, teacher.as_ref(), model.info().vocab)?;
+        if let Some(t) = teacher {
+            objective.set_teacher(t);
+        }
         let optimizer = match (s.handoff.optimizer, optimizer) {
             (OptimizerHandoff::Carry, Some(o)) if o.core.plugin == s.optimizer.name => o,
             _ => self.registry.new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &self.state)?,
@@ -435,7 +443,11 @@ impl Pipeline {
             .iter()
             .enumerate()
             .map(|(k, a)| AdapterRecord { frozen: adapters.is_frozen(k), ..a.clone() });
-        StageResult { model_dir: self.lineage.model_dir.clone(), adapters: records.collect() }
+        StageResult {
+            model_dir: self.lineage.model_dir.clone(),
+            fresh: self.lineage.fresh.clone(),
+            adapters: records.collect(),
+        }
     }
 
     /// `retention.json` and `report.html`, from the logs.

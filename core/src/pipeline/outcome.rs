@@ -2,6 +2,7 @@
 //! the model it ended with ([`StageResult`]: where the model came from and the adapters
 //! attached to it), which its end-of-stage checkpoint records beside the values.
 
+use crate::config::ModelConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -67,6 +68,10 @@ pub struct StageResult {
     /// The Hugging Face directory the model was loaded from (absolute); `None`: built
     /// from the pipeline's `[model]`.
     pub model_dir: Option<PathBuf>,
+    /// The fresh model a stage's own `model` table started (a distillation student);
+    /// `None`: `model_dir`, else the pipeline's `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh: Option<ModelConfig>,
     /// The attached adapters, in the order they apply.
     pub adapters: Vec<AdapterRecord>,
 }

@@ -149,12 +149,13 @@ fn describe_stage(
         len,
         train.name
     );
-    let start = match &s.from {
-        Some(f) => format!("from `{f}`"),
-        None if i == 0 => "from the model".into(),
-        None => "from the previous stage".into(),
+    let start = match (&s.model, &s.from) {
+        (Some(m), _) => fresh_model_words(m),
+        (None, Some(f)) => format!("from `{f}`"),
+        (None, None) if i == 0 => "from the model".into(),
+        (None, None) => "from the previous stage".into(),
     };
-    let handoff = if i > 0 {
+    let handoff = if i > 0 && s.model.is_none() {
         format!(
             ", previous adapters {}, optimizer {}",
             handoff_word(s.handoff.adapters),
@@ -164,6 +165,9 @@ fn describe_stage(
         String::new()
     };
     let _ = writeln!(out, "   starts {start}{handoff}");
+    if let Some(t) = &s.teacher {
+        let _ = writeln!(out, "   learns from teacher `{t}` (frozen; its logits reach the objective)");
+    }
     let decay = format!("{:?}", s.schedule.decay).to_lowercase();
     let _ = writeln!(
         out,
@@ -226,4 +230,16 @@ fn handoff_word(h: AdapterHandoff) -> &'static str {
         AdapterHandoff::Drop => "dropped",
         AdapterHandoff::Combine => "combined into one",
     }
+}
+
+/// "from a fresh llama (hidden 64, 2 layers, 2 heads)".
+fn fresh_model_words(m: &crate::config::ModelConfig) -> String {
+    let size = |v: Option<usize>| v.map_or("?".to_string(), |v| v.to_string());
+    format!(
+        "from a fresh {} (hidden {}, {} layers, {} heads)",
+        m.arch.as_deref().unwrap_or("model"),
+        size(m.hidden_size),
+        size(m.num_layers),
+        size(m.num_heads)
+    )
 }

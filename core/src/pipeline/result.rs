@@ -28,9 +28,10 @@ pub(super) fn rebuild(
     registry: &Registry,
     state: &Rc<HostState>,
 ) -> Result<(Box<dyn Model>, Adapters)> {
-    let model = match &result.model_dir {
-        Some(dir) => load_model(dir, &state.device)?,
-        None => build::model(&cfg.model, vocab, cfg.run.seed, &cfg.base_dir(), &state.device)?,
+    let model = match (&result.model_dir, &result.fresh) {
+        (Some(dir), _) => load_model(dir, &state.device)?,
+        (None, Some(fresh)) => build::model(fresh, vocab, cfg.run.seed, &cfg.base_dir(), &state.device)?,
+        (None, None) => build::model(&cfg.model, vocab, cfg.run.seed, &cfg.base_dir(), &state.device)?,
     };
     state.register_model(model.as_ref());
     let mut adapters = Adapters::none(model.sites().len());

@@ -5,6 +5,7 @@
 use super::ops::HostCtx;
 use super::state::{HostState, InstanceStore, Owned};
 use crate::error::{Error, Result};
+use crate::train::Teacher;
 use abi_stable::{sabi_trait::TD_Opaque, std_types::RArc, std_types::RResult, std_types::RString};
 use candle_core::{Tensor, Var};
 use stagecraft_sdk::abi::{HostObj, HostOps_TO, MethodBox, OptimizerBox, StageBox};
@@ -329,6 +330,8 @@ pub struct ObjectiveInstance {
     obj: StageBox,
     /// What `required_outputs` returned when it was created.
     required: Vec<String>,
+    /// The model whose logits it reads as `teacher_logits`, if its stage names one.
+    teacher: Option<Teacher>,
 }
 
 impl ObjectiveInstance {
@@ -336,7 +339,17 @@ impl ObjectiveInstance {
     /// reads).
     pub fn new(core: InstanceCore, obj: StageBox) -> Self {
         let required = obj.required_outputs().into_iter().map(|s| s.into_string()).collect();
-        ObjectiveInstance { core, obj, required }
+        ObjectiveInstance { core, obj, required, teacher: None }
+    }
+
+    /// Gives it the teacher whose logits it reads (its stage's `teacher`).
+    pub fn set_teacher(&mut self, teacher: Teacher) {
+        self.teacher = Some(teacher);
+    }
+
+    /// The teacher its stage named, if any.
+    pub fn teacher(&self) -> Option<&Teacher> {
+        self.teacher.as_ref()
     }
 
     /// Tells the stage about the model (it may create head parameters).
@@ -344,8 +357,8 @@ impl ObjectiveInstance {
         self.core.check("init", self.obj.init(&self.core.host, model))
     }
 
-    /// Model outputs the objective reads (`logits`, `hidden`, `pooled`): the only ones
-    /// it is given.
+    /// Outputs the objective reads (`logits`, `hidden`, `pooled`, `teacher_logits`): the
+    /// only ones it is given.
     pub fn required_outputs(&self) -> &[String] {
         &self.required
     }

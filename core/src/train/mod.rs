@@ -4,9 +4,12 @@
 mod batch;
 mod params;
 mod schedule;
+mod teacher;
 mod trainer;
 
 pub use batch::Batch;
 pub use params::{decays, layer_of, lr_multiplier, module_matches};
 pub use schedule::lr_at;
+pub use teacher::{Teacher, TEACHER_LOGITS};
+pub(crate) use trainer::no_teacher;
 pub use trainer::{forward_loss, StepOutput, StepTimes, Trainer};

@@ -2,7 +2,7 @@
 //! loss → backward (summed over accumulated micro-batches) → global-norm clipping →
 //! the optimizer plugin's update → release the step's temporaries.
 
-use super::Batch;
+use super::{Batch, TEACHER_LOGITS};
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model, Outputs};
 use crate::plugin::{Entry, HostState, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam};
@@ -45,13 +45,29 @@ pub fn forward_loss(
     let required = objective.required_outputs();
     let wanted = Outputs::named(required);
     let out = model.forward_outputs(&batch.input_ids, batch.attention_mask.as_ref(), adapters, wanted)?;
-    let produced = [("hidden", Some(&out.hidden)), ("logits", out.logits.as_ref()), ("pooled", out.pooled.as_ref())];
+    let teacher_logits = match required.iter().any(|r| r == TEACHER_LOGITS) {
+        true => Some(objective.teacher().ok_or_else(|| no_teacher(&objective.core.plugin))?.logits(batch)?),
+        false => None,
+    };
+    let produced = [
+        ("hidden", Some(&out.hidden)),
+        ("logits", out.logits.as_ref()),
+        ("pooled", out.pooled.as_ref()),
+        (TEACHER_LOGITS, teacher_logits.as_ref()),
+    ];
     let outputs: Vec<(&str, &Tensor)> = produced
         .into_iter()
         .filter_map(|(name, t)| Some((name, t?)))
         .filter(|(name, _)| required.iter().any(|r| r == name))
         .collect();
     objective.compute(&outputs, &batch.named())
+}
+
+/// The error for an objective that reads `teacher_logits` without a teacher.
+pub(crate) fn no_teacher(objective: &str) -> Error {
+    Error::msg(format!(
+        "objective `{objective}` reads `{TEACHER_LOGITS}`: give its stage a `teacher` (an earlier stage or a model directory)"
+    ))
 }
 
 /// A model, its adapters, an objective and an optimizer. The pipeline drives it;

@@ -35,7 +35,7 @@ impl Plugin for CausalLm {
 }
 
 /// `labels` if the batch has them, else `input_ids` with padding set to -100; i64.
-fn targets<'h>(host: Host<'h>, batch: &Named<'h>) -> Result<Tensor<'h>> {
+pub(crate) fn targets<'h>(host: Host<'h>, batch: &Named<'h>) -> Result<Tensor<'h>> {
     if let Some(labels) = batch.opt("labels") {
         return labels.to_dtype(DType::I64);
     }

@@ -1,5 +1,6 @@
-//! Objective tables of the three stages: `causal_lm` and `completion` share
-//! [`LmConfig`]; `classification` has [`ClassificationConfig`].
+//! Objective tables of the four stages: `causal_lm` and `completion` share
+//! [`LmConfig`]; `classification` has [`ClassificationConfig`], `distill`
+//! [`DistillConfig`].
 //!
 //! ```
 //! use stagecraft_stages::{ClassificationConfig, LmConfig, Pooling};
@@ -29,6 +30,42 @@ impl LmConfig {
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("label_smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of the `distill` objective.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "stagecraft_sdk::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Softmax temperature `T` of both distributions in the KL term; higher values
+    /// weigh the teacher's less likely tokens more. Default 2; > 0.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Weight of the KL term; the next-token loss gets `1 − alpha`. Default 0.5; in
+    /// `[0, 1]` (1: the teacher only, 0: the task only).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+}
+
+fn default_temperature() -> f64 {
+    2.0
+}
+
+fn default_alpha() -> f64 {
+    0.5
+}
+
+impl DistillConfig {
+    /// Checks every field; the error names the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bail!("temperature must be a finite number > 0, got {}", self.temperature);
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            bail!("alpha must be in [0, 1], got {}", self.alpha);
         }
         Ok(())
     }
