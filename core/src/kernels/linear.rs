@@ -62,14 +62,26 @@ fn product_by_rows<'a>(
     if rows == 0 || n == 0 {
         return Ok(dst);
     }
-    // Blocks of at least ~1 MFLOP, at most 2 per thread.
-    let min_rows = (1usize << 19).div_ceil(n * k.max(1)).max(1);
-    let block = rows.div_ceil(2 * rayon::current_num_threads()).max(min_rows);
+    let block = block_rows(rows, n, k);
     dst.par_chunks_mut(block * n).enumerate().try_for_each(|(i, dst)| {
         let r0 = i * block;
         gemm::matmul(dst, n, a_rows(r0, r0 + dst.len() / n), b, false)
     })?;
     Ok(dst)
+}
+
+/// Rows per parallel block of a `rows × n` product over `k`: blocks of at least
+/// ~1 MFLOP, at most 2 per thread.
+pub(crate) fn block_rows(rows: usize, n: usize, k: usize) -> usize {
+    let min_rows = (1usize << 19).div_ceil(n * k.max(1)).max(1);
+    rows.div_ceil(2 * rayon::current_num_threads()).max(min_rows)
+}
+
+/// The weight gradient `dW = dyᵀ·x` (`[out, in]`) for `dy [m, out]` and `x [m, in]`:
+/// rows of `dW` (columns of `dy`) against all of `x`.
+pub(crate) fn weight_grad(dy: &[f32], x: &[f32], m: usize, in_f: usize, out_f: usize) -> Result<Vec<f32>> {
+    let dy_cols = |c0: usize, c1: usize| View::rows(&dy[c0..], m, c1 - c0, out_f).t();
+    product_by_rows(out_f, in_f, m, dy_cols, View::rows(x, m, in_f, in_f))
 }
 
 impl CustomOp2 for Linear {
@@ -101,11 +113,7 @@ impl CustomOp2 for Linear {
                     false => None,
                 };
                 let dw = match want_dw {
-                    // dW = dyᵀ·x: rows of dW (columns of dy) against all of x.
-                    true => read(x, |x| {
-                        let dy_cols = |c0: usize, c1: usize| View::rows(&dy[c0..], m, c1 - c0, o).t();
-                        product_by_rows(o, i, m, dy_cols, View::rows(x, m, i, i)).map(Some)
-                    })?,
+                    true => read(x, |x| weight_grad(dy, x, m, i, o)).map(Some)?,
                     false => None,
                 };
                 Ok((dx, dw))

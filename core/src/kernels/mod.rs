@@ -14,6 +14,7 @@
 //! | RMSNorm, LayerNorm | [`norm`] | `x`, weights (statistics are recomputed) |
 //! | RoPE, reading `[b, s, h, d]` and writing heads `[b, h, s, d]` | [`rope`] | nothing |
 //! | SwiGLU `silu(gate)·up` | [`swiglu`] | `gate`, `up` |
+//! | Llama's MLP input `silu(x·W_gateᵀ)·(x·W_upᵀ)` (sites without adapters) | [`gated_mlp`] | `x`, weights, `gate`, `up` |
 //! | causal / padded attention with GQA, output `[b, s, h·d]` | [`attention`] | `q`, `k`, `v` (probabilities are recomputed) |
 //! | softmax cross-entropy over the vocabulary with ignored rows | [`cross_entropy`] | logits, targets |
 //! | the global gradient norm (no squared copy per parameter) | [`grad_norm`] | nothing |
@@ -26,6 +27,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub(crate) mod exp;
+pub mod gated_mlp;
 mod gemm;
 pub mod grad_norm;
 pub mod linear;

@@ -29,6 +29,40 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// `(d_gate, d_up)` of `silu(gate)·up` for the output gradient `dy` (each empty unless
+/// wanted).
+pub(crate) fn backward(g: &[f32], u: &[f32], dy: &[f32], want_gate: bool, want_up: bool) -> (Vec<f32>, Vec<f32>) {
+    let n = g.len();
+    let mut dg = vec![0f32; if want_gate { n } else { 0 }];
+    let mut du = vec![0f32; if want_up { n } else { 0 }];
+    let chunk = rows_per_task(n).max(4096);
+    let inputs = g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk));
+    match (want_gate, want_up) {
+        (true, true) => {
+            inputs.zip(dg.par_chunks_mut(chunk)).zip(du.par_chunks_mut(chunk)).for_each(|((((g, u), dy), dg), du)| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    du[i] = dy[i] * (g[i] * s);
+                    dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                }
+            })
+        }
+        (true, false) => inputs.zip(dg.par_chunks_mut(chunk)).for_each(|(((g, u), dy), dg)| {
+            for i in 0..g.len() {
+                let s = sigmoid(g[i]);
+                dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+            }
+        }),
+        (false, true) => inputs.zip(du.par_chunks_mut(chunk)).for_each(|(((g, _), dy), du)| {
+            for i in 0..g.len() {
+                du[i] = dy[i] * (g[i] * sigmoid(g[i]));
+            }
+        }),
+        (false, false) => {}
+    }
+    (dg, du)
+}
+
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -54,42 +88,7 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         profile::time("swiglu.backward", || {
             let (want_gate, want_up) = (gate.track_op(), up.track_op());
-            let n = gate.elem_count();
-            let (dg, du) = read(gate, |g| {
-                read(up, |u| {
-                    read(dy, |dy| {
-                        let mut dg = vec![0f32; if want_gate { n } else { 0 }];
-                        let mut du = vec![0f32; if want_up { n } else { 0 }];
-                        let chunk = rows_per_task(n).max(4096);
-                        let inputs = g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk));
-                        match (want_gate, want_up) {
-                            (true, true) => inputs
-                                .zip(dg.par_chunks_mut(chunk))
-                                .zip(du.par_chunks_mut(chunk))
-                                .for_each(|((((g, u), dy), dg), du)| {
-                                    for i in 0..g.len() {
-                                        let s = sigmoid(g[i]);
-                                        du[i] = dy[i] * (g[i] * s);
-                                        dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                                    }
-                                }),
-                            (true, false) => inputs.zip(dg.par_chunks_mut(chunk)).for_each(|(((g, u), dy), dg)| {
-                                for i in 0..g.len() {
-                                    let s = sigmoid(g[i]);
-                                    dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                                }
-                            }),
-                            (false, true) => inputs.zip(du.par_chunks_mut(chunk)).for_each(|(((g, _), dy), du)| {
-                                for i in 0..g.len() {
-                                    du[i] = dy[i] * (g[i] * sigmoid(g[i]));
-                                }
-                            }),
-                            (false, false) => {}
-                        }
-                        Ok((dg, du))
-                    })
-                })
-            })?;
+            let (dg, du) = read(gate, |g| read(up, |u| read(dy, |dy| Ok(backward(g, u, dy, want_gate, want_up)))))?;
             let dg = if want_gate { Some(tensor(dg, gate.dims())?) } else { None };
             let du = if want_up { Some(tensor(du, up.dims())?) } else { None };
             Ok((dg, du))

@@ -39,6 +39,7 @@ use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, Outpu
 use crate::bail;
 use crate::error::Result;
 use crate::kernels::attention::attention_heads;
+use crate::kernels::gated_mlp::gated_mlp_in;
 use crate::kernels::swiglu::swiglu;
 use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
@@ -156,10 +157,22 @@ impl Layer {
         let attn = a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?;
         let x1 = (x + a.post(self.attn_out_site, &h, attn)?)?;
         let h = self.post_norm.forward(a, &x1)?;
-        let m = swiglu(&self.gate.forward(a, &h)?, &self.up.forward(a, &h)?)?;
+        let m = self.gated_mlp_in(a, &h)?;
         let mlp = a.dropout(&self.down.forward(a, &m)?)?;
         let y = (&x1 + a.post(self.mlp_out_site, &h, mlp)?)?;
         a.post(self.out_site, x, y)
+    }
+
+    /// `silu(gate(h)) · up(h)`: one fused op when no adapter hooks either site (and
+    /// neither has a bias), else the two sites with their adapters.
+    fn gated_mlp_in(&self, a: &Adapters, h: &Tensor) -> Result<Tensor> {
+        let (g, u) = (&self.gate, &self.up);
+        let plain = a.is_fp32() && !a.hooks(g.site) && !a.hooks(u.site) && g.bias.is_none() && u.bias.is_none();
+        let m = match plain {
+            true => gated_mlp_in(h, &g.weight.get(), &u.weight.get())?,
+            false => swiglu(&g.forward(a, h)?, &u.forward(a, h)?)?,
+        };
+        Ok(m)
     }
 
     fn attention(

@@ -201,6 +201,16 @@ impl Adapters {
         self.methods.iter().zip(&self.active).filter(|(_, a)| **a).map(|(m, _)| m.kv_prefix_len()).sum()
     }
 
+    /// Whether an active instance hooks `site` (before or after it).
+    pub fn hooks(&self, site: usize) -> bool {
+        self.pre[site].iter().chain(&self.post[site]).any(|&k| self.active[k])
+    }
+
+    /// Whether matrix products run in f32 (the fused CPU kernels' precision).
+    pub fn is_fp32(&self) -> bool {
+        self.precision == Precision::Fp32
+    }
+
     /// Runs the pre-hooks at `site` on `x`.
     pub fn pre(&self, site: usize, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();

@@ -1,0 +1,174 @@
+//! The input half of Llama's MLP in one op: `silu(x·W_gateᵀ) · (x·W_upᵀ)`.
+//!
+//! Composed, the two products and SwiGLU are three graph nodes: in backward candle
+//! gives `x` two gradients (a zero tensor plus each, added) and keeps `gate` and `up`
+//! as nodes whose gradients are summed the same way — the largest tensors of the
+//! block, `[rows, intermediate]` each. Here the products run back to back and SwiGLU
+//! runs on each block of rows as soon as its products are done, while they are in
+//! cache; `gate` and `up` are kept inside the op for backward, which computes
+//! `d_gate`, `d_up`, then `dx = d_gate·W_gate + d_up·W_up` into one buffer and each
+//! weight's gradient only when it trains.
+
+use super::exp::exp;
+use super::gemm::{self, View};
+use super::linear::{self, block_rows};
+use super::swiglu::{self, swiglu};
+use super::{applies, profile, read, slice, tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Mutex, PoisonError};
+
+/// `silu(x·w_gateᵀ) · (x·w_upᵀ)` for `x [.., in]` and both weights `[inter, in]`.
+pub fn gated_mlp_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
+    let (inter, in_f) = w_gate.dims2()?;
+    if w_up.dims() != w_gate.dims() {
+        bail!("gated mlp: gate weight {:?} and up weight {:?} differ", w_gate.dims(), w_up.dims())
+    }
+    let Some((&last, lead)) = x.dims().split_last() else { bail!("gated mlp of a scalar") };
+    if last != in_f {
+        bail!("gated mlp: input has {last} features, weights {:?} expect {in_f}", w_gate.dims())
+    }
+    let rows = lead.iter().product::<usize>();
+    if !(applies(x) && applies(w_gate) && applies(w_up) && rows > 0) {
+        return composed(x, w_gate, w_up);
+    }
+    let out_dims: Vec<usize> = lead.iter().copied().chain([inter]).collect();
+    let op = GatedMlpIn { rows, in_f, inter, out_dims, kept: Mutex::new(None) };
+    x.contiguous()?.apply_op3(&w_gate.contiguous()?, &w_up.contiguous()?, op)
+}
+
+/// The same from the separate products and SwiGLU (the reference; CUDA and bf16).
+pub fn composed(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
+    swiglu(&linear::linear(x, w_gate)?, &linear::linear(x, w_up)?)
+}
+
+/// The op: sizes, and `gate` and `up` from its forward pass, for backward.
+struct GatedMlpIn {
+    rows: usize,
+    in_f: usize,
+    inter: usize,
+    out_dims: Vec<usize>,
+    kept: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl CustomOp3 for GatedMlpIn {
+    fn name(&self) -> &'static str {
+        "gated_mlp_in"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        wg: &CpuStorage,
+        wgl: &Layout,
+        wu: &CpuStorage,
+        wul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        profile::time("gated_mlp.forward", || {
+            let (x, wg, wu) = (slice(x, xl)?, slice(wg, wgl)?, slice(wu, wul)?);
+            let (m, i, o) = (self.rows, self.in_f, self.inter);
+            let (mut gate, mut up, mut y) = (vec![0f32; m * o], vec![0f32; m * o], vec![0f32; m * o]);
+            let block = block_rows(m, o, i) * o;
+            let (wg, wu) = (View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
+            gate.par_chunks_mut(block)
+                .zip(up.par_chunks_mut(block))
+                .zip(y.par_chunks_mut(block))
+                .enumerate()
+                .try_for_each(|(b, ((g, u), y))| {
+                    let (r0, r1) = (b * block / o, b * block / o + g.len() / o);
+                    let xs = View::rows(&x[r0 * i..r1 * i], r1 - r0, i, i);
+                    gemm::matmul(g, o, xs, wg, false)?;
+                    gemm::matmul(u, o, xs, wu, false)?;
+                    for ((y, &g), &u) in y.iter_mut().zip(g.iter()).zip(u.iter()) {
+                        // candle's silu: g / (1 + e^-g).
+                        *y = g / (1.0 + exp(-g)) * u;
+                    }
+                    Ok::<(), candle_core::Error>(())
+                })?;
+            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((gate, up));
+            Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wg: &Tensor,
+        wu: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        profile::time("gated_mlp.backward", || {
+            let (m, i, o) = (self.rows, self.in_f, self.inter);
+            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some((gate, up)) = kept.as_ref() else { bail!("gated mlp: backward before forward") };
+            let (dg, du) = read(dy, |dy| Ok(swiglu::backward(gate, up, dy, true, true)))?;
+            let dx = match x.track_op() {
+                // dx = d_gate·W_gate + d_up·W_up, summed in one buffer.
+                true => Some(read(wg, |wg| {
+                    read(wu, |wu| {
+                        let mut dx = vec![0f32; m * i];
+                        let block = block_rows(m, i, o) * i;
+                        let (wg, wu) = (View::rows(wg, o, i, i), View::rows(wu, o, i, i));
+                        dx.par_chunks_mut(block).enumerate().try_for_each(|(b, d)| {
+                            let (r0, r1) = (b * block / i, b * block / i + d.len() / i);
+                            gemm::matmul(d, i, View::rows(&dg[r0 * o..r1 * o], r1 - r0, o, o), wg, false)?;
+                            gemm::matmul(d, i, View::rows(&du[r0 * o..r1 * o], r1 - r0, o, o), wu, true)
+                        })?;
+                        Ok(dx)
+                    })
+                })?),
+                false => None,
+            };
+            let weight_grad = |w: &Tensor, d: &[f32]| -> Result<Option<Tensor>> {
+                match w.track_op() {
+                    true => read(x, |x| linear::weight_grad(d, x, m, i, o)).and_then(|g| tensor(g, &[o, i])).map(Some),
+                    false => Ok(None),
+                }
+            };
+            let dwg = weight_grad(wg, &dg)?;
+            let dwu = weight_grad(wu, &du)?;
+            Ok((dx.map(|d| tensor(d, x.dims())).transpose()?, dwg, dwu))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::rel_err;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_the_separate_products_and_swiglu_with_their_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        // 135 rows: several parallel blocks, the last one short.
+        let x = Var::randn(0f32, 1.0, (3, 45, 16), &dev)?;
+        let wg = Var::randn(0f32, 0.5, (40, 16), &dev)?;
+        let wu = Var::randn(0f32, 0.5, (40, 16), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (3, 45, 40), &dev)?;
+        let (fused, reference) = (gated_mlp_in(&x, &wg, &wu)?, composed(&x, &wg, &wu)?);
+        assert!(rel_err(&fused, &reference)? <= 1e-6);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &wg, &wu] {
+            let e = rel_err(gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"))?;
+            assert!(e <= 1e-5, "relative error {e}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_weights_get_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (7, 8), &dev)?;
+        let (wg, wu) = (Tensor::randn(0f32, 0.5, (12, 8), &dev)?, Tensor::randn(0f32, 0.5, (12, 8), &dev)?);
+        let grads = gated_mlp_in(&x, &wg, &wu)?.sum_all()?.backward()?;
+        assert!(grads.get(&wg).is_none() && grads.get(&wu).is_none());
+        let reference = composed(&x, &wg, &wu)?.sum_all()?.backward()?;
+        let e = rel_err(grads.get(&x).expect("x grad"), reference.get(&x).expect("x grad"))?;
+        assert!(e <= 1e-5, "relative error {e}");
+        Ok(())
+    }
+}
