@@ -58,10 +58,7 @@ pub(crate) fn start_from(
     match cfg.stage(from).map(|(k, _)| k) {
         Some(k) if k + 1 == i => Ok(carried),
         Some(k) => {
-            let ended = results[k].clone().ok_or_else(|| Error::msg(format!("stage `{from}` has not run yet")))?;
-            let (model, adapters) = result::rebuild(&ended, cfg, env.vocab, env.registry, env.state)?;
-            let ckpt = checkpoint::load(&env.run_dir.join("checkpoints").join(from), &env.state.device)?;
-            resume::load_result(&ckpt, model.as_ref(), &adapters)?;
+            let (model, adapters, ended) = ended_stage(env, from, results[k].as_ref())?;
             *lineage = ended;
             Ok(Carried { model, adapters, optimizer: None })
         }
@@ -76,6 +73,16 @@ pub(crate) fn start_from(
     }
 }
 
+/// The model and adapters earlier stage `name` ended with (`ended`, `None` if it has not
+/// run), rebuilt and loaded from its end-of-stage checkpoint, with its structure.
+fn ended_stage(env: &Env, name: &str, ended: Option<&StageResult>) -> Result<(Box<dyn Model>, Adapters, StageResult)> {
+    let ended = ended.cloned().ok_or_else(|| Error::msg(format!("stage `{name}` has not run yet")))?;
+    let (model, adapters) = result::rebuild(&ended, env.cfg, env.vocab, env.registry, env.state)?;
+    let ckpt = checkpoint::load(&env.run_dir.join("checkpoints").join(name), &env.state.device)?;
+    resume::load_result(&ckpt, model.as_ref(), &adapters)?;
+    Ok((model, adapters, ended))
+}
+
 /// Stage `i`'s `teacher`, frozen: an earlier stage's result (its model and adapters,
 /// read from its end-of-stage checkpoint) or a model directory. Building it registers
 /// it with the host, so the caller registers the student again.
@@ -86,12 +93,7 @@ pub(crate) fn teacher(env: &Env, i: usize, results: &[Option<StageResult>]) -> R
     let context = || format!("stage `{}`: teacher `{source}`", s.name);
     let (model, adapters) = match cfg.stage(source).map(|(k, _)| k) {
         Some(k) => {
-            let ended = results[k].clone().ok_or_else(|| Error::msg(format!("{}: it has not run yet", context())))?;
-            let (model, adapters) =
-                result::rebuild(&ended, cfg, env.vocab, env.registry, env.state).with_context(context)?;
-            let ckpt = checkpoint::load(&env.run_dir.join("checkpoints").join(source), &env.state.device)
-                .with_context(context)?;
-            resume::load_result(&ckpt, model.as_ref(), &adapters).with_context(context)?;
+            let (model, adapters, _) = ended_stage(env, source, results[k].as_ref()).with_context(context)?;
             (model, adapters)
         }
         None => {
