@@ -280,6 +280,16 @@ fn generate_with_a_peft_adapter_continues_as_peft_does() {
 }
 
 #[test]
+fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let file = support::root().join("examples/pipelines/tiny.toml");
+    let run_dir = scratch("cli-no-colour").join("run");
+    let (ok, _, err) = stagecraft(&["run", &file.to_string_lossy(), "--run-dir", &run_dir.to_string_lossy()], None);
+    assert!(ok, "{err}");
+    assert!(err.contains("INFO"), "the run should log its stage ends:\n{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape codes in a log that is not a terminal:\n{err}");
+}
+
+#[test]
 fn the_example_pipelines_run_and_print_the_retention_table() {
     for name in ["tiny", "reference"] {
         let file = support::root().join(format!("examples/pipelines/{name}.toml"));
