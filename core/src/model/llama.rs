@@ -37,6 +37,7 @@ use super::layers::{attention_mask, extend_mask, Rope, RopeTables};
 use super::parts::{NormKind, Place, SiteLinear, SiteNorm};
 use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, Outputs, SiteTable, Weight};
 use crate::bail;
+use crate::device::Precision;
 use crate::error::Result;
 use crate::kernels::attention::attention_heads;
 use crate::kernels::gated_mlp::gated_mlp_in;
@@ -167,7 +168,11 @@ impl Layer {
     /// neither has a bias), else the two sites with their adapters.
     fn gated_mlp_in(&self, a: &Adapters, h: &Tensor) -> Result<Tensor> {
         let (g, u) = (&self.gate, &self.up);
-        let plain = a.is_fp32() && !a.hooks(g.site) && !a.hooks(u.site) && g.bias.is_none() && u.bias.is_none();
+        let plain = a.precision() == Precision::Fp32
+            && !a.hooks(g.site)
+            && !a.hooks(u.site)
+            && g.bias.is_none()
+            && u.bias.is_none();
         let m = match plain {
             true => gated_mlp_in(h, &g.weight.get(), &u.weight.get())?,
             false => swiglu(&g.forward(a, h)?, &u.forward(a, h)?)?,

@@ -206,11 +206,6 @@ impl Adapters {
         self.pre[site].iter().chain(&self.post[site]).any(|&k| self.active[k])
     }
 
-    /// Whether matrix products run in f32 (the fused CPU kernels' precision).
-    pub fn is_fp32(&self) -> bool {
-        self.precision == Precision::Fp32
-    }
-
     /// Runs the pre-hooks at `site` on `x`.
     pub fn pre(&self, site: usize, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
