@@ -22,6 +22,7 @@
 
 use super::exp::exp;
 use super::gemm::{self, View};
+use super::lanes;
 use super::{applies, profile, read, slice, tensor};
 use crate::device::Precision;
 use crate::model::layers::MASK_VALUE;
@@ -147,18 +148,19 @@ impl Attention {
         let q = View::rows(&head.q[q0 * d..], rows, d, d);
         gemm::matmul(p, keys, q, View::rows(head.k, keys, d, d).t(), false)?;
         for (r, row) in p.chunks_mut(keys).enumerate() {
-            let mask_row = mask.map(|m| &m[(bi * self.s + q0 + r) * kv..][..keys]);
-            let mut max = f32::NEG_INFINITY;
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = *x * self.scale + mask_row.map_or(0.0, |m| m[j]);
-                max = max.max(*x);
+            match mask {
+                Some(m) => {
+                    let mask_row = &m[(bi * self.s + q0 + r) * kv..][..keys];
+                    row.iter_mut().zip(mask_row).for_each(|(x, m)| *x = *x * self.scale + m);
+                }
+                None => row.iter_mut().for_each(|x| *x *= self.scale),
             }
             // A masked score (`MASK_VALUE` added) is below every visible one by ~3.4e38:
             // its exponential is exactly 0, as in the composition. A row with nothing
             // visible has its maximum among the masked scores, as there too.
+            let max = lanes::max(row);
             row.iter_mut().for_each(|x| *x = exp(*x - max));
-            let sum: f32 = row.iter().sum();
-            let inv = 1.0 / sum;
+            let inv = 1.0 / lanes::sum(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
         Ok(())
@@ -297,7 +299,7 @@ impl CustomOp3 for Attention {
 /// `dS = P ∘ (dP - rowsum(dP ∘ P))·scale`, in place over `dP`.
 fn softmax_backward(dp: &mut [f32], p: &[f32], kv: usize, scale: f32) {
     for (dp, p) in dp.chunks_mut(kv).zip(p.chunks(kv)) {
-        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+        let dot = lanes::dot(dp, p);
         dp.iter_mut().zip(p).for_each(|(x, p)| *x = p * (*x - dot) * scale);
     }
 }

@@ -30,6 +30,7 @@ pub(crate) mod exp;
 pub mod gated_mlp;
 mod gemm;
 pub mod grad_norm;
+mod lanes;
 pub mod linear;
 pub mod norm;
 pub mod profile;
