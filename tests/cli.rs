@@ -224,7 +224,7 @@ fn generate_is_greedy_like_transformers_and_samples_by_seed_and_model_sites_list
     let (ok, sites, err) = stagecraft(&["model", "sites", "--model", base], None);
     assert!(ok, "{err}");
     let q = sites.lines().find(|l| l.starts_with("model.layers.1.self_attn.q_proj ")).expect("q_proj site");
-    assert!(q.contains("linear") && q.contains("[64, 64]") && q.ends_with(" attn_q"), "{q}");
+    assert!(q.contains("linear") && q.contains("in 64, out 64") && q.ends_with(" attn_q"), "{q}");
     assert!(sites.lines().any(|l| l.starts_with("model.layers.0.self_attn.key_states ") && l.contains("attn_key")));
 }
 
@@ -235,7 +235,7 @@ fn model_sites_lists_a_pipelines_fresh_model() {
     assert!(ok, "{err}");
     // tiny.toml: a fresh 2-layer Llama of hidden size 32.
     let up = sites.lines().find(|l| l.starts_with("model.layers.1.mlp.up_proj ")).expect("up_proj site");
-    assert!(up.contains("linear") && up.contains("[32, 88]") && up.ends_with(" mlp_up"), "{up}");
+    assert!(up.contains("linear") && up.contains("in 32, out 88") && up.ends_with(" mlp_up"), "{up}");
     assert!(!sites.contains("model.layers.2."), "two layers:\n{sites}");
 }
 
@@ -277,6 +277,41 @@ fn generate_with_a_peft_adapter_continues_as_peft_does() {
     assert_eq!(with_lora, ids("greedy_tokens_lora"), "greedy through PEFT's LoRA adapter");
     assert_eq!(generate(None), ids("greedy_tokens"), "greedy on the base");
     assert_ne!(with_lora, ids("greedy_tokens"), "the adapter changes the continuation");
+}
+
+#[test]
+fn a_gate_stop_exits_with_its_own_code_and_seed_sets_the_runs_seed() {
+    let file = support::root().join("examples/pipelines/tiny.toml");
+    let dir = scratch("cli-gate-stop");
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
+        cmd.arg("run").arg(&file).args(["--quiet", "--set", "stages.pretrain.max_steps=5"]).args(args);
+        cmd.current_dir(&dir).env_remove("STAGECRAFT_PLUGIN_PATH").output().expect("run stagecraft")
+    };
+    // A learning rate that wrecks the earlier stage, under a gate that allows no drop.
+    let wreck =
+        ["--set", "stages.adapt_sub.optimizer.lr=0.3", "--set", "stages.adapt_sub.gates.retention.max_drop=0.0"];
+    let loss_gate = ["--set", "stages.adapt_sub.gates.retention.metric=loss", "--run-dir", "gated"];
+    let out = run(&[&wreck[..], &loss_gate[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("a retention gate failed in stage `adapt_sub`"), "{err}");
+
+    let seeded = |seed: &str, run_dir: &str| {
+        let out = run(&["--seed", seed, "--run-dir", run_dir]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.join(run_dir).join("config.toml")).expect("the run's config")
+    };
+    let (a, b) = (seeded("11", "seed-a"), seeded("12", "seed-b"));
+    assert!(a.contains("seed = 11") && b.contains("seed = 12"), "{a}");
+}
+
+#[test]
+fn generate_refuses_an_encoder_first() {
+    let base = support::fixture("bert-tiny", "base");
+    let (ok, _, err) = stagecraft(&["generate", "--model", &base.to_string_lossy(), "--prompt", "hi"], None);
+    assert!(!ok);
+    assert!(err.contains("cannot generate with `bert`: it is an encoder"), "{err}");
 }
 
 #[test]

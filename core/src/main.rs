@@ -61,7 +61,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<cli::GateStopped>() {
+                Some(_) => std::process::ExitCode::from(cli::GateStopped::EXIT_CODE),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

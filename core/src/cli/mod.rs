@@ -2,19 +2,21 @@
 
 mod bench;
 mod export;
+mod help;
 mod model;
 mod plugin;
 mod run;
 mod scaffold;
 
 use clap::{Parser, Subcommand};
+pub use run::GateStopped;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::plugin::{search_path_with, Registry, SearchDir, TrustPolicy};
 
 /// stagecraft: multi-stage training of transformer models with plugin adaptation
 /// methods, optimizers and objectives.
 #[derive(Debug, Parser)]
-#[command(name = "stagecraft", version, about)]
+#[command(name = "stagecraft", version, after_help = help::TOP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,25 +25,31 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a multi-stage pipeline from its TOML file.
+    #[command(after_help = help::RUN)]
     Run(run::RunArgs),
-    /// List, inspect and check plugins; write a new one.
-    #[command(subcommand)]
+    /// List plugins, inspect a library file, write a new plugin crate.
+    #[command(subcommand, after_help = help::PLUGIN)]
     Plugin(plugin::PluginCmd),
     /// Inspect models.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::MODEL)]
     Model(model::ModelCmd),
     /// Run a model (with adapters) on token ids from a safetensors file; write the
     /// logits (or last hidden state) to another.
+    #[command(after_help = help::FORWARD)]
     Forward(model::ForwardArgs),
     /// Continue a prompt with a decoder (greedy, or temperature / top-p sampling).
+    #[command(after_help = help::GENERATE)]
     Generate(model::GenerateArgs),
     /// Write a finished stage of a run as PEFT adapter directories or as a merged
     /// Hugging Face model directory.
+    #[command(after_help = help::EXPORT)]
     Export(export::ExportArgs),
     /// Merge PEFT adapters into a Hugging Face model (a new model directory), or
     /// combine LoRA adapters into one (a new adapter directory).
+    #[command(after_help = help::MERGE)]
     Merge(export::MergeArgs),
     /// Time training steps of a standard workload; prints one JSON line.
+    #[command(after_help = help::BENCH)]
     Bench(bench::BenchArgs),
 }
 

@@ -11,6 +11,7 @@ use stagecraft_core::generate::{generate_streaming, Request, Sampling};
 use stagecraft_core::model::{check_sequence, load_model, Adapters, Model};
 use stagecraft_core::pipeline::{config_model, open_stage, OpenedStage};
 use stagecraft_core::plugin::{HostState, Registry};
+use stagecraft_sdk::{SiteInfo, SiteKind};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -217,17 +218,29 @@ pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("model sites: give --model DIR or --config FILE"),
     };
     let sites = m.sites();
-    println!("{:<48} {:<13} {:<14} {:<6} ROLE", "NAME", "KIND", "DIMS", "LAYER");
+    println!("{:<48} {:<13} {:<24} {:<6} ROLE", "NAME", "KIND", "SIZES", "LAYER");
     for (s, role) in sites.infos().iter().zip(sites.roles()) {
         let layer = s.layer.into_option().map_or("-".to_string(), |l| l.to_string());
-        println!(
-            "{:<48} {:<13} {:<14} {layer:<6} {role}",
-            s.name.as_str(),
-            s.kind.to_string(),
-            format!("{:?}", s.dims.as_slice())
-        );
+        println!("{:<48} {:<13} {:<24} {layer:<6} {role}", s.name.as_str(), s.kind.to_string(), sizes(s));
     }
     Ok(())
+}
+
+/// A site's `dims` with the name of each size, e.g. `in 64, out 128` for a linear layer
+/// (whose weight is `[out, in]`: the SDK gives linear sizes input first).
+fn sizes(site: &SiteInfo) -> String {
+    let names: &[&str] = match site.kind {
+        SiteKind::LINEAR => &["in", "out"],
+        SiteKind::EMBEDDING => &["vocab", "dim"],
+        SiteKind::ATTN_KEY | SiteKind::ATTN_VALUE => &["kv_heads", "head_dim"],
+        SiteKind::NORM => &["dim"],
+        _ => &["hidden"],
+    };
+    let dims = site.dims.as_slice();
+    if dims.len() != names.len() {
+        return format!("{dims:?}");
+    }
+    names.iter().zip(dims).map(|(n, d)| format!("{n} {d}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The token ids `forward` runs on, checked before any model work.
@@ -402,6 +415,13 @@ fn print_now(text: &str) -> stagecraft_core::Result<()> {
 
 pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
     let Opened { model, adapters, state, run_tokenizer, .. } = open(&args.model)?;
+    if !model.info().causal {
+        anyhow::bail!(
+            "cannot generate with `{}`: it is an encoder, which scores text but does not continue it \
+             (`stagecraft forward` gives its hidden states)",
+            model.info().arch
+        );
+    }
     let dir_tokenizer = match &args.model.model {
         Some(dir) => Tokenizer::for_model_dir(dir)?,
         None => None,

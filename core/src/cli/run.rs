@@ -26,7 +26,10 @@ pub struct RunArgs {
     /// Write the run here instead of `<run.out_dir>/<run.name>/<timestamp>/`.
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Fewer progress lines.
+    /// Use this random seed instead of `run.seed` (initialization, data order, dropout).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress bar or progress lines: only warnings, errors and the final summary.
     #[arg(long)]
     quiet: bool,
     /// Check everything a run checks before training (config, data, plugins, adapter
@@ -35,7 +38,7 @@ pub struct RunArgs {
     check: bool,
     /// Continue an interrupted run from its newest good checkpoint (its own config is
     /// used; PIPELINE and --set are not allowed).
-    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir", "device", "precision"])]
+    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir", "device", "precision", "seed"])]
     resume: Option<PathBuf>,
     /// With --resume: go on although a plugin library file's sha256 differs from the one
     /// the run recorded in its plugins.json (without it that is refused). The change is
@@ -65,6 +68,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = args.precision {
         overrides.push(format!("run.precision={p}"));
+    }
+    if let Some(seed) = args.seed {
+        overrides.push(format!("run.seed={seed}"));
     }
     let cfg = match &args.pipeline {
         Some(path) => PipelineConfig::from_file(path, &overrides)?,
@@ -112,14 +118,36 @@ fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     println!("{}", summary.retention.to_table());
     println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());
     if let Some(s) = summary.stages.last().filter(|s| s.end == StageEnd::GateStop) {
-        anyhow::bail!(
-            "the pipeline stopped: a retention gate failed in stage `{}` (see the warning above and {})",
-            s.stage,
-            summary.run_dir.join("metrics.jsonl").display()
-        );
+        return Err(GateStopped { stage: s.stage.clone(), metrics: summary.run_dir.join("metrics.jsonl") }.into());
     }
     Ok(())
 }
+
+/// The pipeline ended early because a retention gate failed (`stagecraft` exits with
+/// [`GateStopped::EXIT_CODE`], so a script can tell it from an error).
+#[derive(Debug)]
+pub struct GateStopped {
+    stage: String,
+    metrics: PathBuf,
+}
+
+impl GateStopped {
+    /// The process exit code of a gate stop.
+    pub const EXIT_CODE: u8 = 3;
+}
+
+impl std::fmt::Display for GateStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the pipeline stopped: a retention gate failed in stage `{}` (see the warning above and {})",
+            self.stage,
+            self.metrics.display()
+        )
+    }
+}
+
+impl std::error::Error for GateStopped {}
 
 #[cfg(test)]
 mod tests {

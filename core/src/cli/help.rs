@@ -1,0 +1,67 @@
+//! The examples and notes each subcommand's `--help` ends with. Every example runs as
+//! written from the repository root after `cargo build --release --workspace`.
+
+/// `stagecraft --help`: the exit codes.
+pub const TOP: &str = "\
+Exit codes:
+  0  success
+  1  error (bad config, missing file, bad plugin, a diverged run, ...): one line on stderr
+  2  usage error (unknown flag, missing argument)
+  3  a retention gate stopped the pipeline (the run directory has everything up to there)
+
+Run `stagecraft <COMMAND> --help` for examples.";
+
+/// `stagecraft run --help`.
+pub const RUN: &str = "\
+Examples:
+  stagecraft run                                              # the built-in default pipeline
+  stagecraft run examples/pipelines/tiny.toml --seed 7
+  stagecraft run examples/pipelines/default.toml --check      # plan and checks, trains nothing
+  stagecraft run examples/pipelines/default.toml --set stages.finetune_add.max_steps=100
+  stagecraft run --resume runs/tiny/20261130-101500           # continue an interrupted run";
+
+/// `stagecraft plugin --help`.
+pub const PLUGIN: &str = "\
+Examples:
+  stagecraft plugin list
+  stagecraft plugin inspect target/release/libstagecraft_lora.so
+  stagecraft plugin new scaler --kind method --dir /tmp/scaler";
+
+/// `stagecraft model --help`.
+pub const MODEL: &str = "\
+Examples:
+  stagecraft model sites --model tests/fixtures/llama-tiny/base
+  stagecraft model sites --config examples/pipelines/default.toml";
+
+/// `stagecraft forward --help`.
+pub const FORWARD: &str = "\
+Examples:
+  stagecraft forward --model tests/fixtures/llama-tiny/base --adapter tests/fixtures/llama-tiny/lora \\
+      --input tests/fixtures/llama-tiny/reference.safetensors --out logits.safetensors
+  stagecraft forward --adapter runs/adapters/20261130-101500:bottleneck --input in.safetensors --out out.safetensors";
+
+/// `stagecraft generate --help`.
+pub const GENERATE: &str = "\
+Examples:
+  stagecraft generate --model tests/fixtures/llama-tiny/base --prompt \"text\" --max-tokens 32
+  stagecraft generate --adapter runs/default/20261130-101500:adapt_sub --prompt \"3-1=\" --max-tokens 4";
+
+/// `stagecraft export --help`.
+pub const EXPORT: &str = "\
+Examples:
+  stagecraft export runs/adapters/20261130-101500 --stage lora --out lora-peft
+  stagecraft export runs/adapters/20261130-101500 --stage dora --out dora-model --format merged";
+
+/// `stagecraft merge --help`.
+pub const MERGE: &str = "\
+Examples:
+  stagecraft merge --model tests/fixtures/llama-tiny/base --adapter tests/fixtures/llama-tiny/lora --out merged
+  stagecraft merge --model tests/fixtures/llama-tiny/base --adapter tests/fixtures/llama-tiny/lora \\
+      --adapter tests/fixtures/llama-tiny/rslora --combine svd --rank 4 --out combined";
+
+/// `stagecraft bench --help`.
+pub const BENCH: &str = "\
+Examples:
+  stagecraft bench --workload w1 --mode lora --steps 10
+  stagecraft bench --workload w2 --mode full --steps 4 --profile
+  stagecraft bench --workload w1 --torch python3       # PyTorch + PEFT on the same shapes, in the same run";
