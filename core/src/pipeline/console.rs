@@ -1,16 +1,53 @@
-//! What a run shows while it trains: a progress bar per stage on a terminal, plain
-//! lines otherwise (logs, CI), nothing with `--quiet`. Warnings go through `tracing`
-//! either way, above the bar.
+//! What a run shows while it trains: a progress bar per stage on a terminal, log lines
+//! otherwise (logs, CI), nothing but warnings with `--quiet`. Every line, above the bar
+//! or without one, is a `tracing` line that starts with the stage: `INFO stage
+//! `pretrain` step 50/400: loss 1.2345 (task + replay), lr 2.0e-3, 5120 tokens/s`.
 
 use super::eval::Metrics;
+use super::outcome::StageEnd;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::time::Instant;
+
+/// Steps between two progress lines when there is no bar.
+const LINE_EVERY: u64 = 50;
 
 /// The run's console.
 pub struct Console {
     quiet: bool,
     terminal: bool,
     bar: Option<ProgressBar>,
+    stage: Option<StageProgress>,
+}
+
+/// The stage being shown.
+struct StageProgress {
+    name: String,
+    total: u64,
+    /// What its training loss averages over (`task + replay` when replay batches mix in).
+    loss_label: &'static str,
+    started: Instant,
+    /// Tokens trained on since `started`.
+    tokens: u64,
+}
+
+impl StageProgress {
+    fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+/// One optimizer step, as the console shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLine {
+    /// The step just taken (1-based).
+    pub step: u64,
+    /// Its training loss.
+    pub loss: f64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// Tokens in its batches, padding left out.
+    pub tokens: u64,
 }
 
 fn summary(m: &Metrics) -> String {
@@ -24,11 +61,15 @@ fn summary(m: &Metrics) -> String {
 impl Console {
     /// A console on standard error.
     pub fn new(quiet: bool) -> Self {
-        Console { quiet, terminal: std::io::stderr().is_terminal(), bar: None }
+        Console { quiet, terminal: std::io::stderr().is_terminal(), bar: None, stage: None }
     }
 
-    /// A stage starts (or resumes) at `step` of `total`.
-    pub fn stage_start(&mut self, stage: &str, step: u64, total: u64) {
+    /// A stage starts (or resumes) at `step` of `total`; `replay`: whether its training
+    /// batches mix in earlier stages' data (its training loss then covers both).
+    pub fn stage_start(&mut self, stage: &str, step: u64, total: u64, replay: bool) {
+        let loss_label = if replay { " (task + replay)" } else { "" };
+        self.stage =
+            Some(StageProgress { name: stage.to_string(), total, loss_label, started: Instant::now(), tokens: 0 });
         if self.quiet {
             return;
         }
@@ -40,19 +81,28 @@ impl Console {
             bar.set_style(style.progress_chars("=> "));
             self.bar = Some(bar);
         } else {
-            eprintln!("[{stage}] starting at step {step}/{total}");
+            tracing::info!("stage `{stage}` step {step}/{total}: starting");
         }
     }
 
     /// One optimizer step done.
-    pub fn step(&self, stage: &str, step: u64, total: u64, loss: f64) {
+    pub fn step(&mut self, line: StepLine) {
+        let Some(stage) = &mut self.stage else { return };
+        stage.tokens += line.tokens;
+        let text = format!(
+            "loss {:.4}{}, lr {:.1e}, {:.0} tokens/s",
+            line.loss,
+            stage.loss_label,
+            line.lr,
+            stage.tokens_per_s()
+        );
         match &self.bar {
             Some(bar) => {
-                bar.set_position(step);
-                bar.set_message(format!("loss {loss:.4}"));
+                bar.set_position(line.step);
+                bar.set_message(text);
             }
-            None if !self.quiet && (step.is_multiple_of(50) || step == total) => {
-                eprintln!("[{stage}] step {step}/{total} loss {loss:.4}")
+            None if !self.quiet && (line.step.is_multiple_of(LINE_EVERY) || line.step == stage.total) => {
+                tracing::info!("stage `{}` step {}/{}: {text}", stage.name, line.step, stage.total)
             }
             None => {}
         }
@@ -60,14 +110,7 @@ impl Console {
 
     /// An evaluation of `set` at `step`.
     pub fn eval(&self, stage: &str, step: u64, set: &str, m: &Metrics) {
-        if self.quiet {
-            return;
-        }
-        let line = format!("[{stage}] step {step}: eval {set}: {}", summary(m));
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
+        self.info(&format!("stage `{stage}` step {step}: eval {set}: {}", summary(m)));
     }
 
     /// A warning, logged above the bar.
@@ -87,10 +130,16 @@ impl Console {
         }
     }
 
-    /// The stage ended.
-    pub fn stage_end(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish();
+    /// The stage ended at `step`, for `why` (`None`: it failed). A bar stays where the
+    /// stage stopped, and says why when that is before its last step.
+    pub fn stage_end(&mut self, step: u64, why: Option<&StageEnd>) {
+        let stage = self.stage.take();
+        let Some(bar) = self.bar.take() else { return };
+        let total = stage.as_ref().map_or(step, |s| s.total);
+        match why {
+            Some(end) if step < total => bar.abandon_with_message(format!("ended at step {step} by {end}")),
+            Some(_) => bar.finish(),
+            None => bar.abandon_with_message(format!("failed at step {step}")),
         }
     }
 }

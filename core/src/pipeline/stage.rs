@@ -9,6 +9,7 @@
 //! `ROLLBACK` restores the best state the stage saw (see [`super::early_stopping`]) and
 //! ends it. The retention gate and the exit rule decide first at an evaluation.
 
+use super::console::StepLine;
 use super::early_stopping::Patience;
 use super::eval::{EvalSets, Metrics};
 use super::freeze;
@@ -72,9 +73,10 @@ impl<'a> StageRun<'a> {
 
     /// Trains to the stage's end.
     pub fn run(mut self) -> Result<StageEnd> {
-        self.ctx.records.console().stage_start(&self.s.name, self.trainer.step, self.total);
+        let replay = self.s.data.replay.is_some();
+        self.ctx.records.console().stage_start(&self.s.name, self.trainer.step, self.total, replay);
         let end = self.steps();
-        self.ctx.records.console().stage_end();
+        self.ctx.records.console().stage_end(self.trainer.step, end.as_ref().ok());
         end
     }
 
@@ -86,7 +88,7 @@ impl<'a> StageRun<'a> {
             }
             let step = done + 1;
             let lr = lr_at(&self.s.schedule, self.s.optimizer.lr, step, self.total) * self.rules.guard.lr_scale();
-            let batches = self.batches()?;
+            let (batches, tokens) = self.batches()?;
             let out = self.trainer.train_step_accum(&batches, lr);
             if let Some(why) = self.rules.guard.rejects(step, &out) {
                 self.recover(step, lr, why, out.ok())?;
@@ -94,7 +96,7 @@ impl<'a> StageRun<'a> {
             }
             let out = out.with_context(|| format!("stage `{}` step {step}", self.s.name))?;
             let info = StepInfo { step, loss: out.loss, lr, grad_norm: out.grad_norm };
-            self.record_step(out, lr)?;
+            self.record_step(out, lr, tokens)?;
             let control = self.trainer.objective.on_step_end(&info)?;
             if let Some(end) = self.obey(control, "on_step_end")? {
                 return Ok(end);
@@ -112,16 +114,20 @@ impl<'a> StageRun<'a> {
         Ok(StageEnd::Budget)
     }
 
-    /// The next step's micro-batches (replayed rows cut to this stage's length limit).
-    fn batches(&mut self) -> Result<Vec<Batch>> {
+    /// The next step's micro-batches (replayed rows cut to this stage's length limit)
+    /// and how many tokens they hold, padding left out.
+    fn batches(&mut self) -> Result<(Vec<Batch>, u64)> {
         let s = self.s;
-        (0..s.grad_accum)
+        let mut tokens = 0;
+        let batches = (0..s.grad_accum)
             .map(|_| {
                 let ex: Vec<_> = self.mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
                 let rows: Vec<&Example> = ex.iter().map(|e| e.as_ref()).collect();
+                tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
                 collate(&rows, 0, self.ctx.device)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((batches, tokens))
     }
 
     /// Undoes rejected step `step`; it stays in the log (NaN for a non-finite loss).
@@ -137,10 +143,10 @@ impl<'a> StageRun<'a> {
         self.ctx.records.train(MetricRow::train(&self.s.name, step, loss, lr, None))
     }
 
-    fn record_step(&mut self, out: StepOutput, lr: f64) -> Result<()> {
+    fn record_step(&mut self, out: StepOutput, lr: f64, tokens: u64) -> Result<()> {
         let step = self.trainer.step;
         self.ctx.records.train(MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm)))?;
-        self.ctx.records.console().step(&self.s.name, step, self.total, out.loss);
+        self.ctx.records.console().step(StepLine { step, loss: out.loss, lr, tokens });
         self.rules.guard.accept(out.loss, self.trainer)
     }
 
