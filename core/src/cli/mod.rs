@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod bench;
+mod eval;
 mod export;
 mod model;
 mod plugin;
@@ -41,6 +42,12 @@ enum Command {
     /// Merge PEFT adapters into a Hugging Face model (a new model directory), or
     /// combine LoRA adapters into one (a new adapter directory).
     Merge(export::MergeArgs),
+    /// Evaluate a model (a Hugging Face directory or a run's stage, with adapters) on a
+    /// data set without training: the metrics a pipeline stage reports on its eval set.
+    #[command(
+        after_help = "Examples:\n  stagecraft eval --model runs/demo:finetune --data 'synthetic:add?n=64&seed=9'\n  stagecraft eval --model tests/fixtures/llama-tiny/base --adapter my-lora --data notes.txt --out metrics.json"
+    )]
+    Eval(eval::EvalArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -63,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => model::generate_cmd(args),
         Command::Export(args) => export::export(args),
         Command::Merge(args) => export::merge(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Bench(args) => bench::bench(args),
     }
 }
