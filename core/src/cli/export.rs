@@ -10,6 +10,7 @@ use stagecraft_core::adapter::{
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::export::{export_merged, export_peft, ExportFormat};
 use stagecraft_core::model::hf::save_model_dir;
+use stagecraft_core::model::hub_cache::resolve_model_path;
 use stagecraft_core::model::{load_model, Adapters};
 use stagecraft_core::pipeline::open_stage;
 use stagecraft_core::plugin::HostState;
@@ -54,7 +55,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// The Hugging Face model directory the adapters were trained on.
+    /// The Hugging Face model the adapters were trained on: a directory, or `org/name`
+    /// (`org/name@revision`) in the local Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
     /// PEFT adapter directories, applied (and merged) in order.
@@ -79,7 +81,8 @@ pub struct MergeArgs {
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     let registry = super::registry()?;
     let device = Device::Cpu;
-    let model = load_model(&args.model, &device)?;
+    let model_dir = resolve_model_path(&args.model)?;
+    let model = load_model(&model_dir, &device)?;
     let state = Rc::new(HostState::new(device, DType::F32, 0));
     state.set_training(false);
     state.register_model(model.as_ref());
@@ -96,8 +99,8 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     let Some(how) = &args.combine else {
         anyhow::ensure!(args.rank.is_none() && args.weights.is_empty(), "--rank and --weights go with --combine");
         merge_into_base(model.as_ref(), &mut adapters)?;
-        let tokenizer = Tokenizer::for_model_dir(&args.model)?.unwrap_or_else(Tokenizer::bytes);
-        save_model_dir(model.as_ref(), &tokenizer, Some(&args.model), &args.out, &meta)?;
+        let tokenizer = Tokenizer::for_model_dir(&model_dir)?.unwrap_or_else(Tokenizer::bytes);
+        save_model_dir(model.as_ref(), &tokenizer, Some(&model_dir), &args.out, &meta)?;
         println!("wrote {}", args.out.display());
         return Ok(());
     };

@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod bench;
+mod eval;
 mod export;
 mod help;
 mod model;
@@ -48,6 +49,12 @@ enum Command {
     /// combine LoRA adapters into one (a new adapter directory).
     #[command(after_help = help::MERGE)]
     Merge(export::MergeArgs),
+    /// Evaluate a model (a Hugging Face directory or a run's stage, with adapters) on a
+    /// data set without training: the metrics a pipeline stage reports on its eval set.
+    #[command(
+        after_help = "Examples:\n  stagecraft eval --model runs/demo:finetune --data 'synthetic:add?n=64&seed=9'\n  stagecraft eval --model tests/fixtures/llama-tiny/base --adapter my-lora --data notes.txt --out metrics.json"
+    )]
+    Eval(eval::EvalArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     #[command(after_help = help::BENCH)]
     Bench(bench::BenchArgs),
@@ -71,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => model::generate_cmd(args),
         Command::Export(args) => export::export(args),
         Command::Merge(args) => export::merge(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Bench(args) => bench::bench(args),
     }
 }

@@ -8,6 +8,7 @@ use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::data::Tokenizer;
 use stagecraft_core::device::resolve_device;
 use stagecraft_core::generate::{generate_streaming, Request, Sampling};
+use stagecraft_core::model::hub_cache::resolve_model_path;
 use stagecraft_core::model::{check_sequence, load_model, Adapters, Model};
 use stagecraft_core::pipeline::{config_model, open_stage, OpenedStage};
 use stagecraft_core::plugin::{HostState, Registry};
@@ -22,7 +23,8 @@ pub enum ModelCmd {
     /// Every site of a model where adaptation methods can attach: name, kind, dims,
     /// layer and role (what `role:<name>` targets match).
     Sites {
-        /// Hugging Face model directory.
+        /// Hugging Face model: a directory, or `org/name` (`org/name@revision`) in the
+        /// local Hugging Face cache.
         #[arg(long, required_unless_present = "config", conflicts_with = "config")]
         model: Option<PathBuf>,
         /// A pipeline config: the model its `[model]` table describes (fresh or `from`
@@ -35,21 +37,22 @@ pub enum ModelCmd {
 /// A model with adapters, as `forward` and `generate` take it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json + model.safetensors). Optional when an
-    /// adapter is a run's stage: that stage's own model is used.
+    /// Hugging Face model directory (config.json + model.safetensors), or `org/name`
+    /// (`org/name@revision`) in the local Hugging Face cache. Optional when an adapter
+    /// is a run's stage: that stage's own model is used.
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(super) model: Option<PathBuf>,
     /// Adapters, applied in order: PEFT directories (LoRA, DoRA, IA3, prompt and prefix
     /// tuning), or a run's stage as `RUN_DIR:STAGE` (`RUN_DIR` alone: its last finished
     /// stage), with every adapter it ended with, from any plugin.
     #[arg(long = "adapter")]
-    adapters: Vec<String>,
+    pub(super) adapters: Vec<String>,
     /// Merge the adapters into the base weights before running.
     #[arg(long)]
-    merge: bool,
+    pub(super) merge: bool,
     /// Run on this device: `cpu`, `cuda`, `cuda:N`.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    pub(super) device: String,
 }
 
 /// Where an `--adapter` comes from.
@@ -76,13 +79,25 @@ impl AdapterSource {
 }
 
 /// A model with its adapters, ready to run.
-struct Opened {
-    model: Box<dyn Model>,
-    adapters: Adapters,
-    state: Rc<HostState>,
+pub(super) struct Opened {
+    pub model: Box<dyn Model>,
+    pub adapters: Adapters,
+    pub state: Rc<HostState>,
     /// The tokenizer of the run an adapter came from, if any.
-    run_tokenizer: Option<Tokenizer>,
-    _registry: Registry,
+    pub run_tokenizer: Option<Tokenizer>,
+    /// The run stage whose model this is (no `--model`: the first `--adapter`'s).
+    pub origin: Option<StageOrigin>,
+    pub registry: Registry,
+}
+
+/// A run's stage whose model (and adapters) were opened.
+pub(super) struct StageOrigin {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The stage's name.
+    pub stage: String,
+    /// The run's resolved config.
+    pub config: PipelineConfig,
 }
 
 /// Attaches a run stage's adapters, with their trained values, to `model`.
@@ -120,7 +135,7 @@ fn attach_stage(
 }
 
 /// Loads the model and attaches (and maybe merges) the adapters.
-fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
+pub(super) fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
     let device = resolve_device(&args.device)?;
     let registry = super::registry()?;
     let sources: Vec<AdapterSource> = args.adapters.iter().map(|a| AdapterSource::parse(a)).collect();
@@ -130,9 +145,19 @@ fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
             stages.push(open_stage(dir, stage.as_deref(), &registry, &device)?);
         }
     }
+    let run_dir = sources.iter().find_map(|s| match s {
+        AdapterSource::Run(dir, _) => Some(dir.clone()),
+        AdapterSource::Peft(_) => None,
+    });
+    let origin = match (&args.model, run_dir, stages.first()) {
+        (None, Some(run_dir), Some(first)) => {
+            Some(StageOrigin { run_dir, stage: first.stage.clone(), config: first.config.clone() })
+        }
+        _ => None,
+    };
     let (model, state, mut adapters, mut stages, run_tokenizer) = match &args.model {
         Some(dir) => {
-            let model = load_model(dir, &device)?;
+            let model = load_model(&resolve_model_path(dir)?, &device)?;
             let state = Rc::new(HostState::new(device, DType::F32, 0));
             state.register_model(model.as_ref());
             let adapters = Adapters::none(model.sites().len());
@@ -169,7 +194,7 @@ fn open(args: &ModelArgs) -> anyhow::Result<Opened> {
     if args.merge {
         merge_into_base(model.as_ref(), &mut adapters)?;
     }
-    Ok(Opened { model, adapters, state, run_tokenizer, _registry: registry })
+    Ok(Opened { model, adapters, state, run_tokenizer, origin, registry })
 }
 
 #[derive(Debug, Args)]
@@ -213,7 +238,7 @@ pub struct GenerateArgs {
 pub fn sites(cmd: ModelCmd) -> anyhow::Result<()> {
     let ModelCmd::Sites { model, config } = cmd;
     let m = match (model, config) {
-        (Some(dir), _) => load_model(&dir, &Device::Cpu)?,
+        (Some(dir), _) => load_model(&resolve_model_path(&dir)?, &Device::Cpu)?,
         (None, Some(file)) => config_model(&PipelineConfig::from_file(&file, &[])?)?,
         (None, None) => anyhow::bail!("model sites: give --model DIR or --config FILE"),
     };
@@ -423,7 +448,7 @@ pub fn generate_cmd(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     let dir_tokenizer = match &args.model.model {
-        Some(dir) => Tokenizer::for_model_dir(dir)?,
+        Some(dir) => Tokenizer::for_model_dir(&resolve_model_path(dir)?)?,
         None => None,
     };
     let tokenizer = match &args.tokenizer {

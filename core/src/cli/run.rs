@@ -113,7 +113,10 @@ fn timestamp(secs: u64) -> String {
 fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
     for s in &summary.stages {
-        println!("stage {}: {} steps, ended by {}", s.stage, s.steps, s.end);
+        match s.end {
+            StageEnd::EvalOnly => println!("stage {}: evaluated only (max_steps = 0)", s.stage),
+            _ => println!("stage {}: {} steps, ended by {}", s.stage, s.steps, s.end),
+        }
     }
     println!("{}", summary.retention.to_table());
     println!("run directory: {} ({:.1}s)", summary.run_dir.display(), t.elapsed().as_secs_f64());

@@ -35,6 +35,7 @@ pub struct StageConfig {
     #[serde(default)]
     pub schedule: ScheduleConfig,
     /// Stop after this many optimizer steps (at least one of `max_steps`, `epochs`).
+    /// `0`: the stage does not train; it only evaluates (its model is its start model).
     #[serde(default)]
     pub max_steps: Option<u64>,
     /// Stop after this many passes over the training data.

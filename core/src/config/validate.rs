@@ -64,8 +64,13 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
     if s.max_steps.is_none() && s.epochs.is_none() {
         return Err(bad("give `max_steps` or `epochs`".into()));
     }
-    if s.max_steps == Some(0) || s.epochs == Some(0) {
-        return Err(bad("`max_steps` and `epochs` must be > 0".into()));
+    if s.epochs == Some(0) {
+        return Err(bad("`epochs` must be > 0 (for a stage that only evaluates, set `max_steps = 0`)".into()));
+    }
+    if s.max_steps == Some(0) && s.data.eval.is_none() && s.gates.retention.is_empty() {
+        return Err(bad(
+            "`max_steps = 0` only evaluates, but the stage has no `data.eval` and no retention gate".into()
+        ));
     }
     if !(s.optimizer.lr > 0.0 && s.optimizer.lr.is_finite()) {
         return Err(bad(format!("optimizer.lr must be > 0, got {}", s.optimizer.lr)));

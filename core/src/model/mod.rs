@@ -14,6 +14,7 @@ mod bert;
 mod bert_config;
 mod builder;
 pub mod hf;
+pub mod hub_cache;
 pub mod layers;
 mod llama;
 mod llama_config;

@@ -3,6 +3,7 @@
 use crate::config::ModelConfig;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
+use crate::model::hub_cache::resolve_model;
 use crate::model::{load_model, Architecture, BertConfig, LlamaConfig, Model};
 use candle_core::Device;
 use std::path::Path;
@@ -14,7 +15,7 @@ pub fn tokenizer(m: &ModelConfig, base: &Path) -> Result<Tokenizer> {
         return Tokenizer::from_file(&base.join(&m.tokenizer));
     }
     if let Some(from) = &m.from {
-        if let Some(t) = Tokenizer::for_model_dir(&base.join(from))? {
+        if let Some(t) = Tokenizer::for_model_dir(&resolve_model(from, base)?.dir)? {
             return Ok(t);
         }
     }
@@ -25,7 +26,7 @@ pub fn tokenizer(m: &ModelConfig, base: &Path) -> Result<Tokenizer> {
 /// directory's `config.json`. Nothing is allocated.
 pub fn architecture(m: &ModelConfig, vocab: usize, base: &Path) -> Result<Architecture> {
     if let Some(from) = &m.from {
-        return Architecture::from_dir(&base.join(from));
+        return Architecture::from_dir(&resolve_model(from, base)?.dir);
     }
     let hidden = m.hidden_size.unwrap_or(0);
     let vocab = m.vocab_size.unwrap_or(vocab);
@@ -73,7 +74,7 @@ pub fn architecture(m: &ModelConfig, vocab: usize, base: &Path) -> Result<Archit
 /// The starting model: fresh with the configured sizes, or loaded from `from`.
 pub fn model(m: &ModelConfig, vocab: usize, seed: u64, base: &Path, device: &Device) -> Result<Box<dyn Model>> {
     match &m.from {
-        Some(from) => load_model(&base.join(from), device),
+        Some(from) => load_model(&resolve_model(from, base)?.dir, device),
         None => architecture(m, vocab, base)?.fresh(seed, device),
     }
 }

@@ -11,6 +11,7 @@ use crate::adapter::{combine_lora, merge_into_base, Combine, LoraInput};
 use crate::checkpoint;
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::error::{Context, Error, Result};
+use crate::model::hub_cache::resolve_model;
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, ObjectiveInstance, OptimizerInstance, Registry};
 use crate::train::{no_teacher, Teacher, TEACHER_LOGITS};
@@ -63,7 +64,7 @@ pub(crate) fn start_from(
             Ok(Carried { model, adapters, optimizer: None })
         }
         None => {
-            let dir = cfg.base_dir().join(from);
+            let dir = resolve_model(from, &cfg.base_dir())?.dir;
             let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
             let model = crate::model::load_model(&dir, &env.state.device)?;
             env.state.register_model(model.as_ref());
@@ -97,7 +98,7 @@ pub(crate) fn teacher(env: &Env, i: usize, results: &[Option<StageResult>]) -> R
             (model, adapters)
         }
         None => {
-            let dir = cfg.base_dir().join(source);
+            let dir = resolve_model(source, &cfg.base_dir()).with_context(context)?.dir;
             let model = crate::model::load_model(&dir, &env.state.device).with_context(context)?;
             let adapters = Adapters::none(model.sites().len());
             (model, adapters)

@@ -38,6 +38,7 @@ mod run_dir;
 mod score;
 mod snapshot;
 mod stage;
+mod stage_objective;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
@@ -45,6 +46,7 @@ pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
+pub use stage_objective::stage_objective;
 
 /// The model a pipeline's `[model]` describes, on the CPU: loaded `from` its directory,
 /// or, for a fresh model, its architecture with placeholder values (what `model sites

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 pub enum StageEnd {
     /// Reached `max_steps` / `epochs`.
     Budget,
+    /// `max_steps = 0`: the stage evaluated its start model and did not train.
+    EvalOnly,
     /// The exit metric crossed its threshold.
     Exit,
     /// Patience ran out (best checkpoint restored).
@@ -30,6 +32,7 @@ impl std::fmt::Display for StageEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             StageEnd::Budget => "its step budget",
+            StageEnd::EvalOnly => "evaluation only (max_steps = 0)",
             StageEnd::Exit => "its exit criterion",
             StageEnd::Patience => "patience (best checkpoint restored)",
             StageEnd::GateRollback => "the retention gate (rolled back to the best state that passed)",

@@ -81,6 +81,10 @@ impl<'a> StageRun<'a> {
     }
 
     fn steps(&mut self) -> Result<StageEnd> {
+        if self.total == 0 {
+            // `max_steps = 0`: the pipeline evaluates every set when the stage finishes.
+            return Ok(StageEnd::EvalOnly);
+        }
         while self.trainer.step < self.total {
             let done = self.trainer.step;
             if freeze::releases_after(self.s, done) {
