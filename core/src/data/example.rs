@@ -172,6 +172,9 @@ pub struct Dataset {
     /// Classification with string labels: the label of each class index, in order of
     /// first appearance. Empty for integer labels and other kinds.
     pub label_names: Vec<String>,
+    /// Instruction and chat data: the row format detected and how it is rendered
+    /// (`messages, chat template chatml (built in)`); `None` for other data.
+    pub format: Option<String>,
 }
 
 impl Dataset {

@@ -187,7 +187,14 @@ mod tests {
     /// `n` one-token text examples whose token is `tag`, numbered by difficulty.
     fn data(name: &str, n: usize, tag: u32) -> Arc<Dataset> {
         let examples = (0..n).map(|i| Example::from_ids(vec![tag]).with_difficulty(i as f64)).collect();
-        Arc::new(Dataset { name: name.into(), kind: DataKind::Text, examples, sha256: None, label_names: vec![] })
+        Arc::new(Dataset {
+            name: name.into(),
+            kind: DataKind::Text,
+            examples,
+            sha256: None,
+            label_names: vec![],
+            format: None,
+        })
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! assert_eq!(batch.input_ids.dims()[0], 8);
 //! ```
 
+pub mod chat;
 mod collate;
 mod example;
 mod jsonl;
@@ -34,7 +35,7 @@ mod tokenizer;
 
 pub use collate::collate;
 pub use example::{DataKind, Dataset, Example, IGNORE};
-pub use jsonl::load_jsonl;
+pub use jsonl::{load_jsonl, load_jsonl_with};
 pub use mixture::{Mixture, MixtureState, SourceState};
 pub use sampler::{Order, Sampler, SamplerState};
 pub(crate) use source::read_source_file;

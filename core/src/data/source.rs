@@ -11,7 +11,7 @@
 //! assert_eq!((ds.name.as_str(), ds.kind, ds.len(), ds.sha256.clone()), ("synthetic:add?n=4&seed=7", DataKind::Completion, 4, None));
 //! ```
 
-use super::{load_jsonl, load_text, parse_spec, Dataset, Example, Item, SourceSpec, SyntheticSpec, Tokenizer};
+use super::{load_jsonl_with, load_text, parse_spec, Dataset, Example, Item, SourceSpec, SyntheticSpec, Tokenizer};
 use crate::error::io;
 use crate::error::{Context, Error, Result};
 use crate::memory::Bytes;
@@ -24,7 +24,7 @@ pub fn load_source(spec: &str, tokenizer: &Tokenizer, base_dir: &Path, max_len: 
     let dataset = match parse_spec(spec, base_dir)? {
         SourceSpec::Synthetic(s) => synthetic(spec, &s, tokenizer, max_len)?,
         SourceSpec::TextFile(path) => load_text(&path, tokenizer, max_len)?,
-        SourceSpec::JsonlFile(path) => load_jsonl(&path, tokenizer, max_len)?,
+        SourceSpec::JsonlFile(path, template) => load_jsonl_with(&path, tokenizer, max_len, template.as_ref())?,
     };
     Ok(Dataset { name: spec.to_string(), ..dataset })
 }
@@ -88,7 +88,14 @@ fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usiz
             .with_context(|| format!("data source `{spec}`: example {i}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Dataset { name: spec.to_string(), kind: s.kind(), examples, sha256: None, label_names: Vec::new() })
+    Ok(Dataset {
+        name: spec.to_string(),
+        kind: s.kind(),
+        examples,
+        sha256: None,
+        label_names: Vec::new(),
+        format: None,
+    })
 }
 
 /// A data file's text and the hex sha256 of its bytes.

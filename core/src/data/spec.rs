@@ -17,6 +17,7 @@
 //! assert_eq!(e, "data source `missing/train.jsonl`: no such file /cfg/missing/train.jsonl");
 //! ```
 
+use super::chat::TemplateSource;
 use super::{DataKind, SyntheticSpec};
 use crate::bail;
 use crate::error::{Error, Result};
@@ -29,8 +30,9 @@ pub enum SourceSpec {
     Synthetic(SyntheticSpec),
     /// A `.txt` file, its path resolved.
     TextFile(PathBuf),
-    /// A `.jsonl` file, its path resolved.
-    JsonlFile(PathBuf),
+    /// A `.jsonl` file, its path resolved, and the chat template its `?template=`
+    /// option chose, if any.
+    JsonlFile(PathBuf, Option<TemplateSource>),
 }
 
 impl SourceSpec {
@@ -40,7 +42,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Synthetic(s) => Some(s.kind()),
             SourceSpec::TextFile(_) => Some(DataKind::Text),
-            SourceSpec::JsonlFile(_) => None,
+            SourceSpec::JsonlFile(..) => None,
         }
     }
 }
@@ -53,17 +55,22 @@ pub fn parse_spec(spec: &str, base_dir: &Path) -> Result<SourceSpec> {
     if spec.starts_with("synthetic:") {
         return SyntheticSpec::parse(spec).map(SourceSpec::Synthetic);
     }
-    let path = Path::new(spec);
+    let (file, options) = spec.split_once('?').unwrap_or((spec, ""));
+    let path = Path::new(file);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let make: fn(PathBuf) -> SourceSpec = match ext {
-        "txt" => SourceSpec::TextFile,
-        "jsonl" => SourceSpec::JsonlFile,
+    let template = template_option(spec, options, ext, base_dir)?;
+    let make = |p: PathBuf| match ext {
+        "txt" => SourceSpec::TextFile(p),
+        _ => SourceSpec::JsonlFile(p, template.clone()),
+    };
+    match ext {
+        "txt" | "jsonl" => {}
         _ => {
             return Err(Error::msg(format!(
                 "data source `{spec}`: expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file"
             )))
         }
-    };
+    }
     let resolved = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
     if !resolved.exists() {
         bail!("data source `{spec}`: no such file {}", resolved.display());
@@ -72,6 +79,32 @@ pub fn parse_spec(spec: &str, base_dir: &Path) -> Result<SourceSpec> {
         bail!("data source `{spec}`: {} is not a file", resolved.display());
     }
     Ok(make(resolved))
+}
+
+/// The `?template=chatml` or `?template=path/to/template.jinja` option of a `.jsonl`
+/// source (a path resolves against `base_dir` and must exist).
+fn template_option(spec: &str, options: &str, ext: &str, base_dir: &Path) -> Result<Option<TemplateSource>> {
+    if options.is_empty() {
+        return Ok(None);
+    }
+    let Some(value) = options.strip_prefix("template=").filter(|v| !v.contains('&')) else {
+        bail!("data source `{spec}`: unknown option `{options}` (a .jsonl source takes `?template=chatml` or `?template=path/to/template.jinja`)");
+    };
+    if ext != "jsonl" {
+        bail!("data source `{spec}`: `template` applies to .jsonl chat data only");
+    }
+    if value == "chatml" {
+        return Ok(Some(TemplateSource::ChatMl));
+    }
+    let p = Path::new(value);
+    let resolved = if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+    if !resolved.is_file() {
+        bail!(
+            "data source `{spec}`: template `{value}` is neither `chatml` nor a file ({} does not exist)",
+            resolved.display()
+        );
+    }
+    Ok(Some(TemplateSource::File(resolved)))
 }
 
 #[cfg(test)]
@@ -91,7 +124,19 @@ mod tests {
         assert_eq!(parse_spec("a.txt", dir.path())?.known_kind(), Some(DataKind::Text));
         assert_eq!(parse_spec("synthetic:add?n=1", dir.path())?.known_kind(), Some(DataKind::Completion));
         let abs = dir.path().join("b.jsonl");
-        assert_eq!(parse_spec(&abs.to_string_lossy(), Path::new("/elsewhere"))?, SourceSpec::JsonlFile(abs));
+        assert_eq!(parse_spec(&abs.to_string_lossy(), Path::new("/elsewhere"))?, SourceSpec::JsonlFile(abs, None));
+        assert_eq!(
+            parse_spec("b.jsonl?template=chatml", dir.path())?,
+            SourceSpec::JsonlFile(dir.path().join("b.jsonl"), Some(TemplateSource::ChatMl))
+        );
+        std::fs::write(dir.path().join("t.jinja"), "{{ x }}").map_err(Error::msg)?;
+        assert_eq!(
+            parse_spec("b.jsonl?template=t.jinja", dir.path())?,
+            SourceSpec::JsonlFile(dir.path().join("b.jsonl"), Some(TemplateSource::File(dir.path().join("t.jinja"))))
+        );
+        assert!(err("b.jsonl?template=nope", dir.path()).contains("template `nope` is neither `chatml` nor a file"));
+        assert!(err("b.jsonl?tmpl=chatml", dir.path()).contains("unknown option `tmpl=chatml`"));
+        assert!(err("a.txt?template=chatml", dir.path()).contains("applies to .jsonl chat data only"));
         assert!(err("c.txt", dir.path()).starts_with("data source `c.txt`: no such file "));
         assert!(
             err("data.csv", dir.path()).contains("expected `synthetic:<task>?n=<count>`, a .txt file or a .jsonl file")

@@ -40,6 +40,7 @@ pub fn load_text(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<D
         examples,
         sha256: Some(sha256),
         label_names: Vec::new(),
+        format: None,
     })
 }
 

@@ -16,6 +16,9 @@ use crate::error::io;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// A token's byte range `(start, end)` in the text it was encoded from.
+pub type Offsets = (usize, usize);
+
 /// A tokenizer.
 #[derive(Clone)]
 pub enum Tokenizer {
@@ -83,6 +86,18 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of `text` without special tokens added (what a chat template's
+    /// rendered text is tokenized with), and each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Offsets>)> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().enumerate().map(|(i, b)| (u32::from(b), (i, i + 1))).unzip()),
+            Tokenizer::Hf { path, inner } => inner
+                .encode(text, false)
+                .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
+                .map_err(|e| Error::msg(format!("{}: cannot encode: {e}", path.display()))),
+        }
+    }
+
     /// Text of `ids` (special tokens skipped; invalid UTF-8 replaced).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
@@ -131,6 +146,22 @@ impl Tokenizer {
                 serde_json::to_string_pretty(&json)
                     .map_err(|e| Error::msg(format!("cannot serialize tokenizer.json: {e}")))
             }
+        }
+    }
+
+    /// The end-of-text token as text (what a completion ends with), if there is one.
+    pub fn eos_token(&self) -> Option<String> {
+        match self {
+            Tokenizer::Bytes => Some("\n".into()),
+            Tokenizer::Hf { inner, .. } => self.eos_id().and_then(|id| inner.id_to_token(id)),
+        }
+    }
+
+    /// `bytes`, or the `tokenizer.json` path, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Tokenizer::Bytes => "bytes".into(),
+            Tokenizer::Hf { path, .. } => path.display().to_string(),
         }
     }
 

@@ -149,6 +149,11 @@ fn describe_stage(
         len,
         train.name
     );
+    for d in std::iter::once(train).chain(data.eval.map(|(e, _)| e)) {
+        if let Some(format) = &d.format {
+            let _ = writeln!(out, "   data {}: {format}", d.name);
+        }
+    }
     let start = match (&s.model, &s.from) {
         (Some(m), _) => fresh_model_words(m),
         (None, Some(f)) => format!("from `{f}`"),
