@@ -2,10 +2,13 @@
 
 mod bench;
 mod export;
+mod latest_run;
 mod model;
 mod plugin;
 mod run;
 mod scaffold;
+
+pub use run::Interrupted;
 
 use clap::{Parser, Subcommand};
 use stagecraft_core::config::PipelineConfig;
