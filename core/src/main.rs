@@ -59,6 +59,10 @@ fn main() -> std::process::ExitCode {
         .init();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Already said where the run was saved and how to resume it.
+        Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => {
+            std::process::ExitCode::from(e.downcast_ref::<cli::Interrupted>().map_or(1, |i| i.code))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<cli::GateStopped>() {

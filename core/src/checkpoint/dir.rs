@@ -145,6 +145,27 @@ pub fn prune(dir: &Path, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Removes all but the newest `keep` checkpoints of `dir` whose names start with
+/// `prefix`, leaving every other checkpoint alone; returns the names removed. Meant to
+/// run after a save: the newest is durable before an older one goes.
+pub fn prune_prefixed(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<String>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let matching: Vec<(u64, String, PathBuf)> =
+        list_seq(dir)?.into_iter().filter(|(_, name, _)| name.starts_with(prefix)).collect();
+    let old = matching.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (_, name, path) in matching.into_iter().take(old) {
+        let doomed = dir.join(hidden(&name, Stage::Del, std::process::id()));
+        durable::rename(&path, &doomed)?;
+        durable::sync_dir(dir)?;
+        durable::remove_dir_all(&doomed)?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::contents::fixtures::sample;
@@ -223,6 +244,20 @@ mod tests {
         assert_eq!(names(d)?, ["z", "w", "y"]);
         assert_eq!(prune(d, 0, &[])?, ["z", "w", "y"]);
         assert!(std::fs::read_dir(d)?.next().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn pruning_by_prefix_keeps_the_newest_of_those_and_every_other() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let d = tmp.path();
+        for name in ["s-1", "end", "s-2", "s-3", "resume", "s-4"] {
+            save(d, name, &sample(1)?)?;
+        }
+        assert_eq!(prune_prefixed(d, "s-", 2)?, ["s-1", "s-2"]);
+        assert_eq!(names(d)?, ["end", "s-3", "resume", "s-4"]);
+        assert_eq!(prune_prefixed(d, "s-", 2)?, Vec::<String>::new());
+        assert_eq!(prune_prefixed(&d.join("absent"), "s-", 1)?, Vec::<String>::new());
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ pub(crate) mod staging;
 mod write;
 
 pub use contents::{Checkpoint, META_FILE, TENSORS_FILE};
-pub use dir::{list, load_latest_good, prune};
+pub use dir::{list, load_latest_good, prune, prune_prefixed};
 pub use manifest::{sha256_hex, FileEntry, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 pub use read::{load, verify};
 pub use write::save;

@@ -4,10 +4,13 @@ mod bench;
 mod eval;
 mod export;
 mod help;
+mod latest_run;
 mod model;
 mod plugin;
 mod run;
 mod scaffold;
+
+pub use run::Interrupted;
 
 use clap::{Parser, Subcommand};
 pub use run::GateStopped;

@@ -1,11 +1,14 @@
 //! `stagecraft run [PIPELINE.toml] [--set key=value]... [--check]`, and
-//! `stagecraft run --resume RUN_DIR`.
+//! `stagecraft run [PIPELINE.toml] --resume RUN_DIR|latest`.
+//!
+//! A run stopped by SIGINT (Ctrl-C) or SIGTERM saves a resume checkpoint, prints the
+//! command that resumes it and exits with 130 or 143 ([`Interrupted`]).
 
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{run_config, Pipeline, PluginChanges, RunDir, StageEnd};
-use std::path::PathBuf;
+use stagecraft_core::pipeline::{run_config, Interrupt, Pipeline, PluginChanges, RunDir, StageEnd};
+use std::path::{Path, PathBuf};
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
 const DEFAULT_PIPELINE: &str = include_str!("../../../examples/pipelines/default.toml");
@@ -37,8 +40,9 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     check: bool,
     /// Continue an interrupted run from its newest good checkpoint (its own config is
-    /// used; PIPELINE and --set are not allowed).
-    #[arg(long, conflicts_with_all = ["pipeline", "overrides", "run_dir", "device", "precision", "seed"])]
+    /// used; --set is not allowed). `latest`: the newest run directory under
+    /// `<run.out_dir>/<run.name>/` of PIPELINE (the only use of PIPELINE with --resume).
+    #[arg(long, value_name = "RUN_DIR|latest", conflicts_with_all = ["overrides", "run_dir", "device", "precision", "seed"])]
     resume: Option<PathBuf>,
     /// With --resume: go on although a plugin library file's sha256 differs from the one
     /// the run recorded in its plugins.json (without it that is refused). The change is
@@ -54,12 +58,41 @@ impl RunArgs {
     }
 }
 
+/// A run a signal stopped, after it saved a resume checkpoint: the process exits with
+/// `code` (130 for SIGINT, 143 for SIGTERM, as shells report them).
+#[derive(Debug)]
+pub struct Interrupted {
+    /// The exit code.
+    pub code: u8,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted (exit code {})", self.code)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// What `--resume` names as a keyword rather than a directory.
+const LATEST: &str = "latest";
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(dir) = &args.resume {
-        let registry = super::pipeline_registry(&run_config(dir)?)?;
+    let interrupt = if args.check { Interrupt::none() } else { Interrupt::install()? };
+    if let Some(named) = &args.resume {
+        let dir = match named.as_os_str() == LATEST {
+            true => super::latest_run::find(&runs_folder(args.pipeline.as_deref())?)?,
+            false if args.pipeline.is_some() => anyhow::bail!(
+                "--resume {}: a run resumes with its own config; give PIPELINE only with `--resume latest`",
+                named.display()
+            ),
+            false => named.clone(),
+        };
+        let registry = super::pipeline_registry(&run_config(&dir)?)?;
         let t = std::time::Instant::now();
         let changes = if args.allow_plugin_change { PluginChanges::Allow } else { PluginChanges::Refuse };
-        let (pipeline, _) = Pipeline::resume_with(dir, registry, args.quiet, changes)?;
+        let (mut pipeline, _) = Pipeline::resume_with(&dir, registry, args.quiet, changes)?;
+        pipeline.stop_on(interrupt);
         return finish(pipeline, t);
     }
     let mut overrides = args.overrides.clone();
@@ -90,8 +123,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let t = std::time::Instant::now();
-    let (pipeline, _tokenizer) = Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?;
+    let (mut pipeline, _tokenizer) = Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?;
+    pipeline.stop_on(interrupt);
     finish(pipeline, t)
+}
+
+/// Where the runs of `pipeline` (the built-in one when `None`) go:
+/// `<run.out_dir>/<run.name>`.
+fn runs_folder(pipeline: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let cfg = match pipeline {
+        Some(path) => PipelineConfig::from_file(path, &[])?,
+        None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &[])?,
+    };
+    Ok(PathBuf::from(&cfg.run.out_dir).join(&cfg.run.name))
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
@@ -112,6 +156,17 @@ fn timestamp(secs: u64) -> String {
 
 fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
+    if let Some(at) = &summary.interrupted {
+        eprintln!(
+            "{} stopped the run in stage `{}` after step {}: saved {}; resume with: stagecraft run --resume {}",
+            at.signal.name(),
+            at.stage,
+            at.step,
+            at.checkpoint.display(),
+            shell_word(&summary.run_dir.display().to_string())
+        );
+        return Err(Interrupted { code: at.signal.exit_code() }.into());
+    }
     for s in &summary.stages {
         match s.end {
             StageEnd::EvalOnly => println!("stage {}: evaluated only (max_steps = 0)", s.stage),
@@ -152,8 +207,23 @@ impl std::fmt::Display for GateStopped {
 
 impl std::error::Error for GateStopped {}
 
+/// `word` quoted for a POSIX shell when it holds anything but plain path characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c);
+    match !word.is_empty() && word.chars().all(plain) {
+        true => word.to_string(),
+        false => format!("'{}'", word.replace('\'', "'\\''")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paths_are_quoted_only_when_a_shell_needs_it() {
+        assert_eq!(super::shell_word("runs/t/20261130-101010-2"), "runs/t/20261130-101010-2");
+        assert_eq!(super::shell_word("my runs/it's"), "'my runs/it'\\''s'");
+    }
+
     #[test]
     fn timestamps_are_utc_calendar_times() {
         assert_eq!(super::timestamp(0), "19700101-000000");

@@ -52,6 +52,7 @@ pub use stage::{
     GatesConfig, HandoffConfig, Objective, OptimizerConfig, OptimizerHandoff, Order, ReplayConfig, RetentionGate,
     ScheduleConfig, StageConfig, TrainConfig, Unfreeze,
 };
+pub(crate) use validate::STEP_CHECKPOINT_PREFIX;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

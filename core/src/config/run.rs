@@ -15,6 +15,9 @@ fn default_device() -> String {
 fn default_out_dir() -> String {
     "runs".into()
 }
+fn default_keep_last() -> u64 {
+    2
+}
 
 /// Run-wide settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,6 +39,16 @@ pub struct RunConfig {
     /// Parent directory of run directories. Default `runs`.
     #[serde(default = "default_out_dir")]
     pub out_dir: String,
+    /// Write a resume checkpoint every this many optimizer steps in every stage that
+    /// sets no `save_every` of its own. Default: none (resume checkpoints are written
+    /// at evaluations and stage ends only).
+    #[serde(default)]
+    pub save_every: Option<u64>,
+    /// How many `save_every` checkpoints to keep (the newest, across stages); an older
+    /// one is deleted once a newer one is on disk. End-of-stage checkpoints and the
+    /// one written at an evaluation are never counted nor deleted. Default 2.
+    #[serde(default = "default_keep_last")]
+    pub keep_last: u64,
 }
 
 impl Default for RunConfig {
@@ -46,6 +59,8 @@ impl Default for RunConfig {
             device: default_device(),
             precision: Precision::default(),
             out_dir: default_out_dir(),
+            save_every: None,
+            keep_last: default_keep_last(),
         }
     }
 }

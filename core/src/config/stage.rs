@@ -50,6 +50,11 @@ pub struct StageConfig {
     /// Evaluate every this many steps (and always at the end). Default: only at the end.
     #[serde(default)]
     pub eval_every: Option<u64>,
+    /// Write a resume checkpoint every this many optimizer steps, independently of
+    /// evaluations (`checkpoints/resume-<stage>-step<N>/`; `[run] keep_last` of them
+    /// are kept). Default: `[run] save_every`.
+    #[serde(default)]
+    pub save_every: Option<u64>,
     /// Clip the global gradient norm to this. Default: no clipping.
     #[serde(default)]
     pub grad_clip: Option<f64>,

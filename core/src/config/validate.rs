@@ -89,6 +89,9 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
     if s.eval_every == Some(0) {
         return Err(bad("`eval_every` must be > 0".into()));
     }
+    if s.save_every == Some(0) {
+        return Err(bad("`save_every` must be > 0".into()));
+    }
     if s.seq_len < 2 {
         return Err(bad("`seq_len` must be at least 2".into()));
     }
@@ -222,6 +225,8 @@ fn check_handoff(s: &StageConfig) -> std::result::Result<(), String> {
 
 /// The name the rolling resume checkpoint takes in `checkpoints/`.
 const RESERVED_STAGE_NAME: &str = "resume";
+/// The prefix of `save_every` checkpoints' names (`resume-<stage>-step<N>`).
+pub(crate) const STEP_CHECKPOINT_PREFIX: &str = "resume-";
 
 /// A stage's name names its checkpoint directory: one plain, visible path component
 /// (no `/`, `\`, control characters, nor a leading `.`), and not `resume`.
@@ -230,6 +235,8 @@ fn check_stage_name(file: &str, i: usize, name: &str) -> Result<()> {
         Some("is empty")
     } else if name == RESERVED_STAGE_NAME {
         Some("is reserved for the rolling resume checkpoint")
+    } else if name.starts_with(STEP_CHECKPOINT_PREFIX) {
+        Some("starts with `resume-`, which is reserved for `save_every` checkpoints")
     } else if name.starts_with('.') || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
         Some("must be one plain path component (no `/`, `\\`, control characters or leading `.`)")
     } else {
@@ -259,6 +266,12 @@ impl PipelineConfig {
             bail!("{file}: no [[stages]]");
         }
         self.plugins.validate(file)?;
+        if self.run.save_every == Some(0) {
+            bail!("{file}: run: `save_every` must be > 0");
+        }
+        if self.run.keep_last == 0 {
+            bail!("{file}: run: `keep_last` must be > 0 (it counts the `save_every` checkpoints kept)");
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.stages.iter().enumerate() {
             check_stage_name(file, i, &s.name)?;
@@ -338,6 +351,7 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
     fn stage_names_are_plain_path_components_and_not_resume() {
         for (name, why) in [
             ("resume", "reserved"),
+            ("resume-ft-step5", "reserved for `save_every` checkpoints"),
             ("a/b", "one plain path component"),
             ("..", "one plain path component"),
             (".hidden", "one plain path component"),
@@ -353,6 +367,11 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
     fn meaningless_or_crashing_values_are_refused() {
         for (from, to, why) in [
             ("max_steps = 10\nexit", "max_steps = 10\neval_every = 0\nexit", "`eval_every` must be > 0"),
+            ("max_steps = 10\nexit", "max_steps = 10\nsave_every = 0\nexit", "stage `ft`: `save_every` must be > 0"),
+            ("max_steps = 10\nexit", "max_steps = 10\nsave_every = -5\nexit", "save_every"),
+            ("[run]\n", "[run]\nsave_every = 0\n", "run: `save_every` must be > 0"),
+            ("[run]\n", "[run]\nkeep_last = 0\n", "run: `keep_last` must be > 0"),
+            ("[run]\n", "[run]\nkeep_last = -1\n", "keep_last"),
             (
                 "max_steps = 10\nexit",
                 "max_steps = 10\nbatch_size = 4294967296\ngrad_accum = 4294967296\nexit",

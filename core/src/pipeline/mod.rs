@@ -26,6 +26,7 @@ mod freeze;
 mod gate;
 mod guard;
 mod handoff;
+mod interrupt;
 mod outcome;
 mod plan;
 mod plugin_record;
@@ -41,6 +42,7 @@ mod stage;
 mod stage_objective;
 
 pub use eval::{evaluate, quantile, Metrics};
+pub use interrupt::{Interrupt, Interruption, Signal};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
 pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
@@ -77,7 +79,7 @@ use plugin_record::ResumePoint;
 use records::{Records, RecordsMark};
 use resume::{Position, ResumeMeta};
 use rules::StageRules;
-use stage::{StageContext, StageRun};
+use stage::{Ended, StageContext, StageRun};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -102,6 +104,8 @@ pub struct RunSummary {
     pub stages: Vec<StageSummary>,
     /// Stages × eval sets, on each set's main score.
     pub retention: RetentionMatrix,
+    /// Where a signal stopped the run (`None`: it ran to its end).
+    pub interrupted: Option<Interruption>,
 }
 
 /// What a resume brings to [`Pipeline::open`].
@@ -150,6 +154,8 @@ pub struct Pipeline {
     own_scores: BTreeMap<String, Metrics>,
     /// How each finished stage ended.
     ended: Vec<StageSummary>,
+    /// Whether a signal asked the run to stop.
+    interrupt: Interrupt,
 }
 
 impl Pipeline {
@@ -248,18 +254,29 @@ impl Pipeline {
             results: vec![None; n],
             own_scores: BTreeMap::new(),
             ended: Vec::new(),
+            interrupt: Interrupt::none(),
         };
         Ok((p, tokenizer))
     }
 
+    /// Stops the run cleanly, before its next optimizer step, once `interrupt` is
+    /// raised (see [`Interrupt::install`]); without it a run never stops early.
+    pub fn stop_on(&mut self, interrupt: Interrupt) {
+        self.interrupt = interrupt;
+    }
+
     /// Runs every stage: prepare it, restore it when resuming, train it, finish it.
+    /// A run stopped by its [`Interrupt`] returns early, with the stages that ended so
+    /// far and [`RunSummary::interrupted`] set.
     pub fn run(mut self) -> Result<RunSummary> {
         let mut carried = self.first_model()?;
         for i in 0..self.cfg.stages.len() {
             let (mut trainer, mixture) = self.prepare(i, carried)?;
             if let Start::Train { mixture, rules } = self.restore(i, &mut trainer, mixture)? {
-                let end = self.train(i, &mut trainer, mixture, rules)?;
-                self.finish(i, &mut trainer, end)?;
+                match self.train(i, &mut trainer, mixture, rules)? {
+                    Ended::Stage(end) => self.finish(i, &mut trainer, end)?,
+                    Ended::Interrupted(at) => return self.write_reports(Some(at)),
+                }
             }
             let (model, adapters, objective, optimizer) = trainer.into_parts();
             self.sets.keep_objective(i, objective);
@@ -268,7 +285,7 @@ impl Pipeline {
                 break;
             }
         }
-        self.write_reports()
+        self.write_reports(None)
     }
 
     /// The model `[model]` describes, checked against every stage's adapters.
@@ -367,7 +384,7 @@ impl Pipeline {
         Ok(Start::Train { mixture, rules })
     }
 
-    fn train(&mut self, i: usize, trainer: &mut Trainer, mixture: Mixture, rules: StageRules) -> Result<StageEnd> {
+    fn train(&mut self, i: usize, trainer: &mut Trainer, mixture: Mixture, rules: StageRules) -> Result<Ended> {
         let ctx = StageContext {
             index: i,
             stages: &self.cfg.stages,
@@ -377,6 +394,9 @@ impl Pipeline {
             ended: &self.ended,
             run_dir: self.run_dir.path(),
             device: &self.state.device,
+            interrupt: &self.interrupt,
+            save_every: self.cfg.stages[i].save_every.or(self.cfg.run.save_every),
+            keep_last: usize::try_from(self.cfg.run.keep_last).unwrap_or(usize::MAX),
         };
         StageRun::new(ctx, trainer, mixture, rules)?.run()
     }
@@ -452,8 +472,9 @@ impl Pipeline {
         }
     }
 
-    /// `retention.json` and `report.html`, from the logs.
-    fn write_reports(self) -> Result<RunSummary> {
+    /// `retention.json` and `report.html`, from the logs (rewritten when an
+    /// interrupted run goes on).
+    fn write_reports(self, interrupted: Option<Interruption>) -> Result<RunSummary> {
         let retention = RetentionMatrix::from_rows_main(self.records.rows(), &score::MAIN_SCORE);
         retention.write_json(self.run_dir.path())?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
@@ -465,6 +486,6 @@ impl Pipeline {
             self.records.events(),
             &extra,
         )?;
-        Ok(RunSummary { run_dir: self.run_dir.path().to_path_buf(), stages: self.ended, retention })
+        Ok(RunSummary { run_dir: self.run_dir.path().to_path_buf(), stages: self.ended, retention, interrupted })
     }
 }

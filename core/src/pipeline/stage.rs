@@ -1,7 +1,8 @@
 //! Training one stage, step by step: batches from its data mixture, the learning-rate
 //! schedule, the anomaly guard, the objective's hooks, evaluations, the retention
 //! gate, the exit rule and early stopping, and a resume checkpoint after each
-//! evaluation.
+//! evaluation, every `save_every` steps (`resume-<stage>-step<N>`, the newest
+//! `keep_last` kept) and when a signal stops the run (see [`super::interrupt`]).
 //!
 //! After every accepted optimizer step the objective's `on_step_end` runs; after every
 //! evaluation of the stage's own set (each `eval_every` and the last step), its
@@ -14,12 +15,14 @@ use super::early_stopping::Patience;
 use super::eval::{EvalSets, Metrics};
 use super::freeze;
 use super::gate::{GateFailure, GateVerdict};
+use super::interrupt::{Interrupt, Interruption, Signal};
 use super::outcome::{StageEnd, StageSummary};
 use super::records::Records;
 use super::resume::{self, Position, ResumeMeta, RESUME_CHECKPOINT};
 use super::rules::StageRules;
 use super::score::{lower_is_better, oriented};
-use crate::config::StageConfig;
+use crate::checkpoint;
+use crate::config::{StageConfig, STEP_CHECKPOINT_PREFIX};
 use crate::data::{collate, Example, Mixture};
 use crate::error::{Context, Error, Result};
 use crate::report::{EventKind, MetricRow, Split};
@@ -47,6 +50,21 @@ pub(crate) struct StageContext<'a> {
     pub run_dir: &'a Path,
     /// Where batches go.
     pub device: &'a Device,
+    /// Whether a signal asked the run to stop.
+    pub interrupt: &'a Interrupt,
+    /// Every how many steps a `save_every` checkpoint is written (`None`: never), and
+    /// how many of them are kept.
+    pub save_every: Option<u64>,
+    /// How many `save_every` checkpoints are kept.
+    pub keep_last: usize,
+}
+
+/// How training a stage stopped.
+pub(crate) enum Ended {
+    /// The stage ended.
+    Stage(StageEnd),
+    /// A signal stopped the run; a resume checkpoint was written.
+    Interrupted(Interruption),
 }
 
 /// A stage being trained.
@@ -71,21 +89,28 @@ impl<'a> StageRun<'a> {
         Ok(StageRun { ctx, s, trainer, mixture, rules, total })
     }
 
-    /// Trains to the stage's end.
-    pub fn run(mut self) -> Result<StageEnd> {
+    /// Trains to the stage's end, or until a signal stops the run.
+    pub fn run(mut self) -> Result<Ended> {
         let replay = self.s.data.replay.is_some();
         self.ctx.records.console().stage_start(&self.s.name, self.trainer.step, self.total, replay);
         let end = self.steps();
-        self.ctx.records.console().stage_end(self.trainer.step, end.as_ref().ok());
+        let why = match &end {
+            Ok(Ended::Stage(e)) => Some(e),
+            _ => None,
+        };
+        self.ctx.records.console().stage_end(self.trainer.step, why);
         end
     }
 
-    fn steps(&mut self) -> Result<StageEnd> {
+    fn steps(&mut self) -> Result<Ended> {
         if self.total == 0 {
             // `max_steps = 0`: the pipeline evaluates every set when the stage finishes.
-            return Ok(StageEnd::EvalOnly);
+            return Ok(Ended::Stage(StageEnd::EvalOnly));
         }
         while self.trainer.step < self.total {
+            if let Some(signal) = self.ctx.interrupt.pending() {
+                return self.interrupted(signal).map(Ended::Interrupted);
+            }
             let done = self.trainer.step;
             if freeze::releases_after(self.s, done) {
                 freeze::apply(self.trainer, self.s, done)?;
@@ -103,19 +128,53 @@ impl<'a> StageRun<'a> {
             self.record_step(out, lr, tokens)?;
             let control = self.trainer.objective.on_step_end(&info)?;
             if let Some(end) = self.obey(control, "on_step_end")? {
-                return Ok(end);
+                return Ok(Ended::Stage(end));
             }
-            if !self.eval_due() {
+            let eval_due = self.eval_due();
+            if eval_due {
+                if let Some(end) = self.evaluate_and_decide()? {
+                    return Ok(Ended::Stage(end));
+                }
+            }
+            if self.trainer.step >= self.total {
                 continue;
             }
-            if let Some(end) = self.evaluate_and_decide()? {
-                return Ok(end);
-            }
-            if self.trainer.step < self.total {
-                self.checkpoint()?;
+            // One checkpoint per step: a `save_every` one stands for the rolling one.
+            if self.save_due() {
+                self.save_step_checkpoint()?;
+            } else if eval_due {
+                self.checkpoint(RESUME_CHECKPOINT)?;
             }
         }
-        Ok(StageEnd::Budget)
+        Ok(Ended::Stage(StageEnd::Budget))
+    }
+
+    fn save_due(&self) -> bool {
+        self.ctx.save_every.is_some_and(|e| self.trainer.step.is_multiple_of(e))
+    }
+
+    /// The `save_every` checkpoint of this step, then all but the newest `keep_last`
+    /// of them are deleted (this one is durable by then).
+    fn save_step_checkpoint(&mut self) -> Result<()> {
+        let name = format!("{STEP_CHECKPOINT_PREFIX}{}-step{}", self.s.name, self.trainer.step);
+        self.checkpoint(&name)?;
+        checkpoint::prune_prefixed(&self.ctx.run_dir.join("checkpoints"), STEP_CHECKPOINT_PREFIX, self.ctx.keep_last)?;
+        Ok(())
+    }
+
+    /// Stops the stage before its next step: the `interrupt` event, then the rolling
+    /// resume checkpoint, which covers the event (a resume keeps it, once).
+    fn interrupted(&mut self, signal: Signal) -> Result<Interruption> {
+        let step = self.trainer.step;
+        let message = format!("interrupted by {}; saved checkpoint `{RESUME_CHECKPOINT}`", signal.name());
+        self.ctx.records.event(&self.s.name, step, EventKind::Interrupt, message)?;
+        self.checkpoint(RESUME_CHECKPOINT)?;
+        Ok(Interruption {
+            signal,
+            stage: self.s.name.clone(),
+            step,
+            checkpoint: self.ctx.run_dir.join("checkpoints").join(RESUME_CHECKPOINT),
+        })
     }
 
     /// The next step's micro-batches (replayed rows cut to this stage's length limit)
@@ -316,8 +375,9 @@ impl<'a> StageRun<'a> {
         Ok(Some(StageEnd::Patience))
     }
 
-    /// The rolling resume checkpoint, taken after an evaluation.
-    fn checkpoint(&mut self) -> Result<()> {
+    /// Resume checkpoint `name` (the rolling one after an evaluation or on a signal, a
+    /// `save_every` one), taken between steps.
+    fn checkpoint(&mut self, name: &str) -> Result<()> {
         let at = Position::Within { mixture: self.mixture.state(), rules: self.rules.state() };
         let meta = ResumeMeta::new(
             self.ctx.index,
@@ -327,14 +387,7 @@ impl<'a> StageRun<'a> {
             self.ctx.ended,
             self.ctx.records.mark()?,
         );
-        resume::save(
-            self.ctx.run_dir,
-            RESUME_CHECKPOINT,
-            self.trainer,
-            self.ctx.sets.objectives(),
-            &meta,
-            self.rules.tensors(),
-        )
+        resume::save(self.ctx.run_dir, name, self.trainer, self.ctx.sets.objectives(), &meta, self.rules.tensors())
     }
 }
 

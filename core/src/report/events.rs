@@ -38,6 +38,8 @@ pub enum EventKind {
     Objective,
     /// A stage ended.
     End,
+    /// A signal (SIGINT, SIGTERM) stopped the run; it can be resumed.
+    Interrupt,
 }
 
 impl EventKind {
@@ -51,6 +53,7 @@ impl EventKind {
             EventKind::Patience => "patience",
             EventKind::Objective => "objective",
             EventKind::End => "end",
+            EventKind::Interrupt => "interrupt",
         }
     }
 
