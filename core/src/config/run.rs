@@ -36,6 +36,11 @@ pub struct RunConfig {
     /// Parent directory of run directories. Default `runs`.
     #[serde(default = "default_out_dir")]
     pub out_dir: String,
+    /// Also write the metrics as TensorBoard scalars to `<run_dir>/tensorboard/`
+    /// (`train/loss`, `train/lr`, `train/grad_norm`, `train/tokens_per_s`,
+    /// `eval/<set>/<metric>`, on one step axis across the stages). Default `false`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
@@ -46,6 +51,7 @@ impl Default for RunConfig {
             device: default_device(),
             precision: Precision::default(),
             out_dir: default_out_dir(),
+            tensorboard: false,
         }
     }
 }

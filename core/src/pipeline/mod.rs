@@ -38,6 +38,7 @@ mod run_dir;
 mod score;
 mod snapshot;
 mod stage;
+mod tracking;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
@@ -228,9 +229,10 @@ impl Pipeline {
             provenance::check_same_data(&run_dir, &provenance::data_record(&train_data, &eval_data))?;
             plugin_record::check_on_resume(&run_dir, &registry, r.plugins, &r.from)?;
         }
-        let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
+        let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
-        let records = Records::open(&run_dir, resuming.map(|r| r.mark).unwrap_or_default(), quiet)?;
+        let mark = resuming.map(|r| r.mark).unwrap_or_default();
+        let records = Records::open(&run_dir, mark, quiet, &device, cfg.run.tensorboard)?;
         let n = cfg.stages.len();
         let p = Pipeline {
             sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),
@@ -410,6 +412,7 @@ impl Pipeline {
             self.records.mark()?,
         );
         resume::save(self.run_dir.path(), &name, trainer, self.sets.objectives(), &meta, BTreeMap::new())?;
+        self.records.write_csv()?;
         self.results[i] = Some(result);
         Ok(())
     }
@@ -454,6 +457,7 @@ impl Pipeline {
     fn write_reports(self) -> Result<RunSummary> {
         let retention = RetentionMatrix::from_rows_main(self.records.rows(), &score::MAIN_SCORE);
         retention.write_json(self.run_dir.path())?;
+        self.records.write_csv()?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
         write_html(
             self.run_dir.path(),

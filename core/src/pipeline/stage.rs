@@ -86,15 +86,17 @@ impl<'a> StageRun<'a> {
             }
             let step = done + 1;
             let lr = lr_at(&self.s.schedule, self.s.optimizer.lr, step, self.total) * self.rules.guard.lr_scale();
-            let batches = self.batches()?;
+            let started = std::time::Instant::now();
+            let (batches, tokens) = self.batches()?;
             let out = self.trainer.train_step_accum(&batches, lr);
+            let tokens_per_s = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             if let Some(why) = self.rules.guard.rejects(step, &out) {
                 self.recover(step, lr, why, out.ok())?;
                 continue;
             }
             let out = out.with_context(|| format!("stage `{}` step {step}", self.s.name))?;
             let info = StepInfo { step, loss: out.loss, lr, grad_norm: out.grad_norm };
-            self.record_step(out, lr)?;
+            self.record_step(out, lr, tokens_per_s)?;
             let control = self.trainer.objective.on_step_end(&info)?;
             if let Some(end) = self.obey(control, "on_step_end")? {
                 return Ok(end);
@@ -112,16 +114,20 @@ impl<'a> StageRun<'a> {
         Ok(StageEnd::Budget)
     }
 
-    /// The next step's micro-batches (replayed rows cut to this stage's length limit).
-    fn batches(&mut self) -> Result<Vec<Batch>> {
+    /// The next step's micro-batches (replayed rows cut to this stage's length limit)
+    /// and how many real tokens they hold (padding not counted).
+    fn batches(&mut self) -> Result<(Vec<Batch>, u64)> {
         let s = self.s;
-        (0..s.grad_accum)
+        let mut tokens = 0u64;
+        let batches = (0..s.grad_accum)
             .map(|_| {
                 let ex: Vec<_> = self.mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
                 let rows: Vec<&Example> = ex.iter().map(|e| e.as_ref()).collect();
+                tokens += rows.iter().map(|e| e.ids.len() as u64).sum::<u64>();
                 collate(&rows, 0, self.ctx.device)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((batches, tokens))
     }
 
     /// Undoes rejected step `step`; it stays in the log (NaN for a non-finite loss).
@@ -137,9 +143,11 @@ impl<'a> StageRun<'a> {
         self.ctx.records.train(MetricRow::train(&self.s.name, step, loss, lr, None))
     }
 
-    fn record_step(&mut self, out: StepOutput, lr: f64) -> Result<()> {
+    fn record_step(&mut self, out: StepOutput, lr: f64, tokens_per_s: f64) -> Result<()> {
         let step = self.trainer.step;
-        self.ctx.records.train(MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm)))?;
+        let mut row = MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm));
+        row.tokens_per_s = Some(tokens_per_s.round());
+        self.ctx.records.train(row)?;
         self.ctx.records.console().step(&self.s.name, step, self.total, out.loss);
         self.rules.guard.accept(out.loss, self.trainer)
     }
