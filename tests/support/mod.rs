@@ -336,6 +336,14 @@ pub fn checkpoint_tensors(run: &Path, name: &str) -> BTreeMap<String, Tensor> {
         .tensors
 }
 
+/// A run's metrics rows without the fields that depend on when and how fast the
+/// process ran (`time`, `elapsed_s`, `tokens_per_s`, `peak_rss_mib`, `peak_gpu_mib`):
+/// what a resumed run must reproduce exactly.
+#[allow(dead_code)]
+pub fn untimed_metrics(run: &Path) -> Vec<MetricRow> {
+    metrics(run).iter().map(MetricRow::without_timing).collect()
+}
+
 /// A run's metrics rows.
 pub fn metrics(run: &Path) -> Vec<MetricRow> {
     MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics.jsonl")

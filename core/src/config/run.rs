@@ -49,6 +49,11 @@ pub struct RunConfig {
     /// one written at an evaluation are never counted nor deleted. Default 2.
     #[serde(default = "default_keep_last")]
     pub keep_last: u64,
+    /// Also write the metrics as TensorBoard scalars to `<run_dir>/tensorboard/`
+    /// (`train/loss`, `train/lr`, `train/grad_norm`, `train/tokens_per_s`,
+    /// `eval/<set>/<metric>`, on one step axis across the stages). Default `false`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
@@ -61,6 +66,7 @@ impl Default for RunConfig {
             out_dir: default_out_dir(),
             save_every: None,
             keep_last: default_keep_last(),
+            tensorboard: false,
         }
     }
 }

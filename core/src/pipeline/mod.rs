@@ -40,6 +40,7 @@ mod score;
 mod snapshot;
 mod stage;
 mod stage_objective;
+mod tracking;
 
 pub use eval::{evaluate, quantile, Metrics};
 pub use interrupt::{Interrupt, Interruption, Signal};
@@ -236,9 +237,10 @@ impl Pipeline {
             provenance::check_same_data(&run_dir, &provenance::data_record(&train_data, &eval_data))?;
             plugin_record::check_on_resume(&run_dir, &registry, r.plugins, &r.from)?;
         }
-        let state = Rc::new(HostState::new(device, DType::F32, cfg.run.seed));
+        let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
-        let records = Records::open(&run_dir, resuming.map(|r| r.mark).unwrap_or_default(), quiet)?;
+        let mark = resuming.map(|r| r.mark).unwrap_or_default();
+        let records = Records::open(&run_dir, mark, quiet, &device, cfg.run.tensorboard)?;
         let n = cfg.stages.len();
         let p = Pipeline {
             sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),
@@ -432,6 +434,7 @@ impl Pipeline {
             self.records.mark()?,
         );
         resume::save(self.run_dir.path(), &name, trainer, self.sets.objectives(), &meta, BTreeMap::new())?;
+        self.records.write_csv()?;
         self.results[i] = Some(result);
         Ok(())
     }
@@ -477,6 +480,7 @@ impl Pipeline {
     fn write_reports(self, interrupted: Option<Interruption>) -> Result<RunSummary> {
         let retention = RetentionMatrix::from_rows_main(self.records.rows(), &score::MAIN_SCORE);
         retention.write_json(self.run_dir.path())?;
+        self.records.write_csv()?;
         let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
         write_html(
             self.run_dir.path(),

@@ -6,13 +6,22 @@
 //! `ftruncate`, never a rewrite — and the run writes the rest again as it redoes the
 //! steps, so the logs of a resumed run are byte for byte those of an uninterrupted one.
 //! Resumes themselves go to `resumes.jsonl`, which is not cut.
+//!
+//! Every metrics row is stamped as it is logged (time, elapsed seconds, memory; see
+//! [`super::tracking`]), so the comparison of a resumed run's log with an
+//! uninterrupted one's leaves those fields out ([`MetricRow::without_timing`]).
+//! `metrics.csv` is regenerated from the rows at each stage's end and the run's.
 
 use super::console::Console;
 use super::eval::Metrics;
 use super::run_dir::RunDir;
+use super::tracking::Tracker;
 use crate::error::Result;
+use crate::report::csv::write_csv;
 use crate::report::{Event, EventKind, EventLog, Jsonl, MetricRow, MetricsLog};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The file resumes are recorded in.
 pub(crate) const RESUMES_FILE: &str = "resumes.jsonl";
@@ -45,11 +54,14 @@ pub(crate) struct Records {
     event_rows: Vec<Event>,
     resumes: Jsonl,
     console: Console,
+    tracker: Tracker,
+    dir: PathBuf,
 }
 
 impl Records {
-    /// Opens a run's logs, cut back to `mark` (a new run: nothing).
-    pub fn open(run: &RunDir, mark: RecordsMark, quiet: bool) -> Result<Self> {
+    /// Opens a run's logs, cut back to `mark` (a new run: nothing); `tensorboard`
+    /// mirrors the metrics to a new TensorBoard event file.
+    pub fn open(run: &RunDir, mark: RecordsMark, quiet: bool, device: &Device, tensorboard: bool) -> Result<Self> {
         let mut metrics = MetricsLog::open(run.path())?;
         let mut events = EventLog::open(run.path())?;
         metrics.truncate_to(mark.metrics)?;
@@ -57,7 +69,9 @@ impl Records {
         let rows = MetricsLog::read(metrics.path())?;
         let event_rows = EventLog::read(events.path())?;
         let resumes = Jsonl::open(&run.join(RESUMES_FILE))?;
-        Ok(Records { metrics, rows, events, event_rows, resumes, console: Console::new(quiet) })
+        let tracker = Tracker::new(run, &rows, device, tensorboard)?;
+        let console = Console::new(quiet);
+        Ok(Records { metrics, rows, events, event_rows, resumes, console, tracker, dir: run.path().to_path_buf() })
     }
 
     /// How much of the logs is written, after making it durable: what a checkpoint
@@ -83,19 +97,27 @@ impl Records {
         &mut self.console
     }
 
-    /// Logs a training row.
+    /// Logs a training row (stamped with the time and memory now).
     pub fn train(&mut self, row: MetricRow) -> Result<()> {
-        self.metrics.append(&row)?;
-        self.rows.push(row);
-        Ok(())
+        self.log(row)
     }
 
     /// Logs an evaluation of `set` by `stage` at `step`.
     pub fn eval(&mut self, stage: &str, step: u64, set: &str, m: &Metrics) -> Result<()> {
-        let row = MetricRow::eval(stage, step, set, m.clone());
+        self.log(MetricRow::eval(stage, step, set, m.clone()))
+    }
+
+    fn log(&mut self, mut row: MetricRow) -> Result<()> {
+        self.tracker.stamp(&mut row);
         self.metrics.append(&row)?;
+        self.tracker.mirror(&row)?;
         self.rows.push(row);
         Ok(())
+    }
+
+    /// Regenerates `metrics.csv` from every row so far.
+    pub fn write_csv(&self) -> Result<()> {
+        write_csv(&self.dir, &self.rows).map(|_| ())
     }
 
     /// Logs an event and shows it: a warning or a notice, by its kind.

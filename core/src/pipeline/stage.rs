@@ -117,15 +117,17 @@ impl<'a> StageRun<'a> {
             }
             let step = done + 1;
             let lr = lr_at(&self.s.schedule, self.s.optimizer.lr, step, self.total) * self.rules.guard.lr_scale();
+            let started = std::time::Instant::now();
             let (batches, tokens) = self.batches()?;
             let out = self.trainer.train_step_accum(&batches, lr);
+            let tokens_per_s = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             if let Some(why) = self.rules.guard.rejects(step, &out) {
                 self.recover(step, lr, why, out.ok())?;
                 continue;
             }
             let out = out.with_context(|| format!("stage `{}` step {step}", self.s.name))?;
             let info = StepInfo { step, loss: out.loss, lr, grad_norm: out.grad_norm };
-            self.record_step(out, lr, tokens)?;
+            self.record_step(out, lr, tokens, tokens_per_s)?;
             let control = self.trainer.objective.on_step_end(&info)?;
             if let Some(end) = self.obey(control, "on_step_end")? {
                 return Ok(Ended::Stage(end));
@@ -206,9 +208,11 @@ impl<'a> StageRun<'a> {
         self.ctx.records.train(MetricRow::train(&self.s.name, step, loss, lr, None))
     }
 
-    fn record_step(&mut self, out: StepOutput, lr: f64, tokens: u64) -> Result<()> {
+    fn record_step(&mut self, out: StepOutput, lr: f64, tokens: u64, tokens_per_s: f64) -> Result<()> {
         let step = self.trainer.step;
-        self.ctx.records.train(MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm)))?;
+        let mut row = MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm));
+        row.tokens_per_s = Some(tokens_per_s.round());
+        self.ctx.records.train(row)?;
         self.ctx.records.console().step(StepLine { step, loss: out.loss, lr, tokens });
         self.rules.guard.accept(out.loss, self.trainer)
     }

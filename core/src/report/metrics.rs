@@ -1,7 +1,11 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes.
 //!
 //! Training rows carry `loss`, `lr` and `grad_norm`; eval rows name the eval `set` and
-//! carry a `metrics` object. Non-finite numbers are written as `null` and read back
+//! carry a `metrics` object. Rows written by a run also carry when they were taken
+//! (`time`, ISO 8601 UTC; `elapsed_s` since the run started, continued across resumes),
+//! the throughput (`tokens_per_s`, train rows) and the memory high-water marks
+//! (`peak_rss_mib`, and `peak_gpu_mib` on CUDA); all are optional when reading, so
+//! older files still read. Non-finite numbers are written as `null` and read back
 //! as NaN ([`super::num`]); keys this module does not know are kept in `extra`.
 //!
 //! ```
@@ -59,6 +63,22 @@ pub struct MetricRow {
     /// Train rows: the gradient norm before clipping, where measured.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
     pub grad_norm: Option<f64>,
+    /// When the row was taken: ISO 8601 UTC with milliseconds (`2026-11-30T22:41:05.123Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Seconds since the run started (its first row), resumes included.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub elapsed_s: Option<f64>,
+    /// Train rows: real (non-padding) tokens of the step's batches per second of the
+    /// step's wall time (batching, forward, backward, update; evaluations excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub tokens_per_s: Option<f64>,
+    /// The process's peak resident set size so far, MiB (Linux `VmHWM`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub peak_rss_mib: Option<f64>,
+    /// CUDA runs: the most device memory seen in use so far, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub peak_gpu_mib: Option<f64>,
     /// Eval rows: metric name → value (`loss`, `exact_match`, `loss_p50`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "num::map")]
     pub metrics: BTreeMap<String, f64>,
@@ -78,6 +98,11 @@ impl MetricRow {
             loss: Some(loss),
             lr: Some(lr),
             grad_norm,
+            time: None,
+            elapsed_s: None,
+            tokens_per_s: None,
+            peak_rss_mib: None,
+            peak_gpu_mib: None,
             metrics: BTreeMap::new(),
             extra: BTreeMap::new(),
         }
@@ -93,8 +118,27 @@ impl MetricRow {
             loss: None,
             lr: None,
             grad_norm: None,
+            time: None,
+            elapsed_s: None,
+            tokens_per_s: None,
+            peak_rss_mib: None,
+            peak_gpu_mib: None,
             metrics,
             extra: BTreeMap::new(),
+        }
+    }
+
+    /// This row without the fields that depend on when and how fast it ran (`time`,
+    /// `elapsed_s`, `tokens_per_s`, `peak_rss_mib`, `peak_gpu_mib`): what two runs of
+    /// the same work agree on.
+    pub fn without_timing(&self) -> MetricRow {
+        MetricRow {
+            time: None,
+            elapsed_s: None,
+            tokens_per_s: None,
+            peak_rss_mib: None,
+            peak_gpu_mib: None,
+            ..self.clone()
         }
     }
 }

@@ -4,6 +4,8 @@
 //!   rows (`loss`, `lr`, `grad_norm`) and eval rows (`set`, `metrics`);
 //! - [`RetentionMatrix`]: a metric of every eval set after every stage, the forgetting
 //!   it shows, a terminal table, `<run_dir>/retention.json`;
+//! - [`csv`]: `<run_dir>/metrics.csv`, the same rows as one table;
+//! - [`tensorboard`]: `<run_dir>/tensorboard/` event files (`[run] tensorboard = true`);
 //! - [`write_html`]: `<run_dir>/report.html`, a self-contained page without JavaScript:
 //!   a summary table, the retention matrix colored by forgetting, per-stage SVG plots
 //!   ([`svg`]) of training loss, learning rate, gradient norm and every eval metric,
@@ -27,8 +29,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod clock;
+pub mod csv;
 mod escape;
 mod events;
+mod global_step;
 mod html;
 mod jsonl;
 mod metrics;
@@ -37,10 +42,12 @@ pub mod plots;
 mod retention;
 pub mod svg;
 pub mod tables;
+pub mod tensorboard;
 pub mod ticks;
 
 pub use escape::escape;
 pub use events::{Event, EventKind, EventLog};
+pub use global_step::GlobalSteps;
 pub use html::{render_html, write_html, REPORT_FILE};
 pub use jsonl::Jsonl;
 pub use metrics::{MetricRow, MetricsLog, Split};
