@@ -65,6 +65,8 @@ fn scalars(row: &MetricRow) -> Vec<(String, f64)> {
     match row.split {
         Split::Train => [
             ("loss", row.loss),
+            ("task_loss", row.task_loss),
+            ("replay_loss", row.replay_loss),
             ("lr", row.lr),
             ("grad_norm", row.grad_norm),
             ("tokens_per_s", row.tokens_per_s),

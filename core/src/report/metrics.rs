@@ -63,6 +63,14 @@ pub struct MetricRow {
     /// Train rows: the gradient norm before clipping, where measured.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
     pub grad_norm: Option<f64>,
+    /// Train rows of a stage that mixes in replay: the mean per-example loss of the
+    /// step's own (task) rows, where the objective gives per-example losses.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub task_loss: Option<f64>,
+    /// Train rows of a stage that mixes in replay: the mean per-example loss of the
+    /// step's replayed rows.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub replay_loss: Option<f64>,
     /// When the row was taken: ISO 8601 UTC with milliseconds (`2026-11-30T22:41:05.123Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
@@ -98,6 +106,8 @@ impl MetricRow {
             loss: Some(loss),
             lr: Some(lr),
             grad_norm,
+            task_loss: None,
+            replay_loss: None,
             time: None,
             elapsed_s: None,
             tokens_per_s: None,
@@ -118,6 +128,8 @@ impl MetricRow {
             loss: None,
             lr: None,
             grad_norm: None,
+            task_loss: None,
+            replay_loss: None,
             time: None,
             elapsed_s: None,
             tokens_per_s: None,
