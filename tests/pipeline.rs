@@ -8,6 +8,7 @@ mod support;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::pipeline::{Pipeline, StageEnd};
 use stagecraft_core::plugin::Registry;
+use stagecraft_core::report::Split;
 use std::collections::BTreeMap;
 use support::{bits, checkpoint_tensors, events, metrics, run_pipeline, scratch, try_pipeline};
 
@@ -326,4 +327,24 @@ fn a_loss_spike_is_rolled_back_unless_within_the_margin() {
             assert_eq!((at_14.len(), at_12), (1, 1), "a jump smaller than the margin is not a spike");
         }
     }
+}
+
+#[test]
+fn a_stage_with_replay_logs_its_task_and_replay_losses_apart() {
+    let run = run_pipeline("pipe-split", &three_stages());
+    let train: Vec<_> = metrics(&run.dir).into_iter().filter(|r| r.split == Split::Train).collect();
+    for r in &train {
+        let split = (r.task_loss, r.replay_loss);
+        if r.stage == "adapt_sub" {
+            let (task, replay) = (split.0.expect("task loss"), split.1.expect("replay loss"));
+            assert!(task.is_finite() && replay.is_finite() && task > 0.0 && replay > 0.0, "{r:?}");
+            // 6 task rows and 2 replayed ones: the step's loss lies between the two parts'.
+            let (lo, hi) = (task.min(replay), task.max(replay));
+            let loss = r.loss.expect("loss");
+            assert!(lo - 0.05 <= loss && loss <= hi + 0.05, "loss {loss} outside [{lo}, {hi}]");
+        } else {
+            assert_eq!(split, (None, None), "stage `{}` replays nothing", r.stage);
+        }
+    }
+    assert_eq!(train.iter().filter(|r| r.stage == "adapt_sub").count(), 3);
 }

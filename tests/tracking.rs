@@ -129,7 +129,9 @@ fn a_resumed_run_tracks_time_throughput_memory_csv_and_tensorboard() {
     let csv = std::fs::read_to_string(run.join("metrics.csv")).expect("metrics.csv");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), rows.len() + 1);
-    assert!(lines[0].starts_with("stage,step,global_step,split,set,loss,task_loss,replay_loss,lr,grad_norm,time,elapsed_s,tokens_per_s,"));
+    assert!(lines[0].starts_with(
+        "stage,step,global_step,split,set,loss,task_loss,replay_loss,lr,grad_norm,time,elapsed_s,tokens_per_s,"
+    ));
     assert!(lines[0].contains("eval/adapt/exact_match") && lines[0].contains("eval/pretrain/loss"), "{}", lines[0]);
     let width = lines[0].split(',').count();
     assert!(lines.iter().all(|l| l.split(',').count() == width));

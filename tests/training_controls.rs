@@ -121,3 +121,28 @@ fn clipping_scales_the_gradient_to_the_global_norm() {
         .sqrt();
     assert!((norm - max).abs() < 1e-3 * max, "update norm {norm}");
 }
+
+/// Each row's own loss: the mean token loss of a batch of that row alone.
+fn row_loss(row: ([u32; 6], usize)) -> f64 {
+    trainer(None).eval_batch(&rows(&[row])).expect("eval").0
+}
+
+#[test]
+fn a_step_over_mixed_rows_reports_the_task_and_replay_losses_apart() {
+    let (t1, t2) = (([1u32, 4, 9, 2, 7, 3], 6), ([3u32, 8, 2, 0, 0, 0], 3));
+    let (r1, r2) = (([5u32, 5, 1, 30, 2, 8], 6), ([7u32, 1, 1, 6, 0, 0], 4));
+    let mixed = |a, b| Batch { replay_from: Some(1), ..rows(&[a, b]) };
+    let mut t = trainer(None);
+    let out = t.train_step_accum(&[mixed(t1, r1), mixed(t2, r2)], 0.1).expect("step");
+    let split = out.split.expect("a mixed step reports its split");
+    let task = (row_loss(t1) + row_loss(t2)) / 2.0;
+    let replay = (row_loss(r1) + row_loss(r2)) / 2.0;
+    assert!((split.task - task).abs() < 1e-5, "task loss {} vs rows alone {task}", split.task);
+    let got = split.replay.expect("replayed rows were drawn");
+    assert!((got - replay).abs() < 1e-5, "replay loss {got} vs rows alone {replay}");
+    // Far enough apart (against the 1e-5 above) that swapped parts would fail.
+    assert!((split.task - got).abs() > 1e-4, "the two parts are told apart: {} vs {got}", split.task);
+
+    let plain = trainer(None).train_step(&rows(&[t1, r1]), 0.1).expect("step");
+    assert_eq!(plain.split, None, "no replay, no split");
+}

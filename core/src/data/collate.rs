@@ -73,6 +73,7 @@ pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Ba
         attention_mask: Some(grid(mask)?),
         labels: if classification { None } else { Some(Tensor::from_vec(labels, (rows, seq), device)?) },
         class_labels: if classification { Some(Tensor::from_vec(classes, rows, device)?) } else { None },
+        replay_from: None,
     })
 }
 

@@ -161,6 +161,15 @@ impl Mixture {
         Ok(std::iter::once(batch_size - taken).chain(replay).collect())
     }
 
+    /// Where a batch of `batch_size` from [`Mixture::next_batch`] switches from the
+    /// primary's rows to replayed ones; `None` when nothing is replayed.
+    pub fn replay_from(&self, batch_size: usize) -> Result<Option<usize>> {
+        if self.sources.len() == 1 {
+            return Ok(None);
+        }
+        Ok(Some(self.counts(batch_size)?[0]))
+    }
+
     /// The next batch: the primary's examples, then each replay source's.
     pub fn next_batch(&mut self, batch_size: usize) -> Result<Vec<&Example>> {
         let counts = self.counts(batch_size)?;

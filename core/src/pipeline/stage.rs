@@ -184,12 +184,13 @@ impl<'a> StageRun<'a> {
     fn batches(&mut self) -> Result<(Vec<Batch>, u64)> {
         let s = self.s;
         let mut tokens = 0;
+        let replay_from = self.mixture.replay_from(s.batch_size)?;
         let batches = (0..s.grad_accum)
             .map(|_| {
                 let ex: Vec<_> = self.mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
                 let rows: Vec<&Example> = ex.iter().map(|e| e.as_ref()).collect();
                 tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
-                collate(&rows, 0, self.ctx.device)
+                Ok(Batch { replay_from, ..collate(&rows, 0, self.ctx.device)? })
             })
             .collect::<Result<_>>()?;
         Ok((batches, tokens))
@@ -211,6 +212,10 @@ impl<'a> StageRun<'a> {
     fn record_step(&mut self, out: StepOutput, lr: f64, tokens: u64, tokens_per_s: f64) -> Result<()> {
         let step = self.trainer.step;
         let mut row = MetricRow::train(&self.s.name, step, out.loss, lr, Some(out.grad_norm));
+        if let Some(split) = out.split {
+            row.task_loss = Some(split.task);
+            row.replay_loss = split.replay;
+        }
         row.tokens_per_s = Some(tokens_per_s.round());
         self.ctx.records.train(row)?;
         self.ctx.records.console().step(StepLine { step, loss: out.loss, lr, tokens });

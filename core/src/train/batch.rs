@@ -13,12 +13,15 @@ pub struct Batch {
     pub labels: Option<Tensor>,
     /// `[batch]` class ids.
     pub class_labels: Option<Tensor>,
+    /// Rows from this index on are replayed from earlier stages' data (the loss is then
+    /// also reported for the two parts); `None`: every row is the stage's own.
+    pub replay_from: Option<usize>,
 }
 
 impl Batch {
     /// A batch of token ids only.
     pub fn tokens(input_ids: Tensor) -> Self {
-        Batch { input_ids, attention_mask: None, labels: None, class_labels: None }
+        Batch { input_ids, attention_mask: None, labels: None, class_labels: None, replay_from: None }
     }
 
     /// The named fields, for an objective plugin.

@@ -12,4 +12,4 @@ pub use params::{decays, layer_of, lr_multiplier, module_matches};
 pub use schedule::lr_at;
 pub use teacher::{Teacher, TEACHER_LOGITS};
 pub(crate) use trainer::no_teacher;
-pub use trainer::{forward_loss, StepOutput, StepTimes, Trainer};
+pub use trainer::{forward_loss, LossSplit, StepOutput, StepTimes, Trainer};

@@ -18,8 +18,57 @@ pub struct StepOutput {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// The loss of the stage's own rows and of the replayed ones, when the batches mix
+    /// in replay and the objective gives per-example losses.
+    pub split: Option<LossSplit>,
     /// Where the step's time went.
     pub times: StepTimes,
+}
+
+/// A step's loss split by where its rows came from: the mean per-example loss of the
+/// stage's own (task) rows and of the replayed rows, over all micro-batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossSplit {
+    /// The stage's own rows.
+    pub task: f64,
+    /// The replayed rows; `None` when the step drew none.
+    pub replay: Option<f64>,
+}
+
+/// Sums per-example losses into task and replay parts, micro-batch by micro-batch.
+#[derive(Debug, Default)]
+struct SplitSums {
+    task: (f64, usize),
+    replay: (f64, usize),
+    /// A mixed batch whose objective gave no per-example losses: no split.
+    unknown: bool,
+    mixed: bool,
+}
+
+impl SplitSums {
+    fn add(&mut self, replay_from: Option<usize>, per_example: Option<&Tensor>) -> Result<()> {
+        let Some(from) = replay_from else { return Ok(()) };
+        self.mixed = true;
+        let Some(per) = per_example else {
+            self.unknown = true;
+            return Ok(());
+        };
+        let per = per.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let from = from.min(per.len());
+        self.task.0 += per[..from].iter().sum::<f64>();
+        self.task.1 += from;
+        self.replay.0 += per[from..].iter().sum::<f64>();
+        self.replay.1 += per.len() - from;
+        Ok(())
+    }
+
+    fn split(&self) -> Option<LossSplit> {
+        let mean = |(sum, n): (f64, usize)| (n > 0).then(|| sum / n as f64);
+        if !self.mixed || self.unknown {
+            return None;
+        }
+        Some(LossSplit { task: mean(self.task)?, replay: mean(self.replay) })
+    }
 }
 
 /// Wall time of a step's phases, seconds.
@@ -224,6 +273,7 @@ impl Trainer {
         let scale = 1.0 / micro.len() as f64;
         let mut sum: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let mut loss_sum = 0.0;
+        let mut split = SplitSums::default();
         let mut times = StepTimes::default();
         for batch in micro {
             let clock = Instant::now();
@@ -234,6 +284,7 @@ impl Trainer {
                 return Err(Error::NonFinite(format!("loss is {loss} at step {}", self.step + 1)));
             }
             loss_sum += loss;
+            split.add(batch.replay_from, l.per_example.as_ref())?;
             let clock = Instant::now();
             let grads = l.loss.affine(scale, 0.0)?.backward()?;
             for (acc, p) in sum.iter_mut().zip(&self.params) {
@@ -265,7 +316,7 @@ impl Trainer {
         self.optimizer.step(&self.params, &sum, lr, update)?;
         self.optimizer.updates = update;
         times.update = clock.elapsed().as_secs_f64();
-        Ok(StepOutput { loss: loss_sum * scale, grad_norm, times })
+        Ok(StepOutput { loss: loss_sum * scale, grad_norm, split: split.split(), times })
     }
 
     /// Loss and metrics on `batch` in evaluation mode (no update).
