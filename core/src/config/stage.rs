@@ -165,6 +165,11 @@ pub struct DataConfig {
     /// Data order. Default shuffled.
     #[serde(default)]
     pub order: Order,
+    /// Pack the training examples into rows of up to `seq_len` tokens, attention kept
+    /// inside each example (language-model data on a decoder; see
+    /// [`crate::data::pack`]). Eval sets are never packed. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
 }
 
 /// `replay = { from = "stage" | ["a", "b"], ratio = 0.1 }`.

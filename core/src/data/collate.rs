@@ -3,7 +3,7 @@
 //! | field | shape, dtype | value |
 //! |---|---|---|
 //! | `input_ids` | `[b, s]` u32 | ids, then `pad_id` |
-//! | `attention_mask` | `[b, s]` u32 | 1 on real tokens, 0 on padding |
+//! | `attention_mask` | `[b, s]` u32 | 1 on real tokens, 0 on padding; a packed row numbers its examples 1, 2, ... |
 //! | `labels` | `[b, s]` i64 | completion rows: their labels; text rows: their ids; -100 on padding (absent for classification) |
 //! | `class_labels` | `[b]` i64 | classification only |
 //!
@@ -54,7 +54,7 @@ pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Ba
         }
         let pad = seq - n;
         ids.extend(ex.ids.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
-        mask.extend(std::iter::repeat_n(1u32, n).chain(std::iter::repeat_n(0, pad)));
+        mask.extend(example_numbers(ex).chain(std::iter::repeat_n(0, pad)));
         match (&ex.labels, ex.class_label) {
             (_, Some(c)) => classes.push(c),
             (Some(l), None) if l.len() != n => {
@@ -75,6 +75,15 @@ pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Ba
         class_labels: if classification { Some(Tensor::from_vec(classes, rows, device)?) } else { None },
         replay_from: None,
     })
+}
+
+/// Each token's example number in its row: 1 throughout, or 1, 2, ... over a packed
+/// row's examples.
+fn example_numbers(ex: &Example) -> Box<dyn Iterator<Item = u32> + '_> {
+    if ex.packed.is_empty() {
+        return Box::new(std::iter::repeat_n(1, ex.ids.len()));
+    }
+    Box::new(ex.packed.iter().zip(1u32..).flat_map(|(&len, k)| std::iter::repeat_n(k, len as usize)))
 }
 
 #[cfg(test)]
@@ -99,6 +108,17 @@ mod tests {
         assert_eq!(labels[2], [7, 8, -100, -100, -100, -100, -100, -100, -100]);
         assert!(batch.class_labels.is_none());
         assert_eq!(batch.input_ids.to_vec2::<u32>()?[0][6..], [0, 0, 0]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_packed_row_numbers_its_examples_in_the_mask() -> Result<()> {
+        let (rows, _) = crate::data::pack(&[Example::from_ids(vec![1, 2, 3]), Example::from_ids(vec![4, 5])], 6)?;
+        let batch = collate(&[&rows[0], &Example::from_ids(vec![9])], 0, &Device::Cpu)?;
+        let mask = batch.attention_mask.as_ref().map(|m| m.to_vec2::<u32>()).transpose()?.unwrap_or_default();
+        assert_eq!(mask, [vec![1, 1, 1, 2, 2], vec![1, 0, 0, 0, 0]]);
+        let labels = batch.labels.as_ref().map(|l| l.to_vec2::<i64>()).transpose()?.unwrap_or_default();
+        assert_eq!(labels[0], [-100, 2, 3, -100, 5]);
         Ok(())
     }
 

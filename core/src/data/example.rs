@@ -62,6 +62,9 @@ pub struct Example {
     /// Curriculum key, lower is easier: the source's `difficulty` field where it has
     /// one, else the number of tokens.
     pub difficulty: f64,
+    /// A packed row ([`super::pack`]): the lengths of the examples it holds, in order
+    /// (their tokens attend only within their own example). Empty for one example.
+    pub packed: Vec<u32>,
 }
 
 impl Example {
@@ -84,19 +87,20 @@ impl Example {
         if n <= max_len || max_len == 0 {
             return std::borrow::Cow::Borrowed(self);
         }
-        let range = if self.labels.is_some() { n - max_len..n } else { 0..max_len };
+        let range = if self.labels.is_some() && self.packed.is_empty() { n - max_len..n } else { 0..max_len };
         std::borrow::Cow::Owned(Example {
             ids: self.ids[range.clone()].to_vec(),
             labels: self.labels.as_ref().map(|l| l[range].to_vec()),
             class_label: self.class_label,
             difficulty: self.difficulty,
+            packed: cut_lengths(&self.packed, max_len),
         })
     }
 
     /// Text tokens as they are (the caller keeps them within its length limit).
     pub fn from_ids(ids: Vec<u32>) -> Example {
         let difficulty = ids.len() as f64;
-        Example { ids, labels: None, class_label: None, difficulty }
+        Example { ids, labels: None, class_label: None, difficulty, packed: Vec::new() }
     }
 
     /// Text with a class index, cut at the end to `max_len` tokens.
@@ -133,7 +137,7 @@ impl Example {
             .collect();
         let ids: Vec<u32> = full[cut..].to_vec();
         let difficulty = ids.len() as f64;
-        Ok(Example { ids, labels: Some(labels), class_label: None, difficulty })
+        Ok(Example { ids, labels: Some(labels), class_label: None, difficulty, packed: Vec::new() })
     }
 
     /// The same example with another curriculum key.
@@ -149,6 +153,20 @@ impl Example {
             (None, None) => DataKind::Text,
         }
     }
+}
+
+/// A packed row's example lengths within its first `max_len` tokens.
+fn cut_lengths(lengths: &[u32], max_len: usize) -> Vec<u32> {
+    let mut left = max_len as u32;
+    let mut out = Vec::new();
+    for &n in lengths {
+        if left == 0 {
+            break;
+        }
+        out.push(n.min(left));
+        left -= n.min(left);
+    }
+    out
 }
 
 fn check_max_len(max_len: usize) -> Result<()> {
@@ -175,6 +193,8 @@ pub struct Dataset {
     /// Instruction and chat data: the row format detected and how it is rendered
     /// (`messages, chat template chatml (built in)`); `None` for other data.
     pub format: Option<String>,
+    /// Packed data: what packing did; `None` when the examples are as loaded.
+    pub packing: Option<super::PackingStats>,
 }
 
 impl Dataset {

@@ -247,7 +247,15 @@ pub fn load_jsonl_with(
     let Some(kind) = examples.first().map(Example::kind) else {
         return Err(Error::file(path, "no examples (every line is blank)"));
     };
-    Ok(Dataset { name: path.display().to_string(), kind, examples, sha256: Some(sha256), label_names, format })
+    Ok(Dataset {
+        name: path.display().to_string(),
+        kind,
+        examples,
+        sha256: Some(sha256),
+        label_names,
+        format,
+        packing: None,
+    })
 }
 
 #[cfg(test)]

@@ -203,6 +203,7 @@ mod tests {
             sha256: None,
             label_names: vec![],
             format: None,
+            packing: None,
         })
     }
 

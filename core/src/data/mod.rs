@@ -5,6 +5,7 @@
 //!   a `.txt` or a `.jsonl` path) → a tokenized [`Dataset`] of [`Example`]s.
 //! - [`Sampler`]: deterministic, resumable epoch shuffling (optionally a curriculum).
 //! - [`Mixture`]: a stage's data mixed with replay from earlier stages.
+//! - [`pack`]: short examples packed into full rows, attention kept inside each.
 //! - [`collate()`]: examples → a padded [`Batch`](crate::train::Batch).
 //!
 //! Everything is a function of the specs and seeds, so a resumed run sees exactly the
@@ -26,6 +27,7 @@ mod collate;
 mod example;
 mod jsonl;
 mod mixture;
+mod packing;
 mod sampler;
 mod source;
 mod spec;
@@ -37,6 +39,7 @@ pub use collate::collate;
 pub use example::{DataKind, Dataset, Example, IGNORE};
 pub use jsonl::{load_jsonl, load_jsonl_with};
 pub use mixture::{Mixture, MixtureState, SourceState};
+pub use packing::{pack, pack_dataset, PackingStats};
 pub use sampler::{Order, Sampler, SamplerState};
 pub(crate) use source::read_source_file;
 pub use source::{load_source, preview_source, SourcePreview};

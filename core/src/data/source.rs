@@ -95,6 +95,7 @@ fn synthetic(spec: &str, s: &SyntheticSpec, tokenizer: &Tokenizer, max_len: usiz
         sha256: None,
         label_names: Vec::new(),
         format: None,
+        packing: None,
     })
 }
 

@@ -41,6 +41,7 @@ pub fn load_text(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<D
         sha256: Some(sha256),
         label_names: Vec::new(),
         format: None,
+        packing: None,
     })
 }
 

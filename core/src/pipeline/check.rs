@@ -71,20 +71,40 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry, depth: Depth) -> R
     let peak = peak_memory(cfg, &arch.spec(), &previews);
     peak.1.ensure_fits(&format!("stage `{}`", peak.0), &device)?;
     check_plugins(cfg, registry, &device)?;
-    let sizes = previews.iter().map(|p| (p.train.len, p.eval.as_ref().map(|e| e.len))).collect();
+    let mut sizes: Vec<(usize, Option<usize>)> =
+        previews.iter().map(|p| (p.train.len, p.eval.as_ref().map(|e| e.len))).collect();
     let mut train_data = Vec::new();
     let mut eval_data = Vec::new();
-    for (s, p) in cfg.stages.iter().zip(previews) {
-        let load = |preview: SourcePreview| match depth {
-            Depth::Run if !preview.is_complete() => load_source(&preview.dataset.name, &tokenizer, &base, s.seq_len)
-                .map(Arc::new)
+    for ((s, p), size) in cfg.stages.iter().zip(previews).zip(&mut sizes) {
+        let load = |preview: SourcePreview, whole: bool| match whole && !preview.is_complete() {
+            true => load_source(&preview.dataset.name, &tokenizer, &base, s.seq_len)
                 .with_context(|| format!("stage `{}`", s.name)),
-            _ => Ok(Arc::new(preview.dataset)),
+            false => Ok(preview.dataset),
         };
-        train_data.push(load(p.train)?);
-        eval_data.push(p.eval.map(load).transpose()?);
+        let mut train = load(p.train, depth == Depth::Run || s.data.packing)?;
+        if s.data.packing {
+            train = packed(s, &train, &arch)?;
+            size.0 = train.len();
+        }
+        train_data.push(Arc::new(train));
+        eval_data.push(p.eval.map(|e| load(e, depth == Depth::Run)).transpose()?.map(Arc::new));
     }
     Ok(Loaded { device, tokenizer, arch, train_data, eval_data, sizes, peak })
+}
+
+/// Stage `s`'s training data packed into rows of `seq_len` tokens: language-model data
+/// on a causal model, whose rotary positions make a packed example see what it would
+/// alone.
+fn packed(s: &StageConfig, train: &Dataset, arch: &Architecture) -> Result<Dataset> {
+    let spec = arch.spec();
+    if !spec.causal {
+        bail!(
+            "stage `{}`: packing = true needs a decoder; a {} model attends both ways and numbers positions from each row's start",
+            s.name,
+            spec.arch
+        );
+    }
+    crate::data::pack_dataset(train, s.seq_len).with_context(|| format!("stage `{}`", s.name))
 }
 
 /// Stage `s`'s sources, previewed and checked against its objective.

@@ -138,9 +138,10 @@ fn describe_stage(
     let per_step = s.batch_size * s.grad_accum;
     let steps = s.total_steps(len).unwrap_or(0);
     let epochs = steps as f64 * per_step as f64 / len as f64;
+    let unit = if train.packing.is_some() { "packed rows" } else { "examples" };
     let _ = writeln!(
         out,
-        "{}. {} [{}] {} steps x {} examples ({epochs:.2} epochs of {} from {})",
+        "{}. {} [{}] {} steps x {} {unit} ({epochs:.2} epochs of {} from {})",
         i + 1,
         s.name,
         s.objective.name(),
@@ -152,6 +153,9 @@ fn describe_stage(
     for d in std::iter::once(train).chain(data.eval.map(|(e, _)| e)) {
         if let Some(format) = &d.format {
             let _ = writeln!(out, "   data {}: {format}", d.name);
+        }
+        if let Some(packing) = &d.packing {
+            let _ = writeln!(out, "   data {}: {packing}", d.name);
         }
     }
     let start = match (&s.model, &s.from) {

@@ -131,8 +131,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].ends_with(",eval/x/exact_match,eval/x/loss,\"eval/y\"\"q/loss\""), "{}", lines[0]);
-        assert_eq!(lines[1], "\"a,b\",3,3,train,,NaN,0.001,0.5,,,1200,,,,,");
-        assert_eq!(lines[2], "\"a,b\",3,3,eval,x,,,,,,,,,0.5,1,");
-        assert_eq!(lines[3], "c,2,5,eval,\"y\"\"q\",,,,,,,,,,,2");
+        assert_eq!(lines[1], "\"a,b\",3,3,train,,NaN,,,0.001,0.5,,,1200,,,,,");
+        assert_eq!(lines[2], "\"a,b\",3,3,eval,x,,,,,,,,,,,0.5,1,");
+        assert_eq!(lines[3], "c,2,5,eval,\"y\"\"q\",,,,,,,,,,,,,2");
     }
 }

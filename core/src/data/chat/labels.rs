@@ -85,7 +85,7 @@ pub fn chat_example(
     }
     let ids = ids[cut..].to_vec();
     let difficulty = ids.len() as f64;
-    Ok(Example { ids, labels: Some(labels[cut..].to_vec()), class_label: None, difficulty })
+    Ok(Example { ids, labels: Some(labels[cut..].to_vec()), class_label: None, difficulty, packed: Vec::new() })
 }
 
 #[cfg(test)]

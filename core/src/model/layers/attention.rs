@@ -25,12 +25,18 @@ use candle_core::{DType, Device, Result, Tensor};
 /// row with every key masked softmaxes to a uniform row, never to NaN.
 pub const MASK_VALUE: f32 = f32::MIN;
 
+/// The value [`extend_mask`] gives the positions it adds (virtual tokens, prefix
+/// keys): keys every query may see, whichever example it belongs to.
+pub const SHARED: f32 = -1.0;
+
 /// The additive mask `[batch, 1, q_len, kv_len]` (0 where attending is allowed,
 /// [`MASK_VALUE`] elsewhere), or `None` when nothing is masked.
 ///
-/// `padding` is `[batch, kv_len]`, non-zero for real tokens. With `causal`, query `i`
-/// sits at key position `kv_len - q_len + i` and sees keys up to it: extra leading keys
-/// (a prefix) are visible to every query.
+/// `padding` is `[batch, kv_len]`: 0 on padding, [`SHARED`] on positions every query
+/// sees, else the number of the example the token belongs to (1 throughout, or 1, 2,
+/// ... in a packed row, where a token sees only its own example's tokens). With
+/// `causal`, query `i` sits at key position `kv_len - q_len + i` and sees keys up to
+/// it: extra leading keys (a prefix) are visible to every query.
 pub fn attention_mask(
     padding: Option<&Tensor>,
     batch: usize,
@@ -59,8 +65,9 @@ pub fn attention_mask(
     let mut out = Vec::with_capacity(batch * q_len * kv_len);
     for row in &pad {
         for i in 0..q_len {
-            for (j, &real) in row.iter().enumerate() {
-                let visible = real != 0.0 && (!causal || j <= offset + i);
+            let own = row[offset + i];
+            for (j, &key) in row.iter().enumerate() {
+                let visible = key != 0.0 && (!causal || j <= offset + i) && same_example(own, key);
                 out.push(if visible { 0.0 } else { MASK_VALUE });
             }
         }
@@ -68,9 +75,15 @@ pub fn attention_mask(
     Ok(Some(Tensor::from_vec(out, (batch, 1, q_len, kv_len), device)?))
 }
 
-/// The padding mask for `len` positions: `mask` (`[batch, seq]`, non-zero for real
-/// tokens) with `len - seq` ones in front, for virtual tokens or prefix keys that are
-/// always attended to. `None` stays `None`.
+/// Whether a query of example `query` may see a key of example `key`: always for
+/// shared keys, and for queries that are padding or shared themselves.
+fn same_example(query: f32, key: f32) -> bool {
+    query <= 0.0 || key < 0.0 || key == query
+}
+
+/// The padding mask for `len` positions: `mask` (`[batch, seq]`, 0 on padding) with
+/// `len - seq` [`SHARED`] positions in front, for virtual tokens or prefix keys that
+/// are always attended to. `None` stays `None`.
 pub fn extend_mask(mask: Option<&Tensor>, batch: usize, len: usize) -> Result<Option<Tensor>> {
     let Some(m) = mask else { return Ok(None) };
     let (b, seq) = m.dims2()?;
@@ -81,8 +94,8 @@ pub fn extend_mask(mask: Option<&Tensor>, batch: usize, len: usize) -> Result<Op
     if seq == len {
         return Ok(Some(m));
     }
-    let ones = Tensor::ones((batch, len - seq), DType::F32, m.device())?;
-    Ok(Some(Tensor::cat(&[&ones, &m], 1)?))
+    let shared = Tensor::full(SHARED, (batch, len - seq), m.device())?;
+    Ok(Some(Tensor::cat(&[&shared, &m], 1)?))
 }
 
 /// Repeats each of the `kv_heads` heads `n_rep` times in place:

@@ -11,6 +11,6 @@ mod rope;
 mod softmax;
 
 pub use crate::kernels::norm::{layer_norm, rms_norm};
-pub use attention::{attention, attention_mask, extend_mask, repeat_kv, MASK_VALUE};
+pub use attention::{attention, attention_mask, extend_mask, repeat_kv, MASK_VALUE, SHARED};
 pub use rope::{Rope, RopeTables};
 pub use softmax::{log_softmax, logsumexp, softmax};
