@@ -14,7 +14,7 @@
 //! let ex = |n: u32| Example::from_ids((0..n).collect());
 //! let (rows, stats) = pack(&[ex(5), ex(3), ex(2), ex(6)], 8).unwrap();
 //! assert_eq!(rows.len(), 2);
-//! assert_eq!(rows[0].packed, vec![6, 2]);
+//! assert_eq!(rows[0].packed, vec![2, 6]); // each row in source order
 //! assert_eq!(rows[1].packed, vec![5, 3]);
 //! assert_eq!((stats.examples, stats.rows, stats.tokens), (4, 2, 16));
 //! ```
