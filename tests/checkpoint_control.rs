@@ -1,7 +1,7 @@
 //! Checkpoint control: `save_every` checkpoints at the right steps, `keep_last` pruning
 //! them (never the end-of-stage ones), a SIGKILL after a `save_every` checkpoint but
 //! before the first evaluation, SIGINT → exit 130 with a resume checkpoint and
-//! `--resume latest`, and a second SIGINT that exits at once. Every interrupted run
+//! `--resume latest`, and a second SIGINT that exits at once (resumed as `--resume runs/NAME`). Every interrupted run
 //! must end as the uninterrupted one: each stage's weights bit for bit,
 //! `metrics.jsonl` field for field but for the wall-clock fields, and `events.jsonl` byte for byte but for its
 //! `interrupt` rows (one per signal that stopped the run).
@@ -247,7 +247,8 @@ fn sigint_saves_exits_130_and_resume_latest_finishes_exactly() {
 fn a_second_sigint_exits_at_once_and_leaves_a_resumable_run() {
     let (dir, run, out) = interrupt("ctl-twice", 2);
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = succeeded(stagecraft(&dir).args(["run", "p.toml", "--resume", "latest"]).output().expect("resume"));
+    // The runs folder names the newest run in it.
+    let out = succeeded(stagecraft(&dir).args(["run", "--resume", "runs/ctl"]).output().expect("resume"));
     same_end(&run, &out, "two SIGINTs");
     assert!(events_but_interrupts(&run).1 <= 1);
 }

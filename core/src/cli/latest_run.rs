@@ -1,4 +1,5 @@
-//! `--resume latest`: the newest run directory in a pipeline's runs folder.
+//! `--resume latest` (and `--resume runs/NAME`): the newest run directory in a
+//! pipeline's runs folder.
 //!
 //! `stagecraft run` names a new run directory `<out_dir>/<name>/YYYYMMDD-HHMMSS` (UTC),
 //! with `-2`, `-3`, ... when that name is taken. The newest is the one with the latest
@@ -26,13 +27,25 @@ fn order(name: &str) -> Option<(&str, u32)> {
     }
 }
 
+/// What `--resume DIR` resumes: `DIR` itself when it holds a run (its `config.toml`),
+/// else the newest run in it (`runs/NAME`, a pipeline's runs folder).
+pub fn resolve(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !dir.is_dir() {
+        bail!("--resume {}: no such run directory", dir.display());
+    }
+    if dir.join("config.toml").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    find(dir).map_err(|e| anyhow::anyhow!("--resume {}: {e}", dir.display()))
+}
+
 /// The newest run directory in `folder`; an error saying where it looked when there
 /// is none.
 pub fn find(folder: &Path) -> anyhow::Result<PathBuf> {
     let entries = match std::fs::read_dir(folder) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("--resume latest: no run to resume: {} does not exist", folder.display())
+            bail!("no run to resume: {} does not exist", folder.display())
         }
         Err(e) => bail!("--resume latest: cannot read {}: {e}", folder.display()),
     };
@@ -44,7 +57,7 @@ pub fn find(folder: &Path) -> anyhow::Result<PathBuf> {
     runs.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
     match runs.pop() {
         Some((_, path)) => Ok(path),
-        None => bail!("--resume latest: no run to resume in {} (no run directory there)", folder.display()),
+        None => bail!("no run to resume in {} (no run directory there)", folder.display()),
     }
 }
 
@@ -69,6 +82,10 @@ mod tests {
         std::fs::remove_file(tmp.path().join("20261130-101011/config.toml"))?;
         assert_eq!(find(tmp.path())?, tmp.path().join("20261130-101010-10"));
         assert_eq!(order("20261130-101010-x"), None);
+        // `--resume runs/NAME` takes the newest run in it; a run directory is itself.
+        assert_eq!(resolve(tmp.path())?, tmp.path().join("20261130-101010-10"));
+        let run = tmp.path().join("20261130-101010");
+        assert_eq!(resolve(&run)?, run);
         Ok(())
     }
 }

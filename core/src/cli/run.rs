@@ -4,6 +4,7 @@
 //! A run stopped by SIGINT (Ctrl-C) or SIGTERM saves a resume checkpoint, prints the
 //! command that resumes it and exits with 130 or 143 ([`Interrupted`]).
 
+use anyhow::Context;
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
@@ -41,7 +42,8 @@ pub struct RunArgs {
     check: bool,
     /// Continue an interrupted run from its newest good checkpoint (its own config is
     /// used; --set is not allowed). `latest`: the newest run directory under
-    /// `<run.out_dir>/<run.name>/` of PIPELINE (the only use of PIPELINE with --resume).
+    /// `<run.out_dir>/<run.name>/` of PIPELINE (the only use of PIPELINE with --resume);
+    /// a runs folder (`runs/NAME`): the newest run in it.
     #[arg(long, value_name = "RUN_DIR|latest", conflicts_with_all = ["overrides", "run_dir", "device", "precision", "seed"])]
     resume: Option<PathBuf>,
     /// With --resume: go on although a plugin library file's sha256 differs from the one
@@ -81,12 +83,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let interrupt = if args.check { Interrupt::none() } else { Interrupt::install()? };
     if let Some(named) = &args.resume {
         let dir = match named.as_os_str() == LATEST {
-            true => super::latest_run::find(&runs_folder(args.pipeline.as_deref())?)?,
+            true => super::latest_run::find(&runs_folder(args.pipeline.as_deref())?).context("--resume latest")?,
             false if args.pipeline.is_some() => anyhow::bail!(
                 "--resume {}: a run resumes with its own config; give PIPELINE only with `--resume latest`",
                 named.display()
             ),
-            false => named.clone(),
+            false => super::latest_run::resolve(named)?,
         };
         let registry = super::pipeline_registry(&run_config(&dir)?)?;
         let t = std::time::Instant::now();
