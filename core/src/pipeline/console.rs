@@ -132,14 +132,26 @@ impl Console {
 
     /// The stage ended at `step`, for `why` (`None`: it failed). A bar stays where the
     /// stage stopped, and says why when that is before its last step.
-    pub fn stage_end(&mut self, step: u64, why: Option<&StageEnd>) {
+    pub fn stage_end(&mut self, step: u64, why: BarEnd) {
         let stage = self.stage.take();
         let Some(bar) = self.bar.take() else { return };
         let total = stage.as_ref().map_or(step, |s| s.total);
         match why {
-            Some(end) if step < total => bar.abandon_with_message(format!("ended at step {step} by {end}")),
-            Some(_) => bar.finish(),
-            None => bar.abandon_with_message(format!("failed at step {step}")),
+            BarEnd::Stage(end) if step < total => bar.abandon_with_message(format!("ended at step {step} by {end}")),
+            BarEnd::Stage(_) => bar.finish(),
+            BarEnd::Interrupted(signal) => bar.abandon_with_message(format!("stopped by {signal} after step {step}")),
+            BarEnd::Failed => bar.abandon_with_message(format!("failed at step {step}")),
         }
     }
+}
+
+/// Why a stage's progress bar stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BarEnd<'a> {
+    /// The stage ended (at its budget or earlier, for this reason).
+    Stage(&'a StageEnd),
+    /// A signal (`SIGINT`, `SIGTERM`) stopped the run; it resumes from here.
+    Interrupted(&'a str),
+    /// An error ended the run.
+    Failed,
 }

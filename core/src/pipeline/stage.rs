@@ -10,7 +10,7 @@
 //! `ROLLBACK` restores the best state the stage saw (see [`super::early_stopping`]) and
 //! ends it. The retention gate and the exit rule decide first at an evaluation.
 
-use super::console::StepLine;
+use super::console::{BarEnd, StepLine};
 use super::early_stopping::Patience;
 use super::eval::{EvalSets, Metrics};
 use super::freeze;
@@ -95,8 +95,9 @@ impl<'a> StageRun<'a> {
         self.ctx.records.console().stage_start(&self.s.name, self.trainer.step, self.total, replay);
         let end = self.steps();
         let why = match &end {
-            Ok(Ended::Stage(e)) => Some(e),
-            _ => None,
+            Ok(Ended::Stage(e)) => BarEnd::Stage(e),
+            Ok(Ended::Interrupted(i)) => BarEnd::Interrupted(i.signal.name()),
+            Err(_) => BarEnd::Failed,
         };
         self.ctx.records.console().stage_end(self.trainer.step, why);
         end
