@@ -6,7 +6,11 @@
 //! | `sharegpt` | `conversations`: `[{from, value}]` | `from`: `system`, `human` or `user`, `gpt` or `assistant` |
 //! | `messages` | `messages`: `[{role, content}]` | `role`: `system`, `user`, `assistant` |
 //!
-//! Every row may add `difficulty` (the curriculum key). Other keys, other roles, an
+//! Every row may add `difficulty` (the curriculum key). A conversation row may put its
+//! system prompt in a top-level `system` (as some ShareGPT exports do); its other
+//! top-level keys (`id`, `source`, ...) are metadata and ignored. A `messages` turn's
+//! `content` may be a list of text parts (`[{"type": "text", "text": ...}]`, joined).
+//! An alpaca row's other keys, other roles, keys inside a turn other than its two, an
 //! empty conversation or one with no assistant turn are errors.
 //!
 //! ```
@@ -132,9 +136,9 @@ impl ChatRow {
     /// `conversations` or `instruction`), else `None`. Errors are one line.
     pub fn parse(obj: &Map<String, Value>) -> Option<Result<ChatRow, String>> {
         if obj.contains_key("messages") {
-            Some(only_keys(obj, &["messages"]).and_then(|()| turns(obj, ChatFormat::Messages)))
+            Some(turns(obj, ChatFormat::Messages))
         } else if obj.contains_key("conversations") {
-            Some(only_keys(obj, &["conversations"]).and_then(|()| turns(obj, ChatFormat::ShareGpt)))
+            Some(turns(obj, ChatFormat::ShareGpt))
         } else if obj.contains_key("instruction") {
             Some(only_keys(obj, &["instruction", "input", "output", "system"]).and_then(|()| alpaca(obj)))
         } else {
@@ -165,6 +169,27 @@ fn short(v: &Value) -> String {
     } else {
         s
     }
+}
+
+/// A `content` list of text parts, joined; other part types (images, audio) cannot be
+/// trained on here.
+fn text_parts(parts: &[Value], at: &str) -> Result<String, String> {
+    let mut out = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(t)) => out.push_str(t),
+            (Some(kind), _) if kind != "text" => {
+                return Err(format!("{at}content[{j}] is a `{kind}` part; only text parts can be trained on"))
+            }
+            _ => {
+                return Err(format!(
+                    "{at}content[{j}] must be {{\"type\": \"text\", \"text\": ...}}, got {}",
+                    short(part)
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn alpaca(obj: &Map<String, Value>) -> Result<ChatRow, String> {
@@ -209,11 +234,20 @@ fn turns(obj: &Map<String, Value>, format: ChatFormat) -> Result<ChatRow, String
                 return Err(format!("{key}[{i}]: unknown {role_key} `{role}` (known: {known})"));
             }
         };
-        let content = text(turn, text_key, &at)?.ok_or_else(|| format!("{key}[{i}] has no `{text_key}`"))?;
+        let content = match (format, turn.get(text_key)) {
+            (ChatFormat::Messages, Some(Value::Array(parts))) => text_parts(parts, &at)?,
+            _ => text(turn, text_key, &at)?.ok_or_else(|| format!("{key}[{i}] has no `{text_key}`"))?,
+        };
         if let Some(k) = turn.keys().find(|k| *k != role_key && *k != text_key) {
             return Err(format!("{key}[{i}]: unknown key `{k}` (keys: {role_key}, {text_key})"));
         }
         messages.push(Message { role, content });
+    }
+    if let Some(system) = text(obj, "system", "")? {
+        if messages[0].role == Role::System {
+            return Err(format!("a top-level `system` and a system turn in `{key}`: give one of them"));
+        }
+        messages.insert(0, Message::new(Role::System, system));
     }
     if !messages.iter().any(|m| m.role == Role::Assistant) {
         return Err(format!("`{key}` has no assistant turn: nothing to train on"));
@@ -272,6 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn conversations_take_a_top_level_system_text_parts_and_ignore_metadata() {
+        let row = parse(
+            r#"{"id": "x1", "source": "web", "system": "Be brief", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}"#,
+        );
+        let Some(Ok(row)) = row else { panic!("{row:?}") };
+        let want = [
+            Message::new(Role::System, "Be brief"),
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "yo"),
+        ];
+        assert_eq!(row.messages(), want);
+        let row = parse(
+            r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}, {"role": "assistant", "content": "yo"}]}"#,
+        );
+        let Some(Ok(row)) = row else { panic!("{row:?}") };
+        assert_eq!(row.messages()[0], Message::new(Role::User, "hi"));
+    }
+
+    #[test]
     fn malformed_rows_say_what_is_wrong() {
         assert_eq!(err(r#"{"messages": []}"#), "`messages` is empty");
         assert_eq!(
@@ -293,10 +346,27 @@ mod tests {
         assert_eq!(err(r#"{"messages": "hi"}"#), "`messages` must be a list of {role, content} objects");
         assert_eq!(
             err(r#"{"messages": [{"role": "user", "content": [1]}]}"#),
-            "messages[0]: `content` must be a string, got [1]"
+            "messages[0]: content[0] must be {\"type\": \"text\", \"text\": ...}, got 1"
+        );
+        assert_eq!(
+            err(r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}"#),
+            "messages[0]: content[0] is a `image_url` part; only text parts can be trained on"
+        );
+        assert_eq!(
+            err(r#"{"conversations": [{"from": "human", "value": 7}]}"#),
+            "conversations[0]: `value` must be a string, got 7"
+        );
+        assert_eq!(
+            err(
+                r#"{"system": "s", "messages": [{"role": "system", "content": "t"}, {"role": "assistant", "content": "a"}]}"#
+            ),
+            "a top-level `system` and a system turn in `messages`: give one of them"
         );
         assert_eq!(err(r#"{"messages": [{"role": "user"}]}"#), "messages[0] has no `content`");
-        assert_eq!(err(r#"{"messages": [], "id": 3}"#), "unknown key `id` (keys: messages, difficulty)");
+        assert_eq!(
+            err(r#"{"instruction": "x", "output": "y", "id": 3}"#),
+            "unknown key `id` (keys: instruction, input, output, system, difficulty)"
+        );
         assert_eq!(err(r#"{"instruction": "x"}"#), "an alpaca row needs `output` (the answer)");
         assert_eq!(
             err(r#"{"instruction": "x", "output": ""}"#),
