@@ -176,8 +176,8 @@ mod tests {
     #[test]
     fn classification_and_too_long_examples_are_refused() {
         let class = Example { class_label: Some(1), ..text(&[1, 2]) };
-        assert!(pack(&[class], 4).unwrap_err().to_string().contains("classification"));
-        let e = pack(&[text(&[1, 2, 3, 4, 5])], 4).unwrap_err().to_string();
+        assert!(pack(&[class], 4).expect_err("classification").to_string().contains("classification"));
+        let e = pack(&[text(&[1, 2, 3, 4, 5])], 4).expect_err("too long").to_string();
         assert!(e.contains("5 tokens is longer than a row (4)"), "{e}");
     }
 }
