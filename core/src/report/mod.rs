@@ -29,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod axis;
 pub mod clock;
 pub mod csv;
 mod escape;
@@ -36,6 +37,7 @@ mod events;
 mod global_step;
 mod html;
 mod jsonl;
+mod marks;
 mod metrics;
 pub mod num;
 pub mod plots;

@@ -54,6 +54,7 @@ fn train_plot(rows: &[MetricRow], stage: &str, what: &str, field: fn(&MetricRow)
         x_label: "step".into(),
         y_label: what.into(),
         series: vec![Series { label: what.into(), points }],
+        ..Plot::default()
     })
 }
 
@@ -89,6 +90,7 @@ pub fn stage_plots(rows: &[MetricRow], stage: &str) -> Vec<Plot> {
             x_label: "step".into(),
             y_label: metric.clone(),
             series,
+            ..Plot::default()
         });
     }
     plots
