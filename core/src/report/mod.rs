@@ -32,8 +32,11 @@
 pub mod axis;
 pub mod clock;
 pub mod csv;
+pub mod curves;
 mod escape;
 mod events;
+pub mod fmt;
+mod gate_line;
 mod global_step;
 mod html;
 mod jsonl;
@@ -46,9 +49,12 @@ pub mod svg;
 pub mod tables;
 pub mod tensorboard;
 pub mod ticks;
+pub mod tiles;
+pub mod timeline;
 
 pub use escape::escape;
 pub use events::{Event, EventKind, EventLog};
+pub use gate_line::{Bound, GateLine};
 pub use global_step::GlobalSteps;
 pub use html::{render_html, write_html, REPORT_FILE};
 pub use jsonl::Jsonl;
