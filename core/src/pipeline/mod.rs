@@ -71,7 +71,7 @@ use crate::data::{Dataset, Mixture, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Adapters;
 use crate::plugin::{HostState, Registry};
-use crate::report::{write_html, EventKind, RetentionMatrix};
+use crate::report::{write_html, EventKind, GateLine, ReportInput, RetentionMatrix};
 use crate::train::Trainer;
 use candle_core::DType;
 use eval::EvalSets;
@@ -481,15 +481,28 @@ impl Pipeline {
         let retention = RetentionMatrix::from_rows_main(self.records.rows(), &score::MAIN_SCORE);
         retention.write_json(self.run_dir.path())?;
         self.records.write_csv()?;
-        let extra = serde_json::json!({ "config": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
-        write_html(
-            self.run_dir.path(),
-            &self.cfg.run.name,
-            self.records.rows(),
-            Some(&retention),
-            self.records.events(),
-            &extra,
-        )?;
+        let gates: Vec<GateLine> = self
+            .cfg
+            .stages
+            .iter()
+            .flat_map(|s| s.gates.retention.iter().map(move |g| (&s.name, g)))
+            .filter_map(|(stage, g)| score::gate_line(stage, g, self.own_scores.get(&g.stage)?))
+            .collect();
+        // The report shows the config even if it cannot be written as TOML again (it
+        // was, into config.toml, when the run started).
+        let config = toml::to_string(&self.cfg).unwrap_or_else(|e| format!("# cannot show the resolved config: {e}"));
+        let details =
+            serde_json::json!({ "config file": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
+        let input = ReportInput {
+            title: &self.cfg.run.name,
+            rows: self.records.rows(),
+            retention: Some(&retention),
+            events: self.records.events(),
+            gates: &gates,
+            config_toml: Some(&config),
+            details: Some(&details),
+        };
+        write_html(self.run_dir.path(), &input)?;
         Ok(RunSummary { run_dir: self.run_dir.path().to_path_buf(), stages: self.ended, retention, interrupted })
     }
 }

@@ -1,9 +1,12 @@
-//! Line plots as inline SVG: linear scales, ticks at round values ([`super::ticks`]),
-//! one polyline per series (broken at non-finite values), point markers for short
-//! series, a legend.
+//! Line plots as inline SVG: a linear x axis ending where the data ends, a linear or log y axis ([`YScale`]; a log
+//! one is chosen by itself when the values span decades), ticks at round values
+//! ([`super::ticks`]), one polyline per series (broken at values the axis cannot show),
+//! point markers for short series, a legend above the plot, and optionally the run's
+//! stages and threshold lines ([`super::marks`]).
 //!
-//! Bounds come from the finite points only; a constant series or a single point gets
-//! a padded range, so no coordinate is ever NaN or infinite.
+//! Bounds come from the drawable points (and the stages and thresholds) only; a
+//! constant series or a single point gets a padded range, so no coordinate is ever NaN
+//! or infinite. The `<svg>` has a `viewBox`, so CSS can scale it to its container.
 //!
 //! ```
 //! use stagecraft_core::report::svg::{nice_ticks, Plot, Series};
@@ -13,6 +16,7 @@
 //!     x_label: "step".into(),
 //!     y_label: "loss".into(),
 //!     series: vec![Series { label: "train".into(), points: vec![(0.0, 2.0), (10.0, 1.5)] }],
+//!     ..Plot::default()
 //! };
 //! let svg = plot.to_svg();
 //! assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
@@ -20,7 +24,11 @@
 
 use std::fmt::Write;
 
+use super::axis::{Axis, Kind};
 use super::escape::escape;
+use super::marks::{draw_legend, draw_stages, draw_thresholds, legend_layout, LEGEND_ROW, PALETTE};
+pub use super::marks::{StageSpan, Threshold};
+use super::ticks::spans_decades;
 pub use super::ticks::{format_tick, nice_ticks};
 
 /// One line of a plot.
@@ -28,12 +36,46 @@ pub use super::ticks::{format_tick, nice_ticks};
 pub struct Series {
     /// The legend entry.
     pub label: String,
-    /// `(x, y)` points in drawing order; non-finite ones break the line.
+    /// `(x, y)` points in drawing order; ones the axes cannot show break the line.
     pub points: Vec<(f64, f64)>,
 }
 
+/// How the y axis places values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum YScale {
+    /// Log when the positive values span at least 1.5 decades, else linear.
+    #[default]
+    Auto,
+    /// Always linear.
+    Linear,
+    /// Log (linear if there is no positive value).
+    Log,
+}
+
+/// How big the plot is drawn (before CSS scales it to its card).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Size {
+    /// One card of a grid of three a row: 460 × 280.
+    #[default]
+    Card,
+    /// One card of a grid of four a row: 360 × 250.
+    Small,
+    /// A full row of the grid: 1240 × 340.
+    Wide,
+}
+
+impl Size {
+    fn pixels(self) -> (f64, f64) {
+        match self {
+            Size::Card => (460.0, 280.0),
+            Size::Small => (360.0, 250.0),
+            Size::Wide => (1240.0, 340.0),
+        }
+    }
+}
+
 /// A line plot.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plot {
     /// Drawn above the plot area.
     pub title: String,
@@ -43,35 +85,30 @@ pub struct Plot {
     pub y_label: String,
     /// The lines; a legend is drawn when there is more than one.
     pub series: Vec<Series>,
+    /// Linear, log, or chosen from the values.
+    pub y_scale: YScale,
+    /// The run's stages along the x axis: shaded, named, boundaries marked.
+    pub stages: Vec<StageSpan>,
+    /// Horizontal dashed lines (a gate's bound), labelled.
+    pub thresholds: Vec<Threshold>,
+    /// Card or full width.
+    pub size: Size,
 }
 
-/// Line colors, in series order (repeating).
-const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-const WIDTH: f64 = 560.0;
-const HEIGHT: f64 = 300.0;
-const LEGEND_WIDTH: f64 = 150.0;
-const MARGIN: (f64, f64, f64, f64) = (70.0, 16.0, 30.0, 46.0); // left, right, top, bottom
+/// Margins around the plot area, px.
+const LEFT: f64 = 62.0;
+const RIGHT: f64 = 14.0;
+const BOTTOM: f64 = 40.0;
+/// The title's band at the top, px.
+const TITLE: f64 = 24.0;
+/// The band above the plot area holding the stage names, px.
+const STAGE_BAND: f64 = 14.0;
 /// Series with at most this many points get a marker on each point.
 const MAX_MARKED: usize = 40;
 
-/// A linear map from data `[d0, d1]` to pixels `[r0, r1]`.
-#[derive(Debug, Clone, Copy)]
-struct Scale {
-    d0: f64,
-    d1: f64,
-    r0: f64,
-    r1: f64,
-}
-
-impl Scale {
-    fn map(&self, v: f64) -> f64 {
-        self.r0 + (v - self.d0) / (self.d1 - self.d0) * (self.r1 - self.r0)
-    }
-}
-
-/// `(min, max)` of the finite values, or `None` when there are none.
+/// `(min, max)` of the values, or `None` when there are none.
 fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values.filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
+    values.fold(None, |acc, v| match acc {
         None => Some((v, v)),
         Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
     })
@@ -80,139 +117,170 @@ fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 impl Plot {
     /// The plot as one `<svg>` element (no scripts, text escaped).
     pub fn to_svg(&self) -> String {
-        let legend = self.series.len() > 1;
-        let width = WIDTH + if legend { LEGEND_WIDTH } else { 0.0 };
-        let (left, right, top, bottom) = MARGIN;
-        let (px0, px1) = (left, WIDTH - right);
-        let (py0, py1) = (HEIGHT - bottom, top);
-        let points = || self.series.iter().flat_map(|s| s.points.iter().copied());
-        let finite = || points().filter(|(x, y)| x.is_finite() && y.is_finite());
-        let (x_lo, x_hi) = extent(finite().map(|p| p.0)).unwrap_or((0.0, 1.0));
-        let (y_lo, y_hi) = extent(finite().map(|p| p.1)).unwrap_or((0.0, 1.0));
-        let x_ticks = nice_ticks(x_lo, x_hi, 6);
-        let y_ticks = nice_ticks(y_lo, y_hi, 5);
-        let xs = axis_scale(&x_ticks, px0, px1);
-        let ys = axis_scale(&y_ticks, py0, py1);
+        let (width, height) = self.size.pixels();
+        let labels: Vec<&str> = self.series.iter().map(|s| s.label.as_str()).collect();
+        let legend = if labels.len() > 1 { legend_layout(&labels, LEFT, width - RIGHT) } else { Vec::new() };
+        let legend_rows = legend.iter().map(|&(_, row)| row + 1).max().unwrap_or(0);
+        let band = if self.stages.is_empty() { 0.0 } else { STAGE_BAND };
+        let top = TITLE + LEGEND_ROW * legend_rows as f64 + band + 4.0;
+        let xs = self.x_axis(LEFT, width - RIGHT);
+        let ys = self.y_axis(height - BOTTOM, top);
 
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" role="img" aria-label="{t}"><title>{t}</title>"#,
-            t = escape(&self.title)
+        let t = escape(&self.title);
+        let mut s = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{t}"><title>{t}</title>"#
         );
         let _ = write!(
             s,
-            r##"<rect x="{px0}" y="{py1}" width="{}" height="{}" fill="#fafafa" stroke="#999"/>"##,
-            px1 - px0,
-            py0 - py1
+            r##"<rect x="{LEFT}" y="{top}" width="{}" height="{}" fill="#fafafa" stroke="#999"/>"##,
+            xs.r1 - xs.r0,
+            ys.r0 - ys.r1
         );
-        draw_ticks(&mut s, &x_ticks, &y_ticks, xs, ys);
+        draw_stages(&mut s, &self.stages, &xs, &ys);
+        draw_ticks(&mut s, &xs, &ys);
+        draw_thresholds(&mut s, &self.thresholds, &xs, &ys, &self.traced(&xs, &ys));
+        for (i, series) in self.series.iter().enumerate() {
+            draw_series(&mut s, series, PALETTE[i % PALETTE.len()], &xs, &ys);
+        }
+        if !self.has_data(&xs, &ys) {
+            let (x, y) = ((xs.r0 + xs.r1) / 2.0, (ys.r0 + ys.r1) / 2.0);
+            let _ = write!(
+                s,
+                r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" class="label" font-size="12">no data</text>"#
+            );
+        }
+        draw_legend(&mut s, &labels, &legend, TITLE);
+        self.draw_labels(&mut s, &xs, &ys, height);
+        s.push_str("</svg>");
+        s
+    }
+
+    /// The x axis: over every finite x of the points, the stages and the thresholds.
+    fn x_axis(&self, r0: f64, r1: f64) -> Axis {
+        let points = self.series.iter().flat_map(|s| &s.points).filter(|p| p.1.is_finite()).map(|p| p.0);
+        let stages = self.stages.iter().flat_map(|s| [s.start, s.end]);
+        let thresholds = self.thresholds.iter().flat_map(|t| [t.from, t.to]);
+        let (lo, hi) = extent(points.chain(stages).chain(thresholds).filter(|x| x.is_finite())).unwrap_or((0.0, 1.0));
+        let target = match r1 - r0 {
+            w if w > 800.0 => 12,
+            w if w > 350.0 => 6,
+            _ => 4,
+        };
+        Axis::linear_tight(lo, hi, target, r0, r1)
+    }
+
+    /// The y axis: log or linear ([`YScale`]), over every value it can show of the
+    /// points with a finite x, and the thresholds.
+    fn y_axis(&self, r0: f64, r1: f64) -> Axis {
+        let points = self.series.iter().flat_map(|s| &s.points).filter(|p| p.0.is_finite()).map(|p| p.1);
+        let values: Vec<f64> =
+            points.chain(self.thresholds.iter().map(|t| t.value)).filter(|v| v.is_finite()).collect();
+        let log = match self.y_scale {
+            YScale::Auto => spans_decades(values.iter().copied()),
+            YScale::Linear => false,
+            YScale::Log => values.iter().any(|&v| v > 0.0),
+        };
+        if log {
+            let (lo, hi) = extent(values.into_iter().filter(|&v| v > 0.0)).unwrap_or((1.0, 10.0));
+            return Axis::log(lo, hi, r0, r1);
+        }
+        let (lo, hi) = extent(values.into_iter()).unwrap_or((0.0, 1.0));
+        Axis::linear(lo, hi, 5, r0, r1)
+    }
+
+    /// Pixels along every line and at every point drawn, a few px apart: what a label
+    /// should not cover.
+    fn traced(&self, xs: &Axis, ys: &Axis) -> Vec<(f64, f64)> {
+        let drawable = |&(x, y): &(f64, f64)| xs.drawable(x) && ys.drawable(y);
+        let mut out = Vec::new();
+        for series in &self.series {
+            for run in series.points.split(|p| !drawable(p)) {
+                let pixels: Vec<(f64, f64)> = run.iter().map(|&(x, y)| (xs.map(x), ys.map(y))).collect();
+                out.extend(pixels.first());
+                for pair in pixels.windows(2) {
+                    let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+                    let n = ((x1 - x0).hypot(y1 - y0) / 3.0).ceil().clamp(1.0, 1000.0) as usize;
+                    out.extend((1..=n).map(|k| k as f64 / n as f64).map(|t| (x0 + t * (x1 - x0), y0 + t * (y1 - y0))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any point has a place on both axes.
+    fn has_data(&self, xs: &Axis, ys: &Axis) -> bool {
+        self.series.iter().flat_map(|s| &s.points).any(|&(x, y)| xs.drawable(x) && ys.drawable(y))
+    }
+
+    /// The title, the axis labels, and "log" beside a log y axis's label.
+    fn draw_labels(&self, s: &mut String, xs: &Axis, ys: &Axis, height: f64) {
+        let y_label = match ys.kind {
+            Kind::Log => format!("{} (log)", self.y_label),
+            Kind::Linear => self.y_label.clone(),
+        };
         let _ = write!(
             s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle" class="label" font-size="12">{}</text>"#,
-            (px0 + px1) / 2.0,
-            HEIGHT - 8.0,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" class="label" font-size="12">{}</text>"#,
+            (xs.r0 + xs.r1) / 2.0,
+            height - 6.0,
             escape(&self.x_label)
         );
         let _ = write!(
             s,
-            r#"<text x="14" y="{y:.1}" text-anchor="middle" transform="rotate(-90 14 {y:.1})" class="label" font-size="12">{}</text>"#,
-            escape(&self.y_label),
-            y = (py0 + py1) / 2.0
+            r#"<text x="13" y="{y:.1}" text-anchor="middle" transform="rotate(-90 13 {y:.1})" class="label" font-size="12">{}</text>"#,
+            escape(&y_label),
+            y = (ys.r0 + ys.r1) / 2.0
         );
         let _ = write!(
             s,
-            r#"<text x="{left}" y="18" class="title" font-size="13" font-weight="bold">{}</text>"#,
+            r#"<text x="{LEFT}" y="16" class="title" font-size="13" font-weight="bold">{}</text>"#,
             escape(&self.title)
         );
-        if finite().next().is_none() {
-            let _ = write!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" class="label" font-size="12">no data</text>"#,
-                (px0 + px1) / 2.0,
-                (py0 + py1) / 2.0
-            );
-        }
-        for (i, series) in self.series.iter().enumerate() {
-            draw_series(&mut s, series, PALETTE[i % PALETTE.len()], xs, ys);
-        }
-        if legend {
-            draw_legend(&mut s, &self.series, WIDTH + 4.0, top);
-        }
-        s.push_str("</svg>");
-        s
     }
-}
-
-/// The scale from the outer ticks to a pixel range.
-fn axis_scale(ticks: &[f64], r0: f64, r1: f64) -> Scale {
-    let d0 = ticks.first().copied().unwrap_or(0.0);
-    let d1 = ticks.last().copied().unwrap_or(1.0);
-    let (d0, d1) = if d1 > d0 { (d0, d1) } else { (0.0, 1.0) };
-    Scale { d0, d1, r0, r1 }
 }
 
 /// Grid lines and labels for both axes.
-fn draw_ticks(s: &mut String, x_ticks: &[f64], y_ticks: &[f64], xs: Scale, ys: Scale) {
-    let x_step = x_ticks.get(1).zip(x_ticks.first()).map_or(1.0, |(b, a)| b - a);
-    for &t in x_ticks {
+fn draw_ticks(s: &mut String, xs: &Axis, ys: &Axis) {
+    for (&t, label) in xs.ticks.iter().zip(xs.labels()) {
         let x = xs.map(t);
         let _ = write!(
             s,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#e3e3e3"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" class="tick" font-size="11">{}</text>"##,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#e3e3e3"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" class="tick" font-size="11">{label}</text>"##,
             ys.r0,
             ys.r1,
-            ys.r0 + 16.0,
-            format_tick(t, x_step)
+            ys.r0 + 15.0
         );
     }
-    let y_step = y_ticks.get(1).zip(y_ticks.first()).map_or(1.0, |(b, a)| b - a);
-    for &t in y_ticks {
+    for (&t, label) in ys.ticks.iter().zip(ys.labels()) {
         let y = ys.map(t);
         let _ = write!(
             s,
-            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{:.1}" y="{:.1}" text-anchor="end" class="tick" font-size="11">{}</text>"##,
+            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{:.1}" y="{:.1}" text-anchor="end" class="tick" font-size="11">{label}</text>"##,
             xs.r0,
             xs.r1,
             xs.r0 - 6.0,
-            y + 4.0,
-            format_tick(t, y_step)
+            y + 4.0
         );
     }
 }
 
-/// One series: a polyline per run of finite points, and markers on short series.
-fn draw_series(s: &mut String, series: &Series, color: &str, xs: Scale, ys: Scale) {
-    let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
-    for run in series.points.split(|p| !finite(p)).filter(|r| r.len() > 1) {
+/// One series: a polyline per run of drawable points, and markers on short series
+/// (and on points with no drawable neighbour, which no line shows).
+fn draw_series(s: &mut String, series: &Series, color: &str, xs: &Axis, ys: &Axis) {
+    let drawable = |&(x, y): &(f64, f64)| xs.drawable(x) && ys.drawable(y);
+    for run in series.points.split(|p| !drawable(p)).filter(|r| r.len() > 1) {
         let pts: Vec<String> = run.iter().map(|&(x, y)| format!("{:.1},{:.1}", xs.map(x), ys.map(y))).collect();
         let _ = write!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#, pts.join(" "));
     }
-    let marked: Vec<_> = series.points.iter().filter(|p| finite(p)).collect();
+    let marked = series.points.iter().filter(|p| drawable(p)).count();
     let lone = |i: usize| {
-        let bad = |j: Option<usize>| j.and_then(|j| series.points.get(j)).is_none_or(|p| !finite(p));
+        let bad = |j: Option<usize>| j.and_then(|j| series.points.get(j)).is_none_or(|p| !drawable(p));
         bad(i.checked_sub(1)) && bad(Some(i + 1))
     };
     for (i, &(x, y)) in series.points.iter().enumerate() {
-        if finite(&(x, y)) && (marked.len() <= MAX_MARKED || lone(i)) {
+        if drawable(&(x, y)) && (marked <= MAX_MARKED || lone(i)) {
             let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, xs.map(x), ys.map(y));
         }
-    }
-}
-
-/// A color swatch and the label of each series, stacked at `(x, top)`.
-fn draw_legend(s: &mut String, series: &[Series], x: f64, top: f64) {
-    for (i, ser) in series.iter().enumerate() {
-        let y = top + 8.0 + 18.0 * i as f64;
-        let color = PALETTE[i % PALETTE.len()];
-        let _ = write!(
-            s,
-            r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}" class="legend" font-size="12">{}</text>"#,
-            x + 18.0,
-            x + 24.0,
-            y + 4.0,
-            escape(&ser.label)
-        );
     }
 }
 
@@ -221,7 +289,7 @@ mod tests {
     use super::*;
 
     fn plot(series: Vec<Series>) -> Plot {
-        Plot { title: "t".into(), x_label: "step".into(), y_label: "y".into(), series }
+        Plot { title: "t".into(), x_label: "step".into(), y_label: "y".into(), series, ..Plot::default() }
     }
 
     fn line(label: &str, points: &[(f64, f64)]) -> Series {
@@ -236,6 +304,8 @@ mod tests {
             plot(vec![line("zero", &[(0.0, 0.0)])]),
             plot(vec![line("bad", &[(0.0, f64::NAN), (1.0, f64::INFINITY)])]),
             plot(vec![]),
+            Plot { y_scale: YScale::Log, ..plot(vec![line("neg", &[(0.0, -1.0), (1.0, 0.0)])]) },
+            Plot { y_scale: YScale::Log, ..plot(vec![line("one", &[(3.0, 0.2)])]) },
         ];
         for p in cases {
             let svg = p.to_svg();
@@ -244,6 +314,7 @@ mod tests {
             }
         }
         assert!(plot(vec![line("one", &[(7.0, 0.5)])]).to_svg().contains("<circle"));
+        assert!(plot(vec![]).to_svg().contains("no data"));
     }
 
     #[test]
@@ -257,5 +328,42 @@ mod tests {
         assert!(svg.contains("a&lt;b") && svg.contains("c&amp;d"));
         assert!(!svg.contains("a<b"));
         assert_eq!(svg.matches("class=\"legend\"").count(), 2);
+    }
+
+    #[test]
+    fn values_spanning_decades_get_a_log_axis_and_others_a_linear_one() {
+        let decades = plot(vec![line("loss", &[(0.0, 5.0), (1.0, 1.5), (2.0, 0.02)])]);
+        let svg = decades.to_svg();
+        assert!(svg.contains("y (log)"), "{svg}");
+        // Ticks at 1, 2 and 5 times powers of ten, from 0.02 up to 5.
+        for tick in [">0.02<", ">0.1<", ">0.5<", ">1<", ">5<"] {
+            assert!(svg.contains(tick), "{tick} missing");
+        }
+        let narrow = plot(vec![line("loss", &[(0.0, 1.5), (1.0, 0.9)])]);
+        assert!(!narrow.to_svg().contains("(log)"));
+        let forced = Plot { y_scale: YScale::Linear, ..decades };
+        assert!(!forced.to_svg().contains("(log)"));
+    }
+
+    #[test]
+    fn a_zero_is_not_drawn_on_a_log_axis_but_breaks_the_line() {
+        let p = Plot {
+            y_scale: YScale::Log,
+            ..plot(vec![line("l", &[(0.0, 1.0), (1.0, 0.1), (2.0, 0.0), (3.0, 0.01), (4.0, 0.02)])])
+        };
+        let svg = p.to_svg();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 4);
+    }
+
+    #[test]
+    fn stage_boundaries_are_drawn_after_the_first_stage() {
+        let stages =
+            vec![StageSpan::new("a", 0.0, 100.0), StageSpan::new("b", 100.0, 150.0), StageSpan::new("c", 150.0, 400.0)];
+        let p = Plot { stages, ..plot(vec![line("l", &[(1.0, 1.0), (400.0, 2.0)])]) };
+        let svg = p.to_svg();
+        assert_eq!(svg.matches("class=\"boundary\"").count(), 2);
+        assert_eq!(svg.matches("class=\"stage\"").count(), 3);
+        assert_eq!(svg.matches("class=\"span\"").count(), 1, "every second stage is shaded");
     }
 }

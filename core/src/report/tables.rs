@@ -1,5 +1,5 @@
 //! The HTML tables of the report: per-stage summary, the retention matrix with cells
-//! colored by forgetting, and the run details (resolved config, hashes) as `<pre>`.
+//! colored by forgetting, the events, and the run details (hashes, seed) as `<pre>`.
 //!
 //! ```
 //! use stagecraft_core::report::{tables::summary_table, MetricRow};
@@ -11,18 +11,11 @@
 use std::fmt::Write;
 
 use super::escape::escape;
+use super::events::Event;
+use super::fmt::number as num;
 use super::metrics::{MetricRow, Split};
 use super::plots::{eval_sets, stage_order};
 use super::retention::RetentionMatrix;
-
-/// A number for a table cell.
-fn num(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) => format!("{v:.3e}"),
-        Some(v) => format!("{v:.4}"),
-    }
-}
 
 /// One row per stage: step range, final and best training loss, final learning rate,
 /// and each eval set's metrics at its last evaluation in the stage.
@@ -105,6 +98,25 @@ pub fn retention_table(m: &RetentionMatrix) -> String {
         let _ = write!(s, "<td{}>{}</td>", f.map(|d| shade(d, scale)).unwrap_or_default(), num(f));
     }
     s.push_str("</tr>\n</table>\n");
+    s
+}
+
+/// The events: stage, step, kind and what happened, one row each.
+pub fn events_table(events: &[Event]) -> String {
+    let mut s = String::from(
+        "<table class=\"events\"><tr><th>stage</th><th>step</th><th>event</th><th>what happened</th></tr>\n",
+    );
+    for e in events {
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.stage),
+            e.step,
+            escape(e.kind.as_str()),
+            escape(&e.message)
+        );
+    }
+    s.push_str("</table>\n");
     s
 }
 
