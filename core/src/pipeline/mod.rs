@@ -491,8 +491,11 @@ impl Pipeline {
         // The report shows the config even if it cannot be written as TOML again (it
         // was, into config.toml, when the run started).
         let config = toml::to_string(&self.cfg).unwrap_or_else(|e| format!("# cannot show the resolved config: {e}"));
-        let details =
-            serde_json::json!({ "config file": self.cfg.source.display().to_string(), "seed": self.cfg.run.seed });
+        let file = match self.cfg.source.as_os_str().is_empty() {
+            true => "none: the config was given as text (the built-in default pipeline, or a test)".to_string(),
+            false => self.cfg.source.display().to_string(),
+        };
+        let details = serde_json::json!({ "config file": file, "seed": self.cfg.run.seed });
         let input = ReportInput {
             title: &self.cfg.run.name,
             rows: self.records.rows(),
