@@ -348,3 +348,32 @@ fn a_stage_with_replay_logs_its_task_and_replay_losses_apart() {
     }
     assert_eq!(train.iter().filter(|r| r.stage == "adapt_sub").count(), 3);
 }
+
+#[test]
+fn augmentation_changes_what_a_stage_trains_on_the_same_way_every_run() {
+    let plain = one_stage_of(0.1, 3, "");
+    let augmented =
+        one_stage_of(0.1, 3, "augment = [{ kind = \"token_dropout\", p = 0.2 }, { kind = \"swap\", p = 0.2 }]");
+    let losses = |name: &str, text: &str| -> Vec<u64> {
+        let run = run_pipeline(name, text);
+        metrics(&run.dir).iter().filter(|r| r.split == Split::Train).map(|r| r.loss.expect("loss").to_bits()).collect()
+    };
+    let (a, b, c) = (losses("aug-none", &plain), losses("aug-1", &augmented), losses("aug-2", &augmented));
+    assert_eq!(b, c, "the same seed draws the same augmentations");
+    assert_ne!(a[1..], b[1..], "augmented rows train differently");
+
+    let err = try_pipeline(
+        "aug-bad",
+        &one_stage_of(0.1, 1, "augment = [{ kind = \"token_mask\", p = 0.1, token = 999 }]"),
+        &[],
+    );
+    let err = err.1.expect_err("a mask token past the vocabulary");
+    assert!(err.contains("stage `ft`") && err.contains("token 999 is not in the vocabulary (256 tokens)"), "{err}");
+    for (extra, want) in [
+        ("augment = [{ kind = \"token_dropout\", p = 1.5 }]", "augment `token_dropout`: p must be in [0, 1), got 1.5"),
+        ("augment = [{ kind = \"shuffle\", p = 0.1 }]", "unknown variant `shuffle`"),
+    ] {
+        let err = PipelineConfig::from_str(&one_stage_of(0.1, 1, extra), "t.toml", &[]).expect_err(extra).to_string();
+        assert!(err.contains(want) && !err.contains('\n'), "{err}");
+    }
+}

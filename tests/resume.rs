@@ -3,8 +3,8 @@
 //! ends — and it really resumed where the checkpoint was: the resume event names the
 //! stage and step, and the logged steps continue from there, none twice.
 //!
-//! The interrupted stages use model and adapter dropout (RNG state), replay (sampler
-//! state), and a retention gate and early stopping that are *acting* at the kill — a
+//! The interrupted stages use model and adapter dropout (RNG state), data augmentation
+//! (drawn by step and row), replay (sampler state), and a retention gate and early stopping that are *acting* at the kill — a
 //! kill between two failing gate evaluations, and one in the middle of a patience
 //! count — so their state must come back from the checkpoint for the ends to match.
 
@@ -172,9 +172,13 @@ fn same_row(a: &stagecraft_core::report::MetricRow, b: &stagecraft_core::report:
     serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
 }
 
+/// With data augmentation too: its draws depend on the step and row, not on state.
+const AUGMENT: &str = r#"augment = [{ kind = "token_mask", p = 0.1, token = 0 }, { kind = "swap", p = 0.1 }, { kind = "span_deletion", p = 0.05, max_len = 2 }]"#;
+
 #[test]
 fn a_kill_mid_stage_resumes_bit_identically_from_its_checkpoint() {
-    check_kill_and_resume("resume-plain", &head("optimizer = { lr = 1e-2 }\nmax_steps = 60\neval_every = 10"), 30);
+    let adapt = format!("optimizer = {{ lr = 1e-2 }}\nmax_steps = 60\neval_every = 10\n{AUGMENT}");
+    check_kill_and_resume("resume-plain", &head(&adapt), 30);
 }
 
 #[test]

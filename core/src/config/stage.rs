@@ -29,6 +29,10 @@ pub struct StageConfig {
     pub objective: Objective,
     /// Training and evaluation data.
     pub data: DataConfig,
+    /// Token-level transforms applied to the stage's own training rows as batches are
+    /// drawn, seeded ([`crate::data::augment`]): `[{ kind = "token_dropout", p = 0.1 }, ...]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub augment: Vec<crate::data::Augment>,
     /// The optimizer plugin and its config. Default: AdamW with its defaults (needs `lr`).
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule. Default: constant, no warm-up.

@@ -72,6 +72,14 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             "`max_steps = 0` only evaluates, but the stage has no `data.eval` and no retention gate".into()
         ));
     }
+    for a in &s.augment {
+        a.validate(usize::MAX).map_err(|e| bad(e.to_string()))?;
+    }
+    if !s.augment.is_empty() && s.data.packing {
+        return Err(bad(
+            "`augment` and `data.packing` cannot be combined: packing fixes the rows once, augment changes each row every step".into(),
+        ));
+    }
     if !(s.optimizer.lr > 0.0 && s.optimizer.lr.is_finite()) {
         return Err(bad(format!("optimizer.lr must be > 0, got {}", s.optimizer.lr)));
     }

@@ -6,6 +6,7 @@
 //! - [`Sampler`]: deterministic, resumable epoch shuffling (optionally a curriculum).
 //! - [`Mixture`]: a stage's data mixed with replay from earlier stages.
 //! - [`pack`]: short examples packed into full rows, attention kept inside each.
+//! - [`augment()`]: seeded token-level transforms of training rows.
 //! - [`collate()`]: examples → a padded [`Batch`](crate::train::Batch).
 //!
 //! Everything is a function of the specs and seeds, so a resumed run sees exactly the
@@ -22,6 +23,7 @@
 //! assert_eq!(batch.input_ids.dims()[0], 8);
 //! ```
 
+mod augment;
 pub mod chat;
 mod collate;
 mod example;
@@ -35,6 +37,7 @@ mod synthetic;
 mod text_file;
 mod tokenizer;
 
+pub use augment::{augment, Augment};
 pub use collate::collate;
 pub use example::{DataKind, Dataset, Example, IGNORE};
 pub use jsonl::{load_jsonl, load_jsonl_with};

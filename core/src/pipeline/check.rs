@@ -67,6 +67,11 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry, depth: Depth) -> R
     let base = cfg.base_dir();
     let tokenizer = build::tokenizer(&cfg.model, &base)?;
     let arch = build::architecture(&cfg.model, tokenizer.vocab_size(), &base)?;
+    for s in &cfg.stages {
+        for a in &s.augment {
+            a.validate(arch.spec().vocab).with_context(|| format!("stage `{}`", s.name))?;
+        }
+    }
     let previews = cfg.stages.iter().map(|s| preview(s, &tokenizer, &base)).collect::<Result<Vec<_>>>()?;
     let peak = peak_memory(cfg, &arch.spec(), &previews);
     peak.1.ensure_fits(&format!("stage `{}`", peak.0), &device)?;

@@ -72,6 +72,7 @@ use crate::error::{Error, Result};
 use crate::model::Adapters;
 use crate::plugin::{HostState, Registry};
 use crate::report::{write_html, EventKind, GateLine, ReportInput, RetentionMatrix};
+use crate::rng::Rng;
 use crate::train::Trainer;
 use candle_core::DType;
 use eval::EvalSets;
@@ -158,6 +159,10 @@ pub struct Pipeline {
     /// Whether a signal asked the run to stop.
     interrupt: Interrupt,
 }
+
+/// The stream of the run's seed that data augmentation draws from (apart from every
+/// other use of the seed).
+const AUGMENT_STREAM: u64 = 0xA116_0E47;
 
 impl Pipeline {
     /// A new run in `run_dir` (created; refused when it holds a run already): loads
@@ -399,6 +404,7 @@ impl Pipeline {
             interrupt: &self.interrupt,
             save_every: self.cfg.stages[i].save_every.or(self.cfg.run.save_every),
             keep_last: usize::try_from(self.cfg.run.keep_last).unwrap_or(usize::MAX),
+            augment_rng: Rng::new(self.cfg.run.seed).fork(AUGMENT_STREAM).fork(i as u64),
         };
         StageRun::new(ctx, trainer, mixture, rules)?.run()
     }

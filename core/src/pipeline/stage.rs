@@ -23,12 +23,14 @@ use super::rules::StageRules;
 use super::score::{lower_is_better, oriented};
 use crate::checkpoint;
 use crate::config::{StageConfig, STEP_CHECKPOINT_PREFIX};
-use crate::data::{collate, Example, Mixture};
+use crate::data::{augment, collate, Example, Mixture};
 use crate::error::{Context, Error, Result};
 use crate::report::{EventKind, MetricRow, Split};
+use crate::rng::Rng;
 use crate::train::{lr_at, Batch, StepOutput, Trainer};
 use candle_core::Device;
 use stagecraft_sdk::{Control, Metric, StepInfo};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -57,6 +59,9 @@ pub(crate) struct StageContext<'a> {
     pub save_every: Option<u64>,
     /// How many `save_every` checkpoints are kept.
     pub keep_last: usize,
+    /// The stage's augmentation randomness, forked by step and row (no state: a
+    /// resumed stage draws what the uninterrupted one did).
+    pub augment_rng: Rng,
 }
 
 /// How training a stage stopped.
@@ -186,9 +191,18 @@ impl<'a> StageRun<'a> {
         let s = self.s;
         let mut tokens = 0;
         let replay_from = self.mixture.replay_from(s.batch_size)?;
+        let own = replay_from.unwrap_or(s.batch_size);
+        let step = self.trainer.step + 1;
         let batches = (0..s.grad_accum)
-            .map(|_| {
-                let ex: Vec<_> = self.mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
+            .map(|micro| {
+                let mut ex: Vec<_> =
+                    self.mixture.next_batch(s.batch_size)?.into_iter().map(|e| e.cut(s.seq_len)).collect();
+                if !s.augment.is_empty() {
+                    for (row, e) in ex.iter_mut().enumerate().take(own) {
+                        let mut rng = self.ctx.augment_rng.fork(step).fork((micro * s.batch_size + row) as u64);
+                        *e = Cow::Owned(augment(e, &s.augment, &mut rng));
+                    }
+                }
                 let rows: Vec<&Example> = ex.iter().map(|e| e.as_ref()).collect();
                 tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
                 Ok(Batch { replay_from, ..collate(&rows, 0, self.ctx.device)? })
