@@ -51,6 +51,12 @@ pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
 pub use stage_objective::stage_objective;
 
+/// The tokenizer a pipeline's `[model]` names (a run's tokenizer, for a run's
+/// resolved config).
+pub fn config_tokenizer(cfg: &PipelineConfig) -> Result<crate::data::Tokenizer> {
+    build::tokenizer(&cfg.model, &cfg.base_dir())
+}
+
 /// The model a pipeline's `[model]` describes, on the CPU: loaded `from` its directory,
 /// or, for a fresh model, its architecture with placeholder values (what `model sites
 /// --config` lists; no values are computed).
