@@ -263,8 +263,8 @@ pub fn compare(reference: &Dataset, current: &Dataset, cfg: &DriftConfig) -> Res
         TestResult::new(Test::LengthKs, ks.value, ks.value, ks.p_value, cfg),
     ];
     let mut skipped = Vec::new();
-    match (class_labels(reference), class_labels(current)) {
-        (Some(a), Some(b)) => {
+    match shared_classes(reference, current) {
+        Some((a, b)) => {
             let t = chi2::label_chi2(&a, &b);
             results.push(TestResult::new(Test::LabelChi2, t.statistic, t.cramers_v, t.p_value, cfg));
         }
@@ -289,12 +289,26 @@ fn ids(data: &Dataset) -> Vec<&[u32]> {
     data.examples.iter().map(|e| e.ids.as_slice()).collect()
 }
 
-/// The class labels of classification data, else `None`.
-fn class_labels(data: &Dataset) -> Option<Vec<i64>> {
-    if data.kind != DataKind::Classification {
-        return None;
-    }
-    data.examples.iter().map(|e| e.class_label).collect()
+/// Both sides' class labels numbered alike: by label name where a file names them
+/// (each file numbers its names in order of first appearance), else by class index.
+/// `None` unless both sides are classification data.
+fn shared_classes(reference: &Dataset, current: &Dataset) -> Option<(Vec<i64>, Vec<i64>)> {
+    let mut numbers: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut number = |d: &Dataset| -> Option<Vec<i64>> {
+        if d.kind != DataKind::Classification {
+            return None;
+        }
+        d.examples
+            .iter()
+            .map(|e| {
+                let c = e.class_label?;
+                let key = usize::try_from(c).ok().and_then(|i| d.label_names.get(i)).cloned().unwrap_or(c.to_string());
+                let next = numbers.len() as i64;
+                Some(*numbers.entry(key).or_insert(next))
+            })
+            .collect()
+    };
+    Some((number(reference)?, number(current)?))
 }
 
 /// The hidden-state test on pooled hidden states ([`embed::pooled_hidden`]) of the
@@ -340,6 +354,23 @@ mod tests {
             .expect("compare");
         let js = r.result(Test::TokenJs).expect("js");
         assert!(js.p_value < 0.01 && !js.flagged, "{js:?}");
+    }
+
+    #[test]
+    fn classes_match_by_name_not_by_order_of_appearance() {
+        let mut a = data("synthetic:add?n=4");
+        a.kind = DataKind::Classification;
+        a.label_names = vec!["pos".into(), "neg".into()];
+        for (e, c) in a.examples.iter_mut().zip([0, 1, 0, 1]) {
+            e.class_label = Some(c);
+        }
+        let mut b = a.clone();
+        b.label_names = vec!["neg".into(), "pos".into()];
+        for (e, c) in b.examples.iter_mut().zip([1, 0, 1, 0]) {
+            e.class_label = Some(c);
+        }
+        let (x, y) = shared_classes(&a, &b).expect("both classified");
+        assert_eq!(x, y);
     }
 
     #[test]
