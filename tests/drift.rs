@@ -51,13 +51,17 @@ fn labelled(path: &Path, n: usize, words: &[&str], labels: &[&str]) {
 #[test]
 fn another_task_exits_4_and_another_seed_exits_0() {
     let cwd = scratch("drift_specs");
-    let (code, out, err) =
-        stagecraft(&cwd, &["drift", "--reference", "synthetic:add?n=200&seed=1", "--current", "synthetic:reverse?n=200&seed=2"]);
+    let (code, out, err) = stagecraft(
+        &cwd,
+        &["drift", "--reference", "synthetic:add?n=200&seed=1", "--current", "synthetic:reverse?n=200&seed=2"],
+    );
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains("token_js") && out.contains("DRIFT"), "{out}");
     assert_eq!(err.trim(), "drift found: token_js, length_ks over threshold");
-    let (code, out, err) =
-        stagecraft(&cwd, &["drift", "--reference", "synthetic:add?n=200&seed=1", "--current", "synthetic:add?n=200&seed=2"]);
+    let (code, out, err) = stagecraft(
+        &cwd,
+        &["drift", "--reference", "synthetic:add?n=200&seed=1", "--current", "synthetic:add?n=200&seed=2"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("DRIFT") && out.contains("hidden_mmd  skipped"), "{out}");
 }
@@ -100,7 +104,8 @@ fn a_model_adds_the_hidden_state_test() {
     assert_eq!(code, 0, "{report:#}");
     let mmd = result(&report, "hidden_mmd").expect("hidden_mmd");
     assert!(mmd["p_value"].as_f64().expect("p") > 0.01, "{mmd}");
-    let shifted = ["--reference", "synthetic:add?n=60&seed=1", "--current", "synthetic:reverse?n=60&seed=2", "--model", model];
+    let shifted =
+        ["--reference", "synthetic:add?n=60&seed=1", "--current", "synthetic:reverse?n=60&seed=2", "--model", model];
     let (code, report) = drift_json(&cwd, &[&shifted[..], &["--max-embedded", "40"]].concat());
     assert_eq!(code, 4, "{report:#}");
     let mmd = result(&report, "hidden_mmd").expect("hidden_mmd");
@@ -156,7 +161,8 @@ fn a_run_directory_is_the_reference() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["reference"]["name"], "synthetic:add?n=120&seed=3");
     assert!(result(&report, "hidden_mmd").is_some(), "the stage's model runs the MMD test: {report:#}");
-    let (code, report) = drift_json(&cwd, &[&format!("{run}:pre"), "--data", "synthetic:add?n=120&seed=9", "--no-model"]);
+    let (code, report) =
+        drift_json(&cwd, &[&format!("{run}:pre"), "--data", "synthetic:add?n=120&seed=9", "--no-model"]);
     assert_eq!(code, 4, "{report:#}");
     assert_eq!(report["reference"]["name"], "synthetic:reverse?n=32&seed=1");
     assert_eq!(report["skipped"][1]["reason"], "--no-model");
@@ -170,7 +176,10 @@ fn bad_inputs_are_one_line() {
     assert!(err.contains("missing.jsonl") && err.trim().lines().count() == 1, "{err}");
     let (code, _, err) = stagecraft(&cwd, &["drift", "--current", "synthetic:add?n=4"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = stagecraft(&cwd, &["drift", "--reference", "synthetic:add?n=4", "--current", "synthetic:add?n=4", "--alpha", "2"]);
+    let (code, _, err) = stagecraft(
+        &cwd,
+        &["drift", "--reference", "synthetic:add?n=4", "--current", "synthetic:add?n=4", "--alpha", "2"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("alpha") && err.trim().lines().count() == 1, "{err}");
 }

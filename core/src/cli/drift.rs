@@ -135,8 +135,8 @@ fn reference(args: &DriftArgs) -> anyhow::Result<Reference> {
         let spec = args.reference.clone().context("give --reference SPEC or a run directory")?;
         return Ok(Reference { spec, base: PathBuf::from("."), seq_len: None, tokenizer: None, model: None });
     };
-    let (dir, stage) = split_run_spec(run)
-        .with_context(|| format!("{run}: not a run directory (no config.toml and checkpoints/)"))?;
+    let (dir, stage) =
+        split_run_spec(run).with_context(|| format!("{run}: not a run directory (no config.toml and checkpoints/)"))?;
     let cfg = run_config(&dir)?;
     let stage = match stage {
         Some(s) => s,
@@ -211,9 +211,15 @@ fn mmd(
 fn print_table(r: &DriftReport) {
     println!("reference  {} ({} examples, {} tokens)", r.reference.name, r.reference.examples, r.reference.tokens);
     println!("current    {} ({} examples, {} tokens)", r.current.name, r.current.examples, r.current.tokens);
-    println!("flagged when p < {} and the effect is over its threshold ({} permutations, seed {})", r.alpha, r.permutations, r.seed);
+    println!(
+        "flagged when p < {} and the effect is over its threshold ({} permutations, seed {})",
+        r.alpha, r.permutations, r.seed
+    );
     println!();
-    println!("{:<11} {:>10} {:>9} {:>10} {:>10}  {:<7} MEASURE", "TEST", "STATISTIC", "EFFECT", "THRESHOLD", "P-VALUE", "VERDICT");
+    println!(
+        "{:<11} {:>10} {:>9} {:>10} {:>10}  {:<7} MEASURE",
+        "TEST", "STATISTIC", "EFFECT", "THRESHOLD", "P-VALUE", "VERDICT"
+    );
     for t in &r.results {
         let verdict = if t.flagged { "DRIFT" } else { "ok" };
         println!(

@@ -124,7 +124,10 @@ fn data(args: &EvalArgs, opened: &Opened, tokenizer: &Tokenizer, seq_len: usize)
     Ok(data)
 }
 
-pub(super) fn stage_config<'a>(cfg: &'a PipelineConfig, stage: &str) -> anyhow::Result<&'a stagecraft_core::config::StageConfig> {
+pub(super) fn stage_config<'a>(
+    cfg: &'a PipelineConfig,
+    stage: &str,
+) -> anyhow::Result<&'a stagecraft_core::config::StageConfig> {
     cfg.stage(stage).map(|(_, s)| s).with_context(|| format!("the run has no stage `{stage}`"))
 }
 

@@ -49,7 +49,12 @@ pub fn pooled_hidden(
         let seq = rows.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         check_sequence(model, rows.len(), seq, device)?;
         let batch = collate(rows, 0, device)?;
-        let out = model.forward_outputs(&batch.input_ids, batch.attention_mask.as_ref(), adapters, Outputs { logits: false })?;
+        let out = model.forward_outputs(
+            &batch.input_ids,
+            batch.attention_mask.as_ref(),
+            adapters,
+            Outputs { logits: false },
+        )?;
         let hidden = out.hidden.to_dtype(DType::F32)?.to_vec3::<f32>()?;
         for (ex, states) in rows.iter().zip(hidden) {
             pooled.push(mean(&states[..ex.ids.len()]));

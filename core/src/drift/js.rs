@@ -78,7 +78,8 @@ pub fn token_js(reference: &[&[u32]], current: &[&[u32]], permutations: usize, r
     let n_ref = reference.len();
     let identity: Vec<usize> = (0..pooled.len()).collect();
     let value = split_js(&counts, &total, &identity, n_ref);
-    let p_value = permutation_p(value, pooled.len(), permutations, rng, |order| split_js(&counts, &total, order, n_ref));
+    let p_value =
+        permutation_p(value, pooled.len(), permutations, rng, |order| split_js(&counts, &total, order, n_ref));
     Statistic { value, p_value }
 }
 

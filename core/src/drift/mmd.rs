@@ -34,7 +34,8 @@ pub fn kernel_matrix(pooled: &[&[f32]]) -> Vec<f64> {
             d2[j * n + i] = s;
         }
     }
-    let mut upper: Vec<f64> = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| d2[i * n + j]).collect();
+    let mut upper: Vec<f64> =
+        (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| d2[i * n + j]).collect();
     let median_d2 = median(&mut upper);
     let two_sigma2 = if median_d2 > 0.0 { 2.0 * median_d2 } else { 2.0 };
     d2.iter().map(|s| (-s / two_sigma2).exp()).collect()
@@ -60,7 +61,12 @@ pub fn mmd2_unbiased(k: &[f64], order: &[usize], m: usize) -> f64 {
     let n = order.len();
     let (x, y) = order.split_at(m);
     let within = |g: &[usize]| -> f64 {
-        let s: f64 = g.iter().flat_map(|&i| g.iter().map(move |&j| (i, j))).filter(|(i, j)| i != j).map(|(i, j)| k[i * n + j]).sum();
+        let s: f64 = g
+            .iter()
+            .flat_map(|&i| g.iter().map(move |&j| (i, j)))
+            .filter(|(i, j)| i != j)
+            .map(|(i, j)| k[i * n + j])
+            .sum();
         s / (g.len() * (g.len() - 1)) as f64
     };
     let across: f64 = x.iter().flat_map(|&i| y.iter().map(move |&j| k[i * n + j])).sum();

@@ -268,10 +268,7 @@ pub fn compare(reference: &Dataset, current: &Dataset, cfg: &DriftConfig) -> Res
             let t = chi2::label_chi2(&a, &b);
             results.push(TestResult::new(Test::LabelChi2, t.statistic, t.cramers_v, t.p_value, cfg));
         }
-        _ => skipped.push(Skipped {
-            test: Test::LabelChi2,
-            reason: "needs classification data on both sides".into(),
-        }),
+        _ => skipped.push(Skipped { test: Test::LabelChi2, reason: "needs classification data on both sides".into() }),
     }
     Ok(DriftReport {
         reference: Side::of(reference),
@@ -341,8 +338,9 @@ mod tests {
 
     #[test]
     fn another_task_drifts_on_tokens() {
-        let r = compare(&data("synthetic:add?n=100&seed=1"), &data("synthetic:reverse?n=100&seed=1"), &Default::default())
-            .expect("compare");
+        let r =
+            compare(&data("synthetic:add?n=100&seed=1"), &data("synthetic:reverse?n=100&seed=1"), &Default::default())
+                .expect("compare");
         let js = r.result(Test::TokenJs).expect("js");
         assert!(js.flagged && js.effect > 0.3 && js.p_value < 0.01, "{js:?}");
     }

@@ -112,8 +112,9 @@ pub fn kolmogorov_sf(lambda: f64) -> f64 {
         let sum: f64 = (1..=20).map(|k| ((2 * k - 1) as f64).powi(2) * y).map(f64::exp).sum();
         (1.0 - (2.0 * pi).sqrt() / lambda * sum).clamp(0.0, 1.0)
     } else {
-        let sum: f64 =
-            (1..=100).map(|k| if k % 2 == 1 { 1.0 } else { -1.0 } * (-2.0 * (k * k) as f64 * lambda * lambda).exp()).sum();
+        let sum: f64 = (1..=100)
+            .map(|k| if k % 2 == 1 { 1.0 } else { -1.0 } * (-2.0 * (k * k) as f64 * lambda * lambda).exp())
+            .sum();
         (2.0 * sum).clamp(0.0, 1.0)
     }
 }
