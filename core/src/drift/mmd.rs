@@ -1,12 +1,13 @@
 //! Maximum mean discrepancy between two sets of vectors (a model's pooled hidden
 //! states), with a permutation p-value.
 //!
-//! The unbiased estimate MMD²_u = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j)
-//! - 2 mean_{i,j} k(x_i, y_j) with the RBF kernel k(x, y) = exp(-‖x - y‖² / (2σ²)),
-//! σ² the median squared distance between distinct pooled vectors (the median
-//! heuristic; 1 when that is 0). It is about 0 when both sets come from one distribution (it can
-//! be slightly negative) and at most 2. The kernel matrix of the pooled vectors is
-//! computed once: memory and time per reshuffle are (n + m)².
+//! The unbiased estimate is
+//! MMD²_u = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
+//! with the RBF kernel k(x, y) = exp(−‖x − y‖² / (2σ²)), σ² the median squared
+//! distance between distinct pooled vectors (the median heuristic; 1 when that is 0).
+//! It is about 0 when both sets come from one distribution (it can be slightly
+//! negative) and at most 2. The kernel matrix of the pooled vectors is computed once:
+//! memory and time per reshuffle are (n + m)².
 //!
 //! ```
 //! use stagecraft_core::drift::mmd::{kernel_matrix, mmd2_unbiased};
