@@ -168,6 +168,40 @@ fn a_run_directory_is_the_reference() {
     assert_eq!(report["skipped"][1]["reason"], "--no-model");
 }
 
+/// [`PIPELINE`] with a `drift` check on its second stage (`reverse` then `add` data:
+/// drifted).
+fn with_drift_check(check: &str) -> String {
+    PIPELINE.replace(
+        "data = { train = \"synthetic:add?n=120&seed=3\" }",
+        &format!("data = {{ train = \"synthetic:add?n=120&seed=3\" }}\ndrift = {check}"),
+    )
+}
+
+#[test]
+fn a_stage_drift_check_warns_or_stops_before_training() {
+    let cwd = scratch("drift_stage_check");
+    std::fs::write(cwd.join("warn.toml"), with_drift_check("{ against = \"pre\", max_js = 0.2 }")).expect("write");
+    std::fs::write(cwd.join("stop.toml"), with_drift_check("{ against = \"pre\", action = \"stop\" }")).expect("write");
+    let (code, plan, err) = stagecraft(&cwd, &["run", "warn.toml", "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(plan.contains("   drift (warn on drift): token JS divergence 0.8487 bits against stage `pre`"), "{plan}");
+    let (code, _, err) = stagecraft(&cwd, &["run", "stop.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: stage `ft`: its training data drifted: token JS divergence"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = stagecraft(&cwd, &["run", "warn.toml", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("WARN") && err.contains("stage `ft` step 0: token JS divergence"), "{err}");
+    let run = std::fs::read_dir(cwd.join("runs/demo"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .find(|r| r.join("events.jsonl").is_file() && r.join("checkpoints/ft").is_dir())
+        .expect("the finished run");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).expect("events.jsonl");
+    let first: Value = serde_json::from_str(events.lines().next().expect("an event")).expect("json");
+    assert_eq!((first["stage"].as_str(), first["kind"].as_str()), (Some("ft"), Some("drift")), "{events}");
+}
+
 #[test]
 fn bad_inputs_are_one_line() {
     let cwd = scratch("drift_errors");

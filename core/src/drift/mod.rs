@@ -255,13 +255,10 @@ pub fn compare(reference: &Dataset, current: &Dataset, cfg: &DriftConfig) -> Res
             bail!("drift: the {side} data `{}` has no examples", data.name);
         }
     }
-    let js = js::token_js(&ids(reference), &ids(current), cfg.permutations, &mut cfg.rng(Test::TokenJs));
     let lens = |d: &Dataset| -> Vec<usize> { d.examples.iter().map(|e| e.ids.len()).collect() };
     let ks = ks::length_ks(&lens(reference), &lens(current));
-    let mut results = vec![
-        TestResult::new(Test::TokenJs, js.value, js.value, js.p_value, cfg),
-        TestResult::new(Test::LengthKs, ks.value, ks.value, ks.p_value, cfg),
-    ];
+    let mut results =
+        vec![token_test(reference, current, cfg), TestResult::new(Test::LengthKs, ks.value, ks.value, ks.p_value, cfg)];
     let mut skipped = Vec::new();
     match shared_classes(reference, current) {
         Some((a, b)) => {
@@ -279,6 +276,12 @@ pub fn compare(reference: &Dataset, current: &Dataset, cfg: &DriftConfig) -> Res
         results,
         skipped,
     })
+}
+
+/// The token unigram JS test alone (a stage's `drift` check runs only this one).
+pub fn token_test(reference: &Dataset, current: &Dataset, cfg: &DriftConfig) -> TestResult {
+    let js = js::token_js(&ids(reference), &ids(current), cfg.permutations, &mut cfg.rng(Test::TokenJs));
+    TestResult::new(Test::TokenJs, js.value, js.value, js.p_value, cfg)
 }
 
 /// Each example's token ids.
