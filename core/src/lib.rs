@@ -7,6 +7,8 @@
 //! - [`data`]: tokenizers, data sources (files, synthetic tasks), sampling, replay
 //!   mixtures, collation.
 //! - [`config`]: the pipeline config.
+//! - [`drift`]: two-sample tests of whether new data differs from a reference
+//!   (token JS divergence, length KS, label χ², hidden-state MMD).
 //! - [`plugin`]: the op table plugins call, the handle table, loading `.so` plugins,
 //!   the registry of built-in and loaded plugins.
 //! - [`kernels`]: fused CPU ops with hand-written backward passes (attention, norms,
@@ -22,6 +24,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod drift;
 pub mod error;
 pub mod export;
 pub mod generate;

@@ -63,6 +63,11 @@ fn main() -> std::process::ExitCode {
         Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => {
             std::process::ExitCode::from(e.downcast_ref::<cli::Interrupted>().map_or(1, |i| i.code))
         }
+        // The table on stdout says which tests; this is the one-line summary.
+        Err(e) if e.downcast_ref::<cli::DriftFound>().is_some() => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(cli::DriftFound::EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<cli::GateStopped>() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Examples per batch when the model is not a run's stage.
 const DEFAULT_BATCH_SIZE: usize = 8;
 /// Tokens per example when the model is not a run's stage (a stage's default too).
-const DEFAULT_SEQ_LEN: usize = 128;
+pub(super) const DEFAULT_SEQ_LEN: usize = 128;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -63,36 +63,44 @@ pub struct EvalArgs {
 
 /// Whether `spec` names a run directory (`RUN_DIR` or `RUN_DIR:STAGE`).
 fn is_run_spec(spec: &str) -> bool {
-    let is_run = |p: &Path| p.join("config.toml").is_file() && p.join("checkpoints").is_dir();
-    is_run(Path::new(spec)) || spec.rsplit_once(':').is_some_and(|(dir, _)| is_run(Path::new(dir)))
+    split_run_spec(spec).is_some()
 }
 
-/// The model with its adapters, through the same path `forward` and `generate` take.
-fn open_model(args: &EvalArgs) -> anyhow::Result<Opened> {
-    let run = is_run_spec(&args.model);
-    let mut adapters = args.adapters.clone();
-    if run {
-        adapters.insert(0, args.model.clone());
+/// A run spec's directory and stage (`None`: none named); `None` when `spec` names
+/// no run directory.
+pub(super) fn split_run_spec(spec: &str) -> Option<(PathBuf, Option<String>)> {
+    let is_run = |p: &Path| p.join("config.toml").is_file() && p.join("checkpoints").is_dir();
+    if is_run(Path::new(spec)) {
+        return Some((PathBuf::from(spec), None));
     }
-    let model_args = ModelArgs {
-        model: (!run).then(|| PathBuf::from(&args.model)),
-        adapters,
-        merge: false,
-        device: args.device.clone(),
-    };
+    let (dir, stage) = spec.rsplit_once(':')?;
+    is_run(Path::new(dir)).then(|| (PathBuf::from(dir), Some(stage.to_string())))
+}
+
+/// The model `model` (a model directory, `org/name` or `RUN_DIR[:STAGE]`) with
+/// `adapters`, through the same path `forward` and `generate` take.
+pub(super) fn open_model(model: &str, adapters: &[String], device: &str) -> anyhow::Result<Opened> {
+    let run = is_run_spec(model);
+    let mut adapters = adapters.to_vec();
+    if run {
+        adapters.insert(0, model.to_string());
+    }
+    let model_args =
+        ModelArgs { model: (!run).then(|| PathBuf::from(model)), adapters, merge: false, device: device.to_string() };
     open(&model_args)
 }
 
-/// The tokenizer: `--tokenizer`, the run's, the model directory's, else bytes.
-fn tokenizer(args: &EvalArgs, opened: &Opened) -> anyhow::Result<Tokenizer> {
-    if let Some(spec) = &args.tokenizer {
+/// The tokenizer: `flag` (`--tokenizer`), the run's, the model directory's (`model`
+/// as given), else bytes.
+pub(super) fn tokenizer(flag: Option<&str>, model: &str, opened: &Opened) -> anyhow::Result<Tokenizer> {
+    if let Some(spec) = flag {
         return Ok(Tokenizer::from_spec(spec)?);
     }
     if let Some(t) = &opened.run_tokenizer {
         return Ok(t.clone());
     }
     if opened.origin.is_none() {
-        if let Some(t) = Tokenizer::for_model_dir(&resolve_model_path(Path::new(&args.model))?)? {
+        if let Some(t) = Tokenizer::for_model_dir(&resolve_model_path(Path::new(model))?)? {
             return Ok(t);
         }
     }
@@ -116,7 +124,10 @@ fn data(args: &EvalArgs, opened: &Opened, tokenizer: &Tokenizer, seq_len: usize)
     Ok(data)
 }
 
-fn stage_config<'a>(cfg: &'a PipelineConfig, stage: &str) -> anyhow::Result<&'a stagecraft_core::config::StageConfig> {
+pub(super) fn stage_config<'a>(
+    cfg: &'a PipelineConfig,
+    stage: &str,
+) -> anyhow::Result<&'a stagecraft_core::config::StageConfig> {
     cfg.stage(stage).map(|(_, s)| s).with_context(|| format!("the run has no stage `{stage}`"))
 }
 
@@ -191,7 +202,7 @@ struct Report {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut opened = open_model(&args)?;
+    let mut opened = open_model(&args.model, &args.adapters, &args.device)?;
     if let Some(precision) = opened.origin.as_ref().map(|o| o.config.run.precision) {
         // As the pipeline evaluates: the adapters compute in the run's precision.
         opened.adapters.set_precision(precision);
@@ -200,7 +211,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let seq_len = args.seq_len.or(stage.map(|s| s.seq_len)).unwrap_or(DEFAULT_SEQ_LEN);
     let batch_size = args.batch_size.or(stage.map(|s| s.batch_size)).unwrap_or(DEFAULT_BATCH_SIZE);
     anyhow::ensure!(seq_len >= 2 && batch_size >= 1, "--seq-len must be at least 2 and --batch-size at least 1");
-    let tokenizer = tokenizer(&args, &opened)?;
+    let tokenizer = tokenizer(args.tokenizer.as_deref(), &args.model, &opened)?;
     let data = data(&args, &opened, &tokenizer, seq_len)?;
     let mut objective = objective(&args, &opened, &data)?;
     let metrics = evaluate(

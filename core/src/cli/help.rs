@@ -8,6 +8,7 @@ Exit codes:
   1  error (bad config, missing file, bad plugin, a diverged run, ...): one line on stderr
   2  usage error (unknown flag, missing argument)
   3  a retention gate stopped the pipeline (the run directory has everything up to there)
+  4  `drift` found drift: a test's p-value is under --alpha and its effect over its threshold
 
 Run `stagecraft <COMMAND> --help` for examples.";
 
@@ -65,3 +66,16 @@ Examples:
   stagecraft bench --workload w1 --mode lora --steps 10
   stagecraft bench --workload w2 --mode full --steps 4 --profile
   stagecraft bench --workload w1 --torch python3       # PyTorch + PEFT on the same shapes, in the same run";
+
+/// `stagecraft drift --help`.
+pub const DRIFT: &str = "\
+Examples:
+  stagecraft drift --reference 'synthetic:add?n=200&seed=1' --current 'synthetic:add?n=200&seed=2'     # exit 0
+  stagecraft drift --reference 'synthetic:add?n=200&seed=1' --current 'synthetic:reverse?n=200&seed=2' # exit 4
+  stagecraft drift --reference train.jsonl --current new.jsonl --model tests/fixtures/llama-tiny/base
+  stagecraft drift runs/demo/20261130-101500:finetune --data new.jsonl --max-js 0.2
+
+Flagged when p < --alpha (0.01) and the effect is over its threshold: token JS divergence
+(bits) > --max-js 0.1, length KS D > --max-ks 0.2, label Cramér's V > --max-cramers-v 0.2,
+hidden-state MMD² > --max-mmd 0.05 (on at most --max-embedded 256 examples per side).
+Exit codes: 0 no drift, 4 drift found, 1 an error.";

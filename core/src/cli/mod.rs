@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod bench;
+mod drift;
 mod eval;
 mod export;
 mod help;
@@ -10,6 +11,7 @@ mod plugin;
 mod run;
 mod scaffold;
 
+pub use drift::DriftFound;
 pub use run::Interrupted;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +60,10 @@ enum Command {
         after_help = "Examples:\n  stagecraft eval --model runs/demo:finetune --data 'synthetic:add?n=64&seed=9'\n  stagecraft eval --model tests/fixtures/llama-tiny/base --adapter my-lora --data notes.txt --out metrics.json"
     )]
     Eval(eval::EvalArgs),
+    /// Compare a data set with a reference (two specs, or a run's training data):
+    /// token JS divergence, length KS, label chi-square, hidden-state MMD; exit 4 on drift.
+    #[command(after_help = help::DRIFT)]
+    Drift(drift::DriftArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     #[command(after_help = help::BENCH)]
     Bench(bench::BenchArgs),
@@ -82,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::export(args),
         Command::Merge(args) => export::merge(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Drift(args) => drift::drift(args),
         Command::Bench(args) => bench::bench(args),
     }
 }

@@ -29,6 +29,7 @@
 //! # Ok::<(), stagecraft_core::Error>(())
 //! ```
 
+mod drift;
 mod key_path;
 mod model;
 mod overrides;
@@ -40,6 +41,7 @@ mod spans;
 mod stage;
 mod validate;
 
+pub use drift::{DriftAction, DriftCheck};
 pub use key_path::{KeyPart, KeyPath};
 pub use model::ModelConfig;
 pub use overrides::apply_override;

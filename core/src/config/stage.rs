@@ -100,6 +100,9 @@ pub struct StageConfig {
     /// NaN / loss-spike recovery.
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// Compare this stage's training data with an earlier stage's before training.
+    #[serde(default)]
+    pub drift: Option<super::DriftCheck>,
 }
 
 impl StageConfig {

@@ -177,6 +177,14 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
         }
         check_fresh_model(&format!("{file}: stage `{}`: model", s.name), m)?;
     }
+    if let Some(d) = &s.drift {
+        if !earlier(&d.against) {
+            return Err(bad(format!("drift.against `{}` is not an earlier stage", d.against)));
+        }
+        if !(d.max_js > 0.0 && d.max_js <= 1.0) {
+            return Err(bad(format!("drift.max_js must be in (0, 1], got {}", d.max_js)));
+        }
+    }
     check_handoff(s).map_err(|m| bad(format!("handoff: {m}")))?;
     if !(0.0..1.0).contains(&s.train.dropout) {
         return Err(bad(format!("train.dropout must be in [0, 1), got {}", s.train.dropout)));
@@ -353,6 +361,18 @@ gates = { retention = { stage = "pretrain", max_drop = 0.1 } }
         assert!(e.contains("gates.retention.stage `ft`"), "{e}");
         let e = err(&BASE.replace("max_steps = 10\nexit", "exit"));
         assert!(e.contains("give `max_steps` or `epochs`"), "{e}");
+    }
+
+    #[test]
+    fn a_drift_check_compares_with_an_earlier_stage() {
+        let with = |d: &str| BASE.replace("max_steps = 10\nexit", &format!("max_steps = 10\ndrift = {d}\nexit"));
+        PipelineConfig::from_str(&with("{ against = \"pretrain\", action = \"stop\" }"), "p.toml", &[]).expect("valid");
+        let e = err(&with("{ against = \"ft\" }"));
+        assert!(e.contains("stage `ft`: drift.against `ft` is not an earlier stage"), "{e}");
+        let e = err(&with("{ against = \"pretrain\", max_js = 0 }"));
+        assert!(e.contains("drift.max_js must be in (0, 1], got 0"), "{e}");
+        let e = err(&with("{ against = \"pretrain\", action = \"halt\" }"));
+        assert!(e.contains("unknown variant `halt`") && !e.contains('\n'), "{e}");
     }
 
     #[test]

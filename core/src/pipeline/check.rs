@@ -6,8 +6,9 @@ use super::build;
 use super::freeze;
 use super::handoff;
 use crate::bail;
-use crate::config::{AdapterHandoff, PipelineConfig, PluginSlot, StageConfig};
+use crate::config::{AdapterHandoff, DriftAction, DriftCheck, PipelineConfig, PluginSlot, StageConfig};
 use crate::data::{load_source, preview_source, Dataset, SourcePreview, Tokenizer};
+use crate::drift::{token_test, DriftConfig, TestResult};
 use crate::error::{Context, Error, Result};
 use crate::memory::{self, Bytes, Estimate, StepShape};
 use crate::model::{Architecture, Model};
@@ -50,6 +51,57 @@ pub(crate) struct Loaded {
     pub sizes: Vec<(usize, Option<usize>)>,
     /// The memory the pipeline needs at its peak: the stage and its estimate.
     pub peak: (String, Estimate),
+    /// Each stage's `drift` check, run on the loaded training data.
+    pub drift: Vec<Option<DriftChecked>>,
+}
+
+/// A stage's `drift` check, run.
+pub(crate) struct DriftChecked {
+    /// The check as configured.
+    pub check: DriftCheck,
+    /// The token JS test of the stage's training data against `check.against`'s.
+    pub result: TestResult,
+}
+
+impl DriftChecked {
+    /// One line: the divergence, the threshold, the p-value and the verdict.
+    pub fn describe(&self) -> String {
+        let r = &self.result;
+        format!(
+            "token JS divergence {:.4} bits against stage `{}`'s training data (max_js {}, p = {:.4}): {}",
+            r.effect,
+            self.check.against,
+            r.threshold,
+            r.p_value,
+            if r.flagged { "drift" } else { "no drift" }
+        )
+    }
+}
+
+/// Runs every stage's `drift` check on the training data; refuses (one line) where a
+/// check with `action = "stop"` finds drift.
+fn drift_checks(cfg: &PipelineConfig, train_data: &[Arc<Dataset>]) -> Result<Vec<Option<DriftChecked>>> {
+    let mut out = Vec::with_capacity(cfg.stages.len());
+    for (s, current) in cfg.stages.iter().zip(train_data) {
+        let Some(check) = s.drift.clone() else {
+            out.push(None);
+            continue;
+        };
+        let Some((k, _)) = cfg.stage(&check.against) else {
+            bail!("stage `{}`: drift.against `{}` is not a stage", s.name, check.against);
+        };
+        let test = DriftConfig { max_js: check.max_js, seed: cfg.run.seed, ..DriftConfig::default() };
+        let checked = DriftChecked { result: token_test(&train_data[k], current, &test), check };
+        if checked.result.flagged && checked.check.action == DriftAction::Stop {
+            bail!(
+                "stage `{}`: its training data drifted: {} (drift.action = \"stop\"; raise drift.max_js or set action = \"warn\" to train anyway)",
+                s.name,
+                checked.describe()
+            );
+        }
+        out.push(Some(checked));
+    }
+    Ok(out)
 }
 
 /// One stage's sources, previewed.
@@ -94,7 +146,8 @@ pub(crate) fn load(cfg: &PipelineConfig, registry: &Registry, depth: Depth) -> R
         train_data.push(Arc::new(train));
         eval_data.push(p.eval.map(|e| load(e, depth == Depth::Run)).transpose()?.map(Arc::new));
     }
-    Ok(Loaded { device, tokenizer, arch, train_data, eval_data, sizes, peak })
+    let drift = drift_checks(cfg, &train_data)?;
+    Ok(Loaded { device, tokenizer, arch, train_data, eval_data, sizes, peak, drift })
 }
 
 /// Stage `s`'s training data packed into rows of `seq_len` tokens: language-model data

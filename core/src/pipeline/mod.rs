@@ -51,6 +51,12 @@ pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
 pub use stage_objective::stage_objective;
 
+/// The tokenizer a pipeline's `[model]` names (a run's tokenizer, for a run's
+/// resolved config).
+pub fn config_tokenizer(cfg: &PipelineConfig) -> Result<crate::data::Tokenizer> {
+    build::tokenizer(&cfg.model, &cfg.base_dir())
+}
+
 /// The model a pipeline's `[model]` describes, on the CPU: loaded `from` its directory,
 /// or, for a fresh model, its architecture with placeholder values (what `model sites
 /// --config` lists; no values are computed).
@@ -235,7 +241,7 @@ impl Pipeline {
         quiet: bool,
     ) -> Result<(Self, Tokenizer)> {
         registry.set_trust(cfg.trust())?;
-        let check::Loaded { device, tokenizer, train_data, eval_data, .. } =
+        let check::Loaded { device, tokenizer, train_data, eval_data, drift, .. } =
             check::load(&cfg, &registry, check::Depth::Run)?;
         warn_unused_pins(&registry);
         if let Some(r) = &resuming {
@@ -244,8 +250,15 @@ impl Pipeline {
         }
         let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
+        let fresh = resuming.is_none();
         let mark = resuming.map(|r| r.mark).unwrap_or_default();
-        let records = Records::open(&run_dir, mark, quiet, &device, cfg.run.tensorboard)?;
+        let mut records = Records::open(&run_dir, mark, quiet, &device, cfg.run.tensorboard)?;
+        // Recorded once, when the run starts: a resumed run's log already has them.
+        for (s, d) in cfg.stages.iter().zip(&drift).filter(|_| fresh) {
+            if let Some(d) = d.as_ref().filter(|d| d.result.flagged) {
+                records.event(&s.name, 0, EventKind::Drift, d.describe())?;
+            }
+        }
         let n = cfg.stages.len();
         let p = Pipeline {
             sets: EvalSets::new(&cfg.stages, eval_data, state.clone()),

@@ -2,7 +2,7 @@
 //! where it starts, optimizer and schedule, adapters, replay, evaluations, exit rule and
 //! gates — once everything a run checks before training has passed ([`super::check`]).
 
-use super::check::{adapter_sites, load, Depth, Footprint};
+use super::check::{adapter_sites, load, Depth, DriftChecked, Footprint};
 use super::{build, Pipeline};
 use crate::config::{AdapterHandoff, PipelineConfig, StageConfig};
 use crate::data::Dataset;
@@ -107,6 +107,7 @@ impl Pipeline {
                 train: &loaded.train_data[i],
                 train_len: loaded.sizes[i].0,
                 eval: loaded.eval_data[i].as_deref().zip(loaded.sizes[i].1),
+                drift: loaded.drift[i].as_ref(),
             };
             describe_stage(&mut out, i, s, &data, footprints[i].as_ref(), model.sites());
         }
@@ -121,6 +122,8 @@ struct StageData<'a> {
     train_len: usize,
     /// The eval set and how many examples its whole source has.
     eval: Option<(&'a Dataset, usize)>,
+    /// Its `drift` check, run.
+    drift: Option<&'a DriftChecked>,
 }
 
 /// Stage `i`'s lines of the plan: steps and data, where it starts, its optimizer and
@@ -196,6 +199,9 @@ fn describe_stage(
         let _ = writeln!(out, "   replays {} ({:.0}% of each batch)", r.from.join(", "), r.ratio * 100.0);
     }
     describe_checks(out, s, data.eval);
+    if let Some(d) = data.drift {
+        let _ = writeln!(out, "   drift ({} on drift): {}", d.check.action, d.describe());
+    }
 }
 
 /// A stage's evaluations, exit rule and gates.

@@ -40,6 +40,8 @@ pub enum EventKind {
     End,
     /// A signal (SIGINT, SIGTERM) stopped the run; it can be resumed.
     Interrupt,
+    /// A stage's `drift` check found its training data drifted from an earlier stage's.
+    Drift,
 }
 
 impl EventKind {
@@ -54,12 +56,13 @@ impl EventKind {
             EventKind::Objective => "objective",
             EventKind::End => "end",
             EventKind::Interrupt => "interrupt",
+            EventKind::Drift => "drift",
         }
     }
 
     /// Whether it is shown as a warning (something went wrong) rather than a notice.
     pub fn is_warning(self) -> bool {
-        matches!(self, EventKind::Anomaly | EventKind::Gate | EventKind::Rollback | EventKind::Stop)
+        matches!(self, EventKind::Anomaly | EventKind::Gate | EventKind::Rollback | EventKind::Stop | EventKind::Drift)
     }
 }
 
