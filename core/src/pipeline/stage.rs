@@ -185,8 +185,9 @@ impl<'a> StageRun<'a> {
         })
     }
 
-    /// The next step's micro-batches (replayed rows cut to this stage's length limit)
-    /// and how many tokens they hold, padding left out.
+    /// The next step's micro-batches (the stage's own rows augmented where it asks,
+    /// replayed rows cut to its length limit) and how many tokens they hold, padding
+    /// left out.
     fn batches(&mut self) -> Result<(Vec<Batch>, u64)> {
         let s = self.s;
         let mut tokens = 0;
