@@ -169,10 +169,10 @@ pub fn augment(ex: &Example, transforms: &[Augment], rng: &mut Rng) -> Example {
 /// Removes the input tokens `gone` picks (asked once per input token, in order),
 /// keeping at least one token.
 fn delete(tokens: &mut Vec<Token>, mut gone: impl FnMut(&Token) -> bool) {
-    let before = tokens.clone();
+    let Some(&first) = tokens.first() else { return };
     tokens.retain(|t| !(t.input && gone(t)));
     if tokens.is_empty() {
-        tokens.push(before[0]);
+        tokens.push(first);
     }
 }
 
