@@ -4,7 +4,7 @@
 //! gives `x` two gradients (a zero tensor plus each, added) and keeps `gate` and `up`
 //! as nodes whose gradients are summed the same way — the largest tensors of the
 //! block, `[rows, intermediate]` each. Here the products run back to back and SwiGLU
-//! runs on each block of rows as soon as its products are done, while they are in
+//! runs on each block of columns as soon as its products are done, while they are in
 //! cache; `gate` and `up` are kept inside the op for backward, which computes
 //! `d_gate`, `d_up`, then `dx = d_gate·W_gate + d_up·W_up` into one buffer and each
 //! weight's gradient only when it trains.
@@ -69,23 +69,25 @@ impl CustomOp3 for GatedMlpIn {
             let (x, wg, wu) = (slice(x, xl)?, slice(wg, wgl)?, slice(wu, wul)?);
             let (m, i, o) = (self.rows, self.in_f, self.inter);
             let (mut gate, mut up, mut y) = (vec![0f32; m * o], vec![0f32; m * o], vec![0f32; m * o]);
-            let block = block_rows(m, o, i) * o;
-            let (wg, wu) = (View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
-            gate.par_chunks_mut(block)
-                .zip(up.par_chunks_mut(block))
-                .zip(y.par_chunks_mut(block))
-                .enumerate()
-                .try_for_each(|(b, ((g, u), y))| {
-                    let (r0, r1) = (b * block / o, b * block / o + g.len() / o);
-                    let xs = View::rows(&x[r0 * i..r1 * i], r1 - r0, i, i);
-                    gemm::matmul(g, o, xs, wg, false)?;
-                    gemm::matmul(u, o, xs, wu, false)?;
-                    for ((y, &g), &u) in y.iter_mut().zip(g.iter()).zip(u.iter()) {
+            let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
+            let parts = rayon::current_num_threads();
+            let (gate_cols, up_cols, y_cols) = (
+                gemm::split_columns(&mut gate, m, o, parts),
+                gemm::split_columns(&mut up, m, o, parts),
+                gemm::split_columns(&mut y, m, o, parts),
+            );
+            gate_cols.into_par_iter().zip(up_cols).zip(y_cols).try_for_each(|((mut g, mut u), mut y)| {
+                let c = g.range();
+                g.matmul(xs, wg.columns(c.start, c.end), false)?;
+                u.matmul(xs, wu.columns(c.start, c.end), false)?;
+                for r in 0..m {
+                    for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
                         // candle's silu: g / (1 + e^-g).
                         *y = g / (1.0 + exp(-g)) * u;
                     }
-                    Ok::<(), candle_core::Error>(())
-                })?;
+                }
+                Ok::<(), candle_core::Error>(())
+            })?;
             *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((gate, up));
             Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
         })

@@ -2,8 +2,8 @@
 //!
 //! The leading dims of `x` fold into one matrix of `m` rows, so each product is one
 //! GEMM (not a batch of them against a broadcast weight), split into blocks of output
-//! rows that run in parallel on one thread each; every operand is read through its
-//! strides: no transpose is materialized.
+//! columns (forward) or rows (backward) that run in parallel on one thread each; every
+//! operand is read through its strides: no transpose is materialized.
 //!
 //! Backward: `dx = dy·W` when `x` needs a gradient, `dW = dyᵀ·x` when `W` does. A
 //! frozen weight enters the graph detached, so it costs no weight-gradient product at
@@ -70,6 +70,20 @@ fn product_by_rows<'a>(
     Ok(dst)
 }
 
+/// `a·b` (`rows × n` row-major) split into one block of whole columns per thread:
+/// for a right-hand side the `gemm` crate packs (a transposed weight), each thread
+/// packs only its own columns of it ([`gemm::Columns`]). The sum over `k` stays
+/// inside one call, so the result does not depend on the number of threads.
+fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>) -> Result<Vec<f32>> {
+    let mut dst = vec![0f32; rows * n];
+    let blocks = gemm::split_columns(&mut dst, rows, n, rayon::current_num_threads());
+    blocks.into_par_iter().try_for_each(|mut cols| {
+        let c = cols.range();
+        cols.matmul(a, b.columns(c.start, c.end), false)
+    })?;
+    Ok(dst)
+}
+
 /// Rows per parallel block of a `rows × n` product over `k`: blocks of at least
 /// ~1 MFLOP, at most 2 per thread.
 pub(crate) fn block_rows(rows: usize, n: usize, k: usize) -> usize {
@@ -93,8 +107,7 @@ impl CustomOp2 for Linear {
         profile::time("linear.forward", || {
             let (x, w) = (slice(x, xl)?, slice(w, wl)?);
             let (m, i, o) = (self.m, self.in_f, self.out_f);
-            let x_rows = |r0: usize, r1: usize| View::rows(&x[r0 * i..r1 * i], r1 - r0, i, i);
-            let y = product_by_rows(m, o, i, x_rows, View::rows(w, o, i, i).t())?;
+            let y = product_by_columns(m, o, View::rows(x, m, i, i), View::rows(w, o, i, i).t())?;
             Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
         })
     }
