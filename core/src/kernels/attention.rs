@@ -22,8 +22,8 @@
 
 use super::exp::exp;
 use super::gemm::{self, View};
-use super::lanes;
 use super::{applies, profile, read, slice, tensor};
+use super::{lanes, simd};
 use crate::device::Precision;
 use crate::model::layers::MASK_VALUE;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -143,10 +143,22 @@ impl Attention {
         keys: usize,
         mask: Option<&[f32]>,
     ) -> Result<()> {
-        let (kv, d) = (self.kv, self.d);
+        let d = self.d;
         let rows = p.len() / keys;
         let q = View::rows(&head.q[q0 * d..], rows, d, d);
         gemm::matmul(p, keys, q, View::rows(head.k, keys, d, d).t(), false)?;
+        simd::vectorized(
+            #[inline(always)]
+            || self.softmax_rows(p, bi, q0, keys, mask),
+        );
+        Ok(())
+    }
+
+    /// Scales, masks and normalizes `p`'s rows of `keys` scores in place (see
+    /// [`Self::probabilities`]).
+    #[inline(always)]
+    fn softmax_rows(&self, p: &mut [f32], bi: usize, q0: usize, keys: usize, mask: Option<&[f32]>) {
+        let kv = self.kv;
         for (r, row) in p.chunks_mut(keys).enumerate() {
             match mask {
                 Some(m) => {
@@ -163,7 +175,6 @@ impl Attention {
             let inv = 1.0 / lanes::sum(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
-        Ok(())
     }
 
     /// Queries per forward task: a divisor of `s`, small enough that the `b·s/rows`
@@ -298,10 +309,15 @@ impl CustomOp3 for Attention {
 
 /// `dS = P ∘ (dP - rowsum(dP ∘ P))·scale`, in place over `dP`.
 fn softmax_backward(dp: &mut [f32], p: &[f32], kv: usize, scale: f32) {
-    for (dp, p) in dp.chunks_mut(kv).zip(p.chunks(kv)) {
-        let dot = lanes::dot(dp, p);
-        dp.iter_mut().zip(p).for_each(|(x, p)| *x = p * (*x - dot) * scale);
-    }
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            for (dp, p) in dp.chunks_mut(kv).zip(p.chunks(kv)) {
+                let dot = lanes::dot(dp, p);
+                dp.iter_mut().zip(p).for_each(|(x, p)| *x = p * (*x - dot) * scale);
+            }
+        },
+    );
 }
 
 #[cfg(test)]

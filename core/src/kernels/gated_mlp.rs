@@ -13,7 +13,7 @@ use super::exp::exp;
 use super::gemm::{self, View};
 use super::linear::{self, block_rows};
 use super::swiglu::{self, swiglu};
-use super::{applies, profile, read, slice, tensor};
+use super::{applies, profile, read, simd, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Mutex, PoisonError};
@@ -80,12 +80,17 @@ impl CustomOp3 for GatedMlpIn {
                 let c = g.range();
                 g.matmul(xs, wg.columns(c.start, c.end), false)?;
                 u.matmul(xs, wu.columns(c.start, c.end), false)?;
-                for r in 0..m {
-                    for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
-                        // candle's silu: g / (1 + e^-g).
-                        *y = g / (1.0 + exp(-g)) * u;
-                    }
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for r in 0..m {
+                            for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
+                                // candle's silu: g / (1 + e^-g).
+                                *y = g / (1.0 + exp(-g)) * u;
+                            }
+                        }
+                    },
+                );
                 Ok::<(), candle_core::Error>(())
             })?;
             *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((gate, up));

@@ -35,6 +35,7 @@ pub mod linear;
 pub mod norm;
 pub mod profile;
 pub mod rope;
+mod simd;
 pub mod swiglu;
 
 use candle_core::backend::BackendStorage;

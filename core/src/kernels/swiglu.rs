@@ -5,7 +5,7 @@
 //! inputs are kept (candle's composition also keeps `silu(g)`).
 
 use super::exp::exp;
-use super::{applies, profile, read, rows_per_task, slice, tensor};
+use super::{applies, profile, read, rows_per_task, simd, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -25,6 +25,7 @@ pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
@@ -40,23 +41,38 @@ pub(crate) fn backward(g: &[f32], u: &[f32], dy: &[f32], want_gate: bool, want_u
     match (want_gate, want_up) {
         (true, true) => {
             inputs.zip(dg.par_chunks_mut(chunk)).zip(du.par_chunks_mut(chunk)).for_each(|((((g, u), dy), dg), du)| {
-                for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    du[i] = dy[i] * (g[i] * s);
-                    dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in 0..g.len() {
+                            let s = sigmoid(g[i]);
+                            du[i] = dy[i] * (g[i] * s);
+                            dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                        }
+                    },
+                );
             })
         }
         (true, false) => inputs.zip(dg.par_chunks_mut(chunk)).for_each(|(((g, u), dy), dg)| {
-            for i in 0..g.len() {
-                let s = sigmoid(g[i]);
-                dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for i in 0..g.len() {
+                        let s = sigmoid(g[i]);
+                        dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                    }
+                },
+            );
         }),
         (false, true) => inputs.zip(du.par_chunks_mut(chunk)).for_each(|(((g, _), dy), du)| {
-            for i in 0..g.len() {
-                du[i] = dy[i] * (g[i] * sigmoid(g[i]));
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for i in 0..g.len() {
+                        du[i] = dy[i] * (g[i] * sigmoid(g[i]));
+                    }
+                },
+            );
         }),
         (false, false) => {}
     }
