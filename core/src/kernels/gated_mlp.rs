@@ -70,7 +70,7 @@ impl CustomOp3 for GatedMlpIn {
             let (m, i, o) = (self.rows, self.in_f, self.inter);
             let (mut gate, mut up, mut y) = (vec![0f32; m * o], vec![0f32; m * o], vec![0f32; m * o]);
             let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
-            let parts = rayon::current_num_threads();
+            let parts = linear::column_parts(m, o, i);
             let (gate_cols, up_cols, y_cols) = (
                 gemm::split_columns(&mut gate, m, o, parts),
                 gemm::split_columns(&mut up, m, o, parts),

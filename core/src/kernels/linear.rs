@@ -49,8 +49,9 @@ struct Linear {
 /// `dst = a·b` for `dst` `rows × n` row-major, split into blocks of rows that run in
 /// parallel, each on one thread (`a_rows(r0, r1)` is the view of `a`'s rows `r0..r1`).
 /// One product on all threads synchronizes after every panel; disjoint row blocks
-/// never do, and the sum over `k` stays inside one block, so the result does not
-/// depend on the number of threads.
+/// never do. The sum over `k` stays inside one call, in the same order on every run;
+/// the `gemm` crate may round a block of another height differently in the last bit,
+/// so results are reproducible for a given number of threads.
 fn product_by_rows<'a>(
     rows: usize,
     n: usize,
@@ -70,18 +71,25 @@ fn product_by_rows<'a>(
     Ok(dst)
 }
 
-/// `a·b` (`rows × n` row-major) split into one block of whole columns per thread:
-/// for a right-hand side the `gemm` crate packs (a transposed weight), each thread
-/// packs only its own columns of it ([`gemm::Columns`]). The sum over `k` stays
-/// inside one call, so the result does not depend on the number of threads.
+/// `a·b` (`rows × n` row-major) split into blocks of whole columns, one per thread
+/// ([`column_parts`]): for a right-hand side the `gemm` crate packs (a transposed
+/// weight), each thread packs only its own columns of it ([`gemm::Columns`]).
 fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>) -> Result<Vec<f32>> {
     let mut dst = vec![0f32; rows * n];
-    let blocks = gemm::split_columns(&mut dst, rows, n, rayon::current_num_threads());
+    let blocks = gemm::split_columns(&mut dst, rows, n, column_parts(rows, n, a.cols));
     blocks.into_par_iter().try_for_each(|mut cols| {
         let c = cols.range();
         cols.matmul(a, b.columns(c.start, c.end), false)
     })?;
     Ok(dst)
+}
+
+/// Column blocks for a `rows × n` product over `k`: one per thread, but none under
+/// ~1 MFLOP. A small product stays one call, which gives the same bits as candle's
+/// matmul of the same operands (the `gemm` crate takes other paths for narrow blocks).
+pub(crate) fn column_parts(rows: usize, n: usize, k: usize) -> usize {
+    let min_cols = (1usize << 19).div_ceil(rows * k.max(1)).max(1);
+    rayon::current_num_threads().min(n / min_cols).max(1)
 }
 
 /// Rows per parallel block of a `rows × n` product over `k`: blocks of at least
