@@ -4,9 +4,10 @@
 //! stage and step, and the logged steps continue from there, none twice.
 //!
 //! The interrupted stages use model and adapter dropout (RNG state), data augmentation
-//! (drawn by step and row), replay (sampler state), and a retention gate and early stopping that are *acting* at the kill — a
-//! kill between two failing gate evaluations, and one in the middle of a patience
-//! count — so their state must come back from the checkpoint for the ends to match.
+//! (drawn by step and row), replay (sampler state), and a retention gate and early
+//! stopping that are *acting* at the kill — a kill between two failing gate
+//! evaluations, and one in the middle of a patience count — so their state must come
+//! back from the checkpoint for the ends to match.
 
 mod support;
 

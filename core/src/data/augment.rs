@@ -128,10 +128,10 @@ pub fn augment(ex: &Example, transforms: &[Augment], rng: &mut Rng) -> Example {
     };
     for t in transforms {
         match *t {
-            Augment::TokenDropout { p } => delete(&mut tokens, |_| rng.uniform() < p),
+            Augment::TokenDropout { p } => delete(&mut tokens, || rng.uniform() < p),
             Augment::SpanDeletion { p, max_len } => {
                 let mut left = 0;
-                delete(&mut tokens, |_| {
+                delete(&mut tokens, || {
                     if left == 0 && rng.uniform() < p {
                         left = 1 + rng.below(max_len as u64) as usize;
                     }
@@ -168,9 +168,9 @@ pub fn augment(ex: &Example, transforms: &[Augment], rng: &mut Rng) -> Example {
 
 /// Removes the input tokens `gone` picks (asked once per input token, in order),
 /// keeping at least one token.
-fn delete(tokens: &mut Vec<Token>, mut gone: impl FnMut(&Token) -> bool) {
+fn delete(tokens: &mut Vec<Token>, mut gone: impl FnMut() -> bool) {
     let Some(&first) = tokens.first() else { return };
-    tokens.retain(|t| !(t.input && gone(t)));
+    tokens.retain(|t| !(t.input && gone()));
     if tokens.is_empty() {
         tokens.push(first);
     }

@@ -9,10 +9,9 @@
 //! `d_gate`, `d_up`, then `dx = d_gate·W_gate + d_up·W_up` into one buffer and each
 //! weight's gradient only when it trains.
 
-use super::exp::exp;
 use super::gemm::{self, View};
 use super::linear::{self, block_rows};
-use super::swiglu::{self, swiglu};
+use super::swiglu::{self, silu_times, swiglu};
 use super::{applies, profile, read, simd, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -85,8 +84,7 @@ impl CustomOp3 for GatedMlpIn {
                     || {
                         for r in 0..m {
                             for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
-                                // candle's silu: g / (1 + e^-g).
-                                *y = g / (1.0 + exp(-g)) * u;
+                                *y = silu_times(g, u);
                             }
                         }
                     },

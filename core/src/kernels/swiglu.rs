@@ -25,6 +25,12 @@ pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
+/// `silu(g)·u` of one element, with candle's silu: `g / (1 + e^-g)`.
+#[inline(always)]
+pub(crate) fn silu_times(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
@@ -92,10 +98,10 @@ impl CustomOp2 for SwiGlu {
             let mut y = vec![0f32; g.len()];
             let chunk = rows_per_task(g.len()).max(4096);
             y.par_chunks_mut(chunk).zip(g.par_chunks(chunk)).zip(u.par_chunks(chunk)).for_each(|((y, g), u)| {
-                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    // candle's silu: g / (1 + e^-g).
-                    *y = g / (1.0 + exp(-g)) * u;
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || y.iter_mut().zip(g).zip(u).for_each(|((y, &g), &u)| *y = silu_times(g, u)),
+                )
             });
             Ok((CpuStorage::F32(y), gl.shape().clone()))
         })
