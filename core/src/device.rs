@@ -21,24 +21,6 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Configures candle's CPU threads; call it first thing in `main`, before any thread
-/// starts and any tensor op runs.
-///
-/// candle 0.11 runs element-wise ops on a pool of its own (`CANDLE_NUM_THREADS`, default:
-/// one thread per core) whose workers spin for 25,000 iterations before they sleep,
-/// beside rayon's pool (`RAYON_NUM_THREADS`), which the matrix products and the fused
-/// ops ([`crate::kernels`]) use. With one thread per core in each, a spinning element-wise
-/// worker takes the core a GEMM thread needs, and the caller spins at the element-wise
-/// pool's barrier waiting for a worker the scheduler has preempted: on 2 cores this took
-/// half the step time (`stagecraft bench --profile`). Unless the user sets
-/// `CANDLE_NUM_THREADS`, element-wise ops therefore run on the calling thread, and rayon
-/// keeps every core for the GEMMs and the fused ops.
-pub fn configure_cpu_threads() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}
-
 /// The device named by `spec`: `cpu`, `cuda` (device 0) or `cuda:N`.
 pub fn resolve_device(spec: &str) -> Result<Device> {
     match spec {

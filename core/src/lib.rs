@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_threads;
 pub mod data;
 pub mod device;
 pub mod drift;

@@ -43,7 +43,7 @@ fn colour_on_stderr() -> bool {
 }
 
 fn main() -> std::process::ExitCode {
-    stagecraft_core::device::configure_cpu_threads();
+    stagecraft_core::cpu_threads::configure();
     keep_freed_memory();
     let args = cli::Cli::parse();
     #[cfg(unix)]
@@ -57,7 +57,14 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    match cli::run(args) {
+    let outcome = match stagecraft_core::cpu_threads::run_in_pool(|| cli::run(args)) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: cannot start the CPU thread pool: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Already said where the run was saved and how to resume it.
         Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => {

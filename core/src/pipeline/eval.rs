@@ -2,6 +2,7 @@
 //! perplexity, the objective's metrics, and per-example loss quantiles.
 
 use crate::config::StageConfig;
+use crate::cpu_threads::ActiveWait;
 use crate::data::{collate, Dataset};
 use crate::error::{Context, Error, Result};
 use crate::model::{Adapters, Model};
@@ -35,6 +36,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Metrics> {
     state.set_training(false);
+    let _wait = ActiveWait::start();
     let r = evaluate_inner(model, adapters, objective, state, data, batch_size, device);
     state.end_step();
     state.set_training(true);

@@ -3,6 +3,7 @@
 //! the optimizer plugin's update → release the step's temporaries.
 
 use super::{Batch, TEACHER_LOGITS};
+use crate::cpu_threads::ActiveWait;
 use crate::error::{Error, Result};
 use crate::model::{Adapters, Model, Outputs};
 use crate::plugin::{Entry, HostState, ObjectiveInstance, OptimizerInstance, StageLoss, TrainParam};
@@ -261,6 +262,7 @@ impl Trainer {
     /// gradient is the mean of the micro-batches' gradients.
     pub fn train_step_accum(&mut self, micro: &[Batch], lr: f64) -> Result<StepOutput> {
         self.state.set_training(true);
+        let _wait = ActiveWait::start();
         let r = self.train_step_inner(micro, lr);
         self.state.end_step();
         r
