@@ -1,33 +1,37 @@
-//! Rotary position embeddings fused with the split into heads.
+//! A projection's output split into attention heads, with rotary position embeddings
+//! fused in for queries and keys.
 //!
-//! A projection's output `[b, s, h, d]` becomes rotated heads `[b, h, s, d]` in one
-//! pass (candle's composition transposes, copies, narrows both halves, negates,
-//! concatenates, and multiplies twice). In Hugging Face's `rotate_half` convention,
-//! with tables `cos`, `sin` `[s, d]` whose halves repeat:
+//! A projection's output `[b, s, h·d]` becomes heads `[b, h, s, d]` in one pass and one
+//! graph node (candle's composition reshapes, transposes, copies, narrows both halves,
+//! negates, concatenates, and multiplies twice; in backward each of those nodes costs
+//! a zeroed gradient buffer and an addition). In Hugging Face's `rotate_half`
+//! convention, with tables `cos`, `sin` `[s, d]` whose halves repeat:
 //! `y = x·cos + rotate_half(x)·sin`, `rotate_half(x) = [-x₂, x₁]`.
-//! Backward is the inverse rotation, written back to `[b, s, h, d]`:
-//! `dx₁ = dy₁·cos₁ + dy₂·sin₂`, `dx₂ = dy₂·cos₂ - dy₁·sin₁`.
+//! Backward is the inverse rotation, written back to `[b, s, h·d]`:
+//! `dx₁ = dy₁·cos₁ + dy₂·sin₂`, `dx₂ = dy₂·cos₂ - dy₁·sin₁`. Values take the same
+//! split without the rotation ([`split_heads`]).
 
 use super::{applies, profile, read, rows_per_task, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// Rotates `x` `[b, s, h, d]` with tables `cos`, `sin` `[s, d]`, returning heads
-/// `[b, h, s, d]`.
-pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (_, s, _, d) = x.dims4()?;
+/// Rotates `x` `[b, s, heads·d]` with tables `cos`, `sin` `[s, d]`, returning heads
+/// `[b, heads, s, d]`.
+pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (_, s, d) = head_dims(x, heads)?;
     if cos.dims() != [s, d] || sin.dims() != [s, d] || !d.is_multiple_of(2) {
-        bail!("rope tables are {:?} and {:?}, applied to {:?}", cos.dims(), sin.dims(), x.dims())
+        bail!("rope tables are {:?} and {:?}, applied to {:?} in {heads} heads", cos.dims(), sin.dims(), x.dims())
     }
     if applies(x) && applies(cos) && applies(sin) {
-        return x.contiguous()?.apply_op1(Rope { cos: cos.contiguous()?, sin: sin.contiguous()? });
+        let rotation = Some((cos.contiguous()?, sin.contiguous()?));
+        return x.contiguous()?.apply_op1(Heads { heads, rotation });
     }
-    rope_heads_composed(x, cos, sin)
+    rope_heads_composed(x, heads, cos, sin)
 }
 
 /// [`rope_heads`] from candle primitives (the reference; CUDA and bf16).
-pub fn rope_heads_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let x = x.transpose(1, 2)?;
+pub fn rope_heads_composed(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = split_heads_composed(x, heads)?;
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
@@ -35,59 +39,94 @@ pub fn rope_heads_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Ten
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+/// `x` `[b, s, heads·d]` as contiguous heads `[b, heads, s, d]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    head_dims(x, heads)?;
+    if applies(x) {
+        return x.contiguous()?.apply_op1(Heads { heads, rotation: None });
+    }
+    split_heads_composed(x, heads)
 }
 
-impl CustomOp1 for Rope {
+/// [`split_heads`] from candle primitives.
+pub fn split_heads_composed(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, d) = head_dims(x, heads)?;
+    x.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
+}
+
+/// `(b, s, d)` of `x` `[b, s, heads·d]`.
+fn head_dims(x: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, s, width) = x.dims3()?;
+    if heads == 0 || !width.is_multiple_of(heads) {
+        bail!("{width} features cannot be split into {heads} heads")
+    }
+    Ok((b, s, width / heads))
+}
+
+/// The split into heads, rotated by `(cos, sin)` when given.
+struct Heads {
+    heads: usize,
+    rotation: Option<(Tensor, Tensor)>,
+}
+
+impl Heads {
+    /// Runs `f(cos, sin)` on the tables' data (empty slices without a rotation).
+    fn with_tables<T>(&self, f: impl FnOnce(&[f32], &[f32]) -> Result<T>) -> Result<T> {
+        match &self.rotation {
+            Some((cos, sin)) => read(cos, |cos| read(sin, |sin| f(cos, sin))),
+            None => f(&[], &[]),
+        }
+    }
+}
+
+impl CustomOp1 for Heads {
     fn name(&self) -> &'static str {
         "rope"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        profile::time("rope.forward", || {
+        let label = if self.rotation.is_some() { "rope.forward" } else { "heads.forward" };
+        profile::time(label, || {
             let x = slice(x, xl)?;
-            let (b, s, h, d) = xl.shape().dims4()?;
+            let (b, s, width) = xl.shape().dims3()?;
+            let (h, d) = (self.heads, width / self.heads);
             let mut y = vec![0f32; x.len()];
-            read(&self.cos, |cos| {
-                read(&self.sin, |sin| {
-                    // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
-                    let chunk = rows_per_task(b * h * s) * d;
-                    y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-                        for (k, out) in rows.chunks_mut(d).enumerate() {
-                            let row = task * (chunk / d) + k;
-                            let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
-                            let src = &x[((bi * s + si) * h + hi) * d..][..d];
-                            rotate(out, src, &cos[si * d..][..d], &sin[si * d..][..d], 1.0);
-                        }
-                    });
-                    Ok(())
-                })
+            self.with_tables(|cos, sin| {
+                // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
+                let chunk = rows_per_task(b * h * s) * d;
+                y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
+                    for (k, out) in rows.chunks_mut(d).enumerate() {
+                        let row = task * (chunk / d) + k;
+                        let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
+                        let src = &x[((bi * s + si) * h + hi) * d..][..d];
+                        rotate(out, src, cos.get(si * d..(si + 1) * d), sin.get(si * d..(si + 1) * d), 1.0);
+                    }
+                });
+                Ok(())
             })?;
             Ok((CpuStorage::F32(y), Shape::from((b, h, s, d))))
         })
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        profile::time("rope.backward", || {
-            let (b, s, h, d) = x.dims4()?;
+        let label = if self.rotation.is_some() { "rope.backward" } else { "heads.backward" };
+        profile::time(label, || {
+            let (b, s, width) = x.dims3()?;
+            let (h, d) = (self.heads, width / self.heads);
             let mut dx = vec![0f32; x.elem_count()];
             read(dy, |dy| {
-                read(&self.cos, |cos| {
-                    read(&self.sin, |sin| {
-                        // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
-                        let chunk = rows_per_task(b * s * h) * d;
-                        dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-                            for (k, out) in rows.chunks_mut(d).enumerate() {
-                                let row = task * (chunk / d) + k;
-                                let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
-                                let src = &dy[((bi * h + hi) * s + si) * d..][..d];
-                                rotate(out, src, &cos[si * d..][..d], &sin[si * d..][..d], -1.0);
-                            }
-                        });
-                        Ok(())
-                    })
+                self.with_tables(|cos, sin| {
+                    // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
+                    let chunk = rows_per_task(b * s * h) * d;
+                    dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
+                        for (k, out) in rows.chunks_mut(d).enumerate() {
+                            let row = task * (chunk / d) + k;
+                            let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
+                            let src = &dy[((bi * h + hi) * s + si) * d..][..d];
+                            rotate(out, src, cos.get(si * d..(si + 1) * d), sin.get(si * d..(si + 1) * d), -1.0);
+                        }
+                    });
+                    Ok(())
                 })
             })?;
             Ok(Some(tensor(dx, x.dims())?))
@@ -97,8 +136,12 @@ impl CustomOp1 for Rope {
 
 /// `out = x·cos + dir·rotate_half(x)·sin`, where `sin` is read at the position of the
 /// element it multiplies (`dir = 1`) or of the element it came from (`dir = -1`, the
-/// inverse rotation).
-fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], dir: f32) {
+/// inverse rotation); a plain copy without tables.
+fn rotate(out: &mut [f32], x: &[f32], cos: Option<&[f32]>, sin: Option<&[f32]>, dir: f32) {
+    let (Some(cos), Some(sin)) = (cos, sin) else {
+        out.copy_from_slice(x);
+        return;
+    };
     let half = x.len() / 2;
     for i in 0..half {
         let (a, b) = (x[i], x[i + half]);
@@ -125,14 +168,29 @@ mod tests {
         let (b, s, h, d) = (2, 6, 3, 8);
         let t = Tables::new(d, 10_000.0)?.tables(3, s, DType::F32, &dev)?;
         let (cos, sin) = t.cos_sin();
-        let x = Var::randn(0f32, 1.0, (b, s, h, d), &dev)?;
+        let x = Var::randn(0f32, 1.0, (b, s, h * d), &dev)?;
         let probe = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev)?;
-        let (yf, yc) = (rope_heads(&x, cos, sin)?, rope_heads_composed(&x, cos, sin)?);
+        let (yf, yc) = (rope_heads(&x, h, cos, sin)?, rope_heads_composed(&x, h, cos, sin)?);
         assert!(rel_err(&yf, &yc)? <= 1e-6);
         let gf = (yf * &probe)?.sum_all()?.backward()?;
         let gc = (yc * &probe)?.sum_all()?.backward()?;
         let e = rel_err(gf.get(&x).expect("fused grad"), gc.get(&x).expect("composed grad"))?;
         assert!(e <= 1e-5, "relative error {e}");
+        Ok(())
+    }
+
+    #[test]
+    fn splits_values_into_heads_and_back() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, s, h, d) = (2, 5, 3, 4);
+        let x = Var::randn(0f32, 1.0, (b, s, h * d), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev)?;
+        let (yf, yc) = (split_heads(&x, h)?, split_heads_composed(&x, h)?);
+        assert_eq!(rel_err(&yf, &yc)?, 0.0);
+        let gf = (yf * &probe)?.sum_all()?.backward()?;
+        let gc = (yc * &probe)?.sum_all()?.backward()?;
+        assert_eq!(rel_err(gf.get(&x).expect("fused grad"), gc.get(&x).expect("composed grad"))?, 0.0);
+        assert!(split_heads(&x, 5).is_err());
         Ok(())
     }
 }

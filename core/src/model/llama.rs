@@ -41,6 +41,7 @@ use crate::device::Precision;
 use crate::error::Result;
 use crate::kernels::attention::attention_heads;
 use crate::kernels::gated_mlp::gated_mlp_in;
+use crate::kernels::rope::split_heads;
 use crate::kernels::swiglu::swiglu;
 use candle_core::{DType, Device, Tensor};
 use stagecraft_sdk::{ModelSpec, SiteKind, SiteRole};
@@ -191,9 +192,9 @@ impl Layer {
     ) -> Result<Tensor> {
         let (b, s, _) = h.dims3()?;
         let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let q = rope.heads(&self.q.forward(a, h)?.reshape((b, s, nh, hd))?)?;
-        let k = rope.heads(&self.k.forward(a, h)?.reshape((b, s, kvh, hd))?)?;
-        let v = self.v.forward(a, h)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.heads(&self.q.forward(a, h)?, nh)?;
+        let k = rope.heads(&self.k.forward(a, h)?, kvh)?;
+        let v = split_heads(&self.v.forward(a, h)?, kvh)?;
         let k = a.post(self.key_site, &k, k.clone())?;
         let v = a.post(self.value_site, &v, v.clone())?;
         let kv_len = k.dim(2)?;

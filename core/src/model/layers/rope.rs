@@ -69,10 +69,10 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// Rotates a projection's output `[batch, seq, heads, head_dim]` into heads
+    /// Rotates a projection's output `[batch, seq, heads·head_dim]` into `heads` heads
     /// `[batch, heads, seq, head_dim]` (fused on CPU, see [`crate::kernels::rope`]).
-    pub fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        crate::kernels::rope::rope_heads(x, &self.cos, &self.sin)
+    pub fn heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        crate::kernels::rope::rope_heads(x, heads, &self.cos, &self.sin)
     }
 
     /// The `cos` and `sin` tables `[seq, head_dim]`.
@@ -82,7 +82,8 @@ impl RopeTables {
 
     /// Rotates `x` `[batch, heads, seq, head_dim]`: `x · cos + rotate_half(x) · sin`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        self.heads(&x.transpose(1, 2)?)
+        let (b, h, s, d) = x.dims4()?;
+        self.heads(&x.transpose(1, 2)?.reshape((b, s, h * d))?, h)
     }
 }
 
