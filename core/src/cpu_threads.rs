@@ -22,6 +22,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The environment variable that picks how idle workers wait during a step.
 pub const WAIT_POLICY_VAR: &str = "STAGECRAFT_CPU_WAIT";
@@ -77,18 +78,7 @@ impl ActiveWait {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        // One job per worker. The driving thread returns from its own at once: were it
-        // to poll, nothing would ever set the flag.
-        rayon::spawn_broadcast(move |ctx| {
-            if ctx.index() == driver {
-                return;
-            }
-            while !flag.load(Ordering::Relaxed) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::hint::spin_loop();
-                }
-            }
-        });
+        rayon::spawn_broadcast(move |_| poll(Arc::clone(&flag), driver));
         ActiveWait { stop: Some(stop) }
     }
 }
@@ -97,6 +87,35 @@ impl Drop for ActiveWait {
     fn drop(&mut self) {
         if let Some(stop) = &self.stop {
             stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long a polling worker goes without finding work before it hands its thread back
+/// to rayon (and queues its own successor).
+const HAND_BACK: Duration = Duration::from_millis(1);
+
+/// Polls the pool for work until `stop` is set. Not on the driving thread: were it to
+/// poll, nothing would ever set the flag.
+///
+/// A worker may start this job while it waits inside another job for a half that a
+/// different thread is computing (rayon runs pending jobs while it waits). Polling there
+/// until the step ends would never let that outer job finish: so after [`HAND_BACK`]
+/// without work the job returns, letting the worker see that its wait is over, and
+/// queues a successor on the same worker, which then polls on at its top level.
+fn poll(stop: Arc<AtomicBool>, driver: usize) {
+    if rayon::current_thread_index() == Some(driver) {
+        return;
+    }
+    let mut last_work = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= HAND_BACK {
+            rayon::spawn(move || poll(stop, driver));
+            return;
+        } else {
+            std::hint::spin_loop();
         }
     }
 }

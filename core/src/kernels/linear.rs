@@ -8,10 +8,14 @@
 //! Backward: `dx = dy·W` when `x` needs a gradient, `dW = dyᵀ·x` when `W` does. A
 //! frozen weight enters the graph detached, so it costs no weight-gradient product at
 //! all (candle's own matmul computes both sides whatever they need).
+//!
+//! [`linear_onto`] adds the product onto a residual stream inside the GEMM
+//! (`r + x·Wᵀ`): one graph node where a projection and a residual add took two, and in
+//! backward candle spends a zeroed buffer and an addition on every node's gradient.
 
 use super::gemm::{self, View};
 use super::{applies, profile, read, slice, tensor};
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `x·Wᵀ` for `x [.., in]` and `w [out, in]`.
@@ -28,6 +32,24 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
     } else {
         composed(x, w)
+    }
+}
+
+/// `r + x·Wᵀ` for `x [.., in]`, `w [out, in]` and `r` of the product's shape: the
+/// product accumulated onto a copy of `r` in the GEMM.
+pub fn linear_onto(x: &Tensor, w: &Tensor, r: &Tensor) -> Result<Tensor> {
+    let (out_f, in_f) = w.dims2()?;
+    let Some((&last, lead)) = x.dims().split_last() else { bail!("linear of a scalar") };
+    let out_dims: Vec<usize> = lead.iter().copied().chain([out_f]).collect();
+    if last != in_f || r.dims() != out_dims.as_slice() {
+        bail!("linear onto a residual: input {:?}, weight {:?}, residual {:?}", x.dims(), w.dims(), r.dims())
+    }
+    let m = lead.iter().product::<usize>();
+    if applies(x) && applies(w) && applies(r) && m > 0 {
+        let op = Linear { m, in_f, out_f, out_dims };
+        x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, Onto(op))
+    } else {
+        r + composed(x, w)?
     }
 }
 
@@ -71,15 +93,19 @@ fn product_by_rows<'a>(
     Ok(dst)
 }
 
-/// `a·b` (`rows × n` row-major) split into blocks of whole columns, one per thread
-/// ([`column_parts`]): for a right-hand side the `gemm` crate packs (a transposed
-/// weight), each thread packs only its own columns of it ([`gemm::Columns`]).
-fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>) -> Result<Vec<f32>> {
-    let mut dst = vec![0f32; rows * n];
+/// `a·b` (`rows × n` row-major), added onto `onto` when given, split into blocks of
+/// whole columns, one per thread ([`column_parts`]): for a right-hand side the `gemm`
+/// crate packs (a transposed weight), each thread packs only its own columns of it
+/// ([`gemm::Columns`]).
+fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>, onto: Option<&[f32]>) -> Result<Vec<f32>> {
+    let mut dst = match onto {
+        Some(r) => r.to_vec(),
+        None => vec![0f32; rows * n],
+    };
     let blocks = gemm::split_columns(&mut dst, rows, n, column_parts(rows, n, a.cols));
     blocks.into_par_iter().try_for_each(|mut cols| {
         let c = cols.range();
-        cols.matmul(a, b.columns(c.start, c.end), false)
+        cols.matmul(a, b.columns(c.start, c.end), onto.is_some())
     })?;
     Ok(dst)
 }
@@ -106,42 +132,84 @@ pub(crate) fn weight_grad(dy: &[f32], x: &[f32], m: usize, in_f: usize, out_f: u
     product_by_rows(out_f, in_f, m, dy_cols, View::rows(x, m, in_f, in_f))
 }
 
+impl Linear {
+    /// `x·Wᵀ`, added onto `onto` when given.
+    fn forward(&self, x: &[f32], w: &[f32], onto: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (m, i, o) = (self.m, self.in_f, self.out_f);
+        let y = product_by_columns(m, o, View::rows(x, m, i, i), View::rows(w, o, i, i).t(), onto)?;
+        Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
+    }
+
+    /// The gradients of `x` and `w`, each only where it is tracked.
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (m, i, o) = (self.m, self.in_f, self.out_f);
+        let (want_dx, want_dw) = (x.track_op(), w.track_op());
+        let (dx, dw) = read(dy, |dy| {
+            let dx = match want_dx {
+                // dx = dy·W: rows of dy against all of W.
+                true => read(w, |w| {
+                    let dy_rows = |r0: usize, r1: usize| View::rows(&dy[r0 * o..r1 * o], r1 - r0, o, o);
+                    product_by_rows(m, i, o, dy_rows, View::rows(w, o, i, i)).map(Some)
+                })?,
+                false => None,
+            };
+            let dw = match want_dw {
+                true => read(x, |x| weight_grad(dy, x, m, i, o)).map(Some)?,
+                false => None,
+            };
+            Ok((dx, dw))
+        })?;
+        let dx = dx.map(|d| tensor(d, x.dims())).transpose()?;
+        let dw = dw.map(|d| tensor(d, &[o, i])).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "linear"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        profile::time("linear.forward", || {
-            let (x, w) = (slice(x, xl)?, slice(w, wl)?);
-            let (m, i, o) = (self.m, self.in_f, self.out_f);
-            let y = product_by_columns(m, o, View::rows(x, m, i, i), View::rows(w, o, i, i).t())?;
-            Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
-        })
+        profile::time("linear.forward", || self.forward(slice(x, xl)?, slice(w, wl)?, None))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        profile::time("linear.backward", || self.backward(x, w, dy))
+    }
+}
+
+/// [`Linear`] added onto a residual (the op's third operand), whose gradient is `dy`.
+struct Onto(Linear);
+
+impl CustomOp3 for Onto {
+    fn name(&self) -> &'static str {
+        "linear_onto"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        r: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        profile::time("linear.forward", || self.0.forward(slice(x, xl)?, slice(w, wl)?, Some(slice(r, rl)?)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        r: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("linear.backward", || {
-            let (m, i, o) = (self.m, self.in_f, self.out_f);
-            let (want_dx, want_dw) = (x.track_op(), w.track_op());
-            let (dx, dw) = read(dy, |dy| {
-                let dx = match want_dx {
-                    // dx = dy·W: rows of dy against all of W.
-                    true => read(w, |w| {
-                        let dy_rows = |r0: usize, r1: usize| View::rows(&dy[r0 * o..r1 * o], r1 - r0, o, o);
-                        product_by_rows(m, i, o, dy_rows, View::rows(w, o, i, i)).map(Some)
-                    })?,
-                    false => None,
-                };
-                let dw = match want_dw {
-                    true => read(x, |x| weight_grad(dy, x, m, i, o)).map(Some)?,
-                    false => None,
-                };
-                Ok((dx, dw))
-            })?;
-            let dx = dx.map(|d| tensor(d, x.dims())).transpose()?;
-            let dw = dw.map(|d| tensor(d, &[o, i])).transpose()?;
-            Ok((dx, dw))
+            let (dx, dw) = self.0.backward(x, w, dy)?;
+            Ok((dx, dw, r.track_op().then(|| dy.clone())))
         })
     }
 }
@@ -179,6 +247,26 @@ mod tests {
         assert!(grads.get(&w).is_none());
         let want = w.sum(0)?.unsqueeze(0)?.broadcast_as((4, 8))?;
         assert!(rel_err(grads.get(&x).expect("x grad"), &want.contiguous()?)? <= 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn onto_a_residual_matches_the_product_plus_the_residual() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (3, 5, 40), &dev)?;
+        let w = Var::randn(0f32, 1.0, (24, 40), &dev)?;
+        let r = Var::randn(0f32, 1.0, (3, 5, 24), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (3, 5, 24), &dev)?;
+        let fused = linear_onto(&x, &w, &r)?;
+        let reference = (r.as_tensor() + composed(&x, &w)?)?;
+        assert!(rel_err(&fused, &reference)? <= 1e-6);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &w, &r] {
+            let (a, b) = (gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"));
+            assert!(rel_err(a, b)? <= 1e-5, "{}", rel_err(a, b)?);
+        }
+        assert!(linear_onto(&x, &w, &x).is_err());
         Ok(())
     }
 }

@@ -41,6 +41,7 @@ use crate::device::Precision;
 use crate::error::Result;
 use crate::kernels::attention::attention_heads;
 use crate::kernels::gated_mlp::gated_mlp_in;
+use crate::kernels::linear::linear_onto;
 use crate::kernels::rope::split_heads;
 use crate::kernels::swiglu::swiglu;
 use candle_core::{DType, Device, Tensor};
@@ -156,12 +157,11 @@ impl Layer {
         a: &Adapters,
     ) -> Result<Tensor> {
         let h = self.input_norm.forward(a, x)?;
-        let attn = a.dropout(&self.attention(cfg, rope, &h, pad, mask, a)?)?;
-        let x1 = (x + a.post(self.attn_out_site, &h, attn)?)?;
+        let heads = self.attention_heads(cfg, rope, &h, pad, mask, a)?;
+        let x1 = residual_block(a, x, &h, &self.o, &heads, self.attn_out_site)?;
         let h = self.post_norm.forward(a, &x1)?;
         let m = self.gated_mlp_in(a, &h)?;
-        let mlp = a.dropout(&self.down.forward(a, &m)?)?;
-        let y = (&x1 + a.post(self.mlp_out_site, &h, mlp)?)?;
+        let y = residual_block(a, &x1, &h, &self.down, &m, self.mlp_out_site)?;
         a.post(self.out_site, x, y)
     }
 
@@ -181,7 +181,9 @@ impl Layer {
         Ok(m)
     }
 
-    fn attention(
+    /// The attention heads' output `[b, s, heads·head_dim]`, before the output
+    /// projection.
+    fn attention_heads(
         &self,
         cfg: &LlamaConfig,
         rope: &RopeTables,
@@ -206,9 +208,32 @@ impl Layer {
             prefixed = attention_mask(pad.as_ref(), b, s, kv_len, true, h.device())?;
             prefixed.as_ref()
         };
-        let o = attention_heads(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?;
-        self.o.forward(a, &o)
+        Ok(attention_heads(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?)
     }
+}
+
+/// `residual + post(out_site, dropout(proj(z)))`, the end of an attention or MLP block
+/// whose input was `h`. Where nothing hooks or drops out between the projection and the
+/// addition (and the projection has no bias), the product is accumulated onto the
+/// residual in one op ([`linear_onto`]).
+fn residual_block(
+    a: &Adapters,
+    residual: &Tensor,
+    h: &Tensor,
+    proj: &SiteLinear,
+    z: &Tensor,
+    out_site: usize,
+) -> Result<Tensor> {
+    let plain = a.precision() == Precision::Fp32
+        && !a.has_dropout()
+        && !a.hooks(proj.site)
+        && !a.hooks(out_site)
+        && proj.bias.is_none();
+    if plain {
+        return Ok(linear_onto(z, &proj.weight.get(), residual)?);
+    }
+    let y = a.dropout(&proj.forward(a, z)?)?;
+    Ok((residual + a.post(out_site, h, y)?)?)
 }
 
 impl Llama {

@@ -152,6 +152,11 @@ impl Adapters {
         }
     }
 
+    /// Whether model dropout is set (it may still be off in evaluation mode).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout.is_some()
+    }
+
     /// The attached instances.
     pub fn methods(&self) -> &[MethodInstance] {
         &self.methods
