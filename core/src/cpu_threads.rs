@@ -20,6 +20,7 @@
 //!    turns this off (as `OMP_WAIT_POLICY=passive` does for OpenMP), for a machine whose
 //!    cores are shared with other work.
 
+use candle_core::Device;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,17 +64,19 @@ pub fn run_in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> 
 
 /// While alive, the other workers of the calling thread's pool poll for work instead of
 /// sleeping (see the module docs). Start one around each training or evaluation step;
-/// it does nothing outside a pool, with one thread, or with `STAGECRAFT_CPU_WAIT=passive`.
+/// it does nothing for a GPU (whose steps leave the CPU threads idle), outside a pool,
+/// with one thread, or with `STAGECRAFT_CPU_WAIT=passive`.
 #[must_use = "the workers stop polling when it is dropped"]
 pub struct ActiveWait {
     stop: Option<Arc<AtomicBool>>,
 }
 
 impl ActiveWait {
-    /// Starts polling on the other workers of the calling thread's pool.
-    pub fn start() -> ActiveWait {
+    /// Starts polling on the other workers of the calling thread's pool, for a step on
+    /// `device`.
+    pub fn start(device: &Device) -> ActiveWait {
         let Some(driver) = rayon::current_thread_index() else { return ActiveWait { stop: None } };
-        if rayon::current_num_threads() < 2 || passive_requested() {
+        if !device.is_cpu() || rayon::current_num_threads() < 2 || passive_requested() {
             return ActiveWait { stop: None };
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +137,7 @@ mod tests {
         let total = run_in_pool(|| {
             (0..50u64)
                 .map(|round| {
-                    let _wait = ActiveWait::start();
+                    let _wait = ActiveWait::start(&Device::Cpu);
                     (0..1000u64).into_par_iter().map(|i| i * round).sum::<u64>()
                 })
                 .sum::<u64>()
@@ -145,7 +148,7 @@ mod tests {
 
     #[test]
     fn outside_a_pool_it_does_nothing() {
-        let wait = ActiveWait::start();
+        let wait = ActiveWait::start(&Device::Cpu);
         assert!(wait.stop.is_none());
     }
 }

@@ -36,7 +36,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Metrics> {
     state.set_training(false);
-    let _wait = ActiveWait::start();
+    let _wait = ActiveWait::start(device);
     let r = evaluate_inner(model, adapters, objective, state, data, batch_size, device);
     state.end_step();
     state.set_training(true);

@@ -262,7 +262,7 @@ impl Trainer {
     /// gradient is the mean of the micro-batches' gradients.
     pub fn train_step_accum(&mut self, micro: &[Batch], lr: f64) -> Result<StepOutput> {
         self.state.set_training(true);
-        let _wait = ActiveWait::start();
+        let _wait = ActiveWait::start(&self.state.device);
         let r = self.train_step_inner(micro, lr);
         self.state.end_step();
         r
