@@ -69,12 +69,26 @@ struct Heads {
     rotation: Option<(Tensor, Tensor)>,
 }
 
+/// The data of the `cos` and `sin` tables `[s, d]`.
+#[derive(Clone, Copy)]
+struct Tables<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
+impl<'a> Tables<'a> {
+    /// The rows of position `si`, `d` wide.
+    fn at(self, si: usize, d: usize) -> (&'a [f32], &'a [f32]) {
+        (&self.cos[si * d..][..d], &self.sin[si * d..][..d])
+    }
+}
+
 impl Heads {
-    /// Runs `f(cos, sin)` on the tables' data (empty slices without a rotation).
-    fn with_tables<T>(&self, f: impl FnOnce(&[f32], &[f32]) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the tables' data, `None` without a rotation.
+    fn with_tables<T>(&self, f: impl FnOnce(Option<Tables<'_>>) -> Result<T>) -> Result<T> {
         match &self.rotation {
-            Some((cos, sin)) => read(cos, |cos| read(sin, |sin| f(cos, sin))),
-            None => f(&[], &[]),
+            Some((cos, sin)) => read(cos, |cos| read(sin, |sin| f(Some(Tables { cos, sin })))),
+            None => f(None),
         }
     }
 }
@@ -91,7 +105,7 @@ impl CustomOp1 for Heads {
             let (b, s, width) = xl.shape().dims3()?;
             let (h, d) = (self.heads, width / self.heads);
             let mut y = vec![0f32; x.len()];
-            self.with_tables(|cos, sin| {
+            self.with_tables(|tables| {
                 // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
                 let chunk = rows_per_task(b * h * s) * d;
                 y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
@@ -99,7 +113,7 @@ impl CustomOp1 for Heads {
                         let row = task * (chunk / d) + k;
                         let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
                         let src = &x[((bi * s + si) * h + hi) * d..][..d];
-                        rotate(out, src, cos.get(si * d..(si + 1) * d), sin.get(si * d..(si + 1) * d), 1.0);
+                        rotate(out, src, tables.map(|t| t.at(si, d)), 1.0);
                     }
                 });
                 Ok(())
@@ -115,7 +129,7 @@ impl CustomOp1 for Heads {
             let (h, d) = (self.heads, width / self.heads);
             let mut dx = vec![0f32; x.elem_count()];
             read(dy, |dy| {
-                self.with_tables(|cos, sin| {
+                self.with_tables(|tables| {
                     // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
                     let chunk = rows_per_task(b * s * h) * d;
                     dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
@@ -123,7 +137,7 @@ impl CustomOp1 for Heads {
                             let row = task * (chunk / d) + k;
                             let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
                             let src = &dy[((bi * h + hi) * s + si) * d..][..d];
-                            rotate(out, src, cos.get(si * d..(si + 1) * d), sin.get(si * d..(si + 1) * d), -1.0);
+                            rotate(out, src, tables.map(|t| t.at(si, d)), -1.0);
                         }
                     });
                     Ok(())
@@ -136,9 +150,9 @@ impl CustomOp1 for Heads {
 
 /// `out = x·cos + dir·rotate_half(x)·sin`, where `sin` is read at the position of the
 /// element it multiplies (`dir = 1`) or of the element it came from (`dir = -1`, the
-/// inverse rotation); a plain copy without tables.
-fn rotate(out: &mut [f32], x: &[f32], cos: Option<&[f32]>, sin: Option<&[f32]>, dir: f32) {
-    let (Some(cos), Some(sin)) = (cos, sin) else {
+/// inverse rotation); a plain copy without the position's `(cos, sin)` rows.
+fn rotate(out: &mut [f32], x: &[f32], tables: Option<(&[f32], &[f32])>, dir: f32) {
+    let Some((cos, sin)) = tables else {
         out.copy_from_slice(x);
         return;
     };
