@@ -1,7 +1,8 @@
 //! LoRA through the `.so` plugin against the same LoRA written directly in candle:
 //! outputs and gradients must be bit-identical (the plugin's ops are the same candle
-//! ops, in the same order), and a model trained with nothing but plugins (LoRA, AdamW,
-//! causal LM) must learn.
+//! ops, in the same order: on this host, the fused `add_low_rank` op), they agree with
+//! the op-by-op composition that older hosts run up to float rounding, and a model
+//! trained with nothing but plugins (LoRA, AdamW, causal LM) must learn.
 
 mod support;
 
@@ -23,6 +24,12 @@ fn registry() -> Registry {
     reg
 }
 
+/// `‖a - b‖ / ‖b‖`.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| t.sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).expect("norm").sqrt();
+    norm(&(a - b).expect("difference")) / norm(b)
+}
+
 fn random(shape: &[usize], seed: u64) -> Tensor {
     support::random(shape, seed, 0.3)
 }
@@ -31,8 +38,17 @@ fn ids() -> Tensor {
     Tensor::new(&[[1u32, 5, 9, 3, 60, 12], [7, 2, 2, 30, 41, 0]], &Device::Cpu).expect("ids")
 }
 
+/// How the direct forward adds a site's low-rank update.
+#[derive(Clone, Copy)]
+enum Update {
+    /// The host kernel behind SDK 1.3's `add_low_rank`, which the plugin calls here.
+    Fused,
+    /// Two products, the scale and the sum: the plugin's path on older hosts.
+    OpByOp,
+}
+
 /// The MlpLm forward with LoRA on up/down projections, written directly in candle.
-fn direct_forward(model: &MlpLm, lora: &[(Var, Var)], ids: &Tensor) -> Tensor {
+fn direct_forward(model: &MlpLm, lora: &[(Var, Var)], ids: &Tensor, update: Update) -> Tensor {
     let w: std::collections::HashMap<String, Tensor> =
         model.weights().into_iter().map(|(n, w)| (n, w.var().as_tensor().detach())).collect();
     let scale = ALPHA / R as f64;
@@ -40,6 +56,9 @@ fn direct_forward(model: &MlpLm, lora: &[(Var, Var)], ids: &Tensor) -> Tensor {
         let y = x.broadcast_matmul(&w[&format!("{name}.weight")].t().expect("t")).expect("mm");
         match ab {
             None => y,
+            Some((a, b)) if matches!(update, Update::Fused) => {
+                stagecraft_core::kernels::linear::add_low_rank(&y, x, a, b, scale).expect("low-rank update")
+            }
             Some((a, b)) => {
                 let d = x
                     .broadcast_matmul(&a.as_tensor().t().expect("t"))
@@ -104,17 +123,22 @@ fn lora_through_the_plugin_matches_direct_candle_in_outputs_and_gradients() {
 
     let probe = random(&[2, 6, CFG.vocab], 7);
     let via_plugin = model.forward(&ids(), None, &adapters).expect("forward").logits.expect("logits");
-    let via_candle = direct_forward(&model, &direct, &ids());
+    let via_candle = direct_forward(&model, &direct, &ids(), Update::Fused);
+    let op_by_op = direct_forward(&model, &direct, &ids(), Update::OpByOp);
     // The same ops in the same order: the same bits.
     assert_eq!(bits(&via_plugin), bits(&via_candle), "outputs differ");
+    assert!(rel_err(&via_plugin, &op_by_op) <= 1e-6, "outputs: {}", rel_err(&via_plugin, &op_by_op));
 
     let g_plugin = (via_plugin * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
     let g_candle = (via_candle * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
+    let g_op_by_op = (op_by_op * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
     for (p, (a, b)) in params.chunks(2).zip(&direct) {
         for (pv, dv) in [(&p[0].var, a), (&p[1].var, b)] {
             let gp = g_plugin.get(pv.as_tensor()).expect("plugin param has a gradient");
             let gc = g_candle.get(dv.as_tensor()).expect("direct param has a gradient");
             assert_eq!(bits(gp), bits(gc), "gradients differ");
+            let go = g_op_by_op.get(dv.as_tensor()).expect("op-by-op param has a gradient");
+            assert!(rel_err(gp, go) <= 1e-5, "gradients vs op by op: {}", rel_err(gp, go));
             assert!(
                 gp.abs().expect("abs").sum_all().expect("sum").to_scalar::<f32>().expect("s") > 0.0,
                 "zero gradient"
@@ -297,4 +321,31 @@ fn lora_dropout_applies_in_training_and_is_off_in_evaluation() {
     assert_eq!(logits(&dropped), logits(&plain), "evaluation ignores the adapter's dropout");
     st.set_training(true);
     assert_ne!(logits(&dropped), logits(&plain), "training applies it");
+}
+
+/// What the plugin runs on hosts older than SDK 1.3 (`low_rank_delta`, added to `y`)
+/// gives the values of this host's `add_low_rank`, through the same op table.
+#[test]
+fn the_op_by_op_update_of_older_hosts_matches_add_low_rank() {
+    use stagecraft_core::plugin::{host_for, InstanceStore};
+    use stagecraft_sdk::Host;
+    let st = state();
+    let obj = host_for(&st, &std::rc::Rc::new(InstanceStore::default()), "lora");
+    let host = Host::new(&obj);
+    let (rows, i, o, r) = (2 * 7, 40, 24, 4);
+    let t = |shape: &[usize], seed: u64| {
+        let v = random(shape, seed).flatten_all().expect("flat").to_vec1::<f32>().expect("values");
+        host.from_f32(&v, shape).expect("tensor")
+    };
+    let (x, a, b, y) = (t(&[2, 7, i], 1), t(&[r, i], 2), t(&[o, r], 3), t(&[2, 7, o], 4));
+    let scale = 0.37;
+    let fused = host.add_low_rank(&y, &x, &a, &b, scale).expect("add_low_rank");
+    let delta = stagecraft_lora::lora::low_rank_delta(&x, &a, &b, scale).expect("op by op");
+    let op_by_op = y.add(&delta).expect("add");
+    let values = |t: &stagecraft_sdk::Tensor<'_>| t.to_vec_f32().expect("values");
+    let (f, c) = (values(&fused), values(&op_by_op));
+    assert_eq!(f.len(), rows * o);
+    let worst = f.iter().zip(&c).map(|(f, c)| (f - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "largest difference {worst}");
+    assert!(host.add_low_rank(&y, &x, &b, &a, scale).is_err(), "factors swapped");
 }

@@ -169,6 +169,24 @@ impl<'h> Host<'h> {
     ) -> Result<()> {
         from_abi(self.ops.adamw_step(param.handle, grad.handle, exp_avg.handle, exp_avg_sq.handle, hp))
     }
+    /// `y + scale·(x·Aᵀ)·Bᵀ` for `x [.., in]`, `a [r, in]`, `b [out, r]`, `y [.., out]`:
+    /// a low-rank update added onto a layer's output, differentiable in all four. One
+    /// call where the composition (two products, the scale, the sum) makes full-size
+    /// temporaries; the values agree up to float rounding
+    /// ([`crate::abi::HostOps::add_low_rank`]). (Since 1.3: a host built against an
+    /// older SDK answers "host lacks op `add_low_rank`", so check
+    /// `host.sdk_version() >= SdkVersion::new(1, 3, 0)` and keep the composition for
+    /// older hosts, as the first-party LoRA does.)
+    pub fn add_low_rank(
+        &self,
+        y: &Tensor<'h>,
+        x: &Tensor<'h>,
+        a: &Tensor<'h>,
+        b: &Tensor<'h>,
+        scale: f64,
+    ) -> Result<Tensor<'h>> {
+        self.wrap(self.ops.add_low_rank(y.handle, x.handle, a.handle, b.handle, scale))
+    }
 }
 
 impl<'h> Tensor<'h> {

@@ -145,7 +145,7 @@
 //! older hosts, compare [`Host::sdk_version`] with the version that appended it (each
 //! appended op's docs say "Since 1.x") and keep a path without it: the first-party
 //! AdamW calls `adamw_step` (1.2) where the host has it, and the same update op by op
-//! where it does not.
+//! where it does not; the first-party LoRA likewise with `add_low_rank` (1.3).
 //!
 //! The host reads the names and kinds of a library's plugins from a data-only manifest
 //! that [`export_plugin!`] writes into the `.so` (see
@@ -203,7 +203,7 @@ pub mod prelude {
     pub use crate::{
         bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern, AdamWStep,
         AdaptationMethod, Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss,
-        MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SiteInfo, SiteKind,
-        SiteRole, Stage, StepInfo, Tensor, TensorHandle,
+        MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SdkVersion, SiteInfo,
+        SiteKind, SiteRole, Stage, StepInfo, Tensor, TensorHandle,
     };
 }

@@ -272,7 +272,7 @@
 //! library   quickstart
 //! file      /home/you/quickstart/target/release/libquickstart.so
 //! sha256    79e7ce8006a0cbaec0b1ffa654550ae57671ac7063f59f308afe429fd6f21586
-//! sdk       1.2.0 (host 1.2.0)
+//! sdk       1.3.0 (host 1.3.0)
 //!
 //! method quickstart 0.1.0
 //!   a low-rank update of linear layers (LoRA-like)

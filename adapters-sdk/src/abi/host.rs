@@ -20,9 +20,10 @@
 //! | appended in 1.0 (optional) | `site_weight`, `release` |
 //! | appended in 1.1 (optional) | `logsumexp`, `model_info`, `site_role`, `from_i64`, `encode` |
 //! | appended in 1.2 (optional) | `adamw_step` |
+//! | appended in 1.3 (optional) | `add_low_rank` |
 //!
-//! What each method family needs: LoRA / rsLoRA (`matmul`, `transpose`, `affine`,
-//! `dropout`, `new_param`); DoRA (+ `site_weight`, `sqr`, `sum`, `sqrt`, `detach`, `div`);
+//! What each method family needs: LoRA / rsLoRA (`add_low_rank`, `dropout`,
+//! `new_param`; on a host older than 1.3, `matmul`, `transpose`, `affine` and `add`); DoRA (+ `site_weight`, `sqr`, `sum`, `sqrt`, `detach`, `div`);
 //! IA3 (`mul`, `new_param`); prompt / prefix tuning (`cat`, `broadcast_as`, `reshape`,
 //! `index_select`, `model_info`; `from_i64`, `encode` and `site_weight` to start from
 //! the vocabulary); bottleneck adapters (`matmul`, `unary` activations, `add`); AdamW
@@ -270,6 +271,21 @@ pub trait HostOps {
     ) -> OpResult<()> {
         let _ = (param, grad, exp_avg, exp_avg_sq, hp);
         host_lacks("adamw_step", self.sdk_version())
+    }
+
+    // ---- appended in 1.3 -------------------------------------------------------
+
+    /// `y + scale·(x·Aᵀ)·Bᵀ` for `x [.., in]`, `a [r, in]`, `b [out, r]` and
+    /// `y [.., out]`: a low-rank update (LoRA's) added onto a layer's output,
+    /// differentiable in all four tensors. The same values as the composition
+    /// `add(y, affine(matmul(matmul(x, transpose(a)), transpose(b)), scale, 0))` up to
+    /// float rounding (the host may apply the scale to `x·Aᵀ` before the second
+    /// product), without its full-size temporaries where the host can (f32 on the
+    /// CPU). (Since 1.3, optional: check [`sdk_version`](Self::sdk_version) ≥ 1.3
+    /// before calling, and use the composition on an older host.)
+    fn add_low_rank(&self, y: TensorHandle, x: TensorHandle, a: TensorHandle, b: TensorHandle, scale: f64) -> OpResult {
+        let _ = (y, x, a, b, scale);
+        host_lacks("add_low_rank", self.sdk_version())
     }
 }
 

@@ -12,6 +12,8 @@
 //! [`linear_onto`] adds the product onto a residual stream inside the GEMM
 //! (`r + x·Wᵀ`): one graph node where a projection and a residual add took two, and in
 //! backward candle spends a zeroed buffer and an addition on every node's gradient.
+//! [`add_low_rank`] does the same for a low-rank update (LoRA's `y + s·(x·Aᵀ)·Bᵀ`):
+//! two nodes where the composition took six.
 
 use super::gemm::{self, View};
 use super::{applies, profile, read, slice, tensor};
@@ -46,10 +48,43 @@ pub fn linear_onto(x: &Tensor, w: &Tensor, r: &Tensor) -> Result<Tensor> {
     }
     let m = lead.iter().product::<usize>();
     if applies(x) && applies(w) && applies(r) && m > 0 {
-        let op = Linear { m, in_f, out_f, out_dims };
-        x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, Onto(op))
+        let op = Onto { product: Linear { m, in_f, out_f, out_dims }, scale: 1.0 };
+        x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, op)
     } else {
         r + composed(x, w)?
+    }
+}
+
+/// `y + scale·(x·Aᵀ)·Bᵀ` for `x [.., in]`, `a [r, in]`, `b [out, r]` and `y [.., out]`:
+/// a low-rank update added onto a layer's output, as LoRA does.
+///
+/// Two graph nodes: the narrow product `t = x·Aᵀ` (`[.., r]`), and `y + (scale·t)·Bᵀ`
+/// accumulated onto a copy of `y` in the GEMM. The composition (two products, the
+/// scale, the sum) makes two more full-size `[.., out]` tensors in forward and, in
+/// backward, a zeroed gradient buffer and an addition for each of its four nodes. The
+/// scale multiplies the narrow operands only (`t` forward; `dt` and `dB`, both of
+/// rank `r`, backward), so it costs no pass over `[.., out]`.
+pub fn add_low_rank(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let (out_f, r) = b.dims2()?;
+    let (rank, in_f) = a.dims2()?;
+    let Some((&last, lead)) = x.dims().split_last() else { bail!("low-rank update of a scalar") };
+    let out_dims: Vec<usize> = lead.iter().copied().chain([out_f]).collect();
+    if rank != r || last != in_f || y.dims() != out_dims.as_slice() {
+        bail!(
+            "low-rank update: input {:?}, A {:?}, B {:?} do not give the output's shape {:?}",
+            x.dims(),
+            a.dims(),
+            b.dims(),
+            y.dims()
+        )
+    }
+    let t = linear(x, a)?;
+    let m = lead.iter().product::<usize>();
+    if applies(&t) && applies(b) && applies(y) && m > 0 {
+        let op = Onto { product: Linear { m, in_f: r, out_f, out_dims }, scale: scale as f32 };
+        t.apply_op3(&b.contiguous()?, &y.contiguous()?, op)
+    } else {
+        y + composed(&t, b)?.affine(scale, 0.0)?
     }
 }
 
@@ -179,8 +214,21 @@ impl CustomOp2 for Linear {
     }
 }
 
-/// [`Linear`] added onto a residual (the op's third operand), whose gradient is `dy`.
-struct Onto(Linear);
+/// `r + scale·x·Wᵀ`: [`Linear`] of `scale·x` added onto the op's third operand `r`,
+/// whose gradient is `dy`. A scale other than 1 copies `x` scaled (meant for the
+/// narrow `x` of a low-rank update, [`add_low_rank`]).
+struct Onto {
+    product: Linear,
+    scale: f32,
+}
+
+/// `v` times `scale`, borrowed when the scale is 1.
+fn scaled(v: &[f32], scale: f32) -> std::borrow::Cow<'_, [f32]> {
+    match scale == 1.0 {
+        true => std::borrow::Cow::Borrowed(v),
+        false => std::borrow::Cow::Owned(v.iter().map(|x| x * scale).collect()),
+    }
+}
 
 impl CustomOp3 for Onto {
     fn name(&self) -> &'static str {
@@ -196,7 +244,10 @@ impl CustomOp3 for Onto {
         r: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        profile::time("linear.forward", || self.0.forward(slice(x, xl)?, slice(w, wl)?, Some(slice(r, rl)?)))
+        profile::time("linear.forward", || {
+            let x = scaled(slice(x, xl)?, self.scale);
+            self.product.forward(&x, slice(w, wl)?, Some(slice(r, rl)?))
+        })
     }
 
     fn bwd(
@@ -208,8 +259,14 @@ impl CustomOp3 for Onto {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("linear.backward", || {
-            let (dx, dw) = self.0.backward(x, w, dy)?;
-            Ok((dx, dw, r.track_op().then(|| dy.clone())))
+            // d(scale·x·Wᵀ)/dx = scale·dy·W and /dW = scale·dyᵀ·x: the products of the
+            // unscaled op, scaled after (both have x's narrow width or W's size).
+            let (dx, dw) = self.product.backward(x, w, dy)?;
+            let rescale = |g: Option<Tensor>| match (g, self.scale == 1.0) {
+                (Some(g), false) => g.affine(self.scale.into(), 0.0).map(Some),
+                (g, _) => Ok(g),
+            };
+            Ok((rescale(dx)?, rescale(dw)?, r.track_op().then(|| dy.clone())))
         })
     }
 }
@@ -267,6 +324,29 @@ mod tests {
             assert!(rel_err(a, b)? <= 1e-5, "{}", rel_err(a, b)?);
         }
         assert!(linear_onto(&x, &w, &x).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_low_rank_update_matches_its_composition_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let (r, i, o) = (4, 40, 24);
+        let x = Var::randn(0f32, 1.0, (3, 5, i), &dev)?;
+        let a = Var::randn(0f32, 1.0, (r, i), &dev)?;
+        let b = Var::randn(0f32, 1.0, (o, r), &dev)?;
+        let y = Var::randn(0f32, 1.0, (3, 5, o), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (3, 5, o), &dev)?;
+        let scale = 0.37;
+        let fused = add_low_rank(&y, &x, &a, &b, scale)?;
+        let reference = (y.as_tensor() + composed(&composed(&x, &a)?, &b)?.affine(scale, 0.0)?)?;
+        assert!(rel_err(&fused, &reference)? <= 1e-6);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("A", &a), ("B", &b), ("y", &y)] {
+            let (f, c) = (gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"));
+            assert!(rel_err(f, c)? <= 1e-5, "d{name}: {}", rel_err(f, c)?);
+        }
+        assert!(add_low_rank(&y, &x, &b, &a, scale).is_err(), "factors swapped");
         Ok(())
     }
 }

@@ -420,4 +420,10 @@ impl HostOps for HostCtx {
             super::adamw::adamw_step(&p, &self.t(grad)?, &m, &v, &hp)
         })
     }
+    fn add_low_rank(&self, y: TensorHandle, x: TensorHandle, a: TensorHandle, b: TensorHandle, scale: f64) -> OpResult {
+        self.op("add_low_rank", || {
+            let (y, x, a, b) = (self.t(y)?, self.t(x)?, self.t(a)?, self.t(b)?);
+            Ok(crate::kernels::linear::add_low_rank(&y, &x, &a, &b, scale)?)
+        })
+    }
 }

@@ -24,6 +24,10 @@ use crate::dora;
 use stagecraft_sdk::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
+/// The SDK version whose hosts have `add_low_rank` (the update in one host op); on
+/// older hosts the plugin composes it from `matmul`, `affine` and `add`.
+const ADD_LOW_RANK_SINCE: SdkVersion = SdkVersion::new(1, 3, 0);
+
 /// The factors of one attached site.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SiteFactors {
@@ -94,6 +98,15 @@ impl Lora {
     }
 }
 
+/// `scale·(x·Aᵀ)·Bᵀ` op by op: what LoRA adds to `y` on hosts older than SDK 1.3,
+/// and DoRA's update. On newer hosts `add_low_rank` gives `y` plus the same values (up
+/// to float rounding) in one op.
+pub fn low_rank_delta<'h>(x: &Tensor<'h>, a: &Tensor<'h>, b: &Tensor<'h>, scale: f64) -> Result<Tensor<'h>> {
+    // [.., in] × [in, r] × [r, out]: the host's matmul broadcasts a 2-d right-hand side
+    // over the leading dims of x.
+    x.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(scale, 0.0)
+}
+
 impl Plugin for Lora {
     const NAME: &'static str = "lora";
     const DESCRIPTION: &'static str = "low-rank adaptation of linear layers (LoRA, rsLoRA, DoRA)";
@@ -153,12 +166,14 @@ impl AdaptationMethod for Lora {
     fn forward<'h>(&self, host: Host<'h>, site: &SiteInfo, x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
         let f = self.factors(site)?;
         let x = x.dropout(self.cfg.dropout)?;
-        // [.., in] × [in, r] × [r, out]: the host's matmul broadcasts a 2-d right-hand
-        // side over the leading dims of x.
-        let delta = x.matmul(&host.tensor(f.a).t()?)?.matmul(&host.tensor(f.b).t()?)?.affine(f.scaling, 0.0)?;
+        let (a, b) = (host.tensor(f.a), host.tensor(f.b));
         match f.magnitude {
-            Some(m) => dora::forward(host, site, &f, host.tensor(m), x, y, delta, self.cfg.dropout > 0.0),
-            None => y.add(&delta),
+            Some(m) => {
+                let delta = low_rank_delta(&x, &a, &b, f.scaling)?;
+                dora::forward(host, site, &f, host.tensor(m), x, y, delta, self.cfg.dropout > 0.0)
+            }
+            None if host.sdk_version() >= ADD_LOW_RANK_SINCE => host.add_low_rank(&y, &x, &a, &b, f.scaling),
+            None => y.add(&low_rank_delta(&x, &a, &b, f.scaling)?),
         }
     }
 

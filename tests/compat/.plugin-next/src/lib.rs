@@ -1,5 +1,5 @@
 //! `next_cumsum`: replaces a linear site's output by its cumulative sum along the last
-//! dim, using `cumsum`, an op appended in SDK 1.3. In a 1.2 host the call fails with the
+//! dim, using `cumsum`, an op appended in SDK 1.4. In a 1.3 host the call fails with the
 //! op's default body ("host lacks op"), and nothing crashes.
 
 use stagecraft_sdk::abi::{CallResult, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerBox, PluginLib, PluginLibRef, StageBox};
@@ -50,7 +50,7 @@ extern "C" fn manifest() -> RVec<PluginInfo> {
         name: "next_cumsum".into(),
         kind: PluginKind::METHOD,
         version: "0.1.0".into(),
-        description: "cumulative sums through an op appended in SDK 1.3".into(),
+        description: "cumulative sums through an op appended in SDK 1.4".into(),
         config_schema: "{}".into(),
     }]
     .into()

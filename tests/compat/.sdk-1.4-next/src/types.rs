@@ -520,7 +520,7 @@ impl Control {
     pub const CONTINUE: Control = Control(0);
     /// End the stage now (its result is kept).
     pub const STOP: Control = Control(1);
-    /// Restore the stage's best checkpoint and end the stage.
+    /// Restore the stage's best evaluated state and end the stage.
     pub const ROLLBACK: Control = Control(2);
 }
 
