@@ -129,9 +129,12 @@ fn lora_through_the_plugin_matches_direct_candle_in_outputs_and_gradients() {
     assert_eq!(bits(&via_plugin), bits(&via_candle), "outputs differ");
     assert!(rel_err(&via_plugin, &op_by_op) <= 1e-6, "outputs: {}", rel_err(&via_plugin, &op_by_op));
 
-    let g_plugin = (via_plugin * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
-    let g_candle = (via_candle * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
-    let g_op_by_op = (op_by_op * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
+    let g_plugin = stagecraft_core::kernels::backward(&(via_plugin * &probe).expect("mul").sum_all().expect("sum"))
+        .expect("backward");
+    let g_candle = stagecraft_core::kernels::backward(&(via_candle * &probe).expect("mul").sum_all().expect("sum"))
+        .expect("backward");
+    let g_op_by_op = stagecraft_core::kernels::backward(&(op_by_op * &probe).expect("mul").sum_all().expect("sum"))
+        .expect("backward");
     for (p, (a, b)) in params.chunks(2).zip(&direct) {
         for (pv, dv) in [(&p[0].var, a), (&p[1].var, b)] {
             let gp = g_plugin.get(pv.as_tensor()).expect("plugin param has a gradient");

@@ -90,8 +90,10 @@ fn compare(model: &MlpLm, adapters: &Adapters, params: &[Owned], direct: &HashMa
     let via_plugin = model.forward(&ids(), None, adapters).expect("forward").logits.expect("logits");
     let d = max_abs_diff(&via_plugin, &via_candle);
     assert!(d <= 1e-6, "outputs differ by {d}");
-    let g_plugin = (via_plugin * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
-    let g_candle = (via_candle * &probe).expect("mul").sum_all().expect("sum").backward().expect("backward");
+    let g_plugin = stagecraft_core::kernels::backward(&(via_plugin * &probe).expect("mul").sum_all().expect("sum"))
+        .expect("backward");
+    let g_candle = stagecraft_core::kernels::backward(&(via_candle * &probe).expect("mul").sum_all().expect("sum"))
+        .expect("backward");
     for p in params {
         let gp = g_plugin.get(p.var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", p.name));
         let gc =

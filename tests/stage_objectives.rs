@@ -77,7 +77,10 @@ fn direct_next_token(logits: &Tensor, valid: [[bool; S - 1]; B], smoothing: f64)
 fn assert_same(what: &str, out: &stagecraft_core::plugin::StageLoss, direct: &Direct, logits: &Var) {
     let d = max_abs_diff(&out.loss, &direct.loss);
     assert!(d <= 1e-6, "{what}: loss {} vs {}", out.loss, direct.loss);
-    let (gp, gd) = (out.loss.backward().expect("backward"), direct.loss.backward().expect("backward"));
+    let (gp, gd) = (
+        stagecraft_core::kernels::backward(&out.loss).expect("backward"),
+        stagecraft_core::kernels::backward(&direct.loss).expect("backward"),
+    );
     let d = max_abs_diff(gp.get(logits.as_tensor()).expect("grad"), gd.get(logits.as_tensor()).expect("grad"));
     assert!(d <= 1e-6, "{what}: gradient differs by {d}");
     let per = out.per_example.as_ref().expect("per-example losses").to_vec1::<f32>().expect("[batch]");
@@ -164,7 +167,10 @@ fn classification_head_matches_a_direct_linear_head() {
         pooled.matmul(&w.as_tensor().t().expect("t")).and_then(|l| l.broadcast_add(b.as_tensor())).expect("head");
     let direct = candle_nn::loss::cross_entropy(&logits, &labels.to_dtype(DType::U32).expect("u32")).expect("ce");
     assert!(max_abs_diff(&out.loss, &direct) <= 1e-6, "loss {} vs {}", out.loss, direct);
-    let (gp, gd) = (out.loss.backward().expect("b"), direct.backward().expect("b"));
+    let (gp, gd) = (
+        stagecraft_core::kernels::backward(&out.loss).expect("b"),
+        stagecraft_core::kernels::backward(&direct).expect("b"),
+    );
     for v in [w, b, &hidden] {
         assert!(max_abs_diff(gp.get(v.as_tensor()).expect("g"), gd.get(v.as_tensor()).expect("g")) <= 1e-6);
     }
@@ -216,7 +222,10 @@ fn distill_loss_gradient_and_metrics_equal_the_direct_ones() {
         ((&kl * (alpha * t * t)).expect("kl term") + (&ce.loss * (1.0 - alpha)).expect("ce term")).expect("mix");
     let d = max_abs_diff(&out.loss, &direct);
     assert!(d <= 1e-6, "distill loss {} vs {}", out.loss, direct);
-    let (gp, gd) = (out.loss.backward().expect("backward"), direct.backward().expect("backward"));
+    let (gp, gd) = (
+        stagecraft_core::kernels::backward(&out.loss).expect("backward"),
+        stagecraft_core::kernels::backward(&direct).expect("backward"),
+    );
     let d = max_abs_diff(gp.get(student.as_tensor()).expect("grad"), gd.get(student.as_tensor()).expect("grad"));
     assert!(d <= 1e-6, "distill gradient differs by {d}");
     let got = metric(&out.metrics, "kl");

@@ -12,6 +12,7 @@
 use super::gemm::{self, View};
 use super::linear::{self, block_rows};
 use super::swiglu::{self, silu_times, swiglu};
+use super::weight_grads::WeightInput;
 use super::{applies, profile, read, simd, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,8 +33,10 @@ pub fn gated_mlp_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor
         return composed(x, w_gate, w_up);
     }
     let out_dims: Vec<usize> = lead.iter().copied().chain([inter]).collect();
-    let op = GatedMlpIn { rows, in_f, inter, out_dims, kept: Mutex::new(None) };
-    x.contiguous()?.apply_op3(&w_gate.contiguous()?, &w_up.contiguous()?, op)
+    let (gate, up) = (WeightInput::new(w_gate, x.track_op()), WeightInput::new(w_up, x.track_op()));
+    let credits = (gate.credit, up.credit);
+    let op = GatedMlpIn { rows, in_f, inter, out_dims, kept: Mutex::new(None), credits };
+    x.contiguous()?.apply_op3(&gate.tensor.contiguous()?, &up.tensor.contiguous()?, op)
 }
 
 /// The same from the separate products and SwiGLU (the reference; CUDA and bf16).
@@ -48,6 +51,9 @@ struct GatedMlpIn {
     inter: usize,
     out_dims: Vec<usize>,
     kept: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    /// The variables the gate and up weights' gradients go to when the op took them
+    /// detached ([`WeightInput`]).
+    credits: (Option<Tensor>, Option<Tensor>),
 }
 
 impl CustomOp3 for GatedMlpIn {
@@ -126,14 +132,15 @@ impl CustomOp3 for GatedMlpIn {
                 })?),
                 false => None,
             };
-            let weight_grad = |w: &Tensor, d: &[f32]| -> Result<Option<Tensor>> {
-                match w.track_op() {
-                    true => read(x, |x| linear::weight_grad(d, x, m, i, o)).and_then(|g| tensor(g, &[o, i])).map(Some),
-                    false => Ok(None),
-                }
+            let weight_grad = |w: &Tensor, d: &[f32], credit: &Option<Tensor>| -> Result<Option<Tensor>> {
+                let g = match WeightInput::wanted(credit, w) {
+                    true => Some(read(x, |x| linear::weight_grad(d, x, m, i, o)).and_then(|g| tensor(g, &[o, i]))?),
+                    false => None,
+                };
+                Ok(WeightInput::settle(credit, g))
             };
-            let dwg = weight_grad(wg, &dg)?;
-            let dwu = weight_grad(wu, &du)?;
+            let dwg = weight_grad(wg, &dg, &self.credits.0)?;
+            let dwu = weight_grad(wu, &du, &self.credits.1)?;
             Ok((dx.map(|d| tensor(d, x.dims())).transpose()?, dwg, dwu))
         })
     }
@@ -155,8 +162,8 @@ mod tests {
         let probe = Tensor::randn(0f32, 1.0, (3, 45, 40), &dev)?;
         let (fused, reference) = (gated_mlp_in(&x, &wg, &wu)?, composed(&x, &wg, &wu)?);
         assert!(rel_err(&fused, &reference)? <= 1e-6);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        let gf = crate::kernels::backward(&(fused * &probe)?.sum_all()?)?;
+        let gr = crate::kernels::backward(&(reference * &probe)?.sum_all()?)?;
         for v in [&x, &wg, &wu] {
             let e = rel_err(gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"))?;
             assert!(e <= 1e-5, "relative error {e}");
@@ -169,9 +176,9 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (7, 8), &dev)?;
         let (wg, wu) = (Tensor::randn(0f32, 0.5, (12, 8), &dev)?, Tensor::randn(0f32, 0.5, (12, 8), &dev)?);
-        let grads = gated_mlp_in(&x, &wg, &wu)?.sum_all()?.backward()?;
+        let grads = crate::kernels::backward(&gated_mlp_in(&x, &wg, &wu)?.sum_all()?)?;
         assert!(grads.get(&wg).is_none() && grads.get(&wu).is_none());
-        let reference = composed(&x, &wg, &wu)?.sum_all()?.backward()?;
+        let reference = crate::kernels::backward(&composed(&x, &wg, &wu)?.sum_all()?)?;
         let e = rel_err(grads.get(&x).expect("x grad"), reference.get(&x).expect("x grad"))?;
         assert!(e <= 1e-5, "relative error {e}");
         Ok(())

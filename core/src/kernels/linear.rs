@@ -16,6 +16,7 @@
 //! two nodes where the composition took six.
 
 use super::gemm::{self, View};
+use super::weight_grads::WeightInput;
 use super::{applies, profile, read, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -30,8 +31,9 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let m = lead.iter().product::<usize>();
     let out_dims: Vec<usize> = lead.iter().copied().chain([out_f]).collect();
     if applies(x) && applies(w) && m > 0 {
-        let op = Linear { m, in_f, out_f, out_dims };
-        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+        let w = WeightInput::new(w, x.track_op());
+        let op = Linear { m, in_f, out_f, out_dims, x_scale: 1.0, credit: w.credit };
+        x.contiguous()?.apply_op2(&w.tensor.contiguous()?, op)
     } else {
         composed(x, w)
     }
@@ -48,8 +50,9 @@ pub fn linear_onto(x: &Tensor, w: &Tensor, r: &Tensor) -> Result<Tensor> {
     }
     let m = lead.iter().product::<usize>();
     if applies(x) && applies(w) && applies(r) && m > 0 {
-        let op = Onto { product: Linear { m, in_f, out_f, out_dims }, scale: 1.0 };
-        x.contiguous()?.apply_op3(&w.contiguous()?, &r.contiguous()?, op)
+        let w = WeightInput::new(w, x.track_op() || r.track_op());
+        let op = Onto(Linear { m, in_f, out_f, out_dims, x_scale: 1.0, credit: w.credit });
+        x.contiguous()?.apply_op3(&w.tensor.contiguous()?, &r.contiguous()?, op)
     } else {
         r + composed(x, w)?
     }
@@ -81,8 +84,9 @@ pub fn add_low_rank(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) 
     let t = linear(x, a)?;
     let m = lead.iter().product::<usize>();
     if applies(&t) && applies(b) && applies(y) && m > 0 {
-        let op = Onto { product: Linear { m, in_f: r, out_f, out_dims }, scale: scale as f32 };
-        t.apply_op3(&b.contiguous()?, &y.contiguous()?, op)
+        let b = WeightInput::new(b, t.track_op() || y.track_op());
+        let op = Onto(Linear { m, in_f: r, out_f, out_dims, x_scale: scale as f32, credit: b.credit });
+        t.apply_op3(&b.tensor.contiguous()?, &y.contiguous()?, op)
     } else {
         y + composed(&t, b)?.affine(scale, 0.0)?
     }
@@ -101,6 +105,11 @@ struct Linear {
     in_f: usize,
     out_f: usize,
     out_dims: Vec<usize>,
+    /// The product is `(x_scale·x)·Wᵀ`. A scale other than 1 copies `x` scaled: meant
+    /// for the narrow `x` of a low-rank update ([`add_low_rank`]).
+    x_scale: f32,
+    /// The variable the weight's gradient goes to when the op took it detached.
+    credit: Option<Tensor>,
 }
 
 /// `dst = a·b` for `dst` `rows × n` row-major, split into blocks of rows that run in
@@ -168,17 +177,18 @@ pub(crate) fn weight_grad(dy: &[f32], x: &[f32], m: usize, in_f: usize, out_f: u
 }
 
 impl Linear {
-    /// `x·Wᵀ`, added onto `onto` when given.
+    /// `(x_scale·x)·Wᵀ`, added onto `onto` when given.
     fn forward(&self, x: &[f32], w: &[f32], onto: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (m, i, o) = (self.m, self.in_f, self.out_f);
-        let y = product_by_columns(m, o, View::rows(x, m, i, i), View::rows(w, o, i, i).t(), onto)?;
+        let x = scaled(x, self.x_scale);
+        let y = product_by_columns(m, o, View::rows(&x, m, i, i), View::rows(w, o, i, i).t(), onto)?;
         Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
     }
 
     /// The gradients of `x` and `w`, each only where it is tracked.
     fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (m, i, o) = (self.m, self.in_f, self.out_f);
-        let (want_dx, want_dw) = (x.track_op(), w.track_op());
+        let (want_dx, want_dw) = (x.track_op(), WeightInput::wanted(&self.credit, w));
         let (dx, dw) = read(dy, |dy| {
             let dx = match want_dx {
                 // dx = dy·W: rows of dy against all of W.
@@ -194,9 +204,16 @@ impl Linear {
             };
             Ok((dx, dw))
         })?;
-        let dx = dx.map(|d| tensor(d, x.dims())).transpose()?;
-        let dw = dw.map(|d| tensor(d, &[o, i])).transpose()?;
-        Ok((dx, dw))
+        // d((s·x)·Wᵀ)/dx = s·dy·W and /dW = s·dyᵀ·x: the unscaled products, scaled.
+        let rescale = |mut d: Vec<f32>| {
+            if self.x_scale != 1.0 {
+                d.iter_mut().for_each(|v| *v *= self.x_scale);
+            }
+            d
+        };
+        let dx = dx.map(|d| tensor(rescale(d), x.dims())).transpose()?;
+        let dw = dw.map(|d| tensor(rescale(d), &[o, i])).transpose()?;
+        Ok((dx, WeightInput::settle(&self.credit, dw)))
     }
 }
 
@@ -214,13 +231,8 @@ impl CustomOp2 for Linear {
     }
 }
 
-/// `r + scale·x·Wᵀ`: [`Linear`] of `scale·x` added onto the op's third operand `r`,
-/// whose gradient is `dy`. A scale other than 1 copies `x` scaled (meant for the
-/// narrow `x` of a low-rank update, [`add_low_rank`]).
-struct Onto {
-    product: Linear,
-    scale: f32,
-}
+/// [`Linear`] added onto a residual (the op's third operand), whose gradient is `dy`.
+struct Onto(Linear);
 
 /// `v` times `scale`, borrowed when the scale is 1.
 fn scaled(v: &[f32], scale: f32) -> std::borrow::Cow<'_, [f32]> {
@@ -244,10 +256,7 @@ impl CustomOp3 for Onto {
         r: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        profile::time("linear.forward", || {
-            let x = scaled(slice(x, xl)?, self.scale);
-            self.product.forward(&x, slice(w, wl)?, Some(slice(r, rl)?))
-        })
+        profile::time("linear.forward", || self.0.forward(slice(x, xl)?, slice(w, wl)?, Some(slice(r, rl)?)))
     }
 
     fn bwd(
@@ -259,14 +268,8 @@ impl CustomOp3 for Onto {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("linear.backward", || {
-            // d(scale·x·Wᵀ)/dx = scale·dy·W and /dW = scale·dyᵀ·x: the products of the
-            // unscaled op, scaled after (both have x's narrow width or W's size).
-            let (dx, dw) = self.product.backward(x, w, dy)?;
-            let rescale = |g: Option<Tensor>| match (g, self.scale == 1.0) {
-                (Some(g), false) => g.affine(self.scale.into(), 0.0).map(Some),
-                (g, _) => Ok(g),
-            };
-            Ok((rescale(dx)?, rescale(dw)?, r.track_op().then(|| dy.clone())))
+            let (dx, dw) = self.0.backward(x, w, dy)?;
+            Ok((dx, dw, r.track_op().then(|| dy.clone())))
         })
     }
 }
@@ -286,8 +289,8 @@ mod tests {
         let fused = linear(&x, &w)?;
         let reference = composed(&x, &w)?;
         assert!(rel_err(&fused, &reference)? <= 1e-6);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        let gf = crate::kernels::backward(&(fused * &probe)?.sum_all()?)?;
+        let gr = crate::kernels::backward(&(reference * &probe)?.sum_all()?)?;
         for v in [&x, &w] {
             let (a, b) = (gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"));
             assert!(rel_err(a, b)? <= 1e-5, "{}", rel_err(a, b)?);
@@ -300,7 +303,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (4, 8), &dev)?;
         let w = Tensor::randn(0f32, 1.0, (6, 8), &dev)?; // not a variable: frozen
-        let grads = linear(&x, &w)?.sum_all()?.backward()?;
+        let grads = crate::kernels::backward(&linear(&x, &w)?.sum_all()?)?;
         assert!(grads.get(&w).is_none());
         let want = w.sum(0)?.unsqueeze(0)?.broadcast_as((4, 8))?;
         assert!(rel_err(grads.get(&x).expect("x grad"), &want.contiguous()?)? <= 1e-6);
@@ -317,8 +320,8 @@ mod tests {
         let fused = linear_onto(&x, &w, &r)?;
         let reference = (r.as_tensor() + composed(&x, &w)?)?;
         assert!(rel_err(&fused, &reference)? <= 1e-6);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        let gf = crate::kernels::backward(&(fused * &probe)?.sum_all()?)?;
+        let gr = crate::kernels::backward(&(reference * &probe)?.sum_all()?)?;
         for v in [&x, &w, &r] {
             let (a, b) = (gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"));
             assert!(rel_err(a, b)? <= 1e-5, "{}", rel_err(a, b)?);
@@ -340,8 +343,8 @@ mod tests {
         let fused = add_low_rank(&y, &x, &a, &b, scale)?;
         let reference = (y.as_tensor() + composed(&composed(&x, &a)?, &b)?.affine(scale, 0.0)?)?;
         assert!(rel_err(&fused, &reference)? <= 1e-6);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
+        let gf = crate::kernels::backward(&(fused * &probe)?.sum_all()?)?;
+        let gr = crate::kernels::backward(&(reference * &probe)?.sum_all()?)?;
         for (name, v) in [("x", &x), ("A", &a), ("B", &b), ("y", &y)] {
             let (f, c) = (gf.get(v).expect("fused grad"), gr.get(v).expect("reference grad"));
             assert!(rel_err(f, c)? <= 1e-5, "d{name}: {}", rel_err(f, c)?);

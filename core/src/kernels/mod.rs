@@ -19,6 +19,11 @@
 //! | softmax cross-entropy over the vocabulary with ignored rows | [`cross_entropy`] | logits, targets |
 //! | the global gradient norm (no squared copy per parameter) | [`grad_norm`] | nothing |
 //!
+//! A trainable weight's gradient skips candle's gradient store (a zeroed copy and an
+//! addition per weight): the ops deposit it and [`backward`], which replaces
+//! `Tensor::backward` for losses that reach these ops, adds it to the store
+//! ([`weight_grads`]).
+//!
 //! Each op runs fused on CPU f32 tensors while [`enabled`]; otherwise (CUDA, bf16, or
 //! `stagecraft bench --unfused`) the same function is composed from candle ops, which
 //! the gradient tests compare against. A CUDA kernel goes behind the same call as a
@@ -37,6 +42,9 @@ pub mod profile;
 pub mod rope;
 mod simd;
 pub mod swiglu;
+pub mod weight_grads;
+
+pub use weight_grads::backward;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};

@@ -288,7 +288,7 @@ impl Trainer {
             loss_sum += loss;
             split.add(batch.replay_from, l.per_example.as_ref())?;
             let clock = Instant::now();
-            let grads = l.loss.affine(scale, 0.0)?.backward()?;
+            let grads = crate::kernels::backward(&l.loss.affine(scale, 0.0)?)?;
             for (acc, p) in sum.iter_mut().zip(&self.params) {
                 if let Some(g) = grads.get(p.var.as_tensor()) {
                     *acc = Some(match acc.take() {
