@@ -141,6 +141,10 @@ pub struct TorchReport {
     /// stagecraft's peak resident memory over PyTorch's.
     #[serde(default)]
     pub memory_ratio: f64,
+    /// With `--rounds N`: the speed ratio of every round, in order (the report is the
+    /// round with the median ratio).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_ratios: Vec<f64>,
 }
 
 /// The PyTorch baseline script, run by [`torch_baseline`] from memory.

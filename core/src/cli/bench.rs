@@ -1,7 +1,7 @@
 //! `stagecraft bench`: one JSON line per run.
 
 use clap::Args;
-use stagecraft_core::bench::{run, torch_baseline, BenchOptions, Mode, Workload};
+use stagecraft_core::bench::{run, torch_baseline, BenchOptions, Mode, Report, Workload};
 use stagecraft_core::device::{resolve_device, Precision};
 
 #[derive(Debug, Args)]
@@ -35,6 +35,11 @@ pub struct BenchArgs {
     /// (`benches/torch_baseline.py`, W1 and W2) and report both, with the ratios.
     #[arg(long, value_name = "PYTHON")]
     torch: Option<String>,
+    /// With `--torch`: measure stagecraft and PyTorch alternately this many times and
+    /// report the round with the median speed ratio (and every round's ratio), for
+    /// machines whose speed drifts within a minute.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20), requires = "torch")]
+    rounds: u32,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -51,18 +56,28 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         torch: args.torch,
     };
     stagecraft_core::kernels::set_enabled(!args.unfused);
-    let mut report = run(&registry, &opts)?;
-    if let Some(p) = &report.profile {
-        eprint!("{}", p.table(report.ms_per_step));
-    }
-    if let Some(python) = &opts.torch {
-        let mut torch = torch_baseline(python, report.workload, report.mode, 2 * opts.steps)?;
+    let Some(python) = opts.torch.clone() else {
+        let report = run(&registry, &opts)?;
+        if let Some(p) = &report.profile {
+            eprint!("{}", p.table(report.ms_per_step));
+        }
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    };
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let mut report = run(&registry, &opts)?;
+        if let Some(p) = &report.profile {
+            eprint!("{}", p.table(report.ms_per_step));
+        }
+        let mut torch = torch_baseline(&python, report.workload, report.mode, 2 * opts.steps)?;
         torch.speed_ratio = report.tokens_per_s / torch.tokens_per_s;
         torch.memory_ratio = report.peak_rss_mib / torch.peak_rss_mib;
         eprintln!(
-            "{:?} {:?}: stagecraft {:.0} tokens/s, {:.0} MiB; PyTorch {:.0} tokens/s, {:.0} MiB: {:.2}x the speed, {:.2}x the memory",
+            "{:?} {:?}{}: stagecraft {:.0} tokens/s, {:.0} MiB; PyTorch {:.0} tokens/s, {:.0} MiB: {:.2}x the speed, {:.2}x the memory",
             report.workload,
             report.mode,
+            if args.rounds > 1 { format!(" (round {round} of {})", args.rounds) } else { String::new() },
             report.tokens_per_s,
             report.peak_rss_mib,
             torch.tokens_per_s,
@@ -71,7 +86,39 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             torch.memory_ratio
         );
         report.torch = Some(torch);
+        rounds.push(report);
     }
+    let report = median_round(rounds);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// The round whose speed ratio is the median, with every round's ratio in its PyTorch
+/// report, in round order (when there was more than one).
+fn median_round(rounds: Vec<Report>) -> Report {
+    let ratios: Vec<f64> = rounds.iter().map(|r| r.torch.as_ref().map_or(f64::NAN, |t| t.speed_ratio)).collect();
+    let mut report = rounds.into_iter().nth(median_index(&ratios)).expect("at least one round");
+    if let Some(t) = report.torch.as_mut().filter(|_| ratios.len() > 1) {
+        t.round_ratios = ratios;
+    }
+    report
+}
+
+/// The index of the median of `values` (the lower middle one for an even count).
+fn median_index(values: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order[values.len().saturating_sub(1) / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_index;
+
+    #[test]
+    fn the_median_round_is_the_middle_ratio() {
+        assert_eq!(median_index(&[1.0]), 0);
+        assert_eq!(median_index(&[1.0, 1.15, 1.05]), 2);
+        assert_eq!(median_index(&[0.9, 1.2, 0.8, 1.0]), 0);
+    }
 }

@@ -65,7 +65,8 @@ pub const BENCH: &str = "\
 Examples:
   stagecraft bench --workload w1 --mode lora --steps 10
   stagecraft bench --workload w2 --mode full --steps 4 --profile
-  stagecraft bench --workload w1 --torch python3       # PyTorch + PEFT on the same shapes, in the same run";
+  stagecraft bench --workload w1 --torch python3       # PyTorch + PEFT on the same shapes, in the same run
+  stagecraft bench --workload w2 --steps 4 --torch python3 --rounds 3   # alternated 3 times, the median round";
 
 /// `stagecraft drift --help`.
 pub const DRIFT: &str = "\
