@@ -250,6 +250,14 @@
 //! # }
 //! ```
 //!
+//! `forward` composes the update from `matmul`, `affine` and `add`: each is a graph
+//! node with a full-size result. Hosts built against SDK 1.3 or later also have the
+//! whole update as one op, `host.add_low_rank(&y, &x, &down, &up, scaling)` (on the
+//! CPU two graph nodes and no full-size temporaries; the same values up to float
+//! rounding). To keep the plugin loadable in older hosts, call it only when
+//! `host.sdk_version() >= SdkVersion::new(1, 3, 0)` and keep the composition
+//! otherwise, as the first-party LoRA does (`plugins/lora/src/lora.rs`).
+//!
 //! ## 5. Build and test
 //!
 //! ```sh
