@@ -73,29 +73,32 @@ impl CustomOp3 for GatedMlpIn {
         profile::time("gated_mlp.forward", || {
             let (x, wg, wu) = (slice(x, xl)?, slice(wg, wgl)?, slice(wu, wul)?);
             let (m, i, o) = (self.rows, self.in_f, self.inter);
-            let (mut gate, mut up, mut y) = (vec![0f32; m * o], vec![0f32; m * o], vec![0f32; m * o]);
             let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
             let parts = linear::column_parts(m, o, i);
-            let (gate_cols, up_cols, y_cols) = (
-                gemm::split_columns(&mut gate, m, o, parts),
-                gemm::split_columns(&mut up, m, o, parts),
-                gemm::split_columns(&mut y, m, o, parts),
-            );
-            gate_cols.into_par_iter().zip(up_cols).zip(y_cols).try_for_each(|((mut g, mut u), mut y)| {
-                let c = g.range();
-                g.matmul(xs, wg.columns(c.start, c.end), false)?;
-                u.matmul(xs, wu.columns(c.start, c.end), false)?;
-                simd::vectorized(
-                    #[inline(always)]
-                    || {
-                        for r in 0..m {
-                            for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
-                                *y = silu_times(g, u);
-                            }
-                        }
-                    },
-                );
-                Ok::<(), candle_core::Error>(())
+            let mut y = vec![0f32; m * o];
+            let y_cols = gemm::split_columns(&mut y, m, o, parts);
+            let mut up = Vec::new();
+            let gate = gemm::unwritten_matrix(m, o, |gate| {
+                up = gemm::unwritten_matrix(m, o, |up| {
+                    let blocks = gate.columns(parts).into_par_iter().zip(up.columns(parts)).zip(y_cols);
+                    blocks.try_for_each(|((g, u), mut y)| {
+                        let c = y.range();
+                        let g = g.write(&[(xs, wg.columns(c.start, c.end))])?;
+                        let u = u.write(&[(xs, wu.columns(c.start, c.end))])?;
+                        simd::vectorized(
+                            #[inline(always)]
+                            || {
+                                for r in 0..m {
+                                    for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
+                                        *y = silu_times(g, u);
+                                    }
+                                }
+                            },
+                        );
+                        Ok(())
+                    })
+                })?;
+                Ok(())
             })?;
             *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((gate, up));
             Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
@@ -119,15 +122,15 @@ impl CustomOp3 for GatedMlpIn {
                 // dx = d_gate·W_gate + d_up·W_up, summed in one buffer.
                 true => Some(read(wg, |wg| {
                     read(wu, |wu| {
-                        let mut dx = vec![0f32; m * i];
-                        let block = block_rows(m, i, o) * i;
                         let (wg, wu) = (View::rows(wg, o, i, i), View::rows(wu, o, i, i));
-                        dx.par_chunks_mut(block).enumerate().try_for_each(|(b, d)| {
-                            let (r0, r1) = (b * block / i, b * block / i + d.len() / i);
-                            gemm::matmul(d, i, View::rows(&dg[r0 * o..r1 * o], r1 - r0, o, o), wg, false)?;
-                            gemm::matmul(d, i, View::rows(&du[r0 * o..r1 * o], r1 - r0, o, o), wu, true)
-                        })?;
-                        Ok(dx)
+                        gemm::unwritten_matrix(m, i, |dx| {
+                            dx.rows(block_rows(m, i, o)).into_par_iter().try_for_each(|blk| {
+                                let (r0, r1) = (blk.row_range().start, blk.row_range().end);
+                                let (dg, du) = (&dg[r0 * o..r1 * o], &du[r0 * o..r1 * o]);
+                                let (dg, du) = (View::rows(dg, r1 - r0, o, o), View::rows(du, r1 - r0, o, o));
+                                blk.write(&[(dg, wg), (du, wu)]).map(drop)
+                            })
+                        })
                     })
                 })?),
                 false => None,

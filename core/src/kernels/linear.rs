@@ -125,16 +125,12 @@ fn product_by_rows<'a>(
     a_rows: impl Fn(usize, usize) -> View<'a> + Sync,
     b: View<'a>,
 ) -> Result<Vec<f32>> {
-    let mut dst = vec![0f32; rows * n];
-    if rows == 0 || n == 0 {
-        return Ok(dst);
-    }
-    let block = block_rows(rows, n, k);
-    dst.par_chunks_mut(block * n).enumerate().try_for_each(|(i, dst)| {
-        let r0 = i * block;
-        gemm::matmul(dst, n, a_rows(r0, r0 + dst.len() / n), b, false)
-    })?;
-    Ok(dst)
+    gemm::unwritten_matrix(rows, n, |dst| {
+        dst.rows(block_rows(rows, n, k)).into_par_iter().try_for_each(|blk| {
+            let r = blk.row_range();
+            blk.write(&[(a_rows(r.start, r.end), b)]).map(drop)
+        })
+    })
 }
 
 /// `a·b` (`rows × n` row-major), added onto `onto` when given, split into blocks of
@@ -142,14 +138,20 @@ fn product_by_rows<'a>(
 /// crate packs (a transposed weight), each thread packs only its own columns of it
 /// ([`gemm::Columns`]).
 fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>, onto: Option<&[f32]>) -> Result<Vec<f32>> {
-    let mut dst = match onto {
-        Some(r) => r.to_vec(),
-        None => vec![0f32; rows * n],
+    let parts = column_parts(rows, n, a.cols);
+    let Some(onto) = onto else {
+        return gemm::unwritten_matrix(rows, n, |dst| {
+            dst.columns(parts).into_par_iter().try_for_each(|blk| {
+                let c = blk.col_range();
+                blk.write(&[(a, b.columns(c.start, c.end))]).map(drop)
+            })
+        });
     };
-    let blocks = gemm::split_columns(&mut dst, rows, n, column_parts(rows, n, a.cols));
+    let mut dst = onto.to_vec();
+    let blocks = gemm::split_columns(&mut dst, rows, n, parts);
     blocks.into_par_iter().try_for_each(|mut cols| {
         let c = cols.range();
-        cols.matmul(a, b.columns(c.start, c.end), onto.is_some())
+        cols.matmul(a, b.columns(c.start, c.end), true)
     })?;
     Ok(dst)
 }
