@@ -259,6 +259,14 @@ eval_every = 10
     check_kill_and_resume("resume-distill", &config, 30);
 }
 
+/// A stage with EWC: its anchors and Fisher weights, computed when it started, are
+/// loaded again on resume, so the penalty pulls toward the same point.
+#[test]
+fn a_kill_in_a_regularized_stage_resumes_bit_identically() {
+    let adapt = "optimizer = { lr = 1e-2 }\nmax_steps = 60\neval_every = 10\nregularize = { kind = \"ewc\", lambda = 50.0, fisher_batches = 2 }";
+    check_kill_and_resume("resume-ewc", &head(adapt), 30);
+}
+
 fn resume_with(run: &Path, extra: &[&str], plugin_path: Option<&Path>) -> (bool, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
     c.env_remove("STAGECRAFT_PLUGIN_PATH").env("RUST_LOG", "info");

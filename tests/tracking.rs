@@ -130,7 +130,7 @@ fn a_resumed_run_tracks_time_throughput_memory_csv_and_tensorboard() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), rows.len() + 1);
     assert!(lines[0].starts_with(
-        "stage,step,global_step,split,set,loss,task_loss,replay_loss,lr,grad_norm,time,elapsed_s,tokens_per_s,"
+        "stage,step,global_step,split,set,loss,task_loss,replay_loss,lr,grad_norm,penalty,time,elapsed_s,tokens_per_s,"
     ));
     assert!(lines[0].contains("eval/adapt/exact_match") && lines[0].contains("eval/pretrain/loss"), "{}", lines[0]);
     let width = lines[0].split(',').count();

@@ -36,6 +36,7 @@ mod overrides;
 mod plugin_errors;
 mod plugin_json;
 mod plugins;
+mod regularize;
 mod run;
 mod spans;
 mod stage;
@@ -48,6 +49,7 @@ pub use overrides::apply_override;
 pub use plugin_errors::PluginSlot;
 pub use plugin_json::{Part, PluginJson};
 pub use plugins::PluginsConfig;
+pub use regularize::{Regularize, RegularizeKind};
 pub use run::RunConfig;
 pub use stage::{
     AdapterConfig, AdapterHandoff, AnomalyConfig, CombineConfig, DataConfig, Decay, ExitConfig, GateAction,

@@ -103,6 +103,10 @@ pub struct StageConfig {
     /// Compare this stage's training data with an earlier stage's before training.
     #[serde(default)]
     pub drift: Option<super::DriftCheck>,
+    /// Hold the trainable values toward the stage's start (EWC or L2-SP), against
+    /// forgetting what earlier stages learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regularize: Option<super::Regularize>,
 }
 
 impl StageConfig {

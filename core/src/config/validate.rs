@@ -185,6 +185,33 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
             return Err(bad(format!("drift.max_js must be in (0, 1], got {}", d.max_js)));
         }
     }
+    if let Some(r) = &s.regularize {
+        if !s.train.unfreeze.is_empty() {
+            return Err(bad("regularize does not combine with train.unfreeze: it holds the values that train from the stage's start".into()));
+        }
+        if !(r.lambda.is_finite() && r.lambda > 0.0) {
+            return Err(bad(format!("regularize.lambda must be a finite number > 0, got {}", r.lambda)));
+        }
+        match r.kind {
+            crate::config::RegularizeKind::Ewc => {
+                if r.fisher_batches == 0 {
+                    return Err(bad("regularize.fisher_batches must be at least 1".into()));
+                }
+                if let Some(f) = r.from.iter().find(|f| !earlier(f)) {
+                    return Err(bad(format!("regularize.from `{f}` is not an earlier stage")));
+                }
+                if r.from.is_empty() && cfg.stage(&s.name).is_some_and(|(k, _)| k == 0) {
+                    return Err(bad("regularize.kind = \"ewc\" needs an earlier stage to hold on to; the first stage has none (use \"l2sp\")".into()));
+                }
+            }
+            crate::config::RegularizeKind::L2sp if !r.from.is_empty() => {
+                return Err(bad(
+                    "regularize.from is for `ewc`; `l2sp` holds every value toward the stage's start".into()
+                ));
+            }
+            crate::config::RegularizeKind::L2sp => {}
+        }
+    }
     check_handoff(s).map_err(|m| bad(format!("handoff: {m}")))?;
     if !(0.0..1.0).contains(&s.train.dropout) {
         return Err(bad(format!("train.dropout must be in [0, 1), got {}", s.train.dropout)));

@@ -117,6 +117,12 @@ impl EvalSets {
         &self.objectives
     }
 
+    /// The objectives of the stages that ran, to run them on other data (`[k]` for
+    /// stage `k`).
+    pub fn objectives_mut(&mut self) -> &mut [Option<ObjectiveInstance>] {
+        &mut self.objectives
+    }
+
     /// Keeps a finished stage's objective, to score its set later.
     pub fn keep_objective(&mut self, k: usize, objective: ObjectiveInstance) {
         self.objectives[k] = Some(objective);

@@ -74,12 +74,12 @@ use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::config::{OptimizerHandoff, PipelineConfig, StageConfig};
 use crate::data::{Dataset, Mixture, Tokenizer};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::model::Adapters;
 use crate::plugin::{HostState, Registry};
 use crate::report::{write_html, EventKind, GateLine, ReportInput, RetentionMatrix};
 use crate::rng::Rng;
-use crate::train::Trainer;
+use crate::train::{FisherSource, Regularizer, Trainer};
 use candle_core::DType;
 use eval::EvalSets;
 use handoff::{Carried, Env};
@@ -169,6 +169,9 @@ pub struct Pipeline {
 /// The stream of the run's seed that data augmentation draws from (apart from every
 /// other use of the seed).
 const AUGMENT_STREAM: u64 = 0xA116_0E47;
+
+/// Where each regularized stage's anchors and weights are kept (`<stage>.safetensors`).
+const ANCHORS_DIR: &str = "anchors";
 
 impl Pipeline {
     /// A new run in `run_dir` (created; refused when it holds a run already): loads
@@ -376,6 +379,7 @@ impl Pipeline {
         let s = self.cfg.stages[i].clone();
         let target = self.resume.as_ref().map(|r| r.meta.stage);
         if target.is_none_or(|t| t < i) {
+            self.regularize(i, trainer, false)?;
             return Ok(Start::Train { rules: StageRules::new(&s, trainer)?, mixture });
         }
         if target.is_some_and(|t| t > i) {
@@ -400,8 +404,44 @@ impl Pipeline {
         drop(mixture);
         let mixture = Mixture::restore(self.train_data[i].clone(), self.replay_sources(&s), ms)?;
         let rules = StageRules::load(&s, rules, &ckpt, trainer)?;
+        self.regularize(i, trainer, true)?;
         self.records.resumed(ResumeRecord { stage: s.name.clone(), step: meta.step, checkpoint: Some(name) })?;
         Ok(Start::Train { mixture, rules })
+    }
+
+    /// Gives stage `i`'s trainer the stage's `regularize` penalty, if any: held toward
+    /// the trainer's values as the stage starts (for EWC, weighted by the Fisher of the
+    /// earlier stages' objectives on their training data), saved to
+    /// `anchors/<stage>.safetensors`; or, `resuming` the stage, loaded from there.
+    fn regularize(&mut self, i: usize, trainer: &mut Trainer, resuming: bool) -> Result<()> {
+        let s = &self.cfg.stages[i];
+        let Some(cfg) = s.regularize.clone() else { return Ok(()) };
+        let dir = self.run_dir.join(ANCHORS_DIR);
+        let path = dir.join(format!("{}.safetensors", s.name));
+        let r = if resuming {
+            Regularizer::load(&cfg, trainer, &path, &self.state.device)?
+        } else {
+            let wanted = |k: usize| cfg.from.is_empty() || cfg.from.contains(&self.cfg.stages[k].name);
+            let sources = self.sets.objectives_mut()[..i]
+                .iter_mut()
+                .enumerate()
+                .filter(|(k, _)| wanted(*k))
+                .filter_map(|(k, o)| {
+                    let objective = o.as_mut()?;
+                    Some(FisherSource {
+                        objective,
+                        data: &self.train_data[k],
+                        batch_size: self.cfg.stages[k].batch_size,
+                    })
+                })
+                .collect();
+            let r = Regularizer::at_start(&cfg, trainer, sources).with_context(|| format!("stage `{}`", s.name))?;
+            std::fs::create_dir_all(&dir).map_err(crate::error::io(&dir))?;
+            r.save(&path)?;
+            r
+        };
+        trainer.set_regularizer(Some(r));
+        Ok(())
     }
 
     fn train(&mut self, i: usize, trainer: &mut Trainer, mixture: Mixture, rules: StageRules) -> Result<Ended> {

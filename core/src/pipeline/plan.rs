@@ -102,14 +102,14 @@ impl Pipeline {
         let available = memory::available(&loaded.device).map_or("unknown".into(), |b| b.to_string());
         let _ =
             writeln!(out, "memory: about {} at the peak (stage `{stage}`), {available} available", estimate.total());
-        for (i, s) in cfg.stages.iter().enumerate() {
+        for (i, footprint) in footprints.iter().enumerate() {
             let data = StageData {
                 train: &loaded.train_data[i],
                 train_len: loaded.sizes[i].0,
                 eval: loaded.eval_data[i].as_deref().zip(loaded.sizes[i].1),
                 drift: loaded.drift[i].as_ref(),
             };
-            describe_stage(&mut out, i, s, &data, footprints[i].as_ref(), model.sites());
+            describe_stage(&mut out, i, &cfg.stages, &data, footprint.as_ref(), model.sites());
         }
         Ok(out)
     }
@@ -128,15 +128,16 @@ struct StageData<'a> {
 
 /// Stage `i`'s lines of the plan: steps and data, where it starts, its optimizer and
 /// schedule, adapters (and the sites each attaches to), trainable parameters, replay,
-/// evaluations, exit rule and gates.
+/// regularization, evaluations, exit rule and gates.
 fn describe_stage(
     out: &mut String,
     i: usize,
-    s: &StageConfig,
+    stages: &[StageConfig],
     data: &StageData,
     footprint: Option<&Footprint>,
     sites: &SiteTable,
 ) {
+    let s = &stages[i];
     let (train, len) = (data.train, data.train_len);
     let per_step = s.batch_size * s.grad_accum;
     let steps = s.total_steps(len).unwrap_or(0);
@@ -198,9 +199,33 @@ fn describe_stage(
     if let Some(r) = &s.data.replay {
         let _ = writeln!(out, "   replays {} ({:.0}% of each batch)", r.from.join(", "), r.ratio * 100.0);
     }
+    if let Some(r) = &s.regularize {
+        let _ = writeln!(out, "   {}", regularize_words(r, i, stages));
+    }
     describe_checks(out, s, data.eval);
     if let Some(d) = data.drift {
         let _ = writeln!(out, "   drift ({} on drift): {}", d.check.action, d.describe());
+    }
+}
+
+/// What a stage's `regularize` holds, and toward what.
+fn regularize_words(r: &crate::config::Regularize, i: usize, stages: &[StageConfig]) -> String {
+    match r.kind {
+        crate::config::RegularizeKind::L2sp => {
+            format!("holds its trainable values toward the stage's start (L2-SP, lambda {})", r.lambda)
+        }
+        crate::config::RegularizeKind::Ewc => {
+            let from: Vec<&str> = match r.from.is_empty() {
+                true => stages[..i].iter().map(|e| e.name.as_str()).collect(),
+                false => r.from.iter().map(String::as_str).collect(),
+            };
+            format!(
+                "holds its trainable values toward the stage's start by their Fisher information on {} (EWC, lambda {}, {} batches each)",
+                from.join(", "),
+                r.lambda,
+                r.fisher_batches
+            )
+        }
     }
 }
 

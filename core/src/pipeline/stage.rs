@@ -232,6 +232,7 @@ impl<'a> StageRun<'a> {
             row.task_loss = Some(split.task);
             row.replay_loss = split.replay;
         }
+        row.penalty = out.penalty;
         row.tokens_per_s = Some(tokens_per_s.round());
         self.ctx.records.train(row)?;
         self.ctx.records.console().step(StepLine { step, loss: out.loss, lr, tokens });

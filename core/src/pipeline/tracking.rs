@@ -69,6 +69,7 @@ fn scalars(row: &MetricRow) -> Vec<(String, f64)> {
             ("replay_loss", row.replay_loss),
             ("lr", row.lr),
             ("grad_norm", row.grad_norm),
+            ("penalty", row.penalty),
             ("tokens_per_s", row.tokens_per_s),
             ("peak_rss_mib", row.peak_rss_mib),
             ("peak_gpu_mib", row.peak_gpu_mib),

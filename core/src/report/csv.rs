@@ -1,7 +1,7 @@
 //! `metrics.csv`: the metrics log as one table, for spreadsheets and pandas.
 //!
 //! Columns, in this order: `stage, step, global_step, split, set, loss, task_loss,
-//! replay_loss, lr, grad_norm, time, elapsed_s, tokens_per_s, peak_rss_mib, peak_gpu_mib`, then one column
+//! replay_loss, lr, grad_norm, penalty, time, elapsed_s, tokens_per_s, peak_rss_mib, peak_gpu_mib`, then one column
 //! `eval/<set>/<metric>` per eval metric seen, sorted. The file is regenerated whole
 //! from `metrics.jsonl` (the source of truth) at the end of every stage and of the run,
 //! so a column that appears later, or a resume that cut the log back, never leaves it
@@ -17,8 +17,8 @@
 //! let text = to_csv(&rows);
 //! let mut lines = text.lines();
 //! assert!(lines.next().unwrap().ends_with("peak_gpu_mib,eval/pretrain/loss"));
-//! assert_eq!(lines.next(), Some("pretrain,1,1,train,,2,,,0.001,,,,,,,"));
-//! assert_eq!(lines.next(), Some("pretrain,1,1,eval,pretrain,,,,,,,,,,,1.5"));
+//! assert_eq!(lines.next(), Some("pretrain,1,1,train,,2,,,0.001,,,,,,,,"));
+//! assert_eq!(lines.next(), Some("pretrain,1,1,eval,pretrain,,,,,,,,,,,,1.5"));
 //! ```
 
 use std::collections::BTreeSet;
@@ -33,7 +33,7 @@ use crate::Result;
 pub const CSV_FILE: &str = "metrics.csv";
 
 /// The columns every table has, before the eval columns.
-pub const FIXED_COLUMNS: [&str; 15] = [
+pub const FIXED_COLUMNS: [&str; 16] = [
     "stage",
     "step",
     "global_step",
@@ -44,6 +44,7 @@ pub const FIXED_COLUMNS: [&str; 15] = [
     "replay_loss",
     "lr",
     "grad_norm",
+    "penalty",
     "time",
     "elapsed_s",
     "tokens_per_s",
@@ -70,7 +71,7 @@ pub fn to_csv(rows: &[MetricRow]) -> String {
         };
         let mut cells = vec![r.stage.clone(), r.step.to_string(), global.to_string(), split.to_string()];
         cells.push(r.set.clone().unwrap_or_default());
-        for v in [r.loss, r.task_loss, r.replay_loss, r.lr, r.grad_norm] {
+        for v in [r.loss, r.task_loss, r.replay_loss, r.lr, r.grad_norm, r.penalty] {
             cells.push(num(v));
         }
         cells.push(r.time.clone().unwrap_or_default());

@@ -63,6 +63,10 @@ pub struct MetricRow {
     /// Train rows: the gradient norm before clipping, where measured.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
     pub grad_norm: Option<f64>,
+    /// Train rows of a stage with `regularize`: the penalty `λ/2·Σ w·(θ − θ₀)²` before
+    /// the step's update (not part of `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
+    pub penalty: Option<f64>,
     /// Train rows of a stage that mixes in replay: the mean per-example loss of the
     /// step's own (task) rows, where the objective gives per-example losses.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "num::opt")]
@@ -106,6 +110,7 @@ impl MetricRow {
             loss: Some(loss),
             lr: Some(lr),
             grad_norm,
+            penalty: None,
             task_loss: None,
             replay_loss: None,
             time: None,
@@ -128,6 +133,7 @@ impl MetricRow {
             loss: None,
             lr: None,
             grad_norm: None,
+            penalty: None,
             task_loss: None,
             replay_loss: None,
             time: None,

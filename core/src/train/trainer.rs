@@ -24,6 +24,9 @@ pub struct StepOutput {
     pub split: Option<LossSplit>,
     /// Where the step's time went.
     pub times: StepTimes,
+    /// The stage's `regularize` penalty `λ/2·Σ w·(θ − θ₀)²` before the update, when it
+    /// has one (not part of `loss`).
+    pub penalty: Option<f64>,
 }
 
 /// A step's loss split by where its rows came from: the mean per-example loss of the
@@ -140,6 +143,8 @@ pub struct Trainer {
     pub(crate) step: u64,
     /// Clip the global gradient norm to this.
     pub(crate) grad_clip: Option<f64>,
+    /// The stage's pull toward its start (EWC, L2-SP).
+    pub(crate) regularizer: Option<super::Regularizer>,
     weight_handles: HashMap<String, stagecraft_sdk::TensorHandle>,
 }
 
@@ -163,6 +168,7 @@ impl Trainer {
             params: Vec::new(),
             step: 0,
             grad_clip: None,
+            regularizer: None,
             weight_handles: HashMap::new(),
         };
         t.refresh_params()?;
@@ -188,6 +194,11 @@ impl Trainer {
     /// Clips the global gradient norm to `clip` from the next step on (`None`: never).
     pub fn set_grad_clip(&mut self, clip: Option<f64>) {
         self.grad_clip = clip;
+    }
+
+    /// Adds `r`'s gradient to every step's from the next step on (`None`: no penalty).
+    pub fn set_regularizer(&mut self, r: Option<super::Regularizer>) {
+        self.regularizer = r;
     }
 
     /// Collects the parameters again after the trainable set changed (unfreezing, a
@@ -301,6 +312,7 @@ impl Trainer {
             times.backward += clock.elapsed().as_secs_f64();
         }
         let clock = Instant::now();
+        let penalty = self.regularizer.as_ref().map(|r| r.add_gradients(&self.params, &mut sum)).transpose()?;
         let grad_norm = crate::kernels::grad_norm::global_norm(sum.iter().flatten())?;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm is {grad_norm} at step {}", self.step + 1)));
@@ -318,7 +330,7 @@ impl Trainer {
         self.optimizer.step(&self.params, &sum, lr, update)?;
         self.optimizer.updates = update;
         times.update = clock.elapsed().as_secs_f64();
-        Ok(StepOutput { loss: loss_sum * scale, grad_norm, split: split.split(), times })
+        Ok(StepOutput { loss: loss_sum * scale, grad_norm, split: split.split(), times, penalty })
     }
 
     /// Loss and metrics on `batch` in evaluation mode (no update).
