@@ -164,6 +164,19 @@ fn check_kill_and_resume(name: &str, config: &str, step: u64) {
         let (a, b) = (std::fs::read(whole.join(file)).expect(file), std::fs::read(killed.join(file)).expect(file));
         assert!(a == b, "{name}: {file} differs after resume");
     }
+    // Every evaluation's per-example scores too (the redone ones written again alike).
+    let listing = |run: &Path| {
+        let mut names: Vec<_> =
+            std::fs::read_dir(run.join("examples")).expect("examples/").flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(&whole), listing(&killed), "{name}: examples/ differ after resume");
+    for file in listing(&whole) {
+        let (a, b) =
+            (std::fs::read(whole.join("examples").join(&file)), std::fs::read(killed.join("examples").join(&file)));
+        assert!(a.expect("whole") == b.expect("killed"), "{name}: examples/{file:?} differs after resume");
+    }
     let ends = |run: &Path| events(run).into_iter().filter(|e| e.2 == "end").collect::<Vec<_>>();
     println!("{name}: resumed from step {step}; ends {:?}", ends(&killed));
 }

@@ -31,8 +31,17 @@ fn logits(seed: u64) -> Var {
     Var::from_tensor(&random(&[B, S, V], seed, 2.0)).expect("var")
 }
 
-fn metric<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
-    metrics.iter().find(|m| m.name.as_str() == name).unwrap_or_else(|| panic!("no metric `{name}` in {metrics:?}"))
+/// A metric's contributions summed, as the host sums them (a metric given per example
+/// has one entry per row).
+fn metric(metrics: &[Metric], name: &str) -> Metric {
+    let mine: Vec<&Metric> = metrics.iter().filter(|m| m.name.as_str() == name).collect();
+    assert!(!mine.is_empty(), "no metric `{name}` in {metrics:?}");
+    Metric::new(name, mine.iter().map(|m| m.sum).sum(), mine.iter().map(|m| m.count).sum())
+}
+
+/// A metric given per example: each row's score, `None` where it does not count.
+fn per_example(metrics: &[Metric], name: &str) -> Vec<Option<f64>> {
+    metrics.iter().filter(|m| m.name.as_str() == name).map(|m| (m.count == 1.0).then_some(m.sum)).collect()
 }
 
 /// The next-token loss written out: position `i` predicts token `i + 1`; `valid[r][i]`
@@ -139,6 +148,8 @@ fn completion_loss_counts_only_completion_tokens_and_reports_exact_match() {
     let out = s.compute(&[("logits", &set)], &[("input_ids", &ids()), ("labels", &labels)]).expect("compute");
     let (acc, em) = (metric(&out.metrics, "token_accuracy"), metric(&out.metrics, "exact_match"));
     assert_eq!((acc.sum, acc.count, em.sum, em.count), (3.0, 4.0, 1.0, 2.0));
+    // Exact match per example, in row order.
+    assert_eq!(per_example(&out.metrics, "exact_match"), [Some(1.0), Some(0.0)]);
 
     let err = s.compute(&[("logits", logits.as_tensor())], &[("input_ids", &ids())]).expect_err("labels are required");
     assert!(err.to_string().contains("labels"), "{err}");
@@ -184,6 +195,9 @@ fn classification_head_matches_a_direct_linear_head() {
     let right = predicted.iter().zip([2u32, 0]).filter(|(p, l)| **p == *l).count();
     let acc = metric(&out.metrics, "accuracy");
     assert_eq!((acc.sum, acc.count), (right as f64, B as f64));
+    let each: Vec<Option<f64>> =
+        predicted.iter().zip([2u32, 0]).map(|(p, l)| Some(f64::from(u8::from(*p == l)))).collect();
+    assert_eq!(per_example(&out.metrics, "accuracy"), each);
 
     let bad = Tensor::new(&[5i64, 0], &Device::Cpu).expect("labels");
     let err = s

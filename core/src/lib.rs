@@ -21,6 +21,7 @@
 pub mod adapter;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod cpu_threads;
 pub mod data;

@@ -80,3 +80,14 @@ Flagged when p < --alpha (0.01) and the effect is over its threshold: token JS d
 (bits) > --max-js 0.1, length KS D > --max-ks 0.2, label Cramér's V > --max-cramers-v 0.2,
 hidden-state MMD² > --max-mmd 0.05 (on at most --max-embedded 256 examples per side).
 Exit codes: 0 no drift, 4 drift found, 1 an error.";
+
+pub const COMPARE: &str = "\
+Examples:
+  stagecraft compare runs/default/20261201-101500 runs/default/20261201-113000
+  stagecraft compare runs/a runs/b --metric loss --html ab.html
+  stagecraft compare runs/a runs/b --json
+
+Each run's last evaluation of every eval set is paired example by example (from the
+run's examples/ files: no re-run). B - A with a paired bootstrap 95% interval
+(--resamples 10000, --seed 0); `better` / `worse` when the interval excludes 0 on
+that side (lower is better for loss), else `no evidence`.";

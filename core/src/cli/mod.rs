@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod bench;
+mod compare;
 mod drift;
 mod eval;
 mod export;
@@ -64,6 +65,10 @@ enum Command {
     /// token JS divergence, length KS, label chi-square, hidden-state MMD; exit 4 on drift.
     #[command(after_help = help::DRIFT)]
     Drift(drift::DriftArgs),
+    /// Compare two runs' final evaluations: per eval set, the difference in its main
+    /// score with a paired bootstrap 95% interval and a verdict; also compare.html.
+    #[command(after_help = help::COMPARE)]
+    Compare(compare::CompareArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     #[command(after_help = help::BENCH)]
     Bench(bench::BenchArgs),
@@ -89,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(args) => export::merge(args),
         Command::Eval(args) => eval::eval(args),
         Command::Drift(args) => drift::drift(args),
+        Command::Compare(args) => compare::compare(args),
         Command::Bench(args) => bench::bench(args),
     }
 }

@@ -7,6 +7,7 @@ use crate::data::{collate, Dataset};
 use crate::error::{Context, Error, Result};
 use crate::model::{Adapters, Model};
 use crate::plugin::{HostState, ObjectiveInstance};
+use crate::report::ExampleScores;
 use crate::train::{forward_loss, Trainer};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -35,6 +36,19 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<Metrics> {
+    evaluate_examples(model, adapters, objective, state, data, batch_size, device).map(|(m, _)| m)
+}
+
+/// [`evaluate`], with each example's loss and per-example metric scores.
+pub fn evaluate_examples(
+    model: &dyn Model,
+    adapters: &Adapters,
+    objective: &mut ObjectiveInstance,
+    state: &HostState,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(Metrics, ExampleScores)> {
     state.set_training(false);
     let _wait = ActiveWait::start(device);
     let r = evaluate_inner(model, adapters, objective, state, data, batch_size, device);
@@ -51,9 +65,10 @@ fn evaluate_inner(
     data: &Dataset,
     batch_size: usize,
     device: &Device,
-) -> Result<Metrics> {
+) -> Result<(Metrics, ExampleScores)> {
     let mut per_example: Vec<f64> = Vec::with_capacity(data.len());
     let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut examples = PerExampleMetrics::default();
     let mut weighted_loss = 0.0;
     for chunk in data.examples.chunks(batch_size.max(1)) {
         let refs: Vec<_> = chunk.iter().collect();
@@ -68,8 +83,16 @@ fn evaluate_inner(
             e.0 += m.sum;
             e.1 += m.count;
         }
+        examples.add_batch(&out.metrics, chunk.len());
         state.end_step();
     }
+    let scores = ExampleScores {
+        loss: match per_example.len() == data.len() {
+            true => per_example.iter().map(|&l| l.is_finite().then_some(l)).collect(),
+            false => Vec::new(),
+        },
+        metrics: examples.finish(),
+    };
     let mut metrics = Metrics::new();
     let loss = weighted_loss / data.len().max(1) as f64;
     metrics.insert("loss".into(), loss);
@@ -83,7 +106,44 @@ fn evaluate_inner(
             metrics.insert(name.into(), quantile(&per_example, q));
         }
     }
-    Ok(metrics)
+    Ok((metrics, scores))
+}
+
+/// The metrics an objective gives per example ([`stagecraft_sdk::Metric::per_example`]:
+/// one entry per row of every batch, each counting 0 or 1), gathered batch by batch.
+#[derive(Default)]
+struct PerExampleMetrics {
+    scores: BTreeMap<String, Vec<Option<f64>>>,
+    /// Rows so far.
+    rows: usize,
+    /// Metrics some batch gave otherwise (one sum over the batch, per token...).
+    not_per_example: std::collections::BTreeSet<String>,
+}
+
+impl PerExampleMetrics {
+    fn add_batch(&mut self, metrics: &[stagecraft_sdk::Metric], rows: usize) {
+        let mut by_name: BTreeMap<&str, Vec<&stagecraft_sdk::Metric>> = BTreeMap::new();
+        for m in metrics {
+            by_name.entry(m.name.as_str()).or_default().push(m);
+        }
+        for (name, entries) in by_name {
+            let per_row = entries.len() == rows && entries.iter().all(|m| m.count == 0.0 || m.count == 1.0);
+            if !per_row || self.not_per_example.contains(name) {
+                self.not_per_example.insert(name.to_string());
+                continue;
+            }
+            let scores = self.scores.entry(name.to_string()).or_default();
+            scores.extend(entries.iter().map(|m| (m.count == 1.0).then_some(m.sum)));
+        }
+        self.rows += rows;
+    }
+
+    /// Each metric given per example in every batch (one missing from a batch would
+    /// no longer line up with the examples).
+    fn finish(mut self) -> BTreeMap<String, Vec<Option<f64>>> {
+        self.scores.retain(|name, scores| !self.not_per_example.contains(name) && scores.len() == self.rows);
+        self.scores
+    }
 }
 
 /// Every stage's eval set, and the objective that scores it once the stage has run.
@@ -130,7 +190,12 @@ impl EvalSets {
 
     /// Scores stage `k`'s eval set on the trainer's model while stage `running` trains
     /// (its own set with the trainer's objective); `None` for a stage without one.
-    pub fn evaluate(&mut self, k: usize, running: usize, trainer: &mut Trainer) -> Result<Option<Metrics>> {
+    pub fn evaluate(
+        &mut self,
+        k: usize,
+        running: usize,
+        trainer: &mut Trainer,
+    ) -> Result<Option<(Metrics, ExampleScores)>> {
         let Some(data) = self.data[k].clone() else { return Ok(None) };
         let (set, by) = (&self.names[k], &self.names[running]);
         let objective = match k == running {
@@ -138,7 +203,8 @@ impl EvalSets {
             false => self.objectives[k].as_mut().ok_or_else(|| Error::msg(format!("stage `{set}` has not run yet")))?,
         };
         let device = self.state.device.clone();
-        evaluate(trainer.model.as_ref(), &trainer.adapters, objective, &self.state, &data, self.batch_sizes[k], &device)
+        let batch_size = self.batch_sizes[k];
+        evaluate_examples(trainer.model.as_ref(), &trainer.adapters, objective, &self.state, &data, batch_size, &device)
             .map(Some)
             .with_context(|| match k == running {
                 true => format!("stage `{by}`: evaluating its eval set"),

@@ -511,11 +511,9 @@ impl Pipeline {
         if let (true, Some(row)) = (reuse, logged) {
             return Ok(Some(row.metrics.clone()));
         }
-        let m = self.sets.evaluate(k, i, trainer)?;
-        if let Some(m) = &m {
-            self.records.eval(stage, trainer.step, set, m)?;
-        }
-        Ok(m)
+        let Some((m, examples)) = self.sets.evaluate(k, i, trainer)? else { return Ok(None) };
+        self.records.eval(stage, trainer.step, set, &m, &examples)?;
+        Ok(Some(m))
     }
 
     /// The lineage with the adapters' frozen flags now: what a later stage needs to

@@ -18,7 +18,7 @@ use super::run_dir::RunDir;
 use super::tracking::Tracker;
 use crate::error::Result;
 use crate::report::csv::write_csv;
-use crate::report::{Event, EventKind, EventLog, Jsonl, MetricRow, MetricsLog};
+use crate::report::{write_examples, Event, EventKind, EventLog, ExampleScores, Jsonl, MetricRow, MetricsLog};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -103,7 +103,10 @@ impl Records {
     }
 
     /// Logs an evaluation of `set` by `stage` at `step`.
-    pub fn eval(&mut self, stage: &str, step: u64, set: &str, m: &Metrics) -> Result<()> {
+    pub fn eval(&mut self, stage: &str, step: u64, set: &str, m: &Metrics, examples: &ExampleScores) -> Result<()> {
+        if !examples.is_empty() {
+            write_examples(&self.dir, stage, step, set, examples)?;
+        }
         self.log(MetricRow::eval(stage, step, set, m.clone()))
     }
 

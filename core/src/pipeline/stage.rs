@@ -296,13 +296,11 @@ impl<'a> StageRun<'a> {
 
     /// Evaluates stage `k`'s set and logs it.
     fn evaluate(&mut self, k: usize) -> Result<Option<Metrics>> {
-        let m = self.ctx.sets.evaluate(k, self.ctx.index, self.trainer)?;
-        if let Some(m) = &m {
-            let set = &self.ctx.stages[k].name;
-            self.ctx.records.eval(&self.s.name, self.trainer.step, set, m)?;
-            self.ctx.records.console().eval(&self.s.name, self.trainer.step, set, m);
-        }
-        Ok(m)
+        let Some((m, examples)) = self.ctx.sets.evaluate(k, self.ctx.index, self.trainer)? else { return Ok(None) };
+        let set = &self.ctx.stages[k].name;
+        self.ctx.records.eval(&self.s.name, self.trainer.step, set, &m, &examples)?;
+        self.ctx.records.console().eval(&self.s.name, self.trainer.step, set, &m);
+        Ok(Some(m))
     }
 
     /// Every gated set that dropped more than its gate allows.

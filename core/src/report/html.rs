@@ -67,7 +67,8 @@ pub struct ReportInput<'a> {
     pub details: Option<&'a serde_json::Value>,
 }
 
-const STYLE: &str = "\
+/// The pages' style sheet (the run report's, and `compare.html`'s).
+pub(crate) const STYLE: &str = "\
 *{box-sizing:border-box}\
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em 2em 2em;max-width:1400px;color:#222;background:#f3f4f6}\
 h1{font-size:1.5em;margin:.3em 0 .5em}h2{font-size:1.15em;margin:1.3em 0 .5em;color:#333}\

@@ -39,6 +39,7 @@ pub mod csv;
 pub mod curves;
 mod escape;
 mod events;
+mod examples;
 pub mod fmt;
 mod gate_line;
 mod global_step;
@@ -59,8 +60,10 @@ pub mod timeline;
 
 pub use escape::escape;
 pub use events::{Event, EventKind, EventLog};
+pub use examples::{examples_path, read_examples, write_examples, ExampleScores, EXAMPLES_DIR};
 pub use gate_line::{Bound, GateLine};
 pub use global_step::GlobalSteps;
+pub(crate) use html::STYLE;
 pub use html::{render_html, timed, write_html, ReportInput, REPORT_FILE};
 pub use jsonl::Jsonl;
 pub use metrics::{MetricRow, MetricsLog, Split};

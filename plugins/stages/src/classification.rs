@@ -92,8 +92,9 @@ impl Stage for Classification {
         let per_row = logits.cross_entropy(&labels, IGNORE)?;
         let loss = per_row.mean_all()?;
         let predicted = logits.argmax(1, false)?.to_dtype(DType::I64)?;
-        let correct = predicted.compare(CmpOp::EQ, &labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
-        Ok(Loss { loss, per_example: Some(per_row), metrics: vec![Metric::new("accuracy", correct, rows as f64)] })
+        let correct = predicted.compare(CmpOp::EQ, &labels)?.to_dtype(DType::F32)?.to_vec_f32()?;
+        let correct: Vec<Option<f64>> = correct.iter().map(|&c| Some(c as f64)).collect();
+        Ok(Loss { loss, per_example: Some(per_row), metrics: Metric::per_example("accuracy", &correct) })
     }
 }
 

@@ -34,13 +34,10 @@ impl Plugin for Completion {
     }
 }
 
-/// `(exact, counted)`: examples whose completion tokens are all predicted right, and
-/// examples with any completion tokens (one whose completion was truncated away counts
-/// neither way).
-fn exact_matches(correct: &[f32], tokens: &[f32]) -> (f64, f64) {
-    let counted = tokens.iter().filter(|&&t| t > 0.0).count();
-    let exact = correct.iter().zip(tokens).filter(|&(&c, &t)| t > 0.0 && c == t).count();
-    (exact as f64, counted as f64)
+/// Each example's exact match: 1 when all its completion tokens are predicted right,
+/// 0 when one is not, `None` for an example whose completion was truncated away.
+fn exact_matches(correct: &[f32], tokens: &[f32]) -> Vec<Option<f64>> {
+    correct.iter().zip(tokens).map(|(&c, &t)| (t > 0.0).then_some(if c == t { 1.0 } else { 0.0 })).collect()
 }
 
 impl Stage for Completion {
@@ -59,8 +56,8 @@ impl Stage for Completion {
             labels.to_dtype(DType::I64)?,
             self.cfg.label_smoothing,
         )?;
-        let (exact, counted) = exact_matches(&lm.correct, &lm.tokens);
-        let metrics = vec![lm.token_accuracy(), Metric::new("exact_match", exact, counted)];
+        let mut metrics = vec![lm.token_accuracy()];
+        metrics.extend(Metric::per_example("exact_match", &exact_matches(&lm.correct, &lm.tokens)));
         Ok(Loss { loss: lm.loss, per_example: Some(lm.per_example), metrics })
     }
 }
@@ -72,6 +69,6 @@ mod tests {
     #[test]
     fn exact_match_needs_every_completion_token_and_skips_empty_completions() {
         // Rows: all right; one wrong; no completion tokens (truncated away).
-        assert_eq!(exact_matches(&[3.0, 2.0, 0.0], &[3.0, 3.0, 0.0]), (1.0, 2.0));
+        assert_eq!(exact_matches(&[3.0, 2.0, 0.0], &[3.0, 3.0, 0.0]), [Some(1.0), Some(0.0), None]);
     }
 }
