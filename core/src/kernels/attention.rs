@@ -22,12 +22,14 @@
 
 use super::exp::exp;
 use super::gemm::{self, View};
+use super::rope::{self, from_heads, rope_heads, split_heads, to_heads};
 use super::{applies, profile, read, slice, tensor};
 use super::{lanes, simd};
 use crate::device::Precision;
 use crate::model::layers::MASK_VALUE;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::{Mutex, PoisonError};
 
 /// Queries per block in backward (a fixed size: the order of the sums into dK and dV
 /// depends on it), and about the most per forward task.
@@ -57,8 +59,8 @@ pub fn attention_heads(
     }
     let fused = applies(q) && applies(k) && applies(v) && precision == Precision::Fp32;
     if fused && mask.is_none_or(applies) {
-        let op =
-            Attention { b, h, kvh, s, kv, d, scale: scale as f32, mask: mask.map(Tensor::contiguous).transpose()? };
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        let op = Attention { b, h, kvh, s, kv, d, scale: scale as f32, mask, rows: None };
         return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     attention_heads_composed(q, k, v, mask, scale, precision)
@@ -78,6 +80,60 @@ pub fn attention_heads_composed(
     o.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
+/// [`attention_heads`] from the projections' outputs: queries `[b, s, h·d]`, keys and
+/// values `[b, s, kvh·d]` (as many keys as queries), queries and keys rotated by `rope`
+/// (tables `cos`, `sin` `[s, d]`, see [`super::rope`]). Output `[b, s, h·d]`.
+///
+/// Fused, the split into heads and the rotation happen inside the op, whose backward
+/// returns the gradients in the projections' layout: one graph node where the split
+/// and rotations took three more, each with a zeroed gradient buffer and an addition
+/// in backward.
+#[allow(clippy::too_many_arguments)] // the attention's operands and settings
+pub fn attention_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (h, kvh): (usize, usize),
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+    scale: f64,
+    precision: Precision,
+) -> Result<Tensor> {
+    let (b, s, width) = q.dims3()?;
+    if h == 0 || kvh == 0 || !width.is_multiple_of(h) || h % kvh != 0 {
+        bail!("attention: {width} query features in {h} heads sharing {kvh} kv heads")
+    }
+    let d = width / h;
+    if k.dims() != [b, s, kvh * d] || v.dims() != k.dims() {
+        bail!("attention: queries {:?}, keys {:?}, values {:?} do not fit", q.dims(), k.dims(), v.dims())
+    }
+    if let Some((cos, sin)) = rope {
+        if cos.dims() != [s, d] || sin.dims() != [s, d] || !d.is_multiple_of(2) {
+            bail!("rope tables are {:?} and {:?}, for heads of {d} at {s} positions", cos.dims(), sin.dims())
+        }
+    }
+    if let Some(m) = mask {
+        if m.dims() != [b, 1, s, s] {
+            bail!("attention mask is {:?}, expected [{b}, 1, {s}, {s}]", m.dims())
+        }
+    }
+    let tables_apply = rope.is_none_or(|(c, si)| applies(c) && applies(si));
+    let fused = applies(q) && applies(k) && applies(v) && precision == Precision::Fp32 && tables_apply;
+    if fused && mask.is_none_or(applies) {
+        let rotation =
+            rope.map(|(c, si)| Ok::<_, candle_core::Error>((c.contiguous()?, si.contiguous()?))).transpose()?;
+        let rows = Some(RowInputs { rotation, heads: Mutex::new(None) });
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        let op = Attention { b, h, kvh, s, kv: s, d, scale: scale as f32, mask, rows };
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    let (q, k) = match rope {
+        Some((cos, sin)) => (rope_heads(q, h, cos, sin)?, rope_heads(k, kvh, cos, sin)?),
+        None => (split_heads(q, h)?, split_heads(k, kvh)?),
+    };
+    attention_heads(&q, &k, &split_heads(v, kvh)?, mask, scale, precision)
+}
+
 struct Attention {
     b: usize,
     h: usize,
@@ -87,6 +143,16 @@ struct Attention {
     d: usize,
     scale: f32,
     mask: Option<Tensor>,
+    /// Set when the op's inputs are the projections' outputs ([`attention_rows`]).
+    rows: Option<RowInputs>,
+}
+
+/// How [`attention_rows`]'s inputs become heads, and the heads, kept for backward.
+struct RowInputs {
+    /// Queries and keys are rotated by these tables (`cos`, `sin`).
+    rotation: Option<(Tensor, Tensor)>,
+    /// Queries `[b, h, s, d]`, keys and values `[b, kvh, s, d]`, from forward.
+    heads: Mutex<Option<[Vec<f32>; 3]>>,
 }
 
 /// The operands of one head: its queries `[s, d]` and its group's keys and values
@@ -214,26 +280,21 @@ impl CustomOp3 for Attention {
     ) -> Result<(CpuStorage, Shape)> {
         profile::time("attention.forward", || {
             let (q, k, v) = (slice(q, ql)?, slice(k, kl)?, slice(v, vl)?);
-            let (h, s, d) = (self.h, self.s, self.d);
-            let mut out = vec![0f32; self.b * s * h * d];
-            let rows = self.query_block();
-            // Each task: `rows` queries of one batch element, every head; writes its rows
-            // of the output `[b, s, h·d]`.
-            self.with_mask(|mask| {
-                out.par_chunks_mut(rows * h * d).enumerate().try_for_each(|(task, out)| {
-                    let (bi, q0) = (task * rows / s, task * rows % s);
-                    let keys = self.visible_keys(mask, bi, q0, rows);
-                    let mut p = vec![0f32; rows * keys];
-                    for hi in 0..h {
-                        let head = self.head(q, k, v, bi, hi);
-                        self.probabilities(&mut p, &head, bi, q0, keys, mask)?;
-                        let probs = View::rows(&p, rows, keys, keys);
-                        gemm::matmul(&mut out[hi * d..], h * d, probs, View::rows(head.v, keys, d, d), false)?;
-                    }
-                    Ok(())
-                })
-            })?;
-            Ok((CpuStorage::F32(out), Shape::from((self.b, s, h * d))))
+            let out = match &self.rows {
+                None => self.forward_heads(q, k, v)?,
+                Some(rows) => {
+                    let heads = rope::with_tables(rows.rotation.as_ref(), |t| {
+                        let (b, s, d) = (self.b, self.s, self.d);
+                        Ok([to_heads(q, (b, s, self.h, d), t), to_heads(k, (b, s, self.kvh, d), t)])
+                    })?;
+                    let [qh, kh] = heads;
+                    let vh = to_heads(v, (self.b, self.s, self.kvh, self.d), None);
+                    let out = self.forward_heads(&qh, &kh, &vh)?;
+                    *rows.heads.lock().unwrap_or_else(PoisonError::into_inner) = Some([qh, kh, vh]);
+                    out
+                }
+            };
+            Ok((CpuStorage::F32(out), Shape::from((self.b, self.s, self.h * self.d))))
         })
     }
 
@@ -247,63 +308,94 @@ impl CustomOp3 for Attention {
         d_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("attention.backward", || {
-            let (h, s, kv, d, rep) = (self.h, self.s, self.kv, self.d, self.rep());
-            let mut dq = vec![0f32; q.elem_count()];
-            let mut dk = vec![0f32; k.elem_count()];
-            let mut dv = vec![0f32; v.elem_count()];
-            read(q, |q| {
-                read(k, |k| {
-                    read(v, |v| {
-                        read(d_out, |d_out| {
-                            self.with_mask(|mask| {
-                                // Each task: one key/value group of one batch element, its
-                                // `rep` query heads one after the other and each head's
-                                // query blocks in order (so the sums into dK and dV, which
-                                // start at zero, keep one order).
-                                let chunks = dq
-                                    .par_chunks_mut(rep * s * d)
-                                    .zip(dk.par_chunks_mut(kv * d))
-                                    .zip(dv.par_chunks_mut(kv * d));
-                                chunks.enumerate().try_for_each(|(g, ((dq, dk), dv))| {
-                                    let bi = g / self.kvh;
-                                    let block = QUERY_BLOCK.min(s);
-                                    let mut p = vec![0f32; block * kv];
-                                    let mut ds = vec![0f32; block * kv];
-                                    for (ri, dq) in dq.chunks_mut(s * d).enumerate() {
-                                        let hi = g % self.kvh * rep + ri;
-                                        let head = self.head(q, k, v, bi, hi);
-                                        for (q0, dq) in (0..s).step_by(block).zip(dq.chunks_mut(block * d)) {
-                                            let rows = dq.len() / d;
-                                            let keys = self.visible_keys(mask, bi, q0, rows);
-                                            let (p, ds) = (&mut p[..rows * keys], &mut ds[..rows * keys]);
-                                            self.probabilities(p, &head, bi, q0, keys, mask)?;
-                                            let d_o =
-                                                View::rows(&d_out[((bi * s + q0) * h + hi) * d..], rows, d, h * d);
-                                            let probs = View::rows(p, rows, keys, keys);
-                                            let (k_vis, v_vis) =
-                                                (View::rows(head.k, keys, d, d), View::rows(head.v, keys, d, d));
-                                            gemm::matmul(dv, d, probs.t(), d_o, true)?;
-                                            gemm::matmul(ds, keys, d_o, v_vis.t(), false)?;
-                                            softmax_backward(ds, p, keys, self.scale);
-                                            let d_s = View::rows(ds, rows, keys, keys);
-                                            gemm::matmul(dq, d, d_s, k_vis, false)?;
-                                            let q_block = View::rows(&head.q[q0 * d..], rows, d, d);
-                                            gemm::matmul(dk, d, d_s.t(), q_block, true)?;
-                                        }
-                                    }
-                                    Ok(())
-                                })
-                            })
-                        })
+            let (dq, dk, dv) = match &self.rows {
+                None => read(q, |q| read(k, |k| read(v, |v| read(d_out, |d_o| self.backward_heads(q, k, v, d_o))))),
+                Some(rows) => {
+                    let kept = rows.heads.lock().unwrap_or_else(PoisonError::into_inner);
+                    let Some([qh, kh, vh]) = kept.as_ref() else { bail!("attention: backward before forward") };
+                    let (dq, dk, dv) = read(d_out, |d_o| self.backward_heads(qh, kh, vh, d_o))?;
+                    let (b, s, d) = (self.b, self.s, self.d);
+                    rope::with_tables(rows.rotation.as_ref(), |t| {
+                        let dq = from_heads(&dq, (b, s, self.h, d), t);
+                        let dk = from_heads(&dk, (b, s, self.kvh, d), t);
+                        Ok((dq, dk, from_heads(&dv, (b, s, self.kvh, d), None)))
                     })
-                })
-            })?;
+                }
+            }?;
             let wrap = |want: bool, data: Vec<f32>, like: &Tensor| match want {
                 true => tensor(data, like.dims()).map(Some),
                 false => Ok(None),
             };
             Ok((wrap(q.track_op(), dq, q)?, wrap(k.track_op(), dk, k)?, wrap(v.track_op(), dv, v)?))
         })
+    }
+}
+
+impl Attention {
+    /// The output `[b, s, h·d]` from queries `[b, h, s, d]` and keys and values
+    /// `[b, kvh, kv, d]`.
+    fn forward_heads(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        let (h, s, d) = (self.h, self.s, self.d);
+        let mut out = vec![0f32; self.b * s * h * d];
+        let rows = self.query_block();
+        // Each task: `rows` queries of one batch element, every head; writes its rows
+        // of the output `[b, s, h·d]`.
+        self.with_mask(|mask| {
+            out.par_chunks_mut(rows * h * d).enumerate().try_for_each(|(task, out)| {
+                let (bi, q0) = (task * rows / s, task * rows % s);
+                let keys = self.visible_keys(mask, bi, q0, rows);
+                let mut p = vec![0f32; rows * keys];
+                for hi in 0..h {
+                    let head = self.head(q, k, v, bi, hi);
+                    self.probabilities(&mut p, &head, bi, q0, keys, mask)?;
+                    let probs = View::rows(&p, rows, keys, keys);
+                    gemm::matmul(&mut out[hi * d..], h * d, probs, View::rows(head.v, keys, d, d), false)?;
+                }
+                Ok(())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// `(dQ, dK, dV)` in the heads' layout for the output gradient `d_out` `[b, s, h·d]`.
+    #[allow(clippy::type_complexity)]
+    fn backward_heads(&self, q: &[f32], k: &[f32], v: &[f32], d_out: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (h, s, kv, d, rep) = (self.h, self.s, self.kv, self.d, self.rep());
+        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+        self.with_mask(|mask| {
+            // Each task: one key/value group of one batch element, its `rep` query heads
+            // one after the other and each head's query blocks in order (so the sums
+            // into dK and dV, which start at zero, keep one order).
+            let chunks = dq.par_chunks_mut(rep * s * d).zip(dk.par_chunks_mut(kv * d)).zip(dv.par_chunks_mut(kv * d));
+            chunks.enumerate().try_for_each(|(g, ((dq, dk), dv))| {
+                let bi = g / self.kvh;
+                let block = QUERY_BLOCK.min(s);
+                let mut p = vec![0f32; block * kv];
+                let mut ds = vec![0f32; block * kv];
+                for (ri, dq) in dq.chunks_mut(s * d).enumerate() {
+                    let hi = g % self.kvh * rep + ri;
+                    let head = self.head(q, k, v, bi, hi);
+                    for (q0, dq) in (0..s).step_by(block).zip(dq.chunks_mut(block * d)) {
+                        let rows = dq.len() / d;
+                        let keys = self.visible_keys(mask, bi, q0, rows);
+                        let (p, ds) = (&mut p[..rows * keys], &mut ds[..rows * keys]);
+                        self.probabilities(p, &head, bi, q0, keys, mask)?;
+                        let d_o = View::rows(&d_out[((bi * s + q0) * h + hi) * d..], rows, d, h * d);
+                        let probs = View::rows(p, rows, keys, keys);
+                        let (k_vis, v_vis) = (View::rows(head.k, keys, d, d), View::rows(head.v, keys, d, d));
+                        gemm::matmul(dv, d, probs.t(), d_o, true)?;
+                        gemm::matmul(ds, keys, d_o, v_vis.t(), false)?;
+                        softmax_backward(ds, p, keys, self.scale);
+                        let d_s = View::rows(ds, rows, keys, keys);
+                        gemm::matmul(dq, d, d_s, k_vis, false)?;
+                        let q_block = View::rows(&head.q[q0 * d..], rows, d, d);
+                        gemm::matmul(dk, d, d_s.t(), q_block, true)?;
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        Ok((dq, dk, dv))
     }
 }
 
@@ -365,6 +457,48 @@ mod tests {
         Ok(())
     }
 
+    /// From the projections' layout, with and without the rotation, grouped heads and
+    /// padding: fused and composed (split, rotation and attention from candle
+    /// primitives) agree on the output and the projections' gradients.
+    #[test]
+    fn rows_match_the_composed_split_rotation_and_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        for s in [6, QUERY_BLOCK + 9] {
+            let (b, h, kvh, d) = (2, 4, 2, 8);
+            let q = Var::randn(0f32, 1.0, (b, s, h * d), &dev)?;
+            let k = Var::randn(0f32, 1.0, (b, s, kvh * d), &dev)?;
+            let v = Var::randn(0f32, 1.0, (b, s, kvh * d), &dev)?;
+            let tables = crate::model::layers::Rope::new(d, 10_000.0)?.tables(0, s, candle_core::DType::F32, &dev)?;
+            let (cos, sin) = tables.cos_sin();
+            let pad: Vec<f32> = (0..b * s).map(|i| if i >= 2 * s - 2 { 0.0 } else { 1.0 }).collect();
+            let pad = Tensor::from_vec(pad, (b, s), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (b, s, h * d), &dev)?;
+            for mask in [None, attention_mask(Some(&pad), b, s, s, true, &dev)?] {
+                for rope in [Some((cos, sin)), None] {
+                    let scale = 1.0 / (d as f64).sqrt();
+                    let yf = attention_rows(&q, &k, &v, (h, kvh), rope, mask.as_ref(), scale, Precision::Fp32)?;
+                    let (qh, kh) = match rope {
+                        Some((c, si)) => {
+                            (rope::rope_heads_composed(&q, h, c, si)?, rope::rope_heads_composed(&k, kvh, c, si)?)
+                        }
+                        None => (rope::split_heads_composed(&q, h)?, rope::split_heads_composed(&k, kvh)?),
+                    };
+                    let vh = rope::split_heads_composed(&v, kvh)?;
+                    let yc = attention_heads_composed(&qh, &kh, &vh, mask.as_ref(), scale, Precision::Fp32)?;
+                    let what = format!("s {s}, rotated {}, masked {}", rope.is_some(), mask.is_some());
+                    assert!(rel_err(&yf, &yc)? <= 1e-5, "{what}: forward {}", rel_err(&yf, &yc)?);
+                    let gf = (yf * &probe)?.sum_all()?.backward()?;
+                    let gc = (yc * &probe)?.sum_all()?.backward()?;
+                    for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
+                        let e = rel_err(gf.get(var).expect("fused grad"), gc.get(var).expect("composed grad"))?;
+                        assert!(e <= 1e-5, "{what}: d{name}: relative error {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A block of causal queries sees the prefix and the keys up to its last query; a
     /// padded key at the end is hidden from all; a query that sees nothing needs all.
     #[test]
@@ -373,7 +507,7 @@ mod tests {
         let (s, prefix) = (10, 2);
         let kv = s + prefix;
         let pad = Tensor::from_vec([[1f32; 12], [1f32; 12]].concat(), (2, kv), &dev)?;
-        let op = |mask: Tensor| Attention { b: 2, h: 1, kvh: 1, s, kv, d: 4, scale: 1.0, mask: Some(mask) };
+        let op = |mask: Tensor| Attention { b: 2, h: 1, kvh: 1, s, kv, d: 4, scale: 1.0, mask: Some(mask), rows: None };
         let causal = op(attention_mask(Some(&pad), 2, s, kv, true, &dev)?.expect("a causal mask"));
         causal.with_mask(|m| {
             assert_eq!(causal.visible_keys(m, 0, 0, 3), prefix + 3);

@@ -71,7 +71,7 @@ struct Heads {
 
 /// The data of the `cos` and `sin` tables `[s, d]`.
 #[derive(Clone, Copy)]
-struct Tables<'a> {
+pub(crate) struct Tables<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
 }
@@ -83,14 +83,53 @@ impl<'a> Tables<'a> {
     }
 }
 
-impl Heads {
-    /// Runs `f` on the tables' data, `None` without a rotation.
-    fn with_tables<T>(&self, f: impl FnOnce(Option<Tables<'_>>) -> Result<T>) -> Result<T> {
-        match &self.rotation {
-            Some((cos, sin)) => read(cos, |cos| read(sin, |sin| f(Some(Tables { cos, sin })))),
-            None => f(None),
-        }
+/// Runs `f` on the data of a rotation's tables (`cos`, `sin`), `None` without one.
+pub(crate) fn with_tables<T>(
+    rotation: Option<&(Tensor, Tensor)>,
+    f: impl FnOnce(Option<Tables<'_>>) -> Result<T>,
+) -> Result<T> {
+    match rotation {
+        Some((cos, sin)) => read(cos, |cos| read(sin, |sin| f(Some(Tables { cos, sin })))),
+        None => f(None),
     }
+}
+
+/// `x` `[b, s, h·d]` as heads `[b, h, s, d]`, each row rotated by its position's rows
+/// of the tables when given: the forward of [`rope_heads`] and [`split_heads`].
+pub(crate) fn to_heads(x: &[f32], (b, s, h, d): (usize, usize, usize, usize), tables: Option<Tables<'_>>) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
+    let chunk = rows_per_task(b * h * s) * d;
+    y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
+        for (k, out) in rows.chunks_mut(d).enumerate() {
+            let row = task * (chunk / d) + k;
+            let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
+            let src = &x[((bi * s + si) * h + hi) * d..][..d];
+            rotate(out, src, tables.map(|t| t.at(si, d)), 1.0);
+        }
+    });
+    y
+}
+
+/// The gradient of [`to_heads`]: heads `[b, h, s, d]` back to `[b, s, h·d]`, each row
+/// rotated back.
+pub(crate) fn from_heads(
+    dy: &[f32],
+    (b, s, h, d): (usize, usize, usize, usize),
+    tables: Option<Tables<'_>>,
+) -> Vec<f32> {
+    let mut dx = vec![0f32; dy.len()];
+    // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
+    let chunk = rows_per_task(b * s * h) * d;
+    dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
+        for (k, out) in rows.chunks_mut(d).enumerate() {
+            let row = task * (chunk / d) + k;
+            let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
+            let src = &dy[((bi * h + hi) * s + si) * d..][..d];
+            rotate(out, src, tables.map(|t| t.at(si, d)), -1.0);
+        }
+    });
+    dx
 }
 
 impl CustomOp1 for Heads {
@@ -104,20 +143,7 @@ impl CustomOp1 for Heads {
             let x = slice(x, xl)?;
             let (b, s, width) = xl.shape().dims3()?;
             let (h, d) = (self.heads, width / self.heads);
-            let mut y = vec![0f32; x.len()];
-            self.with_tables(|tables| {
-                // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
-                let chunk = rows_per_task(b * h * s) * d;
-                y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-                    for (k, out) in rows.chunks_mut(d).enumerate() {
-                        let row = task * (chunk / d) + k;
-                        let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
-                        let src = &x[((bi * s + si) * h + hi) * d..][..d];
-                        rotate(out, src, tables.map(|t| t.at(si, d)), 1.0);
-                    }
-                });
-                Ok(())
-            })?;
+            let y = with_tables(self.rotation.as_ref(), |tables| Ok(to_heads(x, (b, s, h, d), tables)))?;
             Ok((CpuStorage::F32(y), Shape::from((b, h, s, d))))
         })
     }
@@ -127,22 +153,7 @@ impl CustomOp1 for Heads {
         profile::time(label, || {
             let (b, s, width) = x.dims3()?;
             let (h, d) = (self.heads, width / self.heads);
-            let mut dx = vec![0f32; x.elem_count()];
-            read(dy, |dy| {
-                self.with_tables(|tables| {
-                    // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
-                    let chunk = rows_per_task(b * s * h) * d;
-                    dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-                        for (k, out) in rows.chunks_mut(d).enumerate() {
-                            let row = task * (chunk / d) + k;
-                            let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
-                            let src = &dy[((bi * h + hi) * s + si) * d..][..d];
-                            rotate(out, src, tables.map(|t| t.at(si, d)), -1.0);
-                        }
-                    });
-                    Ok(())
-                })
-            })?;
+            let dx = read(dy, |dy| with_tables(self.rotation.as_ref(), |t| Ok(from_heads(dy, (b, s, h, d), t))))?;
             Ok(Some(tensor(dx, x.dims())?))
         })
     }

@@ -39,7 +39,7 @@ use super::{named_site_tensors, Adapters, LlamaConfig, Model, ModelOutput, Outpu
 use crate::bail;
 use crate::device::Precision;
 use crate::error::Result;
-use crate::kernels::attention::attention_heads;
+use crate::kernels::attention::{attention_heads, attention_rows};
 use crate::kernels::gated_mlp::gated_mlp_in;
 use crate::kernels::linear::linear_onto;
 use crate::kernels::rope::split_heads;
@@ -194,6 +194,14 @@ impl Layer {
     ) -> Result<Tensor> {
         let (b, s, _) = h.dims3()?;
         let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let scale = 1.0 / (hd as f64).sqrt();
+        if !a.hooks(self.key_site) && !a.hooks(self.value_site) {
+            // Keys and values as the projections give them: the split into heads and
+            // the rotation happen inside the attention op.
+            let (q, k, v) = (self.q.forward(a, h)?, self.k.forward(a, h)?, self.v.forward(a, h)?);
+            let tables = rope.cos_sin();
+            return Ok(attention_rows(&q, &k, &v, (nh, kvh), Some(tables), mask, scale, a.precision())?);
+        }
         let q = rope.heads(&self.q.forward(a, h)?, nh)?;
         let k = rope.heads(&self.k.forward(a, h)?, kvh)?;
         let v = split_heads(&self.v.forward(a, h)?, kvh)?;
@@ -208,7 +216,7 @@ impl Layer {
             prefixed = attention_mask(pad.as_ref(), b, s, kv_len, true, h.device())?;
             prefixed.as_ref()
         };
-        Ok(attention_heads(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt(), a.precision())?)
+        Ok(attention_heads(&q, &k, &v, mask, scale, a.precision())?)
     }
 }
 

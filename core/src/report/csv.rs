@@ -123,6 +123,7 @@ mod tests {
     fn every_row_has_every_column_and_odd_names_are_quoted() {
         let mut t = MetricRow::train("a,b", 3, f64::NAN, 1e-3, Some(0.5));
         t.tokens_per_s = Some(1200.0);
+        t.penalty = Some(0.25);
         let rows = vec![
             t,
             MetricRow::eval("a,b", 3, "x", [("loss".to_string(), 1.0), ("exact_match".to_string(), 0.5)].into()),
@@ -132,8 +133,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].ends_with(",eval/x/exact_match,eval/x/loss,\"eval/y\"\"q/loss\""), "{}", lines[0]);
-        assert_eq!(lines[1], "\"a,b\",3,3,train,,NaN,,,0.001,0.5,,,1200,,,,,");
-        assert_eq!(lines[2], "\"a,b\",3,3,eval,x,,,,,,,,,,,0.5,1,");
-        assert_eq!(lines[3], "c,2,5,eval,\"y\"\"q\",,,,,,,,,,,,,2");
+        assert_eq!(lines[1], "\"a,b\",3,3,train,,NaN,,,0.001,0.5,0.25,,,1200,,,,,");
+        assert_eq!(lines[2], "\"a,b\",3,3,eval,x,,,,,,,,,,,,0.5,1,");
+        assert_eq!(lines[3], "c,2,5,eval,\"y\"\"q\",,,,,,,,,,,,,,2");
     }
 }
