@@ -35,9 +35,10 @@ pub struct BenchArgs {
     /// (`benches/torch_baseline.py`, W1 and W2) and report both, with the ratios.
     #[arg(long, value_name = "PYTHON")]
     torch: Option<String>,
-    /// With `--torch`: measure stagecraft and PyTorch alternately this many times and
-    /// report the round with the median speed ratio (and every round's ratio), for
-    /// machines whose speed drifts within a minute.
+    /// With `--torch`: measure stagecraft and PyTorch alternately this many times
+    /// (stagecraft first in odd rounds, PyTorch first in even ones) and report the round
+    /// with the median speed ratio (and every round's ratio), for machines whose speed
+    /// drifts within a minute.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20), requires = "torch")]
     rounds: u32,
 }
@@ -66,18 +67,32 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
+        // Which side goes first alternates: a run started right after the other side's
+        // process exits (its memory handed back to the kernel) was measured slower than
+        // the next one (W2 full: 1928 then 1774 ms per step).
+        let torch_first = round % 2 == 0;
+        let mode = opts.mode.unwrap_or(opts.workload.default_mode());
+        let baseline = || torch_baseline(&python, opts.workload, mode, 2 * opts.steps);
+        let early = if torch_first { Some(baseline()?) } else { None };
         let mut report = run(&registry, &opts)?;
         if let Some(p) = &report.profile {
             eprint!("{}", p.table(report.ms_per_step));
         }
-        let mut torch = torch_baseline(&python, report.workload, report.mode, 2 * opts.steps)?;
+        let mut torch = match early {
+            Some(t) => t,
+            None => baseline()?,
+        };
         torch.speed_ratio = report.tokens_per_s / torch.tokens_per_s;
         torch.memory_ratio = report.peak_rss_mib / torch.peak_rss_mib;
         eprintln!(
             "{:?} {:?}{}: stagecraft {:.0} tokens/s, {:.0} MiB; PyTorch {:.0} tokens/s, {:.0} MiB: {:.2}x the speed, {:.2}x the memory",
             report.workload,
             report.mode,
-            if args.rounds > 1 { format!(" (round {round} of {})", args.rounds) } else { String::new() },
+            match (args.rounds > 1, torch_first) {
+                (true, false) => format!(" (round {round} of {}, stagecraft first)", args.rounds),
+                (true, true) => format!(" (round {round} of {}, PyTorch first)", args.rounds),
+                (false, _) => String::new(),
+            },
             report.tokens_per_s,
             report.peak_rss_mib,
             torch.tokens_per_s,
