@@ -13,15 +13,11 @@
 //! `loss`, a negative difference is better), else `no evidence`.
 
 use crate::error::{Error, Result};
-use crate::pipeline::run_config;
+use crate::pipeline::{run_config, MAIN_SCORE};
 use crate::report::{escape, lower_is_better, read_examples, MetricRow, MetricsLog, Split};
 use crate::rng::Rng;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// The main score of a set, in order of preference: the first one both runs recorded
-/// per example.
-const MAIN_SCORE: [&str; 3] = ["exact_match", "accuracy", "loss"];
 
 /// How `loss` is compared, which differs from the run's eval loss.
 const LOSS_NOTE: &str = "loss: the mean of per-example losses (each example's mean over its tokens); the run's eval \
@@ -172,6 +168,7 @@ fn compare_set(
     let metric = match &opts.metric {
         Some(m) if both(m) => m.clone(),
         Some(m) => return Ok(Err(format!("`{m}` is not recorded per example in both runs"))),
+        // The set's main score as the pipeline picks it, among those both runs recorded.
         None => match MAIN_SCORE.into_iter().find(|m| both(m)) {
             Some(m) => m.to_string(),
             None => return Ok(Err("no score recorded per example in both runs".into())),

@@ -49,6 +49,7 @@ pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
+pub(crate) use score::MAIN_SCORE;
 pub use stage_objective::stage_objective;
 
 /// The tokenizer a pipeline's `[model]` names (a run's tokenizer, for a run's

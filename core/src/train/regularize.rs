@@ -19,7 +19,6 @@ use std::path::Path;
 
 /// A stage's penalty toward its start.
 pub struct Regularizer {
-    kind: RegularizeKind,
     lambda: f64,
     /// Parameter name → its anchor and, for EWC, its weights.
     held: HashMap<String, Held>,
@@ -55,14 +54,15 @@ impl Regularizer {
             let weight = weights.as_ref().map(|w| w[k].clone());
             held.insert(p.name.clone(), Held { anchor, weight });
         }
-        Ok(Regularizer { kind: cfg.kind, lambda: cfg.lambda, held })
+        Ok(Regularizer { lambda: cfg.lambda, held })
     }
 
     /// Adds `λ·w·(θ − θ₀)` to the gradient of every held parameter in `params`
     /// (`grads[k]` is `params[k]`'s, `None` where it got none) and returns the penalty
     /// `λ/2·Σ w·(θ − θ₀)²`.
     pub fn add_gradients(&self, params: &[TrainParam], grads: &mut [Option<Tensor>]) -> Result<f64> {
-        let mut penalty = 0.0;
+        // Summed on the device, read once: one synchronization per step, not per parameter.
+        let mut penalty: Option<Tensor> = None;
         for (p, g) in params.iter().zip(grads.iter_mut()) {
             let Some(h) = self.held.get(&p.name) else { continue };
             let diff = (p.var.as_tensor() - &h.anchor)?;
@@ -70,13 +70,18 @@ impl Regularizer {
                 Some(w) => (&diff * w)?,
                 None => diff.clone(),
             };
-            penalty += (&weighted * &diff)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let term = (&weighted * &diff)?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+            penalty = Some(match penalty.take() {
+                Some(sum) => (sum + term)?,
+                None => term,
+            });
             let pull = weighted.affine(self.lambda, 0.0)?;
             *g = Some(match g.take() {
                 Some(g) => (g + pull)?,
                 None => pull,
             });
         }
+        let penalty = penalty.map(|t| t.to_scalar::<f64>()).transpose()?.unwrap_or(0.0);
         Ok(self.lambda / 2.0 * penalty)
     }
 
@@ -123,12 +128,7 @@ impl Regularizer {
             }
             held.insert(name.clone(), Held { anchor, weight });
         }
-        Ok(Regularizer { kind: cfg.kind, lambda: cfg.lambda, held })
-    }
-
-    /// `ewc` or `l2sp`.
-    pub fn kind(&self) -> RegularizeKind {
-        self.kind
+        Ok(Regularizer { lambda: cfg.lambda, held })
     }
 }
 
@@ -152,7 +152,8 @@ fn fisher_diagonal(trainer: &Trainer, sources: Vec<FisherSource<'_>>, batches: u
         for source in sources {
             let examples = &source.data.examples;
             let size = source.batch_size.clamp(1, examples.len());
-            let stride = (examples.len() - size) / batches.max(2).saturating_sub(1).max(1);
+            // First and last batch at the data's two ends, the others evenly between.
+            let stride = if batches > 1 { (examples.len() - size) / (batches - 1) } else { 0 };
             for b in 0..batches {
                 let start = (b * stride).min(examples.len() - size);
                 let refs: Vec<_> = examples[start..start + size].iter().collect();
@@ -199,7 +200,7 @@ mod tests {
         for w in [Some(weight.clone()), None] {
             let kind = if w.is_some() { RegularizeKind::Ewc } else { RegularizeKind::L2sp };
             let held = Held { anchor: anchor.clone(), weight: w.clone() };
-            let r = Regularizer { kind, lambda, held: HashMap::from([("w".to_string(), held)]) };
+            let r = Regularizer { lambda, held: HashMap::from([("w".to_string(), held)]) };
             let diff = (theta.as_tensor() - &anchor)?;
             let weighted = match &w {
                 Some(w) => (&diff * w)?,
@@ -230,7 +231,7 @@ mod tests {
     fn a_parameter_it_does_not_hold_is_left_alone() -> Result<()> {
         let dev = Device::Cpu;
         let other = Var::ones(4, candle_core::DType::F32, &dev)?;
-        let r = Regularizer { kind: RegularizeKind::L2sp, lambda: 1.0, held: HashMap::new() };
+        let r = Regularizer { lambda: 1.0, held: HashMap::new() };
         let mut grads = vec![None];
         assert_eq!(r.add_gradients(&[param("other", &other)], &mut grads)?, 0.0);
         assert!(grads[0].is_none());
