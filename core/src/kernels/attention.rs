@@ -134,7 +134,7 @@ pub fn attention_rows(
     attention_heads(&q, &k, &split_heads(v, kvh)?, mask, scale, precision)
 }
 
-struct Attention {
+pub(super) struct Attention {
     b: usize,
     h: usize,
     kvh: usize,
@@ -283,14 +283,8 @@ impl CustomOp3 for Attention {
             let out = match &self.rows {
                 None => self.forward_heads(q, k, v)?,
                 Some(rows) => {
-                    let heads = rope::with_tables(rows.rotation.as_ref(), |t| {
-                        let (b, s, d) = (self.b, self.s, self.d);
-                        Ok([to_heads(q, (b, s, self.h, d), t), to_heads(k, (b, s, self.kvh, d), t)])
-                    })?;
-                    let [qh, kh] = heads;
-                    let vh = to_heads(v, (self.b, self.s, self.kvh, self.d), None);
-                    let out = self.forward_heads(&qh, &kh, &vh)?;
-                    *rows.heads.lock().unwrap_or_else(PoisonError::into_inner) = Some([qh, kh, vh]);
+                    let (out, heads) = self.forward_rows(rows.rotation.as_ref(), q, k, v)?;
+                    *rows.heads.lock().unwrap_or_else(PoisonError::into_inner) = Some(heads);
                     out
                 }
             };
@@ -312,14 +306,8 @@ impl CustomOp3 for Attention {
                 None => read(q, |q| read(k, |k| read(v, |v| read(d_out, |d_o| self.backward_heads(q, k, v, d_o))))),
                 Some(rows) => {
                     let kept = rows.heads.lock().unwrap_or_else(PoisonError::into_inner);
-                    let Some([qh, kh, vh]) = kept.as_ref() else { bail!("attention: backward before forward") };
-                    let (dq, dk, dv) = read(d_out, |d_o| self.backward_heads(qh, kh, vh, d_o))?;
-                    let (b, s, d) = (self.b, self.s, self.d);
-                    rope::with_tables(rows.rotation.as_ref(), |t| {
-                        let dq = from_heads(&dq, (b, s, self.h, d), t);
-                        let dk = from_heads(&dk, (b, s, self.kvh, d), t);
-                        Ok((dq, dk, from_heads(&dv, (b, s, self.kvh, d), None)))
-                    })
+                    let Some(heads) = kept.as_ref() else { bail!("attention: backward before forward") };
+                    read(d_out, |d_o| self.backward_rows(rows.rotation.as_ref(), heads, d_o))
                 }
             }?;
             let wrap = |want: bool, data: Vec<f32>, like: &Tensor| match want {
@@ -332,6 +320,58 @@ impl CustomOp3 for Attention {
 }
 
 impl Attention {
+    /// The op for [`attention_rows`]'s operands on slices, for an op that computes
+    /// attention inside it: `b` sequences of `s` positions, `h` query heads sharing
+    /// `kvh` key/value heads of `d` features, an additive mask `[b, 1, s, s]`.
+    pub(super) fn over_rows(
+        b: usize,
+        s: usize,
+        (h, kvh): (usize, usize),
+        d: usize,
+        scale: f32,
+        mask: Option<Tensor>,
+    ) -> Self {
+        Attention { b, h, kvh, s, kv: s, d, scale, mask, rows: None }
+    }
+
+    /// The output `[b, s, h·d]` from the projections' outputs (queries `[b, s, h·d]`,
+    /// keys and values `[b, s, kvh·d]`), rotated by `rotation` (`cos`, `sin`); with the
+    /// heads `[q, k, v]` (rotated, in the heads' layout) that [`Self::backward_rows`]
+    /// takes.
+    pub(super) fn forward_rows(
+        &self,
+        rotation: Option<&(Tensor, Tensor)>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(Vec<f32>, [Vec<f32>; 3])> {
+        let (b, s, d) = (self.b, self.s, self.d);
+        let [qh, kh] = rope::with_tables(rotation, |t| {
+            Ok([to_heads(q, (b, s, self.h, d), t), to_heads(k, (b, s, self.kvh, d), t)])
+        })?;
+        let vh = to_heads(v, (b, s, self.kvh, d), None);
+        let out = self.forward_heads(&qh, &kh, &vh)?;
+        Ok((out, [qh, kh, vh]))
+    }
+
+    /// `(dQ, dK, dV)` in the projections' layout, from [`Self::forward_rows`]'s heads
+    /// and the output's gradient `d_out` `[b, s, h·d]`.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn backward_rows(
+        &self,
+        rotation: Option<&(Tensor, Tensor)>,
+        [qh, kh, vh]: &[Vec<f32>; 3],
+        d_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (dq, dk, dv) = self.backward_heads(qh, kh, vh, d_out)?;
+        let (b, s, d) = (self.b, self.s, self.d);
+        rope::with_tables(rotation, |t| {
+            let dq = from_heads(&dq, (b, s, self.h, d), t);
+            let dk = from_heads(&dk, (b, s, self.kvh, d), t);
+            Ok((dq, dk, from_heads(&dv, (b, s, self.kvh, d), None)))
+        })
+    }
+
     /// The output `[b, s, h·d]` from queries `[b, h, s, d]` and keys and values
     /// `[b, kvh, kv, d]`.
     fn forward_heads(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {

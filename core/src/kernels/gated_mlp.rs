@@ -10,7 +10,7 @@
 //! weight's gradient only when it trains.
 
 use super::gemm::{self, View};
-use super::linear::{self, block_rows};
+use super::linear::{self, GradTerm};
 use super::swiglu::{self, silu_times, swiglu};
 use super::weight_grads::WeightInput;
 use super::{applies, profile, read, simd, slice, tensor};
@@ -56,6 +56,75 @@ struct GatedMlpIn {
     credits: (Option<Tensor>, Option<Tensor>),
 }
 
+/// The sizes of a gated MLP input: `rows` rows of `in_f` features, `inter` outputs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub rows: usize,
+    pub in_f: usize,
+    pub inter: usize,
+}
+
+/// `silu(x·w_gateᵀ) · (x·w_upᵀ)` on slices, with `gate` and `up` for backward:
+/// `(y, gate, up)`, each `rows × inter`.
+pub(super) fn forward(x: &[f32], wg: &[f32], wu: &[f32], dims: Dims) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let Dims { rows: m, in_f: i, inter: o } = dims;
+    let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
+    let parts = linear::column_parts(m, o, i);
+    let mut y = vec![0f32; m * o];
+    let y_cols = gemm::split_columns(&mut y, m, o, parts);
+    let mut up = Vec::new();
+    let gate = gemm::unwritten_matrix(m, o, |gate| {
+        up = gemm::unwritten_matrix(m, o, |up| {
+            let blocks = gate.columns(parts).into_par_iter().zip(up.columns(parts)).zip(y_cols);
+            blocks.try_for_each(|((g, u), mut y)| {
+                let c = y.range();
+                let g = g.write(&[(xs, wg.columns(c.start, c.end))])?;
+                let u = u.write(&[(xs, wu.columns(c.start, c.end))])?;
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for r in 0..m {
+                            for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
+                                *y = silu_times(g, u);
+                            }
+                        }
+                    },
+                );
+                Ok(())
+            })
+        })?;
+        Ok(())
+    })?;
+    Ok((y, gate, up))
+}
+
+/// Which gradients [`backward`] computes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Wanted {
+    pub dx: bool,
+    pub d_gate_weight: bool,
+    pub d_up_weight: bool,
+}
+
+/// The gradients of [`forward`] from the output's gradient `dy`: `dx`, `dW_gate` and
+/// `dW_up` where `want` asks for them. `dx = d_gate·W_gate + d_up·W_up` is summed in
+/// one buffer.
+#[allow(clippy::type_complexity)] // three optional gradients
+pub(super) fn backward(
+    (x, wg, wu): (&[f32], &[f32], &[f32]),
+    (gate, up): (&[f32], &[f32]),
+    dy: &[f32],
+    dims: Dims,
+    want: Wanted,
+) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>)> {
+    let Dims { rows: m, in_f: i, inter: o } = dims;
+    let (dg, du) = swiglu::backward(gate, up, dy, true, true);
+    let terms = [GradTerm { dy: &dg, w: wg, out: o }, GradTerm { dy: &du, w: wu, out: o }];
+    let dx = want.dx.then(|| linear::input_grad(m, i, &terms)).transpose()?;
+    let weight_grad = |wanted: bool, d: &[f32]| wanted.then(|| linear::weight_grad(d, x, m, i, o)).transpose();
+    Ok((dx, weight_grad(want.d_gate_weight, &dg)?, weight_grad(want.d_up_weight, &du)?))
+}
+
 impl CustomOp3 for GatedMlpIn {
     fn name(&self) -> &'static str {
         "gated_mlp_in"
@@ -71,35 +140,7 @@ impl CustomOp3 for GatedMlpIn {
         wul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         profile::time("gated_mlp.forward", || {
-            let (x, wg, wu) = (slice(x, xl)?, slice(wg, wgl)?, slice(wu, wul)?);
-            let (m, i, o) = (self.rows, self.in_f, self.inter);
-            let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
-            let parts = linear::column_parts(m, o, i);
-            let mut y = vec![0f32; m * o];
-            let y_cols = gemm::split_columns(&mut y, m, o, parts);
-            let mut up = Vec::new();
-            let gate = gemm::unwritten_matrix(m, o, |gate| {
-                up = gemm::unwritten_matrix(m, o, |up| {
-                    let blocks = gate.columns(parts).into_par_iter().zip(up.columns(parts)).zip(y_cols);
-                    blocks.try_for_each(|((g, u), mut y)| {
-                        let c = y.range();
-                        let g = g.write(&[(xs, wg.columns(c.start, c.end))])?;
-                        let u = u.write(&[(xs, wu.columns(c.start, c.end))])?;
-                        simd::vectorized(
-                            #[inline(always)]
-                            || {
-                                for r in 0..m {
-                                    for ((y, &g), &u) in y.row_mut(r).iter_mut().zip(g.row(r)).zip(u.row(r)) {
-                                        *y = silu_times(g, u);
-                                    }
-                                }
-                            },
-                        );
-                        Ok(())
-                    })
-                })?;
-                Ok(())
-            })?;
+            let (y, gate, up) = forward(slice(x, xl)?, slice(wg, wgl)?, slice(wu, wul)?, self.dims())?;
             *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((gate, up));
             Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
         })
@@ -114,38 +155,32 @@ impl CustomOp3 for GatedMlpIn {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::time("gated_mlp.backward", || {
-            let (m, i, o) = (self.rows, self.in_f, self.inter);
             let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
             let Some((gate, up)) = kept.as_ref() else { bail!("gated mlp: backward before forward") };
-            let (dg, du) = read(dy, |dy| Ok(swiglu::backward(gate, up, dy, true, true)))?;
-            let dx = match x.track_op() {
-                // dx = d_gate·W_gate + d_up·W_up, summed in one buffer.
-                true => Some(read(wg, |wg| {
-                    read(wu, |wu| {
-                        let (wg, wu) = (View::rows(wg, o, i, i), View::rows(wu, o, i, i));
-                        gemm::unwritten_matrix(m, i, |dx| {
-                            dx.rows(block_rows(m, i, o)).into_par_iter().try_for_each(|blk| {
-                                let (r0, r1) = (blk.row_range().start, blk.row_range().end);
-                                let (dg, du) = (&dg[r0 * o..r1 * o], &du[r0 * o..r1 * o]);
-                                let (dg, du) = (View::rows(dg, r1 - r0, o, o), View::rows(du, r1 - r0, o, o));
-                                blk.write(&[(dg, wg), (du, wu)]).map(drop)
-                            })
-                        })
-                    })
-                })?),
-                false => None,
+            let want = Wanted {
+                dx: x.track_op(),
+                d_gate_weight: WeightInput::wanted(&self.credits.0, wg),
+                d_up_weight: WeightInput::wanted(&self.credits.1, wu),
             };
-            let weight_grad = |w: &Tensor, d: &[f32], credit: &Option<Tensor>| -> Result<Option<Tensor>> {
-                let g = match WeightInput::wanted(credit, w) {
-                    true => Some(read(x, |x| linear::weight_grad(d, x, m, i, o)).and_then(|g| tensor(g, &[o, i]))?),
-                    false => None,
-                };
-                Ok(WeightInput::settle(credit, g))
+            let (dx, dwg, dwu) = read(x, |xs| {
+                read(wg, |wgs| {
+                    read(wu, |wus| read(dy, |dy| backward((xs, wgs, wus), (gate, up), dy, self.dims(), want)))
+                })
+            })?;
+            let (o, i) = (self.inter, self.in_f);
+            let weight = |g: Option<Vec<f32>>, credit| -> Result<Option<Tensor>> {
+                Ok(WeightInput::settle(credit, g.map(|g| tensor(g, &[o, i])).transpose()?))
             };
-            let dwg = weight_grad(wg, &dg, &self.credits.0)?;
-            let dwu = weight_grad(wu, &du, &self.credits.1)?;
+            let dwg = weight(dwg, &self.credits.0)?;
+            let dwu = weight(dwu, &self.credits.1)?;
             Ok((dx.map(|d| tensor(d, x.dims())).transpose()?, dwg, dwu))
         })
+    }
+}
+
+impl GatedMlpIn {
+    fn dims(&self) -> Dims {
+        Dims { rows: self.rows, in_f: self.in_f, inter: self.inter }
     }
 }
 

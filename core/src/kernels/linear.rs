@@ -171,6 +171,45 @@ pub(crate) fn block_rows(rows: usize, n: usize, k: usize) -> usize {
     rows.div_ceil(2 * rayon::current_num_threads()).max(min_rows)
 }
 
+/// `x·Wᵀ` (`m × out_f`) for `x` `m × in_f` and `w` `[out_f, in_f]`, added onto `onto`
+/// when given: [`linear`]'s forward on slices.
+pub(super) fn project(
+    x: &[f32],
+    w: &[f32],
+    (m, in_f, out_f): (usize, usize, usize),
+    onto: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    product_by_columns(m, out_f, View::rows(x, m, in_f, in_f), View::rows(w, out_f, in_f, in_f).t(), onto)
+}
+
+/// One term `dy·W` of an input gradient: `dy` `m × out`, `w` `[out, in]`.
+pub(super) struct GradTerm<'a> {
+    pub dy: &'a [f32],
+    pub w: &'a [f32],
+    pub out: usize,
+}
+
+/// `Σ dy·W` over `terms` (`m × in_f`), summed in one buffer by the GEMM: the input
+/// gradient of several products of the same input.
+pub(super) fn input_grad(m: usize, in_f: usize, terms: &[GradTerm<'_>]) -> Result<Vec<f32>> {
+    let k = terms.iter().map(|t| t.out).sum::<usize>();
+    gemm::unwritten_matrix(m, in_f, |dx| {
+        dx.rows(block_rows(m, in_f, k)).into_par_iter().try_for_each(|blk| {
+            let (r0, r1) = (blk.row_range().start, blk.row_range().end);
+            let products: Vec<_> = terms
+                .iter()
+                .map(|t| {
+                    (
+                        View::rows(&t.dy[r0 * t.out..r1 * t.out], r1 - r0, t.out, t.out),
+                        View::rows(t.w, t.out, in_f, in_f),
+                    )
+                })
+                .collect();
+            blk.write(&products).map(drop)
+        })
+    })
+}
+
 /// The weight gradient `dW = dyᵀ·x` (`[out, in]`) for `dy [m, out]` and `x [m, in]`:
 /// rows of `dW` (columns of `dy`) against all of `x`.
 pub(crate) fn weight_grad(dy: &[f32], x: &[f32], m: usize, in_f: usize, out_f: usize) -> Result<Vec<f32>> {
@@ -182,8 +221,7 @@ impl Linear {
     /// `(x_scale·x)·Wᵀ`, added onto `onto` when given.
     fn forward(&self, x: &[f32], w: &[f32], onto: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (m, i, o) = (self.m, self.in_f, self.out_f);
-        let x = scaled(x, self.x_scale);
-        let y = product_by_columns(m, o, View::rows(&x, m, i, i), View::rows(w, o, i, i).t(), onto)?;
+        let y = project(&scaled(x, self.x_scale), w, (m, i, o), onto)?;
         Ok((CpuStorage::F32(y), Shape::from(self.out_dims.clone())))
     }
 
@@ -194,10 +232,7 @@ impl Linear {
         let (dx, dw) = read(dy, |dy| {
             let dx = match want_dx {
                 // dx = dy·W: rows of dy against all of W.
-                true => read(w, |w| {
-                    let dy_rows = |r0: usize, r1: usize| View::rows(&dy[r0 * o..r1 * o], r1 - r0, o, o);
-                    product_by_rows(m, i, o, dy_rows, View::rows(w, o, i, i)).map(Some)
-                })?,
+                true => read(w, |w| input_grad(m, i, &[GradTerm { dy, w, out: o }]).map(Some))?,
                 false => None,
             };
             let dw = match want_dw {

@@ -104,6 +104,69 @@ struct RmsNorm {
     eps: f32,
 }
 
+/// RMSNorm of the rows of `x` (each `w.len()` long), on slices: [`rms_norm`]'s forward,
+/// for ops that normalize inside them.
+pub(super) fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    let chunk = rows_per_task(x.len() / d) * d;
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+        for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+            let inv = rms_inv(x, eps);
+            y.iter_mut().zip(x).zip(w).for_each(|((y, x), w)| *y = (x * inv) * w);
+        }
+    });
+    y
+}
+
+/// What [`rms_backward`] computes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RmsGrads<'a> {
+    /// The input's gradient.
+    pub dx: bool,
+    /// The weight's gradient.
+    pub dw: bool,
+    /// A gradient added onto the input's in the same pass (a residual stream's).
+    pub plus: Option<&'a [f32]>,
+}
+
+/// The gradients of [`rms_forward`] from the output's gradient `g`: `(dx, dw)`, each
+/// empty where `want` does not ask for it; `dx` has `want.plus` added.
+pub(super) fn rms_backward(x: &[f32], w: &[f32], g: &[f32], eps: f32, want: RmsGrads<'_>) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut dx = vec![0f32; if want.dx { x.len() } else { 0 }];
+    let chunk = REDUCE_ROWS * d;
+    let task = |i: usize, (x, g): (&[f32], &[f32]), mut dx: Option<&mut [f32]>| {
+        let mut dw = vec![0f32; if want.dw { d } else { 0 }];
+        for (r, (x, g)) in x.chunks(d).zip(g.chunks(d)).enumerate() {
+            let inv = rms_inv(x, eps);
+            if want.dw {
+                dw.iter_mut().zip(x).zip(g).for_each(|((dw, x), g)| *dw += g * (x * inv));
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let dot = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * (x * inv)).sum::<f32>();
+                let c = dot / d as f32;
+                let dx = &mut dx[r * d..(r + 1) * d];
+                for (((dx, x), g), w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                    *dx = inv * (g * w - (x * inv) * c);
+                }
+                if let Some(plus) = want.plus {
+                    let plus = &plus[i * chunk + r * d..][..d];
+                    dx.iter_mut().zip(plus).for_each(|(dx, p)| *dx += p);
+                }
+            }
+        }
+        dw
+    };
+    let pairs = x.par_chunks(chunk).zip(g.par_chunks(chunk)).enumerate();
+    let dw = if want.dx {
+        pairs.zip(dx.par_chunks_mut(chunk)).map(|((i, p), dx)| task(i, p, Some(dx))).collect::<Vec<_>>()
+    } else {
+        pairs.map(|(i, p)| task(i, p, None)).collect()
+    };
+    (dx, sum_in_order(dw, d))
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "rms_norm"
@@ -111,58 +174,17 @@ impl CustomOp2 for RmsNorm {
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         profile::time("rms_norm.forward", || {
-            let (x, w, d) = (slice(x, xl)?, slice(w, wl)?, self.dim);
-            let mut y = vec![0f32; x.len()];
-            let chunk = rows_per_task(x.len() / d) * d;
-            y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let inv = rms_inv(x, self.eps);
-                    y.iter_mut().zip(x).zip(w).for_each(|((y, x), w)| *y = (x * inv) * w);
-                }
-            });
+            let y = rms_forward(slice(x, xl)?, slice(w, wl)?, self.eps);
             Ok((CpuStorage::F32(y), xl.shape().clone()))
         })
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         profile::time("rms_norm.backward", || {
-            let (want_dx, want_dw) = (x.track_op(), w.track_op());
-            let d = self.dim;
-            let (dx, dw) = read(x, |x| {
-                read(w, |w| {
-                    read(g, |g| {
-                        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
-                        let chunk = REDUCE_ROWS * d;
-                        let task = |(x, g): (&[f32], &[f32]), mut dx: Option<&mut [f32]>| {
-                            let mut dw = vec![0f32; if want_dw { d } else { 0 }];
-                            for (r, (x, g)) in x.chunks(d).zip(g.chunks(d)).enumerate() {
-                                let inv = rms_inv(x, self.eps);
-                                if want_dw {
-                                    dw.iter_mut().zip(x).zip(g).for_each(|((dw, x), g)| *dw += g * (x * inv));
-                                }
-                                if let Some(dx) = dx.as_deref_mut() {
-                                    let dot = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * (x * inv)).sum::<f32>();
-                                    let c = dot / d as f32;
-                                    let dx = &mut dx[r * d..(r + 1) * d];
-                                    for (((dx, x), g), w) in dx.iter_mut().zip(x).zip(g).zip(w) {
-                                        *dx = inv * (g * w - (x * inv) * c);
-                                    }
-                                }
-                            }
-                            dw
-                        };
-                        let pairs = x.par_chunks(chunk).zip(g.par_chunks(chunk));
-                        let dw = if want_dx {
-                            pairs.zip(dx.par_chunks_mut(chunk)).map(|(p, dx)| task(p, Some(dx))).collect::<Vec<_>>()
-                        } else {
-                            pairs.map(|p| task(p, None)).collect()
-                        };
-                        Ok((dx, sum_in_order(dw, d)))
-                    })
-                })
-            })?;
-            let dx = if want_dx { Some(tensor(dx, x.dims())?) } else { None };
-            let dw = if want_dw { Some(tensor(dw, &[d])?) } else { None };
+            let want = RmsGrads { dx: x.track_op(), dw: w.track_op(), plus: None };
+            let (dx, dw) = read(x, |x| read(w, |w| read(g, |g| Ok(rms_backward(x, w, g, self.eps, want)))))?;
+            let dx = if want.dx { Some(tensor(dx, x.dims())?) } else { None };
+            let dw = if want.dw { Some(tensor(dw, &[self.dim])?) } else { None };
             Ok((dx, dw))
         })
     }

@@ -40,6 +40,7 @@ use crate::bail;
 use crate::device::Precision;
 use crate::error::Result;
 use crate::kernels::attention::{attention_heads, attention_rows};
+use crate::kernels::decoder_block::{attention_block, mlp_block, AttentionWeights, MlpWeights};
 use crate::kernels::gated_mlp::gated_mlp_in;
 use crate::kernels::linear::linear_onto;
 use crate::kernels::rope::split_heads;
@@ -156,13 +157,64 @@ impl Layer {
         mask: Option<&Tensor>,
         a: &Adapters,
     ) -> Result<Tensor> {
-        let h = self.input_norm.forward(a, x)?;
-        let heads = self.attention_heads(cfg, rope, &h, pad, mask, a)?;
-        let x1 = residual_block(a, x, &h, &self.o, &heads, self.attn_out_site)?;
-        let h = self.post_norm.forward(a, &x1)?;
-        let m = self.gated_mlp_in(a, &h)?;
-        let y = residual_block(a, &x1, &h, &self.down, &m, self.mlp_out_site)?;
+        let x1 = match self.attention_is_plain(a) {
+            true => {
+                let (norm, q, k, v, o) = (
+                    self.input_norm.weight.get(),
+                    self.q.weight.get(),
+                    self.k.weight.get(),
+                    self.v.weight.get(),
+                    self.o.weight.get(),
+                );
+                let w = AttentionWeights {
+                    norm: &norm,
+                    eps: self.input_norm.eps,
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    o: &o,
+                    heads: (cfg.num_attention_heads, cfg.kv_heads()),
+                    rope: Some(rope.cos_sin()),
+                    mask,
+                    scale: 1.0 / (cfg.head_dim() as f64).sqrt(),
+                };
+                attention_block(x, &w)?
+            }
+            false => {
+                let h = self.input_norm.forward(a, x)?;
+                let heads = self.attention_heads(cfg, rope, &h, pad, mask, a)?;
+                residual_block(a, x, &h, &self.o, &heads, self.attn_out_site)?
+            }
+        };
+        let y = match self.mlp_is_plain(a) {
+            true => {
+                let (norm, gate, up, down) =
+                    (self.post_norm.weight.get(), self.gate.weight.get(), self.up.weight.get(), self.down.weight.get());
+                let w = MlpWeights { norm: &norm, eps: self.post_norm.eps, gate: &gate, up: &up, down: &down };
+                mlp_block(&x1, &w)?
+            }
+            false => {
+                let h = self.post_norm.forward(a, &x1)?;
+                let m = self.gated_mlp_in(a, &h)?;
+                residual_block(a, &x1, &h, &self.down, &m, self.mlp_out_site)?
+            }
+        };
         a.post(self.out_site, x, y)
+    }
+
+    /// Whether the attention block runs as one op ([`attention_block`]): no adapter
+    /// hooks any of its sites, no projection has a bias, nothing drops out, f32.
+    fn attention_is_plain(&self, a: &Adapters) -> bool {
+        let (q, k, v, o) = (&self.q, &self.k, &self.v, &self.o);
+        let sites =
+            [self.input_norm.site, q.site, k.site, v.site, self.key_site, self.value_site, o.site, self.attn_out_site];
+        plain_block(a, &sites, &[q, k, v, o])
+    }
+
+    /// Whether the MLP block runs as one op ([`mlp_block`]), on the same terms.
+    fn mlp_is_plain(&self, a: &Adapters) -> bool {
+        let sites = [self.post_norm.site, self.gate.site, self.up.site, self.down.site, self.mlp_out_site];
+        plain_block(a, &sites, &[&self.gate, &self.up, &self.down])
     }
 
     /// `silu(gate(h)) · up(h)`: one fused op when no adapter hooks either site (and
@@ -218,6 +270,15 @@ impl Layer {
         };
         Ok(attention_heads(&q, &k, &v, mask, scale, a.precision())?)
     }
+}
+
+/// Whether a block whose `sites` no adapter hooks and whose `projections` have no
+/// bias can run as one op: f32, and nothing drops out.
+fn plain_block(a: &Adapters, sites: &[usize], projections: &[&SiteLinear]) -> bool {
+    a.precision() == Precision::Fp32
+        && !a.has_dropout()
+        && sites.iter().all(|&s| !a.hooks(s))
+        && projections.iter().all(|p| p.bias.is_none())
 }
 
 /// `residual + post(out_site, dropout(proj(z)))`, the end of an attention or MLP block
