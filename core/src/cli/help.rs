@@ -19,7 +19,9 @@ Examples:
   stagecraft run examples/pipelines/tiny.toml --seed 7
   stagecraft run examples/pipelines/default.toml --check      # plan and checks, trains nothing
   stagecraft run examples/pipelines/default.toml --set stages.finetune_add.max_steps=100
-  stagecraft run --resume runs/tiny/20261130-101500           # continue an interrupted run";
+  stagecraft run --resume runs/tiny/20261130-101500           # continue an interrupted run
+  stagecraft run my.toml --until finetune --run-dir runs/base # only the stages up to finetune
+  stagecraft run my.toml --from runs/base --after finetune    # the later stages, from its end";
 
 /// `stagecraft plugin --help`.
 pub const PLUGIN: &str = "\

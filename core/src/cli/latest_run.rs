@@ -27,16 +27,17 @@ fn order(name: &str) -> Option<(&str, u32)> {
     }
 }
 
-/// What `--resume DIR` resumes: `DIR` itself when it holds a run (its `config.toml`),
-/// else the newest run in it (`runs/NAME`, a pipeline's runs folder).
-pub fn resolve(dir: &Path) -> anyhow::Result<PathBuf> {
+/// The run `flag DIR` names (`--resume`, `--from`): `DIR` itself when it holds a run
+/// (its `config.toml`), else the newest run in it (`runs/NAME`, a pipeline's runs
+/// folder).
+pub fn resolve(dir: &Path, flag: &str) -> anyhow::Result<PathBuf> {
     if !dir.is_dir() {
-        bail!("--resume {}: no such run directory", dir.display());
+        bail!("{flag} {}: no such run directory", dir.display());
     }
     if dir.join("config.toml").is_file() {
         return Ok(dir.to_path_buf());
     }
-    find(dir).map_err(|e| anyhow::anyhow!("--resume {}: {e}", dir.display()))
+    find(dir).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", dir.display()))
 }
 
 /// The newest run directory in `folder`; an error saying where it looked when there
@@ -83,9 +84,9 @@ mod tests {
         assert_eq!(find(tmp.path())?, tmp.path().join("20261130-101010-10"));
         assert_eq!(order("20261130-101010-x"), None);
         // `--resume runs/NAME` takes the newest run in it; a run directory is itself.
-        assert_eq!(resolve(tmp.path())?, tmp.path().join("20261130-101010-10"));
+        assert_eq!(resolve(tmp.path(), "--resume")?, tmp.path().join("20261130-101010-10"));
         let run = tmp.path().join("20261130-101010");
-        assert_eq!(resolve(&run)?, run);
+        assert_eq!(resolve(&run, "--resume")?, run);
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! `stagecraft run [PIPELINE.toml] [--set key=value]... [--check]`, and
+//! `stagecraft run [PIPELINE.toml] [--set key=value]... [--until STAGE] [--check]`,
+//! `stagecraft run [PIPELINE.toml] --from RUN_DIR --after STAGE` (a branch), and
 //! `stagecraft run [PIPELINE.toml] --resume RUN_DIR|latest`.
 //!
 //! A run stopped by SIGINT (Ctrl-C) or SIGTERM saves a resume checkpoint, prints the
@@ -8,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{run_config, Interrupt, Pipeline, PluginChanges, RunDir, StageEnd};
+use stagecraft_core::pipeline::{run_config, BranchPoint, Interrupt, Pipeline, PluginChanges, RunDir, StageEnd};
 use std::path::{Path, PathBuf};
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -46,6 +47,19 @@ pub struct RunArgs {
     /// a runs folder (`runs/NAME`): the newest run in it.
     #[arg(long, value_name = "RUN_DIR|latest", conflicts_with_all = ["overrides", "run_dir", "device", "precision", "seed"])]
     resume: Option<PathBuf>,
+    /// Start after a finished stage of another run instead of training the stages up
+    /// to it again: the pipeline's stages up to --after must be that run's (same
+    /// configs, data, seed and plugin builds); its checkpoints and logs of those stages
+    /// are taken over and the later stages train from the end of --after.
+    #[arg(long, value_name = "RUN_DIR", requires = "after", conflicts_with_all = ["resume", "check"])]
+    from: Option<PathBuf>,
+    /// With --from: the last stage taken from that run.
+    #[arg(long, value_name = "STAGE", requires = "from")]
+    after: Option<String>,
+    /// Run the stages up to and including STAGE only (the later ones are left out of the
+    /// run and its config).
+    #[arg(long, value_name = "STAGE", conflicts_with = "resume")]
+    until: Option<String>,
     /// With --resume: go on although a plugin library file's sha256 differs from the one
     /// the run recorded in its plugins.json (without it that is refused). The change is
     /// recorded there next to the original hash, with the stage and step it took effect.
@@ -88,7 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 "--resume {}: a run resumes with its own config; give PIPELINE only with `--resume latest`",
                 named.display()
             ),
-            false => super::latest_run::resolve(named)?,
+            false => super::latest_run::resolve(named, "--resume")?,
         };
         let registry = super::pipeline_registry(&run_config(&dir)?)?;
         let t = std::time::Instant::now();
@@ -107,10 +121,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         overrides.push(format!("run.seed={seed}"));
     }
-    let cfg = match &args.pipeline {
+    let mut cfg = match &args.pipeline {
         Some(path) => PipelineConfig::from_file(path, &overrides)?,
         None => PipelineConfig::from_str(DEFAULT_PIPELINE, "examples/pipelines/default.toml (built in)", &overrides)?,
     };
+    if let Some(last) = &args.until {
+        cfg.keep_stages_until(last)?;
+    }
     let registry = super::pipeline_registry(&cfg)?;
     if args.check {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
@@ -125,7 +142,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let t = std::time::Instant::now();
-    let (mut pipeline, _tokenizer) = Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?;
+    let (mut pipeline, _tokenizer) = match (&args.from, &args.after) {
+        (Some(run), Some(after)) => {
+            let from = BranchPoint { run: super::latest_run::resolve(run, "--from")?, after: after.clone() };
+            Pipeline::branch(cfg, registry, run_dir, &from, args.quiet)?
+        }
+        _ => Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?,
+    };
     pipeline.stop_on(interrupt);
     finish(pipeline, t)
 }

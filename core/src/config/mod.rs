@@ -170,6 +170,17 @@ impl PipelineConfig {
         self.source.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
+    /// Leaves out the stages after `last` (`run --until`); refused when no stage has
+    /// that name.
+    pub fn keep_stages_until(&mut self, last: &str) -> Result<()> {
+        let Some((i, _)) = self.stage(last) else {
+            let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::msg(format!("--until {last}: no such stage (the stages are {})", names.join(", "))));
+        };
+        self.stages.truncate(i + 1);
+        Ok(())
+    }
+
     /// The stage called `name`, with its index.
     pub fn stage(&self, name: &str) -> Option<(usize, &StageConfig)> {
         self.stages.iter().enumerate().find(|(_, s)| s.name == name)

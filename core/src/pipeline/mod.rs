@@ -16,6 +16,7 @@
 //! finishes it (retention row, end event, end-of-stage checkpoint); the step itself is
 //! [`Trainer::train_step_accum`].
 
+mod branch;
 mod build;
 mod check;
 mod console;
@@ -42,6 +43,7 @@ mod stage;
 mod stage_objective;
 mod tracking;
 
+pub use branch::BranchPoint;
 pub use eval::{evaluate, quantile, Metrics};
 pub use interrupt::{Interrupt, Interruption, Signal};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
@@ -125,6 +127,9 @@ struct Resuming {
     from: ResumePoint,
     /// Whether changed plugin library files are refused.
     plugins: PluginChanges,
+    /// The first stage that never ran in this directory (a resume: none, the number of
+    /// stages; a branch: the first after the stages taken from the other run).
+    first_new_stage: usize,
 }
 
 /// A checkpoint to resume from.
@@ -184,16 +189,22 @@ impl Pipeline {
     /// A new run in a run directory already made for it (see [`RunDir::create_unique`]).
     pub fn in_dir(cfg: PipelineConfig, registry: Registry, run_dir: RunDir, quiet: bool) -> Result<(Self, Tokenizer)> {
         let (p, tokenizer) = Pipeline::open(cfg, registry, run_dir, None, quiet)?;
-        let resolved =
-            toml::to_string(&p.cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
-        let source = std::fs::canonicalize(&p.cfg.source).unwrap_or_else(|_| p.cfg.source.clone());
-        let base_dir = std::fs::canonicalize(p.cfg.base_dir()).unwrap_or_else(|_| p.cfg.base_dir());
-        p.run_dir.write_json("run.json", &serde_json::json!({ "config_source": source, "base_dir": base_dir }))?;
-        p.run_dir.write_json("data.json", &provenance::data_record(&p.train_data, p.sets.data()))?;
-        p.run_dir.write_json("plugins.json", &plugin_record::record(&p.registry)?)?;
-        // Last: its presence marks the directory as holding a run.
-        p.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())?;
+        p.write_start_files()?;
         Ok((p, tokenizer))
+    }
+
+    /// What a new run records before it trains: `run.json`, `data.json`,
+    /// `plugins.json`, and last `config.toml`, whose presence marks the directory as
+    /// holding a run.
+    fn write_start_files(&self) -> Result<()> {
+        let resolved =
+            toml::to_string(&self.cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
+        let source = std::fs::canonicalize(&self.cfg.source).unwrap_or_else(|_| self.cfg.source.clone());
+        let base_dir = std::fs::canonicalize(self.cfg.base_dir()).unwrap_or_else(|_| self.cfg.base_dir());
+        self.run_dir.write_json("run.json", &serde_json::json!({ "config_source": source, "base_dir": base_dir }))?;
+        self.run_dir.write_json("data.json", &provenance::data_record(&self.train_data, self.sets.data()))?;
+        self.run_dir.write_json("plugins.json", &plugin_record::record(&self.registry)?)?;
+        self.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())
     }
 
     /// Reopens an interrupted (or finished) run: its resolved config, its newest good
@@ -219,7 +230,9 @@ impl Pipeline {
         let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
         let (stage, step) = found.as_ref().map_or((0, 0), |(_, meta, _)| (meta.stage, meta.step));
         let from = ResumePoint { stage: cfg.stages.get(stage).map(|s| s.name.clone()).unwrap_or_default(), step };
-        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(Resuming { mark, from, plugins }), quiet)?;
+        let first_new_stage = cfg.stages.len();
+        let resuming = Resuming { mark, from, plugins, first_new_stage };
+        let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(resuming), quiet)?;
         match found {
             Some((ckpt, meta, name)) => {
                 p.own_scores = meta.own_scores.clone();
@@ -254,11 +267,11 @@ impl Pipeline {
         }
         let state = Rc::new(HostState::new(device.clone(), DType::F32, cfg.run.seed));
         state.set_tokenizer(Rc::new(tokenizer.clone()));
-        let fresh = resuming.is_none();
+        let first_new_stage = resuming.as_ref().map_or(0, |r| r.first_new_stage);
         let mark = resuming.map(|r| r.mark).unwrap_or_default();
         let mut records = Records::open(&run_dir, mark, quiet, &device, cfg.run.tensorboard)?;
-        // Recorded once, when the run starts: a resumed run's log already has them.
-        for (s, d) in cfg.stages.iter().zip(&drift).filter(|_| fresh) {
+        // Recorded once, when a stage is new to the run: a resumed run's log has them.
+        for (s, d) in cfg.stages.iter().zip(&drift).skip(first_new_stage) {
             if let Some(d) = d.as_ref().filter(|d| d.result.flagged) {
                 records.event(&s.name, 0, EventKind::Drift, d.describe())?;
             }

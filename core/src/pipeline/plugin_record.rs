@@ -172,6 +172,28 @@ pub(crate) fn check_on_resume(
     run.write_json(FILE, &value)
 }
 
+/// Refuses plugin builds other than those another run recorded (`recorded`, its
+/// `plugins.json`) for every plugin both use: what a run that takes stages from
+/// another ([`super::branch`]) checks.
+pub(crate) fn check_same_builds(recorded: &serde_json::Value, registry: &Registry) -> Result<()> {
+    let records: Vec<LibraryRecord> = serde_json::from_value(recorded.clone())
+        .map_err(|e| Error::msg(format!("its {FILE} is not a plugin record: {e}")))?;
+    for (i, lib) in pairs(&records, registry) {
+        let (then_source, then_sha) = records[i].latest();
+        let now_sha = sha256(lib)?;
+        if then_sha != now_sha.as_ref() {
+            return Err(Error::msg(format!(
+                "plugin library `{}` at {} has sha256 {}, but the run trained with {} (at {then_source})",
+                lib.id,
+                lib.source,
+                hash(now_sha.as_ref()),
+                hash(then_sha)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Each recorded library that provided a plugin the resumed pipeline uses, with the
 /// library that provides it now (loaded: the pipeline uses it), once per pair.
 fn pairs<'a>(records: &[LibraryRecord], registry: &'a Registry) -> Vec<(usize, &'a Library)> {
