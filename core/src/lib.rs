@@ -37,6 +37,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod report;
 pub mod rng;
+pub mod search;
 pub mod train;
 
 pub use error::{Error, Result};

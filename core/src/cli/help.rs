@@ -93,3 +93,16 @@ Each run's last evaluation of every eval set is paired example by example (from 
 run's examples/ files: no re-run). B - A with a paired bootstrap 95% interval
 (--resamples 10000, --seed 0); `better` / `worse` when the interval excludes 0 on
 that side (lower is better for loss), else `no evidence`.";
+
+/// `stagecraft search --help`.
+pub const SEARCH: &str = "\
+Examples:
+  stagecraft search examples/pipelines/default.toml --space examples/search/default_space.toml
+  stagecraft search my.toml --space space.toml --trials 12 --budget 20000 --dir search/my
+
+The space file names, per stage, `--set` keys inside the stage with a distribution:
+  [stages.finetune]
+  \"optimizer.lr\" = { log_uniform = [1e-4, 1e-2] }
+  batch_size = { choice = [16, 32] }
+Trial 0 of each stage has the pipeline's own values. Everything goes to --dir:
+trials.jsonl, trials/, best.toml, best.json, report.html.";

@@ -11,6 +11,7 @@ mod model;
 mod plugin;
 mod run;
 mod scaffold;
+mod search;
 
 pub use drift::DriftFound;
 pub use run::Interrupted;
@@ -69,6 +70,10 @@ enum Command {
     /// score with a paired bootstrap 95% interval and a verdict; also compare.html.
     #[command(after_help = help::COMPARE)]
     Compare(compare::CompareArgs),
+    /// Tune the pipeline's stages one after the other (random or TPE sampling, ASHA
+    /// pruning), each stage's trials starting from the best of the stages before.
+    #[command(after_help = help::SEARCH)]
+    Search(search::SearchArgs),
     /// Time training steps of a standard workload; prints one JSON line.
     #[command(after_help = help::BENCH)]
     Bench(bench::BenchArgs),
@@ -95,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::eval(args),
         Command::Drift(args) => drift::drift(args),
         Command::Compare(args) => compare::compare(args),
+        Command::Search(args) => search::search(args),
         Command::Bench(args) => bench::bench(args),
     }
 }

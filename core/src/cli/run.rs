@@ -216,7 +216,7 @@ pub struct GateStopped {
 
 impl GateStopped {
     /// The process exit code of a gate stop.
-    pub const EXIT_CODE: u8 = 3;
+    pub const EXIT_CODE: u8 = stagecraft_core::pipeline::GATE_STOP_EXIT;
 }
 
 impl std::fmt::Display for GateStopped {

@@ -51,7 +51,7 @@ pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
 pub use result::{open_stage, run_config, OpenedStage};
 pub use run_dir::RunDir;
-pub(crate) use score::MAIN_SCORE;
+pub(crate) use score::{main_metric, oriented, MAIN_SCORE};
 pub use stage_objective::stage_objective;
 
 /// The tokenizer a pipeline's `[model]` names (a run's tokenizer, for a run's
@@ -105,6 +105,9 @@ fn warn_unused_pins(registry: &Registry) {
         );
     }
 }
+
+/// The exit code of `stagecraft run` when a retention gate stopped the pipeline.
+pub const GATE_STOP_EXIT: u8 = 3;
 
 /// How each stage ended, and the final retention matrix.
 #[derive(Debug)]

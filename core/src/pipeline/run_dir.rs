@@ -71,6 +71,12 @@ impl RunDir {
         Ok(dir)
     }
 
+    /// Whether another process holds the run in `path` now (its lock is taken).
+    pub fn is_busy(path: &Path) -> bool {
+        let Ok(file) = File::options().write(true).open(path.join(LOCK_FILE)) else { return false };
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    }
+
     fn lock(path: &Path) -> Result<RunDir> {
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
