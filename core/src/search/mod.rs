@@ -32,6 +32,7 @@ use crate::error::{io, Error, Result};
 use crate::rng::Rng;
 use crate::{bail, pipeline};
 use serde::{Deserialize, Serialize};
+pub use space::KeyValue;
 use space::{current_value, Param, Space, StageSpace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,15 +61,6 @@ pub struct SearchOptions {
     pub exe: PathBuf,
     /// No line per trial.
     pub quiet: bool,
-}
-
-/// A tuned key's value in a trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyValue {
-    /// The key inside the stage.
-    pub key: String,
-    /// Its value (`None`: not set, the pipeline's default applies).
-    pub value: Option<toml::Value>,
 }
 
 /// One finished trial, as `trials.jsonl` records it.
@@ -169,7 +161,7 @@ pub fn search(opts: SearchOptions) -> Result<SearchSummary> {
             );
         };
         let baseline = done.iter().find(|r| r.number == 0).map(|r| (*r).clone()).unwrap_or_else(|| best.clone());
-        chosen.extend(overrides_of(&stage, &best));
+        chosen.extend(stage.overrides(&best.values));
         prefix = Some(pipeline::BranchPoint { run: s.opts.dir.join(&best.run_dir), after: stage.stage.clone() });
         summary.push((baseline, best.clone()));
         s.write_outputs(&chosen)?;
@@ -188,11 +180,6 @@ fn best(done: &[&TrialRecord]) -> Option<TrialRecord> {
         sb.total_cmp(&sa).then(a.number.cmp(&b.number))
     })?;
     Some((*best).clone())
-}
-
-/// The `--set` overrides that give a trial's values (unset keys stay unset).
-fn overrides_of(stage: &StageSpace, r: &TrialRecord) -> Vec<String> {
-    r.values.iter().filter_map(|kv| Some(format!("stages.{}.{}={}", stage.stage, kv.key, kv.value.as_ref()?))).collect()
 }
 
 impl Search {
@@ -343,11 +330,7 @@ impl Search {
         let name = format!("{}-{number:02}", stage.stage);
         let run_dir = Path::new("trials").join(&name);
         let dir = self.opts.dir.join(&run_dir);
-        let own: Vec<String> = values
-            .iter()
-            .filter_map(|kv| Some(format!("stages.{}.{}={}", stage.stage, kv.key, kv.value.as_ref()?)))
-            .collect();
-        let mut cmd = self.run_command(chosen, &own, &stage.stage, from, &dir);
+        let mut cmd = self.run_command(chosen, &stage.overrides(&values), &stage.stage, from, &dir);
         let command: Vec<String> = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().into_owned())
@@ -450,7 +433,7 @@ impl Search {
         let best = serde_json::json!({ "overrides": chosen, "command": command });
         crate::checkpoint::durable::replace(
             &self.opts.dir.join("best.json"),
-            serde_json::to_string_pretty(&best).unwrap_or_default().as_bytes(),
+            format!("{}\n", serde_json::to_string_pretty(&best).unwrap_or_default()).as_bytes(),
         )?;
         report::write(&self.opts.dir, &self.space, &self.records)
     }
@@ -500,12 +483,7 @@ fn describe(r: &TrialRecord) -> String {
         (Some(m), Some(v)) => format!("{m} {v:.4}"),
         _ => "no score".to_string(),
     };
-    let status = match r.status {
-        Status::Complete => "complete",
-        Status::Pruned => "pruned",
-        Status::Infeasible => "infeasible (a retention gate failed)",
-        Status::Failed => "failed",
-    };
+    let status = r.status.describe();
     format!(
         "{} #{}: {}  {result}  {status}, {} steps, {:.1} s{}",
         r.stage,

@@ -67,8 +67,8 @@ fn stage_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord])
             _ => "",
         };
         let status = match (r.number, r.status) {
-            (0, s) => format!("{} (the pipeline's values)", name(s)),
-            (_, s) => name(s).to_string(),
+            (0, s) => format!("{} (the pipeline's values)", s.describe()),
+            (_, s) => s.describe().to_string(),
         };
         let value = r.value.map_or("–".to_string(), |v| format!("{v:.4}"));
         let _ = write!(
@@ -88,15 +88,6 @@ fn stage_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord])
     }
     html.push_str("</table>");
     importance_section(html, stage, trials);
-}
-
-fn name(s: Status) -> &'static str {
-    match s {
-        Status::Complete => "complete",
-        Status::Pruned => "pruned",
-        Status::Infeasible => "infeasible: a gate failed",
-        Status::Failed => "failed",
-    }
 }
 
 /// Each trial's value at its last evaluation against its number; the best one ringed.

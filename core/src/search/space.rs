@@ -141,6 +141,15 @@ pub struct Distribution {
     pub choice: Option<Vec<Value>>,
 }
 
+/// A tuned key's value in a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key inside the stage.
+    pub key: String,
+    /// Its value (`None`: not set, the pipeline's default applies).
+    pub value: Option<Value>,
+}
+
 /// One tuned key of a stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
@@ -199,9 +208,13 @@ impl StageSpace {
         self.params.iter().map(|p| p.dim).collect()
     }
 
-    /// `--set` overrides for `values` (one per key).
-    pub fn overrides(&self, values: &[Value]) -> Vec<String> {
-        self.params.iter().zip(values).map(|(p, v)| format!("stages.{}.{}={}", self.stage, p.key, v)).collect()
+    /// `--set` overrides for `values` (keys without a value stay as the pipeline has
+    /// them).
+    pub fn overrides(&self, values: &[KeyValue]) -> Vec<String> {
+        values
+            .iter()
+            .filter_map(|kv| Some(format!("stages.{}.{}={}", self.stage, kv.key, kv.value.as_ref()?)))
+            .collect()
     }
 }
 
@@ -259,7 +272,8 @@ impl Space {
         }
         stages.sort_by_key(|s| s.index);
         for s in &stages {
-            let probe: Vec<Value> = s.params.iter().map(|p| p.value(middle(p.dim))).collect();
+            let probe: Vec<KeyValue> =
+                s.params.iter().map(|p| KeyValue { key: p.key.clone(), value: Some(p.value(middle(p.dim))) }).collect();
             PipelineConfig::from_file(pipeline, &s.overrides(&probe))
                 .map_err(|e| at(&format!("[stages.{}] does not fit the pipeline: {e}", s.stage)))?;
         }

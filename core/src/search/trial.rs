@@ -27,6 +27,18 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// How the console and the report name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Pruned => "pruned",
+            Status::Infeasible => "infeasible (a retention gate failed)",
+            Status::Failed => "failed",
+        }
+    }
+}
+
 /// A trial's score when it reached a rung.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RungScore {
