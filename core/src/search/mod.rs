@@ -6,7 +6,7 @@
 //! branch (`run --from RUN --after STAGE`, [`crate::pipeline::BranchPoint`]), never
 //! retrained: the best trial of the previous tuned stage, or — when untuned stages lie
 //! in between — one run of those from it, kept under `prefix/<key>/`, the key being a
-//! hash of the values chosen so far. A trial runs its stage's config up to that stage
+//! hash of the resolved config of the stages it ran. A trial runs its stage's config up to that stage
 //! (`--until`). Its objective is the stage's main score on its own eval set at its last
 //! evaluation; a trial whose stage a retention gate rolled back or stopped is
 //! infeasible, not just worse. Trial 0 of a stage has the pipeline's own values (the
@@ -253,7 +253,7 @@ impl Search {
         if previous.as_ref().is_some_and(|p| p.after == last) {
             return Ok(previous);
         }
-        let key = prefix_key(chosen, &last);
+        let key = prefix_key(&self.opts.pipeline, chosen, stage.index - 1)?;
         let dir = self.opts.dir.join("prefix").join(&key);
         if !dir.join("checkpoints").join(&last).is_dir() {
             let mut cmd = self.run_command(chosen, &[], &last, previous.as_ref(), &dir);
@@ -265,9 +265,10 @@ impl Search {
             self.say(&format!("search: stages up to `{last}` from the values chosen so far → {}", dir.display()));
             let log = self.opts.dir.join("prefix").join(format!("{key}.log"));
             std::fs::create_dir_all(self.opts.dir.join("prefix")).map_err(io(&self.opts.dir))?;
+            let out = std::fs::File::create(&log).map_err(io(&log))?;
             let status = cmd
-                .stdout(std::fs::File::create(&log).map_err(io(&log))?)
-                .stderr(std::fs::File::create(&log).map_err(io(&log))?)
+                .stderr(out.try_clone().map_err(io(&log))?)
+                .stdout(out)
                 .status()
                 .map_err(|e| Error::msg(format!("cannot start a run: {e}")))?;
             if !status.success() {
@@ -459,17 +460,20 @@ impl StageTrials<'_> {
     }
 }
 
-/// A short stable key for a prefix run: the values chosen so far and its last stage.
-fn prefix_key(chosen: &[String], last: &str) -> String {
+/// A short stable key for a run of stages `0..=last`: a hash of their resolved config
+/// (the model, seed, precision and those stages, with the values chosen so far).
+fn prefix_key(pipeline: &Path, chosen: &[String], last: usize) -> Result<String> {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(last.as_bytes());
-    for o in chosen {
-        h.update(b"\n");
-        h.update(o.as_bytes());
-    }
-    let hex: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("{last}-{hex}")
+    let cfg = PipelineConfig::from_file(pipeline, chosen)?;
+    let resolved = serde_json::json!({
+        "model": cfg.model,
+        "seed": cfg.run.seed,
+        "precision": cfg.run.precision,
+        "stages": &cfg.stages[..=last],
+    });
+    let digest = sha2::Sha256::digest(resolved.to_string().as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}-{hex}", cfg.stages[last].name))
 }
 
 /// One console line for a finished trial.
