@@ -85,8 +85,8 @@ fn logged_past(run: &Path, step: u64) -> bool {
 /// Starts the pipeline, freezes the process (SIGSTOP) once the mid-stage checkpoint of
 /// `step` is complete and the run has logged a step past it — rows and events written
 /// after the checkpoint, as a crash leaves them — copies its run directory as it is at
-/// that moment and kills it. Tries again if the process got past the next checkpoint
-/// before it was frozen (the copy must resume from `step`).
+/// that moment and kills it. Tries again if the process got past the next checkpoint or
+/// to the end of the stage before it was frozen (the copy must resume from `step`).
 fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
     for attempt in 0..5 {
         let live = dir.join(format!("live-{attempt}"));
@@ -108,11 +108,9 @@ fn killed_after_checkpoint(cfg: &Path, dir: &Path, step: u64) -> PathBuf {
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         assert!(copied.success());
-        if checkpoint_step(&killed) == Some(step) {
-            assert!(
-                logged_past(&killed, step) && !killed.join("checkpoints/adapt").exists(),
-                "killed past the checkpoint, before the end of the stage"
-            );
+        // Frozen too late (past the next checkpoint, or after the stage ended): again.
+        if checkpoint_step(&killed) == Some(step) && !killed.join("checkpoints/adapt").exists() {
+            assert!(logged_past(&killed, step), "killed past the checkpoint, before the end of the stage");
             return killed;
         }
     }
