@@ -147,8 +147,9 @@ fn shown(v: Option<&toml::Value>) -> String {
 
 impl Pipeline {
     /// A new run in `run_dir` that takes its stages up to `from.after` from the run in
-    /// `from.run` and trains the rest (see the module docs). Everything is checked
-    /// before anything is copied.
+    /// `from.run` and trains the rest (see the module docs). The configs and the
+    /// checkpoint are checked before anything is copied; the data and plugin builds,
+    /// once loaded, after, and a refusal takes the copies back.
     pub fn branch(
         cfg: PipelineConfig,
         registry: Registry,
