@@ -174,11 +174,15 @@ impl PipelineConfig {
     /// that name.
     pub fn keep_stages_until(&mut self, last: &str) -> Result<()> {
         let Some((i, _)) = self.stage(last) else {
-            let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::msg(format!("--until {last}: no such stage (the stages are {})", names.join(", "))));
+            return Err(Error::msg(format!("--until {last}: no such stage (the stages are {})", self.stage_names())));
         };
         self.stages.truncate(i + 1);
         Ok(())
+    }
+
+    /// The stages' names, comma-separated, for messages.
+    pub fn stage_names(&self) -> String {
+        self.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// The stage called `name`, with its index.

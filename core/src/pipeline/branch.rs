@@ -62,7 +62,7 @@ impl Source {
             bail!(
                 "--after {}: the pipeline's stages before it are not the run's ({})",
                 from.after,
-                stage_names(&origin)
+                format!("its stages are {}", origin.stage_names())
             )
         }
         same_prefix(&origin, cfg, stage).map_err(|what| {
@@ -90,12 +90,6 @@ impl Source {
         }
         Ok(Source { stage, resume: Resume { ckpt, meta, name: from.after.clone() } })
     }
-}
-
-/// The source's stage names, for messages.
-fn stage_names(cfg: &PipelineConfig) -> String {
-    let names: Vec<&str> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
-    format!("its stages are {}", names.join(", "))
 }
 
 /// `Err(what differs)` unless `a` and `b` agree on the model, seed, precision and

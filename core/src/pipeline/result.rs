@@ -91,7 +91,7 @@ pub fn open_stage(run_dir: &Path, stage: Option<&str>, registry: &Registry, devi
     let name = match stage {
         Some(s) => {
             cfg.stage(s).ok_or_else(|| {
-                Error::msg(format!("{}: the run has no stage `{s}` (stages: {})", run_dir.display(), stage_names(&cfg)))
+                Error::msg(format!("{}: the run has no stage `{s}` (stages: {})", run_dir.display(), cfg.stage_names()))
             })?;
             s.to_string()
         }
@@ -127,8 +127,4 @@ pub fn open_stage(run_dir: &Path, stage: Option<&str>, registry: &Registry, devi
     let (model, adapters) = rebuild(&result, &cfg, tokenizer.vocab_size(), registry, &state)?;
     resume::load_result(&ckpt, model.as_ref(), &adapters)?;
     Ok(OpenedStage { stage: name, config: cfg, tokenizer, state, model, adapters, result })
-}
-
-fn stage_names(cfg: &PipelineConfig) -> String {
-    cfg.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }

@@ -251,8 +251,7 @@ impl Space {
         let mut stages = Vec::new();
         for (name, keys) in &file.stages {
             let Some((index, _)) = cfg.stage(name) else {
-                let names: Vec<&str> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
-                return Err(at(&format!("[stages.{name}]: the pipeline has no such stage ({})", names.join(", "))));
+                return Err(at(&format!("[stages.{name}]: the pipeline has no such stage ({})", cfg.stage_names())));
             };
             let Some(keys) = keys.as_table().filter(|t| !t.is_empty()) else {
                 return Err(at(&format!("[stages.{name}]: expected a table of keys to tune")));
