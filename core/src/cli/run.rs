@@ -1,15 +1,18 @@
 //! `stagecraft run [PIPELINE.toml] [--set key=value]... [--until STAGE] [--check]`,
 //! `stagecraft run [PIPELINE.toml] --from RUN_DIR --after STAGE` (a branch), and
-//! `stagecraft run [PIPELINE.toml] --resume RUN_DIR|latest`.
+//! `stagecraft run [PIPELINE.toml] --resume RUN_DIR|latest [--adjust KEY=VALUE]...`.
 //!
 //! A run stopped by SIGINT (Ctrl-C) or SIGTERM saves a resume checkpoint, prints the
-//! command that resumes it and exits with 130 or 143 ([`Interrupted`]).
+//! command that resumes it and exits with 130 or 143 ([`Interrupted`]); one that
+//! reaches its `--pause-at STAGE:STEP` does the same and exits with 0.
 
 use anyhow::Context;
 use clap::Args;
 use stagecraft_core::config::PipelineConfig;
 use stagecraft_core::device::Precision;
-use stagecraft_core::pipeline::{run_config, BranchPoint, Interrupt, Pipeline, PluginChanges, RunDir, StageEnd};
+use stagecraft_core::pipeline::{
+    run_config, BranchPoint, Cause, Interrupt, PausePoint, Pipeline, PluginChanges, RunDir, StageEnd,
+};
 use std::path::{Path, PathBuf};
 
 /// The default pipeline, built into the binary so `stagecraft run` works anywhere.
@@ -65,6 +68,17 @@ pub struct RunArgs {
     /// recorded there next to the original hash, with the stage and step it took effect.
     #[arg(long, requires = "resume")]
     allow_plugin_change: bool,
+    /// Stop once stage STAGE has taken STEP steps (after that step's evaluation, if one
+    /// is due), saving the resume checkpoint as Ctrl-C would; exits with 0, and
+    /// `--resume` goes on from there.
+    #[arg(long, value_name = "STAGE:STEP", conflicts_with = "check")]
+    pause_at: Option<PausePoint>,
+    /// With --resume: from the step the run stopped at, give a hyperparameter of the
+    /// stage in progress a new value: `optimizer.lr=1e-3`, `optimizer.weight_decay=0.01`,
+    /// `train.dropout=0.1` (any optimizer key but its name). Recorded in the run's
+    /// config.toml as an `adjust` entry of the stage.
+    #[arg(long, value_name = "KEY=VALUE", requires = "resume")]
+    adjust: Vec<String>,
 }
 
 impl RunArgs {
@@ -107,8 +121,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let registry = super::pipeline_registry(&run_config(&dir)?)?;
         let t = std::time::Instant::now();
         let changes = if args.allow_plugin_change { PluginChanges::Allow } else { PluginChanges::Refuse };
-        let (mut pipeline, _) = Pipeline::resume_with(&dir, registry, args.quiet, changes)?;
-        pipeline.stop_on(interrupt);
+        let cfg = run_config(&dir)?;
+        check_pause(&cfg, args.pause_at.as_ref())?;
+        let (mut pipeline, _) = Pipeline::resume_with(&dir, registry, args.quiet, changes, &args.adjust)?;
+        pipeline.stop_on(interrupt.with_pause(args.pause_at.clone()));
         return finish(pipeline, t);
     }
     let mut overrides = args.overrides.clone();
@@ -128,6 +144,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(last) = &args.until {
         cfg.keep_stages_until(last)?;
     }
+    check_pause(&cfg, args.pause_at.as_ref())?;
     let registry = super::pipeline_registry(&cfg)?;
     if args.check {
         print!("{}", Pipeline::plan(&cfg, &registry)?);
@@ -149,8 +166,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => Pipeline::in_dir(cfg, registry, run_dir, args.quiet)?,
     };
-    pipeline.stop_on(interrupt);
+    pipeline.stop_on(interrupt.with_pause(args.pause_at.clone()));
     finish(pipeline, t)
+}
+
+/// A `--pause-at` stage must be one the run trains, and the step inside it.
+fn check_pause(cfg: &PipelineConfig, pause: Option<&PausePoint>) -> anyhow::Result<()> {
+    let Some(p) = pause else { return Ok(()) };
+    let Some((_, s)) = cfg.stage(&p.stage) else {
+        anyhow::bail!(
+            "--pause-at {}:{}: the run has no stage `{}` (its stages: {})",
+            p.stage,
+            p.step,
+            p.stage,
+            cfg.stage_names()
+        );
+    };
+    if let Some(m) = s.max_steps.filter(|m| p.step >= *m) {
+        anyhow::bail!("--pause-at {}:{}: stage `{}` has {m} steps; pause before its last", p.stage, p.step, p.stage);
+    }
+    Ok(())
 }
 
 /// Where the runs of `pipeline` (the built-in one when `None`) go:
@@ -182,15 +217,20 @@ fn timestamp(secs: u64) -> String {
 fn finish(pipeline: Pipeline, t: std::time::Instant) -> anyhow::Result<()> {
     let summary = pipeline.run()?;
     if let Some(at) = &summary.interrupted {
-        eprintln!(
-            "{} stopped the run in stage `{}` after step {}: saved {}; resume with: stagecraft run --resume {}",
-            at.signal.name(),
-            at.stage,
-            at.step,
-            at.checkpoint.display(),
-            shell_word(&summary.run_dir.display().to_string())
-        );
-        return Err(Interrupted { code: at.signal.exit_code() }.into());
+        let resume = shell_word(&summary.run_dir.display().to_string());
+        let saved = at.checkpoint.display();
+        let (stage, step) = (&at.stage, at.step);
+        match at.cause {
+            Cause::Pause => {
+                println!("paused in stage `{stage}` after step {step}: saved {saved}; resume with: stagecraft run --resume {resume}");
+                return Ok(());
+            }
+            Cause::Signal(signal) => {
+                let name = signal.name();
+                eprintln!("{name} stopped the run in stage `{stage}` after step {step}: saved {saved}; resume with: stagecraft run --resume {resume}");
+                return Err(Interrupted { code: signal.exit_code() }.into());
+            }
+        }
     }
     for s in &summary.stages {
         match s.end {

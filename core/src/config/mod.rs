@@ -29,6 +29,7 @@
 //! # Ok::<(), stagecraft_core::Error>(())
 //! ```
 
+mod adjust;
 mod drift;
 mod key_path;
 mod model;
@@ -42,10 +43,12 @@ mod spans;
 mod stage;
 mod validate;
 
+pub use adjust::{Adjustment, ADJUSTABLE};
 pub use drift::{DriftAction, DriftCheck};
 pub use key_path::{KeyPart, KeyPath};
 pub use model::ModelConfig;
 pub use overrides::apply_override;
+pub(crate) use overrides::{parse_value, set_key};
 pub use plugin_errors::PluginSlot;
 pub use plugin_json::{Part, PluginJson};
 pub use plugins::PluginsConfig;

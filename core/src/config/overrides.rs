@@ -10,7 +10,8 @@ use crate::bail;
 use crate::error::{Error, Result};
 use toml::{Table, Value};
 
-fn parse_value(raw: &str) -> Value {
+/// A `--set` value: TOML, or the raw text as a string when it is not valid TOML.
+pub(crate) fn parse_value(raw: &str) -> Value {
     toml::from_str::<Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -27,6 +28,18 @@ pub fn apply_override(table: &mut Table, kv: &str) -> Result<()> {
     let value = parse_value(raw.trim());
     let mut root = Value::Table(std::mem::take(table));
     let result = set(&mut root, &parts, value, kv);
+    if let Value::Table(t) = root {
+        *table = t;
+    }
+    result
+}
+
+/// Sets the dotted `key` inside `table` to `value` (as `--set key=value` would, the
+/// value already parsed).
+pub(crate) fn set_key(table: &mut Table, key: &str, value: Value) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut root = Value::Table(std::mem::take(table));
+    let result = set(&mut root, &parts, value, key);
     if let Value::Table(t) = root {
         *table = t;
     }

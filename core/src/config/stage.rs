@@ -107,9 +107,28 @@ pub struct StageConfig {
     /// forgetting what earlier stages learned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regularize: Option<super::Regularize>,
+    /// Hyperparameters that change during the stage, in step order (see
+    /// [`super::Adjustment`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjust: Vec<super::Adjustment>,
 }
 
 impl StageConfig {
+    /// The stage as it trains after `steps` steps: every adjustment with `after_step`
+    /// at most `steps` applied, in order (itself when there is none).
+    pub fn adjusted(&self, steps: u64) -> crate::error::Result<StageConfig> {
+        let due: Vec<&super::Adjustment> = self.adjust.iter().filter(|a| a.after_step <= steps).collect();
+        if due.is_empty() {
+            return Ok(self.clone());
+        }
+        let failed = |e: String| crate::error::Error::msg(format!("stage `{}`: adjust: {e}", self.name));
+        let mut table = toml::Table::try_from(self).map_err(|e| failed(e.to_string()))?;
+        for (key, value) in due.iter().flat_map(|a| a.changes()) {
+            super::set_key(&mut table, &key, value)?;
+        }
+        table.try_into().map_err(|e: toml::de::Error| failed(e.message().to_string()))
+    }
+
     /// Optimizer steps the stage runs with `train_len` training examples: `max_steps`,
     /// `epochs` worth of batches, or the smaller of the two; `None` without either.
     pub fn total_steps(&self, train_len: usize) -> Option<u64> {

@@ -58,6 +58,42 @@ fn check_exit(file: &str, s: &StageConfig, exit: &ExitConfig) -> Result<()> {
     }
 }
 
+/// A stage's `adjust` entries: steps in order and inside the stage, adjustable keys
+/// only, and the stage as each leaves it valid.
+fn check_adjustments(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> Result<()> {
+    let bad = |m: String| Error::msg(format!("{file}: stage `{}`: adjust: {m}", s.name));
+    let mut previous: Option<u64> = None;
+    for a in &s.adjust {
+        if let Some(p) = previous.filter(|p| a.after_step <= *p) {
+            return Err(bad(format!("`after_step` {} comes after {p}: give the entries in step order", a.after_step)));
+        }
+        previous = Some(a.after_step);
+        if let Some(m) = s.max_steps.filter(|m| a.after_step >= *m) {
+            return Err(bad(format!("after step {}: the stage has {m} steps", a.after_step)));
+        }
+        let changes = a.changes();
+        if changes.is_empty() {
+            return Err(bad(format!("after step {}: no value changes", a.after_step)));
+        }
+        if let Some((k, _)) = changes.iter().find(|(k, _)| !crate::config::Adjustment::is_adjustable(k)) {
+            return Err(bad(format!(
+                "`{k}` cannot change while the stage trains; what can: {}",
+                crate::config::ADJUSTABLE
+            )));
+        }
+        let mut then = s.adjusted(a.after_step).map_err(|e| bad(format!("after step {}: {e}", a.after_step)))?;
+        then.adjust.clear();
+        check_stage(file, cfg, i, &then).map_err(|e| {
+            bad(format!(
+                "after step {}: {}",
+                a.after_step,
+                e.to_string().replace(&format!("{file}: stage `{}`: ", s.name), "")
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> Result<()> {
     let bad = |m: String| Error::msg(format!("{file}: stage `{}`: {m}", s.name));
     let earlier = |name: &str| cfg.stages[..i].iter().any(|e| e.name == name);
@@ -219,6 +255,7 @@ fn check_stage(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig) -> R
     if let Some(exit) = &s.exit {
         check_exit(file, s, exit)?;
     }
+    check_adjustments(file, cfg, i, s)?;
     let a = &s.anomaly;
     let spike_ok = a.spike_factor.is_finite() && a.spike_factor > 1.0;
     let margin_ok = a.spike_margin.is_finite() && a.spike_margin >= 0.0;

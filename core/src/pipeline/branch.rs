@@ -290,7 +290,7 @@ fn copy_into(
 }
 
 /// The files of directory `from` in a new directory `to`.
-fn link_dir(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn link_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(io(to))?;
     for entry in std::fs::read_dir(from).map_err(io(from))? {
         let entry = entry.map_err(io(from))?;

@@ -213,6 +213,12 @@ fn check_plugins(cfg: &PipelineConfig, registry: &Registry, device: &Device) -> 
         registry
             .new_optimizer(&s.optimizer.name, &s.optimizer.config_json(), &scratch)
             .map_err(|e| cfg.plugin_error(i, PluginSlot::Optimizer, e))?;
+        for a in &s.adjust {
+            let then = s.adjusted(a.after_step)?;
+            registry
+                .new_optimizer(&then.optimizer.name, &then.optimizer.config_json(), &scratch)
+                .map_err(|e| Error::msg(format!("stage `{}`: the optimizer's config {}: {e}", s.name, a.describe())))?;
+        }
         for (k, a) in s.adapters.iter().enumerate() {
             registry
                 .new_method(&a.plugin, &a.config_json(), &scratch)

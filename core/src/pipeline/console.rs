@@ -139,7 +139,7 @@ impl Console {
         match why {
             BarEnd::Stage(end) if step < total => bar.abandon_with_message(format!("ended at step {step} by {end}")),
             BarEnd::Stage(_) => bar.finish(),
-            BarEnd::Interrupted(signal) => bar.abandon_with_message(format!("stopped by {signal} after step {step}")),
+            BarEnd::Interrupted(cause) => bar.abandon_with_message(format!("{} after step {step}", cause.describe())),
             BarEnd::Failed => bar.abandon_with_message(format!("failed at step {step}")),
         }
     }
@@ -151,7 +151,7 @@ pub(crate) enum BarEnd<'a> {
     /// The stage ended (at its budget or earlier, for this reason).
     Stage(&'a StageEnd),
     /// A signal (`SIGINT`, `SIGTERM`) stopped the run; it resumes from here.
-    Interrupted(&'a str),
+    Interrupted(super::interrupt::Cause),
     /// An error ended the run.
     Failed,
 }

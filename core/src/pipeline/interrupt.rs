@@ -61,13 +61,61 @@ impl Signal {
     }
 }
 
-/// Whether a stop was asked for, and by which signal (shared with the handlers).
+/// Whether a stop was asked for, and by which signal (shared with the handlers), and
+/// where the run pauses on its own, if anywhere.
 #[derive(Debug, Clone, Default)]
 pub struct Interrupt {
     /// Set by the first signal; a second one then exits at once.
     armed: Arc<AtomicBool>,
     /// The number of the last signal received (0: none).
     signal: Arc<AtomicUsize>,
+    /// The point at which the run stops as on a signal, without one.
+    pause: Option<PausePoint>,
+}
+
+/// `stagecraft run --pause-at STAGE:STEP`: the run stops once stage `stage` has taken
+/// `step` steps (after that step's evaluation, if one is due), saving the resume
+/// checkpoint there as a signal would. What population-based training trains to between
+/// its decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausePoint {
+    /// The stage.
+    pub stage: String,
+    /// Its steps taken.
+    pub step: u64,
+}
+
+impl std::str::FromStr for PausePoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}`: expected STAGE:STEP with STEP > 0, e.g. `adapt:40`");
+        let (stage, step) = s.rsplit_once(':').ok_or_else(bad)?;
+        let step: u64 = step.parse().map_err(|_| bad())?;
+        if stage.is_empty() || step == 0 {
+            return Err(bad());
+        }
+        Ok(PausePoint { stage: stage.to_string(), step })
+    }
+}
+
+/// Why a run stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A signal.
+    Signal(Signal),
+    /// Its pause point ([`PausePoint`]).
+    Pause,
+}
+
+impl Cause {
+    /// How events and messages name it.
+    pub fn describe(self) -> String {
+        match self {
+            Cause::Signal(s) => format!("interrupted by {}", s.name()),
+            Cause::Pause => "paused at its pause point".to_string(),
+        }
+    }
 }
 
 impl Interrupt {
@@ -97,6 +145,21 @@ impl Interrupt {
         self.armed.store(true, Ordering::SeqCst);
     }
 
+    /// The same flag, and a pause when stage `p.stage` has taken `p.step` steps.
+    pub fn with_pause(mut self, p: Option<PausePoint>) -> Interrupt {
+        self.pause = p;
+        self
+    }
+
+    /// Why stage `stage` stops before its next step after `steps` steps, if it does: a
+    /// signal came, or this is the pause point.
+    pub fn due(&self, stage: &str, steps: u64) -> Option<Cause> {
+        if let Some(s) = self.pending() {
+            return Some(Cause::Signal(s));
+        }
+        self.pause.as_ref().filter(|p| p.stage == stage && p.step == steps).map(|_| Cause::Pause)
+    }
+
     /// The signal that asked the run to stop, if one did.
     pub fn pending(&self) -> Option<Signal> {
         match self.signal.load(Ordering::SeqCst) {
@@ -110,8 +173,8 @@ impl Interrupt {
 /// Where an interrupted run stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interruption {
-    /// The signal that stopped it.
-    pub signal: Signal,
+    /// What stopped it.
+    pub cause: Cause,
     /// The stage it stopped in.
     pub stage: String,
     /// The optimizer steps that stage had taken.

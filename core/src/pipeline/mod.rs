@@ -16,6 +16,7 @@
 //! finishes it (retention row, end event, end-of-stage checkpoint); the step itself is
 //! [`Trainer::train_step_accum`].
 
+mod adjust;
 mod branch;
 mod build;
 mod check;
@@ -43,9 +44,10 @@ mod stage;
 mod stage_objective;
 mod tracking;
 
+pub use adjust::fork_paused;
 pub use branch::BranchPoint;
 pub use eval::{evaluate, quantile, Metrics};
-pub use interrupt::{Interrupt, Interruption, Signal};
+pub use interrupt::{Cause, Interrupt, Interruption, PausePoint, Signal};
 pub use outcome::{AdapterRecord, StageEnd, StageResult, StageSummary};
 pub use plugin_record::PluginChanges;
 pub use records::ResumeRecord;
@@ -215,27 +217,41 @@ impl Pipeline {
     /// before its first checkpoint starts over. The data must be what the run started
     /// with (`data.json`).
     pub fn resume(run_dir: &Path, registry: Registry, quiet: bool) -> Result<(Self, Tokenizer)> {
-        Pipeline::resume_with(run_dir, registry, quiet, PluginChanges::Refuse)
+        Pipeline::resume_with(run_dir, registry, quiet, PluginChanges::Refuse, &[])
     }
 
     /// [`Pipeline::resume`], where `plugins` says whether plugin library files whose
     /// sha256 differs from the one the run recorded in `plugins.json` are refused or
-    /// used (the change recorded); see [`PluginChanges`].
+    /// used (the change recorded); see [`PluginChanges`]. `adjust` (`KEY=VALUE`, keys
+    /// inside the stage) changes hyperparameters of the stage in progress from the
+    /// checkpoint's step on: an `adjust` entry is added to the run's config.toml (see
+    /// [`crate::config::Adjustment`]).
     pub fn resume_with(
         run_dir: &Path,
         registry: Registry,
         quiet: bool,
         plugins: PluginChanges,
+        adjust: &[String],
     ) -> Result<(Self, Tokenizer)> {
         let dir = RunDir::reopen(run_dir)?;
-        let cfg = run_config(run_dir)?;
+        let mut cfg = run_config(run_dir)?;
         let found = resume::latest(run_dir, &check::resolve_device(&cfg.run.device)?)?;
+        if !adjust.is_empty() {
+            let at = found.as_ref().map(|(_, meta, _)| (meta.stage, meta.step, meta.stage_done));
+            adjust::add(&mut cfg, at, adjust)
+                .map_err(|e| Error::msg(format!("--adjust: {}: {e}", run_dir.display())))?;
+        }
         let mark = found.as_ref().map_or(RecordsMark::default(), |(_, meta, _)| meta.records);
         let (stage, step) = found.as_ref().map_or((0, 0), |(_, meta, _)| (meta.stage, meta.step));
         let from = ResumePoint { stage: cfg.stages.get(stage).map(|s| s.name.clone()).unwrap_or_default(), step };
         let first_new_stage = cfg.stages.len();
         let resuming = Resuming { mark, from, plugins, first_new_stage };
         let (mut p, tokenizer) = Pipeline::open(cfg, registry, dir, Some(resuming), quiet)?;
+        if !adjust.is_empty() {
+            let resolved =
+                toml::to_string(&p.cfg).map_err(|e| Error::msg(format!("cannot write the resolved config: {e}")))?;
+            p.run_dir.write(run_dir::CONFIG_FILE, resolved.as_bytes())?;
+        }
         match found {
             Some((ckpt, meta, name)) => {
                 p.own_scores = meta.own_scores.clone();
@@ -472,6 +488,7 @@ impl Pipeline {
             run_dir: self.run_dir.path(),
             device: &self.state.device,
             interrupt: &self.interrupt,
+            registry: &self.registry,
             save_every: self.cfg.stages[i].save_every.or(self.cfg.run.save_every),
             keep_last: usize::try_from(self.cfg.run.keep_last).unwrap_or(usize::MAX),
             augment_rng: Rng::new(self.cfg.run.seed).fork(AUGMENT_STREAM).fork(i as u64),

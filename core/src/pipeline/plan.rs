@@ -187,6 +187,9 @@ fn describe_stage(
         "   {} lr {} ({decay} after {} warm-up steps), seq_len {}",
         s.optimizer.name, s.optimizer.lr, s.schedule.warmup_steps, s.seq_len
     );
+    for a in &s.adjust {
+        let _ = writeln!(out, "   adjusts {}", a.describe());
+    }
     if let Some(f) = footprint {
         for (a, on) in s.adapters.iter().zip(&f.adapter_sites) {
             let _ =

@@ -15,7 +15,7 @@ use super::early_stopping::Patience;
 use super::eval::{EvalSets, Metrics};
 use super::freeze;
 use super::gate::{GateFailure, GateVerdict};
-use super::interrupt::{Interrupt, Interruption, Signal};
+use super::interrupt::{Cause, Interrupt, Interruption};
 use super::outcome::{StageEnd, StageSummary};
 use super::records::Records;
 use super::resume::{self, Position, ResumeMeta, RESUME_CHECKPOINT};
@@ -52,8 +52,10 @@ pub(crate) struct StageContext<'a> {
     pub run_dir: &'a Path,
     /// Where batches go.
     pub device: &'a Device,
-    /// Whether a signal asked the run to stop.
+    /// Whether a signal asked the run to stop, and where it pauses.
     pub interrupt: &'a Interrupt,
+    /// The plugins (an adjustment of the optimizer's config rebuilds it).
+    pub registry: &'a crate::plugin::Registry,
     /// Every how many steps a `save_every` checkpoint is written (`None`: never), and
     /// how many of them are kept.
     pub save_every: Option<u64>,
@@ -68,7 +70,7 @@ pub(crate) struct StageContext<'a> {
 pub(crate) enum Ended {
     /// The stage ended.
     Stage(StageEnd),
-    /// A signal stopped the run; a resume checkpoint was written.
+    /// A signal or the pause point stopped the run; a resume checkpoint was written.
     Interrupted(Interruption),
 }
 
@@ -80,6 +82,9 @@ pub(crate) struct StageRun<'a> {
     mixture: Mixture,
     rules: StageRules,
     total: u64,
+    /// The stage's config with the adjustments made so far (what its learning rate,
+    /// dropout and optimizer follow).
+    current: StageConfig,
 }
 
 impl<'a> StageRun<'a> {
@@ -90,8 +95,15 @@ impl<'a> StageRun<'a> {
             .total_steps(mixture.primary().len())
             .ok_or_else(|| Error::msg(format!("stage `{}`: no step budget", s.name)))?;
         trainer.grad_clip = s.grad_clip;
-        trainer.adapters.set_dropout(s.train.dropout, trainer.state.clone());
-        Ok(StageRun { ctx, s, trainer, mixture, rules, total })
+        // Resumed after step n: the adjustments made before it (one made after step n
+        // itself is made, with its event, before the next step, as it was the first time).
+        let current = match trainer.step {
+            0 => s.clone(),
+            n => s.adjusted(n - 1)?,
+        };
+        replace_optimizer(ctx.registry, trainer, s, &current)?;
+        trainer.adapters.set_dropout(current.train.dropout, trainer.state.clone());
+        Ok(StageRun { ctx, s, trainer, mixture, rules, total, current })
     }
 
     /// Trains to the stage's end, or until a signal stops the run.
@@ -101,7 +113,7 @@ impl<'a> StageRun<'a> {
         let end = self.steps();
         let why = match &end {
             Ok(Ended::Stage(e)) => BarEnd::Stage(e),
-            Ok(Ended::Interrupted(i)) => BarEnd::Interrupted(i.signal.name()),
+            Ok(Ended::Interrupted(i)) => BarEnd::Interrupted(i.cause),
             Err(_) => BarEnd::Failed,
         };
         self.ctx.records.console().stage_end(self.trainer.step, why);
@@ -114,15 +126,18 @@ impl<'a> StageRun<'a> {
             return Ok(Ended::Stage(StageEnd::EvalOnly));
         }
         while self.trainer.step < self.total {
-            if let Some(signal) = self.ctx.interrupt.pending() {
-                return self.interrupted(signal).map(Ended::Interrupted);
-            }
             let done = self.trainer.step;
+            if let Some(cause) = self.ctx.interrupt.due(&self.s.name, done) {
+                return self.interrupted(cause).map(Ended::Interrupted);
+            }
+            if let Some(a) = self.s.adjust.iter().find(|a| a.after_step == done) {
+                self.adjust(a)?;
+            }
             if freeze::releases_after(self.s, done) {
                 freeze::apply(self.trainer, self.s, done)?;
             }
             let step = done + 1;
-            let lr = lr_at(&self.s.schedule, self.s.optimizer.lr, step, self.total) * self.rules.guard.lr_scale();
+            let lr = lr_at(&self.s.schedule, self.current.optimizer.lr, step, self.total) * self.rules.guard.lr_scale();
             let started = std::time::Instant::now();
             let (batches, tokens) = self.batches()?;
             let out = self.trainer.train_step_accum(&batches, lr);
@@ -170,15 +185,26 @@ impl<'a> StageRun<'a> {
         Ok(())
     }
 
+    /// Makes adjustment `a` before the next step: the optimizer rebuilt when its
+    /// config changes, the dropout set, and an `adjust` event.
+    fn adjust(&mut self, a: &crate::config::Adjustment) -> Result<()> {
+        let next = self.s.adjusted(a.after_step)?;
+        replace_optimizer(self.ctx.registry, self.trainer, &self.current, &next)?;
+        self.trainer.adapters.set_dropout(next.train.dropout, self.trainer.state.clone());
+        self.current = next;
+        let message = format!("hyperparameters adjusted {}", a.describe());
+        self.ctx.records.event(&self.s.name, a.after_step, EventKind::Adjust, message)
+    }
+
     /// Stops the stage before its next step: the `interrupt` event, then the rolling
     /// resume checkpoint, which covers the event (a resume keeps it, once).
-    fn interrupted(&mut self, signal: Signal) -> Result<Interruption> {
+    fn interrupted(&mut self, cause: Cause) -> Result<Interruption> {
         let step = self.trainer.step;
-        let message = format!("interrupted by {}; saved checkpoint `{RESUME_CHECKPOINT}`", signal.name());
+        let message = format!("{}; saved checkpoint `{RESUME_CHECKPOINT}`", cause.describe());
         self.ctx.records.event(&self.s.name, step, EventKind::Interrupt, message)?;
         self.checkpoint(RESUME_CHECKPOINT)?;
         Ok(Interruption {
-            signal,
+            cause,
             stage: self.s.name.clone(),
             step,
             checkpoint: self.ctx.run_dir.join("checkpoints").join(RESUME_CHECKPOINT),
@@ -413,6 +439,22 @@ impl<'a> StageRun<'a> {
         );
         resume::save(self.ctx.run_dir, name, self.trainer, self.ctx.sets.objectives(), &meta, self.rules.tensors())
     }
+}
+
+/// Rebuilds the trainer's optimizer when its config in `to` differs from that in
+/// `from` (the same plugin: its state carries over).
+fn replace_optimizer(
+    registry: &crate::plugin::Registry,
+    trainer: &mut Trainer,
+    from: &StageConfig,
+    to: &StageConfig,
+) -> Result<()> {
+    if from.optimizer == to.optimizer {
+        return Ok(());
+    }
+    let o = &to.optimizer;
+    let fresh = registry.new_optimizer(&o.name, &o.config_json(), &trainer.state)?;
+    trainer.replace_optimizer(fresh).with_context(|| format!("stage `{}`: adjusting the optimizer", to.name))
 }
 
 /// An evaluation's metrics as the objective's `on_eval_end` gets them: each final value

@@ -42,6 +42,8 @@ pub enum EventKind {
     Interrupt,
     /// A stage's `drift` check found its training data drifted from an earlier stage's.
     Drift,
+    /// Some of a stage's hyperparameters changed (its `adjust` entries).
+    Adjust,
 }
 
 impl EventKind {
@@ -57,6 +59,7 @@ impl EventKind {
             EventKind::End => "end",
             EventKind::Interrupt => "interrupt",
             EventKind::Drift => "drift",
+            EventKind::Adjust => "adjust",
         }
     }
 

@@ -254,6 +254,36 @@ impl Trainer {
         Ok(())
     }
 
+    /// Replaces the optimizer by `fresh` (the same plugin with another config): it
+    /// creates its state for the current parameters, which then takes the old one's
+    /// values buffer by buffer, and the update count carries over.
+    pub(crate) fn replace_optimizer(&mut self, mut fresh: OptimizerInstance) -> Result<()> {
+        fresh.init(&self.params)?;
+        let old: HashMap<String, candle_core::Var> =
+            self.optimizer.buffers().into_iter().map(|b| (b.name, b.var)).collect();
+        let new = fresh.buffers();
+        if new.len() != old.len() {
+            return Err(Error::msg(format!(
+                "optimizer `{}` keeps {} state buffers with the new config but {} with the old one",
+                fresh.core.plugin,
+                new.len(),
+                old.len()
+            )));
+        }
+        for b in &new {
+            let Some(v) = old.get(&b.name) else {
+                return Err(Error::msg(format!(
+                    "optimizer `{}` has a state buffer `{}` with the new config that the old one did not have",
+                    fresh.core.plugin, b.name
+                )));
+            };
+            b.var.set(v.as_tensor())?;
+        }
+        fresh.updates = self.optimizer.updates;
+        self.optimizer = fresh;
+        Ok(())
+    }
+
     /// Takes the trainer apart: model, adapters, objective, optimizer (for the next
     /// stage's handoff).
     pub fn into_parts(self) -> (Box<dyn Model>, Adapters, ObjectiveInstance, OptimizerInstance) {
