@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use support::{scratch, untimed_metrics};
+use support::{checkpoint_bits, scratch, untimed_metrics};
 
 const PIPELINE: &str = r#"
 [run]
@@ -248,4 +248,132 @@ fn spaces_that_cannot_be_searched_are_refused_in_one_line() {
         "expected \"tpe\" or \"random\"",
     );
     refused("", "nothing to tune");
+    refused("[search]\nmode = \"pbt\"\n[stages.sub]\n\"adapters.0.r\" = { choice = [2, 4] }\n", "none is tuned here");
+    refused("[search]\nmode = \"pbt\"\npbt = { interval = 2 }\n[stages.sub]\n\"optimizer.lr\" = { uniform = [1e-3, 1e-2] }\n", "not a multiple of the stage's eval_every (3)");
+    refused(
+        "[search]\nmode = \"pbt\"\ntrials = 1\n[stages.sub]\n\"optimizer.lr\" = { uniform = [1e-3, 1e-2] }\n",
+        "needs a population",
+    );
+    refused(
+        "[search]\nmode = \"pbt\"\n[stages.add]\n\"optimizer.lr\" = { uniform = [1e-3, 1e-2] }\n",
+        "give the stage `eval_every`",
+    );
+}
+
+/// Population-based training of `pretrain` (12 steps, evaluated every 4): three
+/// generations of four members.
+const PBT_SPACE: &str = r#"
+[search]
+mode = "pbt"
+trials = 4
+seed = 0
+
+[stages.pretrain]
+"optimizer.lr" = { log_uniform = [1e-3, 3e-2] }
+"optimizer.weight_decay" = { uniform = [0.0, 0.1] }
+"#;
+
+fn pbt(dir: &Path, out: &Path) -> Command {
+    let (pipeline, _) = files(dir);
+    std::fs::write(dir.join("pbt.toml"), PBT_SPACE).expect("space");
+    let mut c = stagecraft();
+    c.arg("search").arg(&pipeline).arg("--space").arg(dir.join("pbt.toml")).arg("--dir").arg(out).arg("--quiet");
+    c
+}
+
+#[test]
+fn a_population_copies_its_best_and_each_members_config_replays_its_schedule() {
+    let dir = scratch("search-pbt");
+    let out = dir.join("search");
+    ok(pbt(&dir, &out).output().expect("search runs"));
+    let t = trials(&out);
+    assert_eq!(t.len(), 12, "four members, three generations: {t:#?}");
+    for g in 0..3 {
+        let gen: Vec<&serde_json::Value> = t.iter().filter(|r| r["generation"] == g).collect();
+        let wanted = if g < 2 { "paused" } else { "complete" };
+        assert_eq!(gen.len(), 4);
+        assert!(gen.iter().all(|r| r["status"] == wanted && r["steps"] == 4), "generation {g}: {gen:#?}");
+    }
+    let run = |r: &serde_json::Value| out.join(r["run_dir"].as_str().expect("run_dir"));
+    let copied: Vec<&serde_json::Value> =
+        t.iter().filter(|r| r["parent"].as_u64().is_some_and(|p| Some(p) != r["number"].as_u64())).collect();
+    assert_eq!(copied.len(), 2, "the worst of four copies the best once per decision: {t:#?}");
+    for r in &copied {
+        let g = r["generation"].as_u64().expect("generation");
+        let parent = t
+            .iter()
+            .find(|q| q["number"] == r["parent"] && q["generation"] == g - 1)
+            .expect("the parent's previous generation");
+        // It took the parent's state: its logs up to the copy are the parent's.
+        let upto = |m: &Vec<stagecraft_core::report::MetricRow>| {
+            m.iter().filter(|m| m.step <= 4 * g).cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(upto(&untimed_metrics(&run(r))), upto(&untimed_metrics(&run(parent))));
+        // And recorded the change: an `adjust` entry and event at that step.
+        let config = std::fs::read_to_string(run(r).join("config.toml")).expect("config.toml");
+        assert!(config.contains(&format!("after_step = {}", 4 * g)), "{config}");
+        assert!(support::events(&run(r)).contains(&("pretrain".into(), 4 * g, "adjust".into())));
+    }
+    // A member's config is its whole schedule: run from scratch, the last copied
+    // member's config gives its history and result bit for bit.
+    let last = copied.last().expect("a copied member");
+    let again = dir.join("again");
+    ok(stagecraft()
+        .arg("run")
+        .arg(run(last).join("config.toml"))
+        .arg("--run-dir")
+        .arg(&again)
+        .arg("--quiet")
+        .output()
+        .expect("run"));
+    assert_eq!(untimed_metrics(&again), untimed_metrics(&run(last)));
+    assert_eq!(checkpoint_bits(&again, "pretrain"), checkpoint_bits(&run(last), "pretrain"));
+    // best.toml gives the best member's config: run to pretrain, it ends at its score.
+    let best = best(&t);
+    std::fs::write(dir.join("best.toml"), std::fs::read_to_string(out.join("best.toml")).expect("best.toml"))
+        .expect("copy next to the pipeline");
+    let b = dir.join("best-run");
+    ok(stagecraft()
+        .arg("run")
+        .arg(dir.join("best.toml"))
+        .args(["--until", "pretrain", "--quiet", "--run-dir"])
+        .arg(&b)
+        .output()
+        .expect("run"));
+    assert_eq!(checkpoint_bits(&b, "pretrain"), checkpoint_bits(&run(best), "pretrain"));
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(report.contains("generation") && report.contains("(copied)"), "report");
+}
+
+#[test]
+fn a_killed_population_goes_on_where_it_was() {
+    let dir = scratch("search-pbt-kill");
+    let whole = dir.join("whole");
+    ok(pbt(&dir, &whole).output().expect("search runs"));
+    let killed = dir.join("killed");
+    let mut child = pbt(&dir, &killed).spawn().expect("search starts");
+    let t0 = Instant::now();
+    // Kill in the second generation, once a member of it is under way.
+    loop {
+        let lines = std::fs::read_to_string(killed.join("trials.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 5 || child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the search made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    let done = std::fs::read_to_string(killed.join("trials.jsonl")).expect("trials.jsonl").lines().count();
+    assert!(done < 12, "killed before the end ({done} records)");
+    ok(pbt(&dir, &killed).output().expect("search goes on"));
+    let strip = |t: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        t.into_iter()
+            .map(|mut v| {
+                v.as_object_mut().expect("an object").remove("command");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(trials(&killed)), strip(trials(&whole)), "the same members, values and scores");
 }

@@ -21,7 +21,9 @@ Examples:
   stagecraft run examples/pipelines/default.toml --set stages.finetune_add.max_steps=100
   stagecraft run --resume runs/tiny/20261130-101500           # continue an interrupted run
   stagecraft run my.toml --until finetune --run-dir runs/base # only the stages up to finetune
-  stagecraft run my.toml --from runs/base --after finetune    # the later stages, from its end";
+  stagecraft run my.toml --from runs/base --after finetune    # the later stages, from its end
+  stagecraft run my.toml --pause-at finetune:200 --run-dir runs/p   # stop there, resumable
+  stagecraft run --resume runs/p --adjust optimizer.lr=1e-3   # go on with a new learning rate";
 
 /// `stagecraft plugin --help`.
 pub const PLUGIN: &str = "\
@@ -105,4 +107,9 @@ The space file names, per stage, `--set` keys inside the stage with a distributi
   \"optimizer.lr\" = { log_uniform = [1e-4, 1e-2] }
   batch_size = { choice = [16, 32] }
 Trial 0 of each stage has the pipeline's own values. Everything goes to --dir:
-trials.jsonl, trials/, best.toml, best.json, report.html.";
+trials.jsonl, trials/, best.toml, best.json, report.html.
+
+`mode = \"pbt\"` in [search] trains each stage with a population instead
+(population-based training: the worst copy the best's state and perturb its
+optimizer keys and dropout every `pbt.interval` steps):
+  stagecraft search examples/pipelines/default.toml --space examples/search/pbt_space.toml --dir search-pbt";

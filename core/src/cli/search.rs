@@ -46,7 +46,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
             (Some(m), Some(v)) => format!("{m} {v:.4}"),
             _ => "no score".to_string(),
         };
-        println!("{:<15} {:<24} {} (trial {})", base.stage, shown(base), shown(best), best.number);
+        println!("{:<15} {:<24} {} (trial {})", base.stage, shown(base), shown(best), best.label());
     }
     if s.budget_spent {
         println!("the step budget ended the search before every stage was tuned");

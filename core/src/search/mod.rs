@@ -21,6 +21,7 @@
 //! trials are read back, a trial that was running is resumed from its checkpoint, and
 //! sampling is seeded per trial, so it proposes what it would have.
 
+mod pbt;
 mod report;
 pub mod space;
 mod tpe;
@@ -33,7 +34,7 @@ use crate::rng::Rng;
 use crate::{bail, pipeline};
 use serde::{Deserialize, Serialize};
 pub use space::KeyValue;
-use space::{current_value, Param, Space, StageSpace};
+use space::{current_value, Mode, Param, Space, StageSpace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use trial::{asha_goes_on, Status};
@@ -93,12 +94,28 @@ pub struct TrialRecord {
     /// For a failed trial: its last error line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Population-based training: the generation (interval) this record trained; its
+    /// `number` is the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<usize>,
+    /// Population-based training: the member whose state it started from (itself when
+    /// it went on with its own; `None` in the first generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<usize>,
 }
 
 impl TrialRecord {
     /// Whether it counts for the best: complete within its gates, with a score.
     pub fn feasible(&self) -> bool {
         self.status == Status::Complete && self.score.is_some()
+    }
+
+    /// `3`, or for a member of a population `3.g2` (member 3 in generation 2).
+    pub fn label(&self) -> String {
+        match self.generation {
+            Some(g) => format!("{}.g{g}", self.number),
+            None => self.number.to_string(),
+        }
     }
 }
 
@@ -147,7 +164,10 @@ pub fn search(opts: SearchOptions) -> Result<SearchSummary> {
             break;
         }
         let from = s.prefix_for(&stage, &chosen, prefix.take())?;
-        budget_spent = !s.run_stage(&stage, &chosen, from.as_ref())?;
+        budget_spent = !match s.space.settings.mode {
+            Mode::Sample => s.run_stage(&stage, &chosen, from.as_ref())?,
+            Mode::Pbt => s.run_stage_pbt(&stage, &chosen, from.as_ref())?,
+        };
         let done: Vec<&TrialRecord> = s.records.iter().filter(|r| r.stage == stage.stage).collect();
         if done.is_empty() {
             break;
@@ -160,8 +180,17 @@ pub fn search(opts: SearchOptions) -> Result<SearchSummary> {
                 s.opts.dir.join(TRIALS_FILE).display()
             );
         };
-        let baseline = done.iter().find(|r| r.number == 0).map(|r| (*r).clone()).unwrap_or_else(|| best.clone());
-        chosen.extend(stage.overrides(&best.values));
+        // Trial 0 (in a population: member 0 at its last generation).
+        let baseline = done
+            .iter()
+            .filter(|r| r.number == 0)
+            .max_by_key(|r| r.generation)
+            .map(|r| (*r).clone())
+            .unwrap_or_else(|| best.clone());
+        match s.space.settings.mode {
+            Mode::Sample => chosen.extend(stage.overrides(&best.values)),
+            Mode::Pbt => chosen.extend(pbt::overrides(&stage, &s.opts.dir.join(&best.run_dir))?),
+        }
         prefix = Some(pipeline::BranchPoint { run: s.opts.dir.join(&best.run_dir), after: stage.stage.clone() });
         summary.push((baseline, best.clone()));
         s.write_outputs(&chosen)?;
@@ -366,6 +395,8 @@ impl Search {
             run_dir,
             command,
             error: out.error,
+            generation: None,
+            parent: None,
         })
     }
 
@@ -488,10 +519,14 @@ fn describe(r: &TrialRecord) -> String {
         _ => "no score".to_string(),
     };
     let status = r.status.describe();
+    let copied = match r.parent {
+        Some(p) if p != r.number => format!(" (copied #{p})"),
+        _ => String::new(),
+    };
     format!(
-        "{} #{}: {}  {result}  {status}, {} steps, {:.1} s{}",
+        "{} #{}{copied}: {}  {result}  {status}, {} steps, {:.1} s{}",
         r.stage,
-        r.number,
+        r.label(),
         values.join(" "),
         r.steps,
         r.seconds,

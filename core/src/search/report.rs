@@ -30,7 +30,17 @@ table{border-collapse:collapse;margin:8px 0 20px}td,th{padding:3px 10px;border-b
 th{background:#f4f4f4}td.l,th.l{text-align:left}.best{background:#e8f5e9}.pruned{color:#888}.infeasible,.failed{color:#b00}\
 .bar{display:inline-block;height:10px;background:#4a7bd0}</style></head><body><h1>stagecraft search</h1>",
     );
-    let _ = write!(html, "<p>{} trials; sampler {}.</p>", records.len(), escape(&space.settings.sampler));
+    let _ = match space.settings.mode {
+        super::space::Mode::Sample => {
+            write!(html, "<p>{} trials; sampler {}.</p>", records.len(), escape(&space.settings.sampler))
+        }
+        super::space::Mode::Pbt => write!(
+            html,
+            "<p>Population-based training: {} members, {} member-generations.</p>",
+            records.iter().map(|r| r.number + 1).max().unwrap_or(0),
+            records.len()
+        ),
+    };
     for stage in &space.stages {
         let trials: Vec<&TrialRecord> = records.iter().filter(|r| r.stage == stage.stage).collect();
         stage_section(&mut html, stage, &trials);
@@ -46,12 +56,14 @@ fn stage_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord])
         html.push_str("<p>No trial yet.</p>");
         return;
     }
-    let best = super::best(trials).map(|b| b.number);
+    let best = super::best(trials).map(|b| b.label());
     let metric = trials.iter().find_map(|r| r.metric.clone()).unwrap_or_else(|| "score".into());
-    html.push_str(&plot(trials, best, &metric));
+    let population = trials.iter().any(|r| r.generation.is_some());
+    html.push_str(&plot(trials, best.as_deref(), &metric));
     let _ = write!(
         html,
-        "<table><tr><th>#</th><th class=l>status</th><th>{}</th><th>steps</th><th>s</th>",
+        "<table><tr><th>#</th>{}<th class=l>status</th><th>{}</th><th>steps</th><th>s</th>",
+        if population { "<th>from</th>" } else { "" },
         escape(&metric)
     );
     for p in &stage.params {
@@ -59,22 +71,28 @@ fn stage_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord])
     }
     html.push_str("</tr>");
     for r in trials {
-        let class = match (Some(r.number) == best, r.status) {
+        let class = match (Some(r.label()) == best, r.status) {
             (true, _) => "best",
             (_, Status::Pruned) => "pruned",
             (_, Status::Infeasible) => "infeasible",
             (_, Status::Failed) => "failed",
             _ => "",
         };
-        let status = match (r.number, r.status) {
-            (0, s) => format!("{} (the pipeline's values)", s.describe()),
-            (_, s) => s.describe().to_string(),
+        let status = match (r.number, r.generation, r.status) {
+            (0, None | Some(0), s) => format!("{} (the pipeline's values)", s.describe()),
+            (_, _, s) => s.describe().to_string(),
         };
         let value = r.value.map_or("–".to_string(), |v| format!("{v:.4}"));
+        let from = match (population, r.parent) {
+            (false, _) => String::new(),
+            (true, Some(p)) if p != r.number => format!("<td>{p} (copied)</td>"),
+            (true, Some(p)) => format!("<td>{p}</td>"),
+            (true, None) => "<td>–</td>".to_string(),
+        };
         let _ = write!(
             html,
-            "<tr class={class}><td>{}</td><td class=l>{}</td><td>{value}</td><td>{}</td><td>{:.1}</td>",
-            r.number,
+            "<tr class={class}><td>{}</td>{from}<td class=l>{}</td><td>{value}</td><td>{}</td><td>{:.1}</td>",
+            r.label(),
             escape(&status),
             r.steps,
             r.seconds
@@ -90,8 +108,9 @@ fn stage_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord])
     importance_section(html, stage, trials);
 }
 
-/// Each trial's value at its last evaluation against its number; the best one ringed.
-fn plot(trials: &[&TrialRecord], best: Option<usize>, metric: &str) -> String {
+/// Each trial's value at its last evaluation against its number (a population's
+/// members against their generation); the best one ringed.
+fn plot(trials: &[&TrialRecord], best: Option<&str>, metric: &str) -> String {
     let (w, h, pad) = (660.0, 220.0, 56.0);
     let values: Vec<f64> = trials.iter().filter_map(|r| r.value).collect();
     if values.is_empty() {
@@ -99,7 +118,9 @@ fn plot(trials: &[&TrialRecord], best: Option<usize>, metric: &str) -> String {
     }
     let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let n = trials.iter().map(|r| r.number).max().unwrap_or(0).max(1) as f64;
+    let at = |r: &TrialRecord| r.generation.unwrap_or(r.number);
+    let n = trials.iter().map(|r| at(r)).max().unwrap_or(0).max(1) as f64;
+    let axis = if trials.iter().any(|r| r.generation.is_some()) { "generation" } else { "trial" };
     let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / n;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * (v - lo) / span;
     let mut svg =
@@ -120,42 +141,68 @@ fn plot(trials: &[&TrialRecord], best: Option<usize>, metric: &str) -> String {
         write!(svg, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{lo:.4}</text>", pad - 4.0, h - pad);
     let _ = write!(
         svg,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">trial</text>",
-        w - 4.0,
-        h - pad + 14.0
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{axis}</text>",
+        w - pad,
+        h - pad + 30.0
     );
+    // A population's lineage: each member's line from the state it went on from.
+    for r in trials {
+        let (Some(v), Some(g), Some(p)) = (r.value, r.generation, r.parent) else { continue };
+        let Some(pv) =
+            trials.iter().find(|q| q.number == p && q.generation == Some(g.saturating_sub(1))).and_then(|q| q.value)
+        else {
+            continue;
+        };
+        let dash = if p != r.number { " stroke-dasharray=\"3 2\"" } else { "" };
+        let _ = write!(
+            svg,
+            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#9ab\"{dash}/>",
+            x(g - 1),
+            y(pv),
+            x(g),
+            y(v)
+        );
+    }
+    let mut labelled = std::collections::BTreeSet::new();
     for r in trials {
         let Some(v) = r.value else { continue };
         let color = match r.status {
             Status::Complete => "#4a7bd0",
             Status::Pruned => "#aaa",
             Status::Infeasible | Status::Failed => "#c33",
+            Status::Paused => "#8fb3e8",
         };
         let _ = write!(
             svg,
             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"><title>#{} {v:.4}</title></circle>",
-            x(r.number),
+            x(at(r)),
             y(v),
-            r.number
+            r.label()
         );
-        let _ = write!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
-            x(r.number),
-            h - pad + 14.0,
-            r.number
-        );
-        if Some(r.number) == best {
+        if labelled.insert(at(r)) {
+            let _ = write!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+                x(at(r)),
+                h - pad + 14.0,
+                at(r)
+            );
+        }
+        if Some(r.label().as_str()) == best {
             let _ = write!(
                 svg,
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"8\" fill=\"none\" stroke=\"#2e7d32\" stroke-width=\"2\"/>",
-                x(r.number),
+                x(at(r)),
                 y(v)
             );
         }
     }
     svg.push_str("</svg>");
-    format!("<p>{} at each trial's last evaluation (blue: complete, grey: pruned, red: a gate failed; ringed: the best).</p>{svg}", escape(metric))
+    let what = match axis {
+        "generation" => "each member at the end of each generation (pale: paused there, blue: the stage's end, red: failed or a gate failed; a dashed line: the member copied another's state; ringed: the best)",
+        _ => "each trial's last evaluation (blue: complete, grey: pruned, red: a gate failed; ringed: the best)",
+    };
+    format!("<p>{} at {what}.</p>{svg}", escape(metric))
 }
 
 fn importance_section(html: &mut String, stage: &StageSpace, trials: &[&TrialRecord]) {

@@ -9,6 +9,8 @@
 //! seed = 0
 //! startup_trials = 4                         # TPE: random trials before it models results
 //! prune = { eta = 3, min_steps = 0 }         # ASHA; `prune = false` turns it off
+//! mode = "sample"                            # or "pbt": population-based training
+//! pbt = { interval = 50, quantile = 0.25, perturb = [0.8, 1.2], resample = 0.25 }
 //!
 //! [stages.pretrain]                          # stages are tuned in pipeline order
 //! "optimizer.lr" = { log_uniform = [1e-4, 1e-2] }
@@ -46,6 +48,27 @@ pub struct Settings {
     /// Pruning (`false`: none).
     #[serde(default)]
     pub prune: PruneSetting,
+    /// How a stage is tuned: trials sampled one after the other, or a population
+    /// trained together.
+    #[serde(default)]
+    pub mode: Mode,
+    /// With `mode = "pbt"`.
+    #[serde(default)]
+    pub pbt: super::pbt::PbtSettings,
+}
+
+/// How a stage's trials are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each trial trains the stage with values the sampler draws (TPE or random),
+    /// pruned by ASHA.
+    #[default]
+    Sample,
+    /// Population-based training ([`super::pbt`]): `trials` members train the stage
+    /// together; at every interval the worst copy the state of the best and perturb
+    /// its values.
+    Pbt,
 }
 
 /// `prune = false`, or `prune = { eta, min_steps }`.
@@ -103,6 +126,8 @@ impl Default for Settings {
             seed: 0,
             startup_trials: default_startup(),
             prune: PruneSetting::default(),
+            mode: Mode::default(),
+            pbt: super::pbt::PbtSettings::default(),
         }
     }
 }
@@ -270,6 +295,11 @@ impl Space {
             return Err(at(&"no [stages.<name>] table: nothing to tune"));
         }
         stages.sort_by_key(|s| s.index);
+        if settings.mode == Mode::Pbt {
+            for s in &stages {
+                super::pbt::check_stage(&settings, &cfg, s).map_err(|e| at(&format!("[stages.{}]: {e}", s.stage)))?;
+            }
+        }
         for s in &stages {
             let probe: Vec<KeyValue> =
                 s.params.iter().map(|p| KeyValue { key: p.key.clone(), value: Some(p.value(middle(p.dim))) }).collect();
@@ -294,6 +324,9 @@ fn check_settings(s: &Settings) -> std::result::Result<(), String> {
     }
     if s.trials == 0 {
         return Err("search.trials = 0: at least one trial per stage".into());
+    }
+    if s.mode == Mode::Pbt {
+        s.pbt.check(s.trials)?;
     }
     if let Some(p) = s.prune.asha() {
         if !(p.eta > 1.0 && p.eta.is_finite()) {

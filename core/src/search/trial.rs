@@ -25,6 +25,9 @@ pub enum Status {
     Infeasible,
     /// The run failed (an error; see the trial's log).
     Failed,
+    /// Population-based training: it reached the end of its interval and waits there
+    /// (its run paused, resumable).
+    Paused,
 }
 
 impl Status {
@@ -35,6 +38,7 @@ impl Status {
             Status::Pruned => "pruned",
             Status::Infeasible => "infeasible (a retention gate failed)",
             Status::Failed => "failed",
+            Status::Paused => "paused at the interval's end",
         }
     }
 }
