@@ -184,39 +184,43 @@ fn later_stages_start_from_the_best_earlier_trial_and_best_toml_reproduces_it() 
     assert!(report.contains("stage <code>sub</code>") && report.contains("Importance"), "report");
 }
 
+/// Starts `cmd` (a search into `out`), kills it once `under_way(lines of
+/// trials.jsonl)` holds, and returns how many trials it had finished by then.
+fn kill_when(mut cmd: Command, out: &Path, under_way: impl Fn(usize) -> bool) -> usize {
+    let finished = || std::fs::read_to_string(out.join("trials.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    let mut child = cmd.spawn().expect("search starts");
+    let t0 = Instant::now();
+    while !under_way(finished()) && child.try_wait().expect("wait").is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the search made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    finished()
+}
+
+/// `trials.jsonl` without wall times and commands (a resumed trial's command is
+/// `run --resume`).
+fn trials_without_commands(out: &Path) -> Vec<serde_json::Value> {
+    let mut t = trials(out);
+    for v in &mut t {
+        v.as_object_mut().expect("an object").remove("command");
+    }
+    t
+}
+
 #[test]
 fn a_killed_search_goes_on_where_it_was_and_ends_as_an_uninterrupted_one() {
     let dir = scratch("search-kill");
     let whole = dir.join("whole");
     ok(search(&dir, &whole).output().expect("search runs"));
     let killed = dir.join("killed");
-    let mut child = search(&dir, &killed).spawn().expect("search starts");
-    let t0 = Instant::now();
-    // Kill once the first stage has two finished trials and a third is under way.
-    loop {
-        let lines = std::fs::read_to_string(killed.join("trials.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if lines >= 2 && killed.join("trials/pretrain-02/metrics.jsonl").exists()
-            || child.try_wait().expect("wait").is_some()
-        {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the search made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
-    let done = std::fs::read_to_string(killed.join("trials.jsonl")).expect("trials.jsonl").lines().count();
+    // Killed once the first stage has two finished trials and a third is under way.
+    let third = killed.join("trials/pretrain-02/metrics.jsonl");
+    let done = kill_when(search(&dir, &killed), &killed, |n| n >= 2 && third.exists());
     assert!(done < 8, "killed before the end ({done} trials finished)");
     ok(search(&dir, &killed).output().expect("search goes on"));
-    let strip = |t: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        t.into_iter()
-            .map(|mut v| {
-                v.as_object_mut().expect("an object").remove("command");
-                v
-            })
-            .collect()
-    };
-    assert_eq!(strip(trials(&killed)), strip(trials(&whole)), "the same trials, values and scores");
+    assert_eq!(trials_without_commands(&killed), trials_without_commands(&whole), "the same trials, values and scores");
 }
 
 #[test]
@@ -351,29 +355,11 @@ fn a_killed_population_goes_on_where_it_was() {
     let whole = dir.join("whole");
     ok(pbt(&dir, &whole).output().expect("search runs"));
     let killed = dir.join("killed");
-    let mut child = pbt(&dir, &killed).spawn().expect("search starts");
-    let t0 = Instant::now();
-    // Kill in the second generation, once a member of it is under way.
-    loop {
-        let lines = std::fs::read_to_string(killed.join("trials.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if lines >= 5 || child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the search made no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
-    let done = std::fs::read_to_string(killed.join("trials.jsonl")).expect("trials.jsonl").lines().count();
+    // Killed in the second generation, with its second member (a copy of a paused run,
+    // resumed) under way.
+    let second = killed.join("trials/pretrain-m01-g1/metrics.jsonl");
+    let done = kill_when(pbt(&dir, &killed), &killed, |n| n >= 5 && second.exists());
     assert!(done < 12, "killed before the end ({done} records)");
     ok(pbt(&dir, &killed).output().expect("search goes on"));
-    let strip = |t: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        t.into_iter()
-            .map(|mut v| {
-                v.as_object_mut().expect("an object").remove("command");
-                v
-            })
-            .collect()
-    };
-    assert_eq!(strip(trials(&killed)), strip(trials(&whole)), "the same members, values and scores");
+    assert_eq!(trials_without_commands(&killed), trials_without_commands(&whole), "the same members and scores");
 }
