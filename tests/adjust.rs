@@ -64,6 +64,11 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn ok_output(out: Output) -> Vec<u8> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 fn run(pipeline: &Path, dir: &Path, extra: &[&str]) -> String {
     ok(stagecraft()
         .arg("run")
@@ -94,7 +99,12 @@ fn a_paused_run_resumed_ends_as_the_uninterrupted_one() {
     let said = run(&p, &paused, &["--pause-at", "lora:4"]);
     assert!(said.contains("paused in stage `lora` after step 4") && said.contains("--resume"), "{said}");
     assert!(!paused.join("checkpoints/lora").exists(), "paused inside the stage");
+    // Resumed with the same pause point, it stops there again as it is.
+    let again = String::from_utf8_lossy(&ok_output(resume(&paused, &["--pause-at", "lora:4"]))).into_owned();
+    assert!(again.contains("paused in stage `lora` after step 4"), "{again}");
     ok(resume(&paused, &[]));
+    let pauses = events(&paused).iter().filter(|e| e.2 == "interrupt").count();
+    assert_eq!(pauses, 1, "one pause, recorded once");
     assert_eq!(untimed_metrics(&paused), untimed_metrics(&whole));
     assert_eq!(events_but_pauses(&paused), events_but_pauses(&whole));
     assert!(events(&paused).contains(&("lora".into(), 4, "interrupt".into())), "the pause is recorded");

@@ -85,6 +85,8 @@ pub(crate) struct StageRun<'a> {
     /// The stage's config with the adjustments made so far (what its learning rate,
     /// dropout and optimizer follow).
     current: StageConfig,
+    /// The steps the stage had taken when this process took it up.
+    first_step: u64,
 }
 
 impl<'a> StageRun<'a> {
@@ -103,7 +105,8 @@ impl<'a> StageRun<'a> {
         };
         replace_optimizer(ctx.registry, trainer, s, &current)?;
         trainer.adapters.set_dropout(current.train.dropout, trainer.state.clone());
-        Ok(StageRun { ctx, s, trainer, mixture, rules, total, current })
+        let first_step = trainer.step;
+        Ok(StageRun { ctx, s, trainer, mixture, rules, total, current, first_step })
     }
 
     /// Trains to the stage's end, or until a signal stops the run.
@@ -198,11 +201,15 @@ impl<'a> StageRun<'a> {
 
     /// Stops the stage before its next step: the `interrupt` event, then the rolling
     /// resume checkpoint, which covers the event (a resume keeps it, once).
+    /// A run resumed at its pause point stops there again as it is: the checkpoint it
+    /// resumed from is that step's.
     fn interrupted(&mut self, cause: Cause) -> Result<Interruption> {
         let step = self.trainer.step;
-        let message = format!("{}; saved checkpoint `{RESUME_CHECKPOINT}`", cause.describe());
-        self.ctx.records.event(&self.s.name, step, EventKind::Interrupt, message)?;
-        self.checkpoint(RESUME_CHECKPOINT)?;
+        if !(cause == Cause::Pause && step == self.first_step && step > 0) {
+            let message = format!("{}; saved checkpoint `{RESUME_CHECKPOINT}`", cause.describe());
+            self.ctx.records.event(&self.s.name, step, EventKind::Interrupt, message)?;
+            self.checkpoint(RESUME_CHECKPOINT)?;
+        }
         Ok(Interruption {
             cause,
             stage: self.s.name.clone(),

@@ -284,22 +284,24 @@ impl Search {
         }
         let key = prefix_key(&self.opts.pipeline, chosen, stage.index - 1)?;
         let dir = self.opts.dir.join("prefix").join(&key);
+        self.wait_until_free(&dir);
         if !dir.join("checkpoints").join(&last).is_dir() {
-            let mut cmd = self.run_command(chosen, &[], &last, previous.as_ref(), &dir);
-            if dir.join("config.toml").is_file() {
-                self.wait_until_free(&dir);
-                cmd = self.exe();
-                cmd.args(["run", "--resume"]).arg(&dir).arg("--quiet");
-            }
+            let mut cmd = match dir.join("config.toml").is_file() {
+                true => self.resume_command(&dir),
+                false => self.run_command(chosen, &[], &last, previous.as_ref(), &dir),
+            };
             self.say(&format!("search: stages up to `{last}` from the values chosen so far → {}", dir.display()));
             let log = self.opts.dir.join("prefix").join(format!("{key}.log"));
             std::fs::create_dir_all(self.opts.dir.join("prefix")).map_err(io(&self.opts.dir))?;
             let out = std::fs::File::create(&log).map_err(io(&log))?;
-            let status = cmd
+            let mut child = cmd
                 .stderr(out.try_clone().map_err(io(&log))?)
                 .stdout(out)
-                .status()
+                .spawn()
                 .map_err(|e| Error::msg(format!("cannot start a run: {e}")))?;
+            trial::record_pid(&trial::pid_file(&dir), child.id())?;
+            let status = child.wait().map_err(|e| Error::msg(format!("cannot wait for a run: {e}")))?;
+            let _ = std::fs::remove_file(trial::pid_file(&dir));
             if !status.success() {
                 bail!("search: the run of the stages up to `{last}` failed (see {})", log.display());
             }
@@ -365,10 +367,9 @@ impl Search {
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        self.wait_until_free(&dir);
         if dir.join("config.toml").is_file() {
-            self.wait_until_free(&dir);
-            cmd = self.exe();
-            cmd.args(["run", "--resume"]).arg(&dir).arg("--quiet");
+            cmd = self.resume_command(&dir);
         }
         let prune = self.space.settings.prune.asha();
         let mut judge = |rung: usize, score: f64| {
@@ -423,14 +424,23 @@ impl Search {
     }
 
     /// Waits while a process of an earlier search (killed without its trials) still
-    /// runs in the run directory `dir`: the run is resumed once that process is done.
+    /// runs in the run directory `dir`, or was started for it: the run is resumed once
+    /// that process is done.
     fn wait_until_free(&self, dir: &Path) {
-        if crate::pipeline::RunDir::is_busy(dir) {
+        let busy = || trial::recorded_process_runs(dir) || crate::pipeline::RunDir::is_busy(dir);
+        if busy() {
             self.say(&format!("search: waiting for the process still running in {}", dir.display()));
         }
-        while crate::pipeline::RunDir::is_busy(dir) {
+        while busy() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+    }
+
+    /// `stagecraft run --resume DIR --quiet`.
+    fn resume_command(&self, dir: &Path) -> Command {
+        let mut cmd = self.exe();
+        cmd.args(["run", "--resume"]).arg(dir).arg("--quiet");
+        cmd
     }
 
     fn exe(&self) -> Command {

@@ -347,25 +347,21 @@ impl Search {
         let name = format!("{}-m{:02}-g{}", stage.stage, at.member, at.generation);
         let run_dir = Path::new("trials").join(&name);
         let dir = self.opts.dir.join(&run_dir);
+        // A process an earlier, killed search started here is waited for first.
+        self.wait_until_free(&dir);
         let (values, parent, mut cmd) = match start {
-            Start::Fresh(values) if dir.join("config.toml").is_file() => {
-                self.wait_until_free(&dir);
-                (values, None, self.resume_command(&dir))
-            }
+            Start::Fresh(values) if dir.join("config.toml").is_file() => (values, None, self.resume_command(&dir)),
             Start::Fresh(values) => {
                 let cmd = self.run_command(chosen, &stage.overrides(&values), &stage.stage, from, &dir);
                 (values, None, cmd)
             }
             Start::Continue { from, source, values, changes } => {
-                match dir.join(READY_FILE).is_file() {
-                    true => self.wait_until_free(&dir),
-                    false => {
-                        if dir.exists() {
-                            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-                        }
-                        crate::pipeline::fork_paused(&source, &dir, &changes)?;
-                        std::fs::write(dir.join(READY_FILE), b"").map_err(io(&dir))?;
+                if !dir.join(READY_FILE).is_file() {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
                     }
+                    crate::pipeline::fork_paused(&source, &dir, &changes)?;
+                    std::fs::write(dir.join(READY_FILE), b"").map_err(io(&dir))?;
                 }
                 (values, Some(from), self.resume_command(&dir))
             }
@@ -404,13 +400,6 @@ impl Search {
             generation: Some(at.generation),
             parent,
         })
-    }
-
-    /// `stagecraft run --resume DIR --quiet`.
-    fn resume_command(&self, dir: &Path) -> std::process::Command {
-        let mut cmd = self.exe();
-        cmd.args(["run", "--resume"]).arg(dir).arg("--quiet");
-        cmd
     }
 }
 

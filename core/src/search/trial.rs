@@ -92,6 +92,8 @@ pub fn run(
         .stderr(Stdio::from(err))
         .spawn()
         .map_err(|e| Error::msg(format!("cannot start a trial: {e}")))?;
+    let pid_file = pid_file(run_dir);
+    record_pid(&pid_file, child.id())?;
     let mut watch = Watch::new(run_dir.join("metrics.jsonl"), stage, prune);
     let exit = loop {
         let decision = watch.poll(judge);
@@ -106,6 +108,7 @@ pub fn run(
             Err(e) => return Err(Error::msg(format!("cannot watch a trial: {e}"))),
         }
     };
+    let _ = std::fs::remove_file(&pid_file);
     if exit.is_some() {
         // The rows written after the last poll; the run is over, so nothing is pruned.
         watch.poll(&mut |_, _| true);
@@ -121,6 +124,33 @@ pub fn run(
     let metric = watch.last.clone();
     let score = metric.as_ref().and_then(|(name, v)| oriented(&[(name.clone(), *v)].into(), Some(name)));
     Ok(Outcome { status, metric, score, steps: watch.steps, rungs: watch.rungs, error })
+}
+
+/// Where the search records the process running in `run_dir` (`<run_dir>.pid`) while
+/// it runs.
+pub fn pid_file(run_dir: &Path) -> PathBuf {
+    run_dir.with_extension("pid")
+}
+
+/// Records `pid` in `path`.
+pub fn record_pid(path: &Path, pid: u32) -> Result<()> {
+    crate::checkpoint::durable::replace(path, pid.to_string().as_bytes())
+}
+
+/// Whether the process recorded for `run_dir` by a search (one killed before it could
+/// wait for it) is still running. The pid is read rather than the run directory's lock
+/// alone because a process just started may not hold the lock yet.
+pub fn recorded_process_runs(run_dir: &Path) -> bool {
+    let recorded = std::fs::read_to_string(pid_file(run_dir)).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    recorded.is_some_and(process_runs)
+}
+
+/// Whether process `pid` runs (a zombie does not). Where `/proc` is missing this cannot
+/// be told, and the run directory's lock is all there is to go by.
+fn process_runs(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|s| s != "Z" && s != "X")
 }
 
 /// Whether a retention gate rolled stage `stage` back or stopped the run.
