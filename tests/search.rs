@@ -4,7 +4,9 @@
 //! values, and the best config (`best.toml`) reproduces the best trial's score when run
 //! on its own. A search killed in the middle and started again ends with the same
 //! trials, values and scores as one that never stopped. Bad spaces are refused in one
-//! line.
+//! line. Population-based training (`mode = "pbt"`): the worst member copies the best
+//! once per decision, each member's config replays its run bit for bit, and a killed
+//! population goes on as it was.
 
 mod support;
 

@@ -11,7 +11,8 @@
 //! evaluation; a trial whose stage a retention gate rolled back or stopped is
 //! infeasible, not just worse. Trial 0 of a stage has the pipeline's own values (the
 //! baseline the others must beat); the next come from the sampler ([`tpe`]: random,
-//! or TPE) and are pruned by ASHA on the stage's evaluations ([`trial`]).
+//! or TPE) and are pruned by ASHA on the stage's evaluations ([`trial`]). With
+//! `mode = "pbt"` a stage is trained by a population instead ([`pbt`]).
 //!
 //! Each trial is a `stagecraft run` process (its command is recorded). Everything goes
 //! to the search directory: `trials.jsonl` (one line per finished trial), `trials/`

@@ -480,6 +480,28 @@ mod tests {
     }
 
     #[test]
+    fn a_members_overrides_give_the_pipeline_the_members_stage_with_its_schedule() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::error::Error::msg(e.to_string()))?;
+        let pipeline = dir.path().join("p.toml");
+        let text = "[run]\nname = \"p\"\n[model]\narch = \"llama\"\nhidden_size = 16\nnum_layers = 1\nnum_heads = 2\n\
+            [[stages]]\nname = \"s\"\nobjective = \"causal_lm\"\ndata = { train = \"synthetic:arith_text?n=8\" }\n\
+            optimizer = { lr = 3e-3 }\nmax_steps = 6\neval_every = 2\n";
+        std::fs::write(&pipeline, text).map_err(io(&pipeline))?;
+        let schedule =
+            r#"stages.s.adjust=[{ after_step = 2, "optimizer.lr" = 0.01 }, { after_step = 4, "train.dropout" = 0.1 }]"#;
+        let member = PipelineConfig::from_file(&pipeline, &["stages.s.optimizer.lr=0.02".into(), schedule.into()])?;
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).map_err(io(&run))?;
+        let resolved = toml::to_string(&member).map_err(|e| crate::error::Error::msg(e.to_string()))?;
+        std::fs::write(run.join("config.toml"), resolved).map_err(io(&run))?;
+        let space = StageSpace { stage: "s".into(), index: 0, params: lr() };
+        let again = PipelineConfig::from_file(&pipeline, &overrides(&space, &run)?)?;
+        assert_eq!(again.stages[0], member.stages[0]);
+        assert_eq!(again.stages[0].adjust.len(), 2);
+        Ok(())
+    }
+
+    #[test]
     fn perturbed_values_stay_in_their_range_and_choices_move_by_one() {
         let settings = PbtSettings { resample: 0.0, ..PbtSettings::default() };
         let p = &lr()[0];
