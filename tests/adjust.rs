@@ -4,8 +4,9 @@
 //! `--adjust` it ends bit for bit as a run whose config had the same `adjust` entry from
 //! the start (the optimizer rebuilt with its state carried: rebuilt with the same
 //! math, nothing changes; the dropout changed), and
-//! its config.toml then holds that entry; what cannot be adjusted is refused in one
-//! line, leaving the run as it was.
+//! its config.toml then holds that entry; a later stage that carries an adjusted
+//! optimizer over resumes as it ran; what cannot be adjusted is refused in one line,
+//! leaving the run as it was.
 
 mod support;
 
@@ -185,4 +186,24 @@ fn what_cannot_be_adjusted_is_refused_in_one_line_and_the_run_is_left_as_it_was(
     let out = resume(&paused, &["--adjust", "optimizer.lr=1e-3"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--adjust changes a stage in progress"), "{err}");
+}
+
+#[test]
+fn a_stage_carrying_an_adjusted_optimizer_resumes_as_it_ran() {
+    // `lora` carries pretrain's optimizer, whose weight decay pretrain adjusted; paused
+    // and resumed inside `lora`, the run rebuilds pretrain's optimizer as it ended.
+    let dir = scratch("adjust-carry");
+    let p = pipeline(&dir);
+    let set = [
+        "--set",
+        r#"stages.pretrain.adjust=[{ after_step = 3, "optimizer.weight_decay" = 0.5 }]"#,
+        "--set",
+        "stages.lora.handoff.optimizer=carry",
+    ];
+    let (whole, paused) = (dir.join("whole"), dir.join("paused"));
+    run(&p, &whole, &set);
+    run(&p, &paused, &[&set[..], &["--pause-at", "lora:4"]].concat());
+    ok(resume(&paused, &[]));
+    assert_eq!(untimed_metrics(&paused), untimed_metrics(&whole));
+    assert_eq!(checkpoint_bits(&paused, "lora"), checkpoint_bits(&whole, "lora"));
 }

@@ -13,6 +13,9 @@
 //! A library caller that installs nothing gets [`Interrupt::none`], which never fires;
 //! [`Interrupt::raise`] sets the flag by hand (what a handler does).
 //!
+//! [`Interrupt::with_pause`] adds a pause point (`run --pause-at STAGE:STEP`): the run
+//! stops there the same way, its cause [`Cause::Pause`] rather than a signal.
+//!
 //! ```
 //! use stagecraft_core::pipeline::{Interrupt, Signal};
 //! let stop = Interrupt::none();

@@ -418,6 +418,7 @@ impl Pipeline {
         if target.is_some_and(|t| t > i) {
             let steps = self.ended.get(i).map_or(0, |e| e.steps);
             freeze::apply(trainer, &s, steps.saturating_sub(1))?;
+            stage::finished_optimizer(&self.registry, trainer, &s)?;
             self.results[i] = Some(self.structure(&trainer.adapters));
             return Ok(Start::Finished);
         }
@@ -428,6 +429,7 @@ impl Pipeline {
         trainer.step = meta.step;
         trainer.optimizer.updates = meta.optimizer_updates;
         if meta.stage_done {
+            stage::finished_optimizer(&self.registry, trainer, &s)?;
             self.results[i] = meta.result;
             return Ok(Start::Finished);
         }

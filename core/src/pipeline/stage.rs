@@ -448,6 +448,20 @@ impl<'a> StageRun<'a> {
     }
 }
 
+/// Gives the optimizer of stage `s`, which ended before the checkpoint a run resumes
+/// from, the config the stage's adjustments left it with, as the stage ended with it in
+/// the run (a later stage may carry the optimizer over).
+pub(crate) fn finished_optimizer(
+    registry: &crate::plugin::Registry,
+    trainer: &mut Trainer,
+    s: &StageConfig,
+) -> Result<()> {
+    match s.adjust.is_empty() {
+        true => Ok(()),
+        false => replace_optimizer(registry, trainer, s, &s.adjusted(u64::MAX)?),
+    }
+}
+
 /// Rebuilds the trainer's optimizer when its config in `to` differs from that in
 /// `from` (the same plugin: its state carries over).
 fn replace_optimizer(
