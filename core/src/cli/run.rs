@@ -118,11 +118,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             false => super::latest_run::resolve(named, "--resume")?,
         };
-        let registry = super::pipeline_registry(&run_config(&dir)?)?;
-        let t = std::time::Instant::now();
-        let changes = if args.allow_plugin_change { PluginChanges::Allow } else { PluginChanges::Refuse };
         let cfg = run_config(&dir)?;
         check_pause(&cfg, args.pause_at.as_ref())?;
+        let registry = super::pipeline_registry(&cfg)?;
+        let t = std::time::Instant::now();
+        let changes = if args.allow_plugin_change { PluginChanges::Allow } else { PluginChanges::Refuse };
         let (mut pipeline, _) = Pipeline::resume_with(&dir, registry, args.quiet, changes, &args.adjust)?;
         pipeline.stop_on(interrupt.with_pause(args.pause_at.clone()));
         return finish(pipeline, t);

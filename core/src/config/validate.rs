@@ -83,13 +83,8 @@ fn check_adjustments(file: &str, cfg: &PipelineConfig, i: usize, s: &StageConfig
         }
         let mut then = s.adjusted(a.after_step).map_err(|e| bad(format!("after step {}: {e}", a.after_step)))?;
         then.adjust.clear();
-        check_stage(file, cfg, i, &then).map_err(|e| {
-            bad(format!(
-                "after step {}: {}",
-                a.after_step,
-                e.to_string().replace(&format!("{file}: stage `{}`: ", s.name), "")
-            ))
-        })?;
+        check_stage(file, cfg, i, &then)
+            .map_err(|e| Error::msg(format!("{e} (as `adjust` leaves the stage after step {})", a.after_step)))?;
     }
     Ok(())
 }

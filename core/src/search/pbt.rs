@@ -125,7 +125,7 @@ pub(super) fn check_stage(
     let Some(every) = s.eval_every else {
         return Err("population-based training scores members at evaluations: give the stage `eval_every`".into());
     };
-    let interval = settings.pbt.interval(s).unwrap_or(every);
+    let interval = settings.pbt.interval.unwrap_or(every);
     if !interval.is_multiple_of(every) {
         return Err(format!("search.pbt.interval = {interval} is not a multiple of the stage's eval_every ({every})"));
     }
