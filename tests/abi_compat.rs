@@ -71,6 +71,10 @@ fn plugin_built_against_older_sdk_loads_and_runs() {
     assert_eq!(m.kv_prefix_len(), 0);
     let bias = Tensor::new(&[1f32, 2.0], &Device::Cpu).expect("bias");
     assert_eq!(m.merge_bias(site, &bias).expect("bias kept").to_vec1::<f32>().expect("v"), vec![1.0, 2.0]);
+
+    // The method appended in 1.4, at a site the plugin hooks: it declares no low-rank
+    // update (so the forward above called its hook).
+    assert!(m.low_rank(site).expect("no declaration").is_none());
 }
 
 #[test]
@@ -79,7 +83,7 @@ fn plugin_calling_an_op_the_host_lacks_gets_the_default_body_error() {
     let mut reg = Registry::empty(scratch("newer"));
     let lib = reg.load_file(&c.next).expect("newer plugin loads");
     assert_eq!(lib.compat, Some(Compat::Checked));
-    assert_eq!(lib.sdk.to_string(), "1.4.0");
+    assert_eq!(lib.sdk.to_string(), "1.5.0");
     let st = state();
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
@@ -89,7 +93,7 @@ fn plugin_calling_an_op_the_host_lacks_gets_the_default_body_error() {
     let err = model.forward(&ids(), None, &adapters).expect_err("host lacks cumsum");
     let msg = one_line(&err);
     assert!(msg.contains("host lacks op `cumsum`"), "{msg}");
-    assert!(msg.contains("host built against stagecraft-sdk 1.3.0, plugin against 1.4.0"), "{msg}");
+    assert!(msg.contains("host built against stagecraft-sdk 1.4.0, plugin against 1.5.0"), "{msg}");
     // The host is fine afterwards.
     assert!(model.forward(&ids(), None, &Adapters::none(model.sites().len())).is_ok());
 }
@@ -105,7 +109,7 @@ fn incompatible_abi_is_one_line_with_versions_and_a_report_file() {
     };
     let msg = one_line(&err);
     assert!(msg.contains("incompatible ABI"), "{msg}");
-    assert!(msg.contains("plugin built against stagecraft-sdk 1.0.0, host 1.3.0"), "{msg}");
+    assert!(msg.contains("plugin built against stagecraft-sdk 1.0.0, host 1.4.0"), "{msg}");
     assert!(
         msg.contains("mismatched type at PluginLib.new_method > VTable.new_param > Init.a: expected f64, found f32"),
         "{msg}"

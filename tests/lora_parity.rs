@@ -1,8 +1,10 @@
 //! LoRA through the `.so` plugin against the same LoRA written directly in candle:
 //! outputs and gradients must be bit-identical (the plugin's ops are the same candle
 //! ops, in the same order: on this host, the fused `add_low_rank` op), they agree with
-//! the op-by-op composition that older hosts run up to float rounding, and a model
-//! trained with nothing but plugins (LoRA, AdamW, causal LM) must learn.
+//! the op-by-op composition that older hosts run up to float rounding, the update
+//! Llama's fused decoder blocks compute from LoRA's declaration (SDK 1.4) agrees with
+//! its hook, and a model trained with nothing but plugins (LoRA, AdamW, causal LM)
+//! must learn.
 
 mod support;
 
@@ -351,4 +353,59 @@ fn the_op_by_op_update_of_older_hosts_matches_add_low_rank() {
     let worst = f.iter().zip(&c).map(|(f, c)| (f - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
     assert!(worst <= 1e-6, "largest difference {worst}");
     assert!(host.add_low_rank(&y, &x, &b, &a, scale).is_err(), "factors swapped");
+}
+
+/// On Llama, LoRA declares its update (SDK 1.4's `low_rank`) and the decoder blocks
+/// compute it inside their fused ops; configured with dropout it declares nothing and
+/// the host calls its hook at every site. In evaluation, where dropout is off, the two
+/// are the same function: the outputs and every factor's gradient agree up to float
+/// rounding.
+#[test]
+fn llama_blocks_computing_lora_updates_match_its_hooks() {
+    let reg = registry();
+    let st = state();
+    let model = stagecraft_core::model::Llama::load(
+        &support::fixture("llama-tiny", "base"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .expect("llama-tiny");
+    for (_, w) in model.weights() {
+        w.set_trainable(false);
+    }
+    st.register_model(&model);
+    let targets = r#""targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]"#;
+    let attach = |dropout: f64| {
+        let cfg = format!(r#"{{{targets}, "r": {R}, "alpha": {ALPHA}, "dropout": {dropout}}}"#);
+        let mut adapters = Adapters::none(model.sites().len());
+        adapters.attach(reg.new_method("lora", &cfg, &st).expect("lora instance"), model.sites()).expect("attach");
+        adapters
+    };
+    let (declared, hooked) = (attach(0.0), attach(0.1));
+    let q_site = model.sites().index("model.layers.0.self_attn.q_proj").expect("site");
+    assert_eq!(declared.low_rank(q_site).expect("declared").map(|u| u.len()), Some(1), "no declaration");
+    assert!(hooked.low_rank(q_site).expect("not declared").is_none(), "declared with dropout");
+    let (pd, ph) = (declared.methods()[0].params(), hooked.methods()[0].params());
+    for (i, (d, h)) in pd.iter().zip(&ph).enumerate() {
+        assert_eq!(d.name, h.name);
+        let value = random(d.var.dims(), 300 + i as u64);
+        d.var.set(&value).expect("set");
+        h.var.set(&value).expect("set");
+    }
+
+    st.set_training(false);
+    let ids = Tensor::new(&[[1u32, 5, 9, 3, 60, 12, 7, 2], [7, 2, 2, 30, 41, 0, 0, 0]], &Device::Cpu).expect("ids");
+    let mask = Tensor::new(&[[1f32; 8], [1., 1., 1., 1., 1., 1., 0., 0.]], &Device::Cpu).expect("mask");
+    let logits = |a: &Adapters| model.forward(&ids, Some(&mask), a).expect("forward").logits.expect("logits");
+    let (fused, hooks) = (logits(&declared), logits(&hooked));
+    assert!(rel_err(&fused, &hooks) <= 1e-5, "logits: {}", rel_err(&fused, &hooks));
+    let probe = random(fused.dims(), 9);
+    let grads = |y: Tensor| {
+        stagecraft_core::kernels::backward(&(y * &probe).expect("mul").sum_all().expect("sum")).expect("backward")
+    };
+    let (gf, gh) = (grads(fused), grads(hooks));
+    for (d, h) in pd.iter().zip(&ph) {
+        let (a, b) = (gf.get(d.var.as_tensor()).expect("fused grad"), gh.get(h.var.as_tensor()).expect("hook grad"));
+        assert!(rel_err(a, b) <= 1e-5, "{}: {}", d.name, rel_err(a, b));
+    }
 }

@@ -16,12 +16,12 @@ use crate::optimizer::Optimizer;
 use crate::plugin::Plugin;
 use crate::stage::{Named, Stage};
 use crate::types::{
-    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, PluginInfo, PluginKind,
-    SiteInfo, StepInfo, TensorHandle,
+    Attachment, Control, LossOutput, LowRank, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, PluginInfo,
+    PluginKind, SiteInfo, StepInfo, TensorHandle,
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RSlice, RString, RVec},
+    std_types::{ROption, RResult, RSlice, RString, RVec},
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -170,6 +170,14 @@ impl<M: AdaptationMethod> MethodAbi for MethodAdapter<M> {
         match guard(M::NAME, "kv_prefix_len", || Ok(self.inner.kv_prefix_len())) {
             RResult::ROk(n) => u32::try_from(n).unwrap_or(u32::MAX),
             RResult::RErr(_) => 0,
+        }
+    }
+    fn low_rank(&self, site: u32) -> ROption<LowRank> {
+        // A plugin that fails here declares nothing: the host calls `forward`, which
+        // reports the failure where it matters.
+        match guard(M::NAME, "low_rank", || Ok(self.inner.low_rank(self.site(site)?))) {
+            RResult::ROk(declared) => declared.into(),
+            RResult::RErr(_) => ROption::RNone,
         }
     }
 }

@@ -181,9 +181,9 @@ pub use plugin::Plugin;
 pub use stage::{Loss, Named, Stage};
 pub use targets::{select_linear_sites, select_sites, site_matches, target_matches, validate_pattern};
 pub use types::{
-    AdamWStep, Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, MergeSupport, Metric,
-    ModelInfo, ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, SiteRole, StepInfo,
-    TensorHandle, UnaryOp,
+    AdamWStep, Attachment, CmpOp, Control, DType, Hooks, Init, InitKind, LogLevel, LossOutput, LowRank, MergeSupport,
+    Metric, ModelInfo, ModelSpec, NamedTensor, ParamSlot, PluginInfo, PluginKind, SiteInfo, SiteKind, SiteRole,
+    StepInfo, TensorHandle, UnaryOp,
 };
 pub use version::{SdkVersion, SDK_VERSION};
 
@@ -203,7 +203,7 @@ pub mod prelude {
     pub use crate::{
         bail, select_linear_sites, select_sites, site_matches, target_matches, validate_pattern, AdamWStep,
         AdaptationMethod, Attachment, CmpOp, Control, DType, Error, Hooks, Host, Init, JsonSchema, LogLevel, Loss,
-        MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SdkVersion, SiteInfo,
-        SiteKind, SiteRole, Stage, StepInfo, Tensor, TensorHandle,
+        LowRank, MergeSupport, Metric, ModelInfo, ModelSpec, Named, Optimizer, ParamSlot, Plugin, Result, SdkVersion,
+        SiteInfo, SiteKind, SiteRole, Stage, StepInfo, Tensor, TensorHandle,
     };
 }

@@ -4,7 +4,7 @@ use crate::bail;
 use crate::error::Result;
 use crate::host::{Host, Tensor};
 use crate::plugin::Plugin;
-use crate::types::{Attachment, MergeSupport, SiteInfo};
+use crate::types::{Attachment, LowRank, MergeSupport, SiteInfo};
 
 /// An adaptation method: attaches to named sites of a frozen model and changes what
 /// they compute through its own trainable parameters.
@@ -105,5 +105,18 @@ pub trait AdaptationMethod: Plugin {
     /// them, as after a cache of that length. The default is 0. (Since 1.1.)
     fn kv_prefix_len(&self) -> usize {
         0
+    }
+
+    /// Declares that at `site` (a linear site this instance post-hooks)
+    /// [`forward`](Self::forward) returns exactly `y + scale·(x·Aᵀ)·Bᵀ`, `A` and `B`
+    /// being two of this instance's parameters ([`LowRank`]). The host may then compute
+    /// the update itself, inside the fused kernels of the layer, instead of calling
+    /// `forward` at that site; the values agree up to float rounding, and `A` and `B`
+    /// get their gradients as from `forward`. Asked once per attached site, right after
+    /// [`init_site`](Self::init_site): declare only what holds for the instance's whole
+    /// life (LoRA declares its update unless it drops its input out or is DoRA). The
+    /// default declares nothing, and `forward` is always called. (Since 1.4.)
+    fn low_rank(&self, _site: &SiteInfo) -> Option<LowRank> {
+        None
     }
 }

@@ -258,6 +258,20 @@
 //! `host.sdk_version() >= SdkVersion::new(1, 3, 0)` and keep the composition
 //! otherwise, as the first-party LoRA does (`plugins/lora/src/lora.rs`).
 //!
+//! Since `forward` computes exactly `y + s·(x·Dᵀ)·Uᵀ`, the plugin can also declare it
+//! (SDK 1.4): the host then computes the update inside its fused decoder layers
+//! instead of calling `forward` at that site, with the factors' gradients as from
+//! `forward` (on the CPU, no graph nodes and no full-size pass of its own: the
+//! update's product joins the layer's). Hosts older than 1.4 never ask, and keep
+//! calling `forward`:
+//!
+//! ```ignore
+//! fn low_rank(&self, site: &SiteInfo) -> Option<LowRank> {
+//!     let f = self.sites.get(site.name.as_str())?;
+//!     Some(LowRank { a: f.down, b: f.up, scale: self.cfg.scaling() })
+//! }
+//! ```
+//!
 //! ## 5. Build and test
 //!
 //! ```sh
@@ -280,7 +294,7 @@
 //! library   quickstart
 //! file      /home/you/quickstart/target/release/libquickstart.so
 //! sha256    79e7ce8006a0cbaec0b1ffa654550ae57671ac7063f59f308afe429fd6f21586
-//! sdk       1.3.0 (host 1.3.0)
+//! sdk       1.4.0 (host 1.4.0)
 //!
 //! method quickstart 0.1.0
 //!   a low-rank update of linear layers (LoRA-like)

@@ -397,6 +397,22 @@ pub struct Attachment {
     pub hooks: Hooks,
 }
 
+/// What an adaptation method adds at a linear site, declared as a low-rank update:
+/// `y + scale·(x·Aᵀ)·Bᵀ` for the site's input `x` `[.., in]` and output `y`
+/// `[.., out]`, with `a` `[r, in]` and `b` `[out, r]` parameters of the method (LoRA's
+/// `lora_A` and `lora_B`). See [`AdaptationMethod::low_rank`](crate::AdaptationMethod::low_rank).
+/// (Since 1.4.)
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct LowRank {
+    /// `A`, `[r, in]`.
+    pub a: TensorHandle,
+    /// `B`, `[out, r]`.
+    pub b: TensorHandle,
+    /// The factor on the product.
+    pub scale: f64,
+}
+
 /// A tensor with a name (model outputs, batch fields, optimizer state).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]

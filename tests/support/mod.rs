@@ -138,7 +138,7 @@ fn build_compat(crate_dir: &str, features: &[&str], built: &str, keep: &Path, so
 /// The compat plugins, built when their sources changed, into `target/compat/libs`.
 ///
 /// The frozen SDK copies and the plugins built against them live in dot-folders
-/// (`tests/compat/.sdk-1.0-prefix`, `.sdk-1.4-next`, `.plugin-old`, `.plugin-next`):
+/// (`tests/compat/.sdk-1.0-prefix`, `.sdk-1.5-next`, `.plugin-old`, `.plugin-next`):
 /// the copies are packages named `stagecraft-sdk` too, and cargo, looking for that
 /// package in a git dependency on this repository, reads every package it finds
 /// (following path dependencies) and would pick the highest version, a frozen copy,
@@ -169,7 +169,7 @@ pub fn compat() -> &'static Compat {
                 &[],
                 "libcompat_plugin_next.so",
                 &keep.join("libcompat_next.so"),
-                &[".sdk-1.4-next"],
+                &[".sdk-1.5-next"],
             ),
             faulty: build_compat(
                 "plugin-faulty",

@@ -67,8 +67,23 @@ pub(super) struct Dims {
 /// `silu(x·w_gateᵀ) · (x·w_upᵀ)` on slices, with `gate` and `up` for backward:
 /// `(y, gate, up)`, each `rows × inter`.
 pub(super) fn forward(x: &[f32], wg: &[f32], wu: &[f32], dims: Dims) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    forward_plus(x, wg, wu, dims, [&[], &[]])
+}
+
+/// [`forward`] with products `extra[0]` added to the gate and `extra[1]` to the up
+/// projection before the activation (each `rows × inter`: low-rank updates `u·Bᵀ`),
+/// summed in the same GEMM calls.
+pub(super) fn forward_plus(
+    x: &[f32],
+    wg: &[f32],
+    wu: &[f32],
+    dims: Dims,
+    extra: [&[(View<'_>, View<'_>)]; 2],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let Dims { rows: m, in_f: i, inter: o } = dims;
     let (xs, wg, wu) = (View::rows(x, m, i, i), View::rows(wg, o, i, i).t(), View::rows(wu, o, i, i).t());
+    let [gate_products, up_products] =
+        [(wg, extra[0]), (wu, extra[1])].map(|(w, extra)| [&[(xs, w)][..], extra].concat());
     let parts = linear::column_parts(m, o, i);
     let mut y = vec![0f32; m * o];
     let y_cols = gemm::split_columns(&mut y, m, o, parts);
@@ -78,8 +93,8 @@ pub(super) fn forward(x: &[f32], wg: &[f32], wu: &[f32], dims: Dims) -> Result<(
             let blocks = gate.columns(parts).into_par_iter().zip(up.columns(parts)).zip(y_cols);
             blocks.try_for_each(|((g, u), mut y)| {
                 let c = y.range();
-                let g = g.write(&[(xs, wg.columns(c.start, c.end))])?;
-                let u = u.write(&[(xs, wu.columns(c.start, c.end))])?;
+                let g = g.write(&gemm::column_products(&gate_products, c.clone()))?;
+                let u = u.write(&gemm::column_products(&up_products, c))?;
                 simd::vectorized(
                     #[inline(always)]
                     || {

@@ -52,6 +52,15 @@ impl<'a> View<'a> {
     }
 }
 
+/// Each product `a·b` of `products` restricted to the columns `c` of its result (the
+/// columns of `b`): the products a block of columns writes.
+pub(crate) fn column_products<'v>(
+    products: &[(View<'v>, View<'v>)],
+    c: std::ops::Range<usize>,
+) -> Vec<(View<'v>, View<'v>)> {
+    products.iter().map(|(a, b)| (*a, b.columns(c.start, c.end))).collect()
+}
+
 /// A block of whole columns `c0..c1` of a row-major matrix, writable on its own thread
 /// while other threads write the other blocks ([`split_columns`]).
 ///

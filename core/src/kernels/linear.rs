@@ -92,6 +92,40 @@ pub fn add_low_rank(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) 
     }
 }
 
+/// A low-rank update `scale·(x·Aᵀ)·Bᵀ` of a projection (LoRA's, declared through the
+/// SDK's `low_rank`): `a` `[r, in]`, `b` `[out, r]`. The decoder blocks compute it
+/// inside their products ([`super::decoder_block`]); elsewhere it is
+/// [`add_low_rank`].
+#[derive(Debug, Clone)]
+pub struct LowRank {
+    /// `A`, `[r, in]`.
+    pub a: Tensor,
+    /// `B`, `[out, r]`.
+    pub b: Tensor,
+    /// The factor on the product.
+    pub scale: f64,
+}
+
+impl LowRank {
+    /// `y + scale·(x·Aᵀ)·Bᵀ` ([`add_low_rank`]).
+    pub fn add_to(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        add_low_rank(y, x, &self.a, &self.b, self.scale)
+    }
+
+    /// The rank `r`, refused unless `A` is `[r, in_f]` and `B` `[out_f, r]`.
+    pub fn rank(&self, in_f: usize, out_f: usize) -> Result<usize> {
+        let (r, a_in) = self.a.dims2()?;
+        if a_in != in_f || self.b.dims() != [out_f, r] {
+            bail!(
+                "low-rank update of a [{out_f}, {in_f}] weight has A {:?} and B {:?}, expected [r, {in_f}] and [{out_f}, r]",
+                self.a.dims(),
+                self.b.dims()
+            )
+        }
+        Ok(r)
+    }
+}
+
 /// The same product from candle's matmul (the reference for tests; CUDA and bf16).
 pub fn composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_f, in_f) = w.dims2()?;
@@ -133,25 +167,29 @@ fn product_by_rows<'a>(
     })
 }
 
-/// `a·b` (`rows × n` row-major), added onto `onto` when given, split into blocks of
-/// whole columns, one per thread ([`column_parts`]): for a right-hand side the `gemm`
-/// crate packs (a transposed weight), each thread packs only its own columns of it
-/// ([`gemm::Columns`]).
-fn product_by_columns(rows: usize, n: usize, a: View<'_>, b: View<'_>, onto: Option<&[f32]>) -> Result<Vec<f32>> {
-    let parts = column_parts(rows, n, a.cols);
+/// `Σ a·b` over `products` (`rows × n` row-major, the first product the widest),
+/// added onto `onto` when given, split into blocks of whole columns, one per thread
+/// ([`column_parts`]): for a right-hand side the `gemm` crate packs (a transposed
+/// weight), each thread packs only its own columns of it ([`gemm::Columns`]).
+fn product_by_columns(
+    rows: usize,
+    n: usize,
+    products: &[(View<'_>, View<'_>)],
+    onto: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let parts = column_parts(rows, n, products.first().map_or(0, |(a, _)| a.cols));
     let Some(onto) = onto else {
         return gemm::unwritten_matrix(rows, n, |dst| {
             dst.columns(parts).into_par_iter().try_for_each(|blk| {
                 let c = blk.col_range();
-                blk.write(&[(a, b.columns(c.start, c.end))]).map(drop)
+                blk.write(&gemm::column_products(products, c)).map(drop)
             })
         });
     };
     let mut dst = onto.to_vec();
     let blocks = gemm::split_columns(&mut dst, rows, n, parts);
     blocks.into_par_iter().try_for_each(|mut cols| {
-        let c = cols.range();
-        cols.matmul(a, b.columns(c.start, c.end), true)
+        gemm::column_products(products, cols.range()).into_iter().try_for_each(|(a, b)| cols.matmul(a, b, true))
     })?;
     Ok(dst)
 }
@@ -179,7 +217,21 @@ pub(super) fn project(
     (m, in_f, out_f): (usize, usize, usize),
     onto: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    product_by_columns(m, out_f, View::rows(x, m, in_f, in_f), View::rows(w, out_f, in_f, in_f).t(), onto)
+    project_plus(x, w, (m, in_f, out_f), &[], onto)
+}
+
+/// [`project`] plus the products `extra` (each `m × out_f`), summed in the same GEMM
+/// calls: a low-rank update's `u·Bᵀ` (`u` `m × r`, `B` `[out_f, r]`).
+pub(super) fn project_plus(
+    x: &[f32],
+    w: &[f32],
+    (m, in_f, out_f): (usize, usize, usize),
+    extra: &[(View<'_>, View<'_>)],
+    onto: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let mut products = vec![(View::rows(x, m, in_f, in_f), View::rows(w, out_f, in_f, in_f).t())];
+    products.extend_from_slice(extra);
+    product_by_columns(m, out_f, &products, onto)
 }
 
 /// One term `dy·W` of an input gradient: `dy` `m × out`, `w` `[out, in]`.

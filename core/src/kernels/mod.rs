@@ -16,7 +16,7 @@
 //! | SwiGLU `silu(gate)·up` | [`swiglu`] | `gate`, `up` |
 //! | Llama's MLP input `silu(x·W_gateᵀ)·(x·W_upᵀ)` (sites without adapters) | [`gated_mlp`] | `x`, weights, `gate`, `up` |
 //! | causal / padded attention with GQA, output `[b, s, h·d]` | [`attention`] | `q`, `k`, `v` (probabilities are recomputed) |
-//! | Llama's attention and MLP blocks, norm to residual, each one graph node (sites without adapters) | [`decoder_block`] | normed input, heads or `gate` and `up`, the last product's input |
+//! | Llama's attention and MLP blocks, norm to residual, each one graph node (sites without adapters, or with declared low-rank updates: LoRA's) | [`decoder_block`] | normed input, heads or `gate` and `up`, the last product's input, each update's `x·Aᵀ` |
 //! | softmax cross-entropy over the vocabulary with ignored rows | [`cross_entropy`] | logits, targets |
 //! | the global gradient norm (no squared copy per parameter) | [`grad_norm`] | nothing |
 //!

@@ -43,6 +43,7 @@ use crate::kernels::attention::{attention_heads, attention_rows};
 use crate::kernels::decoder_block::{attention_block, mlp_block, AttentionWeights, MlpWeights};
 use crate::kernels::gated_mlp::gated_mlp_in;
 use crate::kernels::linear::linear_onto;
+use crate::kernels::linear::LowRank;
 use crate::kernels::rope::split_heads;
 use crate::kernels::swiglu::swiglu;
 use candle_core::{DType, Device, Tensor};
@@ -157,8 +158,8 @@ impl Layer {
         mask: Option<&Tensor>,
         a: &Adapters,
     ) -> Result<Tensor> {
-        let x1 = match self.attention_is_plain(a) {
-            true => {
+        let x1 = match self.attention_updates(a)? {
+            Some(updates) => {
                 let (norm, q, k, v, o) = (
                     self.input_norm.weight.get(),
                     self.q.weight.get(),
@@ -173,6 +174,7 @@ impl Layer {
                     k: &k,
                     v: &v,
                     o: &o,
+                    updates: updates.each_ref().map(Vec::as_slice),
                     heads: (cfg.num_attention_heads, cfg.kv_heads()),
                     rope: Some(rope.cos_sin()),
                     mask,
@@ -180,20 +182,21 @@ impl Layer {
                 };
                 attention_block(x, &w)?
             }
-            false => {
+            None => {
                 let h = self.input_norm.forward(a, x)?;
                 let heads = self.attention_heads(cfg, rope, &h, pad, mask, a)?;
                 residual_block(a, x, &h, &self.o, &heads, self.attn_out_site)?
             }
         };
-        let y = match self.mlp_is_plain(a) {
-            true => {
+        let y = match self.mlp_updates(a)? {
+            Some(updates) => {
                 let (norm, gate, up, down) =
                     (self.post_norm.weight.get(), self.gate.weight.get(), self.up.weight.get(), self.down.weight.get());
-                let w = MlpWeights { norm: &norm, eps: self.post_norm.eps, gate: &gate, up: &up, down: &down };
+                let updates = updates.each_ref().map(Vec::as_slice);
+                let w = MlpWeights { norm: &norm, eps: self.post_norm.eps, gate: &gate, up: &up, down: &down, updates };
                 mlp_block(&x1, &w)?
             }
-            false => {
+            None => {
                 let h = self.post_norm.forward(a, &x1)?;
                 let m = self.gated_mlp_in(a, &h)?;
                 residual_block(a, &x1, &h, &self.down, &m, self.mlp_out_site)?
@@ -202,19 +205,17 @@ impl Layer {
         a.post(self.out_site, x, y)
     }
 
-    /// Whether the attention block runs as one op ([`attention_block`]): no adapter
-    /// hooks any of its sites, no projection has a bias, nothing drops out, f32.
-    fn attention_is_plain(&self, a: &Adapters) -> bool {
-        let (q, k, v, o) = (&self.q, &self.k, &self.v, &self.o);
-        let sites =
-            [self.input_norm.site, q.site, k.site, v.site, self.key_site, self.value_site, o.site, self.attn_out_site];
-        plain_block(a, &sites, &[q, k, v, o])
+    /// The low-rank updates of q, k, v and o when the attention block runs as one op
+    /// ([`attention_block`]): on [`block_updates`]' terms.
+    fn attention_updates(&self, a: &Adapters) -> Result<Option<[Vec<LowRank>; 4]>> {
+        let sites = [self.input_norm.site, self.key_site, self.value_site, self.attn_out_site];
+        block_updates(a, &sites, [&self.q, &self.k, &self.v, &self.o])
     }
 
-    /// Whether the MLP block runs as one op ([`mlp_block`]), on the same terms.
-    fn mlp_is_plain(&self, a: &Adapters) -> bool {
-        let sites = [self.post_norm.site, self.gate.site, self.up.site, self.down.site, self.mlp_out_site];
-        plain_block(a, &sites, &[&self.gate, &self.up, &self.down])
+    /// The low-rank updates of gate, up and down when the MLP block runs as one op
+    /// ([`mlp_block`]), on the same terms.
+    fn mlp_updates(&self, a: &Adapters) -> Result<Option<[Vec<LowRank>; 3]>> {
+        block_updates(a, &[self.post_norm.site, self.mlp_out_site], [&self.gate, &self.up, &self.down])
     }
 
     /// `silu(gate(h)) · up(h)`: one fused op when no adapter hooks either site (and
@@ -272,13 +273,30 @@ impl Layer {
     }
 }
 
-/// Whether a block whose `sites` no adapter hooks and whose `projections` have no
-/// bias can run as one op: f32, and nothing drops out.
-fn plain_block(a: &Adapters, sites: &[usize], projections: &[&SiteLinear]) -> bool {
-    a.precision() == Precision::Fp32
+/// Each projection's low-rank updates when a block can run as one op: f32, nothing
+/// drops out, no adapter hooks its other `sites`, its `projections` have no bias, and
+/// the adapters hook each projection only through declared low-rank updates
+/// ([`Adapters::low_rank`]; LoRA's). `None` otherwise.
+fn block_updates<const N: usize>(
+    a: &Adapters,
+    sites: &[usize],
+    projections: [&SiteLinear; N],
+) -> Result<Option<[Vec<LowRank>; N]>> {
+    let plain = a.precision() == Precision::Fp32
         && !a.has_dropout()
         && sites.iter().all(|&s| !a.hooks(s))
-        && projections.iter().all(|p| p.bias.is_none())
+        && projections.iter().all(|p| p.bias.is_none());
+    if !plain {
+        return Ok(None);
+    }
+    let mut updates = Vec::with_capacity(N);
+    for p in projections {
+        match a.low_rank(p.site)? {
+            Some(u) => updates.push(u),
+            None => return Ok(None),
+        }
+    }
+    Ok(updates.try_into().ok())
 }
 
 /// `residual + post(out_site, dropout(proj(z)))`, the end of an attention or MLP block

@@ -5,6 +5,7 @@
 
 use crate::device::Precision;
 use crate::error::{Error, Result};
+use crate::kernels::linear::LowRank;
 use crate::plugin::{HostState, MethodInstance};
 use candle_core::Tensor;
 use stagecraft_sdk::{Hooks, SiteInfo, SiteKind, SiteRole};
@@ -209,6 +210,25 @@ impl Adapters {
     /// Whether an active instance hooks `site` (before or after it).
     pub fn hooks(&self, site: usize) -> bool {
         self.pre[site].iter().chain(&self.post[site]).any(|&k| self.active[k])
+    }
+
+    /// The updates the active instances add at linear `site` when each of them hooks
+    /// it only through a declared low-rank update ([`MethodInstance::low_rank`]): the
+    /// model may then compute them inside its fused kernels, in place of the hooks.
+    /// `None` when an active instance hooks the site otherwise (a pre-hook, or a
+    /// post-hook without a declaration); empty when nothing hooks it.
+    pub fn low_rank(&self, site: usize) -> Result<Option<Vec<LowRank>>> {
+        if self.pre[site].iter().any(|&k| self.active[k]) {
+            return Ok(None);
+        }
+        let mut updates = Vec::new();
+        for &k in self.post[site].iter().filter(|&&k| self.active[k]) {
+            match self.methods[k].low_rank(site)? {
+                Some(u) => updates.push(u),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(updates))
     }
 
     /// Runs the pre-hooks at `site` on `x`.

@@ -5,6 +5,7 @@
 use super::ops::HostCtx;
 use super::state::{HostState, InstanceStore, Owned};
 use crate::error::{Error, Result};
+use crate::kernels::linear::LowRank;
 use crate::train::Teacher;
 use abi_stable::{sabi_trait::TD_Opaque, std_types::RArc, std_types::RResult, std_types::RString};
 use candle_core::{Tensor, Var};
@@ -13,6 +14,7 @@ use stagecraft_sdk::{
     Attachment, Control, Hooks, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, SiteKind, StepInfo,
     TensorHandle,
 };
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Builds the op-table object for one instance.
@@ -87,12 +89,14 @@ pub struct MethodInstance {
     obj: MethodBox,
     sites: Vec<SiteInfo>,
     attachments: Vec<Attachment>,
+    /// The low-rank updates it declared, by site (see [`MethodInstance::low_rank`]).
+    low_rank: HashMap<usize, stagecraft_sdk::LowRank>,
 }
 
 impl MethodInstance {
     /// Wraps a freshly created plugin object.
     pub fn new(core: InstanceCore, obj: MethodBox) -> Self {
-        MethodInstance { core, obj, sites: Vec::new(), attachments: Vec::new() }
+        MethodInstance { core, obj, sites: Vec::new(), attachments: Vec::new(), low_rank: HashMap::new() }
     }
 
     /// Lets the plugin choose its sites, then creates each site's parameters.
@@ -115,9 +119,38 @@ impl MethodInstance {
                 });
             }
             self.core.check(format!("init_site({})", site.name), self.obj.init_site(&self.core.host, a.site))?;
+            if a.hooks == Hooks::POST && site.kind == SiteKind::LINEAR {
+                if let Some(declared) = self.obj.low_rank(a.site).into_option() {
+                    self.low_rank.insert(a.site as usize, declared);
+                }
+            }
         }
         self.attachments = attachments;
         Ok(())
+    }
+
+    /// The update `y + scale·(x·Aᵀ)·Bᵀ` it declared at a linear site it post-hooks
+    /// (SDK 1.4's `low_rank`; LoRA's), which the model may compute inside its fused
+    /// kernels instead of calling the hook; `None` where it declared none. Factors that
+    /// are not `[r, in]` and `[out, r]` for the site are refused.
+    pub fn low_rank(&self, site: usize) -> Result<Option<LowRank>> {
+        let Some(declared) = self.low_rank.get(&site) else { return Ok(None) };
+        let info = &self.sites[site];
+        let update = LowRank {
+            a: self.core.out("low_rank", declared.a)?,
+            b: self.core.out("low_rank", declared.b)?,
+            scale: declared.scale,
+        };
+        let (in_f, out_f) = match info.dims.as_slice() {
+            [i, o] => (*i, *o),
+            _ => (0, 0),
+        };
+        update.rank(in_f, out_f).map_err(|e| Error::Plugin {
+            plugin: self.core.plugin.clone(),
+            method: format!("low_rank at {}", info.name),
+            msg: e.to_string(),
+        })?;
+        Ok(Some(update))
     }
 
     /// The sites it attached to, with hooks.

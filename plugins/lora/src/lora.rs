@@ -177,6 +177,13 @@ impl AdaptationMethod for Lora {
         }
     }
 
+    fn low_rank(&self, site: &SiteInfo) -> Option<LowRank> {
+        // `forward` is exactly this update where nothing drops the input out and the
+        // update is not DoRA's (whose scale depends on the updated weight's norms).
+        let f = self.params.get(site.name.as_str())?;
+        (f.magnitude.is_none() && self.cfg.dropout == 0.0).then_some(LowRank { a: f.a, b: f.b, scale: f.scaling })
+    }
+
     fn merge_support(&self) -> MergeSupport {
         MergeSupport::YES
     }

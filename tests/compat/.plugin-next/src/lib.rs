@@ -1,5 +1,5 @@
 //! `next_cumsum`: replaces a linear site's output by its cumulative sum along the last
-//! dim, using `cumsum`, an op appended in SDK 1.4. In a 1.3 host the call fails with the
+//! dim, using `cumsum`, an op appended in SDK 1.5. In a 1.4 host the call fails with the
 //! op's default body ("host lacks op"), and nothing crashes.
 
 use stagecraft_sdk::abi::{CallResult, HostRef, MethodAbi, MethodAbi_TO, MethodBox, OptimizerBox, PluginLib, PluginLibRef, StageBox};

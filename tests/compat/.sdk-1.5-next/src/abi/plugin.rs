@@ -13,12 +13,12 @@
 
 use super::host::HostOps_TO;
 use crate::types::{
-    Attachment, Control, LossOutput, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, StepInfo,
+    Attachment, Control, LossOutput, LowRank, MergeSupport, Metric, ModelInfo, NamedTensor, ParamSlot, SiteInfo, StepInfo,
     TensorHandle,
 };
 use abi_stable::{
     sabi_trait,
-    std_types::{RArc, RBox, RResult, RSlice, RString, RVec},
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RString, RVec},
 };
 
 /// The host op table object. The host keeps one per plugin instance (so it knows who
@@ -87,6 +87,14 @@ pub trait MethodAbi {
     /// would after a cache of that length. A plugin without it prepends none. (Since 1.1.)
     fn kv_prefix_len(&self) -> u32 {
         0
+    }
+    // ---- appended in 1.4 ----
+    /// What the instance adds at one of its post-hooked linear sites, when that is a
+    /// low-rank update: the host may then compute it instead of calling `forward`
+    /// there. A plugin without it declares none. (Since 1.4.)
+    fn low_rank(&self, site: u32) -> ROption<LowRank> {
+        let _ = site;
+        ROption::RNone
     }
 }
 

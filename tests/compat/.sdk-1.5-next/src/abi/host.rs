@@ -288,9 +288,9 @@ pub trait HostOps {
         host_lacks("add_low_rank", self.sdk_version())
     }
 
-    // ---- appended in 1.4 -------------------------------------------------------
+    // ---- appended in 1.5 -------------------------------------------------------
 
-    /// Cumulative sum along `dim`. (Since 1.4, optional.)
+    /// Cumulative sum along `dim`. (Since 1.5, optional.)
     fn cumsum(&self, x: TensorHandle, dim: usize) -> OpResult {
         let _ = (x, dim);
         host_lacks("cumsum", self.sdk_version())

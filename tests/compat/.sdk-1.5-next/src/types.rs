@@ -397,6 +397,22 @@ pub struct Attachment {
     pub hooks: Hooks,
 }
 
+/// What an adaptation method adds at a linear site, declared as a low-rank update:
+/// `y + scale·(x·Aᵀ)·Bᵀ` for the site's input `x` `[.., in]` and output `y`
+/// `[.., out]`, with `a` `[r, in]` and `b` `[out, r]` parameters of the method (LoRA's
+/// `lora_A` and `lora_B`). See [`AdaptationMethod::low_rank`](crate::AdaptationMethod::low_rank).
+/// (Since 1.4.)
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct LowRank {
+    /// `A`, `[r, in]`.
+    pub a: TensorHandle,
+    /// `B`, `[out, r]`.
+    pub b: TensorHandle,
+    /// The factor on the product.
+    pub scale: f64,
+}
+
 /// A tensor with a name (model outputs, batch fields, optimizer state).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -466,6 +482,11 @@ impl AdamWStep {
 
 /// A metric contribution: the host sums `sum` and `count` over batches and reports
 /// `sum / count`.
+///
+/// A metric given per example ([`Metric::per_example`]: one entry per row of the
+/// batch, in row order, each with count 1, or 0 for a row it does not score) sums to
+/// the same value, and the host also records each example's score, which
+/// `stagecraft compare` pairs between two runs for its confidence intervals.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub struct Metric {
@@ -481,6 +502,25 @@ impl Metric {
     /// A metric contribution.
     pub fn new(name: &str, sum: f64, count: f64) -> Metric {
         Metric { name: name.into(), sum, count }
+    }
+
+    /// One contribution per row of the batch, in row order: `Some(score)` (count 1),
+    /// or `None` for a row the metric does not score (count 0; for example a
+    /// completion truncated away).
+    ///
+    /// ```
+    /// use stagecraft_sdk::Metric;
+    /// let m = Metric::per_example("exact_match", &[Some(1.0), None, Some(0.0)]);
+    /// assert_eq!(m.iter().map(|m| (m.sum, m.count)).collect::<Vec<_>>(), [(1.0, 1.0), (0.0, 0.0), (0.0, 1.0)]);
+    /// ```
+    pub fn per_example(name: &str, scores: &[Option<f64>]) -> Vec<Metric> {
+        scores
+            .iter()
+            .map(|s| match s {
+                Some(v) => Metric::new(name, *v, 1.0),
+                None => Metric::new(name, 0.0, 0.0),
+            })
+            .collect()
     }
 }
 
