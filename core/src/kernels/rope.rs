@@ -11,7 +11,7 @@
 //! `dx₁ = dy₁·cos₁ + dy₂·sin₂`, `dx₂ = dy₂·cos₂ - dy₁·sin₁`. Values take the same
 //! split without the rotation ([`split_heads`]).
 
-use super::{applies, profile, read, rows_per_task, slice, tensor};
+use super::{applies, profile, read, rows_per_task, simd, slice, tensor};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -101,12 +101,17 @@ pub(crate) fn to_heads(x: &[f32], (b, s, h, d): (usize, usize, usize, usize), ta
     // Output row `(bi, hi, si)` reads input row `(bi, si, hi)`.
     let chunk = rows_per_task(b * h * s) * d;
     y.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-        for (k, out) in rows.chunks_mut(d).enumerate() {
-            let row = task * (chunk / d) + k;
-            let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
-            let src = &x[((bi * s + si) * h + hi) * d..][..d];
-            rotate(out, src, tables.map(|t| t.at(si, d)), 1.0);
-        }
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (k, out) in rows.chunks_mut(d).enumerate() {
+                    let row = task * (chunk / d) + k;
+                    let (bi, hi, si) = (row / (h * s), row / s % h, row % s);
+                    let src = &x[((bi * s + si) * h + hi) * d..][..d];
+                    rotate::<true>(out, src, tables.map(|t| t.at(si, d)));
+                }
+            },
+        )
     });
     y
 }
@@ -122,12 +127,17 @@ pub(crate) fn from_heads(
     // Input row `(bi, si, hi)` gets output row `(bi, hi, si)` rotated back.
     let chunk = rows_per_task(b * s * h) * d;
     dx.par_chunks_mut(chunk).enumerate().for_each(|(task, rows)| {
-        for (k, out) in rows.chunks_mut(d).enumerate() {
-            let row = task * (chunk / d) + k;
-            let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
-            let src = &dy[((bi * h + hi) * s + si) * d..][..d];
-            rotate(out, src, tables.map(|t| t.at(si, d)), -1.0);
-        }
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (k, out) in rows.chunks_mut(d).enumerate() {
+                    let row = task * (chunk / d) + k;
+                    let (bi, si, hi) = (row / (s * h), row / h % s, row % h);
+                    let src = &dy[((bi * h + hi) * s + si) * d..][..d];
+                    rotate::<false>(out, src, tables.map(|t| t.at(si, d)));
+                }
+            },
+        )
     });
     dx
 }
@@ -159,23 +169,30 @@ impl CustomOp1 for Heads {
     }
 }
 
-/// `out = x·cos + dir·rotate_half(x)·sin`, where `sin` is read at the position of the
-/// element it multiplies (`dir = 1`) or of the element it came from (`dir = -1`, the
-/// inverse rotation); a plain copy without the position's `(cos, sin)` rows.
-fn rotate(out: &mut [f32], x: &[f32], tables: Option<(&[f32], &[f32])>, dir: f32) {
+/// `out = x·cos + rotate_half(x)·sin` (`FORWARD`), `sin` read at the position of the
+/// element it multiplies, or the inverse rotation (`sin` read at the position of the
+/// element it came from); a plain copy without the position's `(cos, sin)` rows.
+/// Inlined into [`simd::vectorized`] callers, so that the loops vectorize to the CPU's
+/// width.
+#[inline(always)]
+fn rotate<const FORWARD: bool>(out: &mut [f32], x: &[f32], tables: Option<(&[f32], &[f32])>) {
     let Some((cos, sin)) = tables else {
         out.copy_from_slice(x);
         return;
     };
     let half = x.len() / 2;
+    let (x1, x2) = x.split_at(half);
+    let (out1, out2) = out.split_at_mut(half);
+    let (cos1, cos2) = cos[..x.len()].split_at(half);
+    let (sin1, sin2) = sin[..x.len()].split_at(half);
     for i in 0..half {
-        let (a, b) = (x[i], x[i + half]);
-        if dir > 0.0 {
-            out[i] = a * cos[i] + (-b) * sin[i];
-            out[i + half] = b * cos[i + half] + a * sin[i + half];
+        let (a, b) = (x1[i], x2[i]);
+        if FORWARD {
+            out1[i] = a * cos1[i] + (-b) * sin1[i];
+            out2[i] = b * cos2[i] + a * sin2[i];
         } else {
-            out[i] = a * cos[i] + b * sin[i + half];
-            out[i + half] = b * cos[i + half] - a * sin[i];
+            out1[i] = a * cos1[i] + b * sin2[i];
+            out2[i] = b * cos2[i] - a * sin1[i];
         }
     }
 }
