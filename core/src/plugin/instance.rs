@@ -148,7 +148,8 @@ impl MethodInstance {
         update.rank(in_f, out_f).map_err(|e| Error::Plugin {
             plugin: self.core.plugin.clone(),
             method: format!("low_rank at {}", info.name),
-            msg: e.to_string(),
+            // The message without the backtrace candle may append.
+            msg: e.to_string().lines().next().unwrap_or_default().to_string(),
         })?;
         Ok(Some(update))
     }

@@ -2,7 +2,8 @@
 //! (panics in forward), `wrong_shape` (returns a tensor of the wrong shape), `forger`
 //! (returns a handle it made up), `stale` (returns a temporary from an earlier step),
 //! `thief` (tries to overwrite tensors it does not own), `bad_config` (rejects its
-//! config), `panicky_new` and `panicky_init` (panic while being made); the optimizer
+//! config), `panicky_new` and `panicky_init` (panic while being made), `bad_low_rank`
+//! (declares a low-rank update whose factors have each other's shapes); the optimizer
 //! `panicky_opt` and the objective `panicky_stage` (panic in their step and loss); and
 //! `nan_loss`, an objective whose loss (or only its gradient) turns non-finite on chosen
 //! steps.
@@ -10,6 +11,7 @@
 use serde::Deserialize;
 use stagecraft_sdk::prelude::*;
 use std::cell::Cell;
+use std::collections::HashMap;
 
 /// Which sites to attach to.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -98,7 +100,6 @@ impl AdaptationMethod for BadConfig {
     }
 }
 
-
 /// A method that panics while it is made.
 pub struct PanickyNew;
 
@@ -146,6 +147,42 @@ impl AdaptationMethod for PanickyInit {
     }
     fn forward<'h>(&self, _host: Host<'h>, _site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
         Ok(y)
+    }
+}
+
+/// Declares its (identity) hook as a low-rank update whose factors are swapped: `A`
+/// `[out, 2]` and `B` `[2, in]` instead of `[2, in]` and `[out, 2]`.
+pub struct BadLowRank {
+    targets: Vec<String>,
+    factors: HashMap<String, LowRank>,
+}
+
+impl Plugin for BadLowRank {
+    const NAME: &'static str = "bad_low_rank";
+    const DESCRIPTION: &'static str = "declares factors of the wrong shapes";
+    const VERSION: &'static str = "0.1.0";
+    type Config = Targets;
+    fn new(cfg: Targets, _host: Host<'_>) -> Result<Self> {
+        Ok(BadLowRank { targets: cfg.targets, factors: HashMap::new() })
+    }
+}
+
+impl AdaptationMethod for BadLowRank {
+    fn select_sites(&mut self, _host: Host<'_>, sites: &[SiteInfo]) -> Result<Vec<Attachment>> {
+        select_linear_sites(&self.targets, sites, Hooks::POST)
+    }
+    fn init_site(&mut self, host: Host<'_>, site: &SiteInfo) -> Result<()> {
+        let &[fan_in, fan_out] = site.dims.as_slice() else { bail!("not a linear site") };
+        let a = host.new_param(&format!("{}.a", site.name), &[fan_out, 2], Init::ZEROS)?.handle();
+        let b = host.new_param(&format!("{}.b", site.name), &[2, fan_in], Init::ZEROS)?.handle();
+        self.factors.insert(site.name.to_string(), LowRank { a, b, scale: 1.0 });
+        Ok(())
+    }
+    fn forward<'h>(&self, _host: Host<'h>, _site: &SiteInfo, _x: Tensor<'h>, y: Tensor<'h>) -> Result<Tensor<'h>> {
+        Ok(y)
+    }
+    fn low_rank(&self, site: &SiteInfo) -> Option<LowRank> {
+        self.factors.get(site.name.as_str()).copied()
     }
 }
 
@@ -265,7 +302,7 @@ impl Stage for NanLoss {
 
 stagecraft_sdk::export_plugin! {
     id: compat_faulty,
-    methods: [Panicky, WrongShape, Forger, Stale, Thief, BadConfig, PanickyNew, PanickyInit],
+    methods: [Panicky, WrongShape, Forger, Stale, Thief, BadConfig, PanickyNew, PanickyInit, BadLowRank],
     optimizers: [PanickyOpt],
     stages: [NanLoss, PanickyStage],
 }
