@@ -214,9 +214,7 @@ fn a_declared_low_rank_update_of_the_wrong_shape_is_an_error_naming_plugin_and_s
     let model = MlpLm::new(CFG, 1, &Device::Cpu).expect("model");
     let mut adapters = Adapters::none(model.sites().len());
     let m = reg.new_method("bad_low_rank", r#"{"targets": ["up_proj"]}"#, &st).expect("instance");
-    adapters.attach(m, model.sites()).expect("attach");
-    let site = model.sites().index("model.layers.0.mlp.up_proj").expect("site");
-    let msg = one_line(&adapters.low_rank(site).expect_err("swapped factors"));
+    let msg = one_line(&adapters.attach(m, model.sites()).expect_err("swapped factors refused on attaching"));
     assert!(msg.contains("plugin `bad_low_rank`") && msg.contains("low_rank at model.layers.0.mlp.up_proj"), "{msg}");
     assert!(msg.contains("A [24, 2] and B [2, 16], expected [r, 16] and [24, r]"), "{msg}");
 }

@@ -121,6 +121,7 @@ impl MethodInstance {
             self.core.check(format!("init_site({})", site.name), self.obj.init_site(&self.core.host, a.site))?;
             if a.hooks == Hooks::POST && site.kind == SiteKind::LINEAR {
                 if let Some(declared) = self.obj.low_rank(a.site).into_option() {
+                    self.check_low_rank(site, &declared)?;
                     self.low_rank.insert(a.site as usize, declared);
                 }
             }
@@ -129,29 +130,37 @@ impl MethodInstance {
         Ok(())
     }
 
-    /// The update `y + scale·(x·Aᵀ)·Bᵀ` it declared at a linear site it post-hooks
-    /// (SDK 1.4's `low_rank`; LoRA's), which the model may compute inside its fused
-    /// kernels instead of calling the hook; `None` where it declared none. Factors that
-    /// are not `[r, in]` and `[out, r]` for the site are refused.
-    pub fn low_rank(&self, site: usize) -> Result<Option<LowRank>> {
-        let Some(declared) = self.low_rank.get(&site) else { return Ok(None) };
-        let info = &self.sites[site];
-        let update = LowRank {
-            a: self.core.out("low_rank", declared.a)?,
-            b: self.core.out("low_rank", declared.b)?,
-            scale: declared.scale,
-        };
-        let (in_f, out_f) = match info.dims.as_slice() {
+    /// Refuses a declared update whose factors are not `[r, in]` and `[out, r]` for the
+    /// linear `site` (once, when it is declared: the handles stay the same).
+    fn check_low_rank(&self, site: &SiteInfo, declared: &stagecraft_sdk::LowRank) -> Result<()> {
+        let (in_f, out_f) = match site.dims.as_slice() {
             [i, o] => (*i, *o),
             _ => (0, 0),
         };
-        update.rank(in_f, out_f).map_err(|e| Error::Plugin {
+        self.resolve(declared)?.rank(in_f, out_f).map_err(|e| Error::Plugin {
             plugin: self.core.plugin.clone(),
-            method: format!("low_rank at {}", info.name),
+            method: format!("low_rank at {}", site.name),
             // The message without the backtrace candle may append.
             msg: e.to_string().lines().next().unwrap_or_default().to_string(),
         })?;
-        Ok(Some(update))
+        Ok(())
+    }
+
+    /// A declared update with its factors' tensors.
+    fn resolve(&self, declared: &stagecraft_sdk::LowRank) -> Result<LowRank> {
+        Ok(LowRank {
+            a: self.core.out("low_rank", declared.a)?,
+            b: self.core.out("low_rank", declared.b)?,
+            scale: declared.scale,
+        })
+    }
+
+    /// The update `y + scale·(x·Aᵀ)·Bᵀ` it declared at a linear site it post-hooks
+    /// (SDK 1.4's `low_rank`; LoRA's), checked against the site when it was declared,
+    /// which the model may compute inside its fused kernels instead of calling the
+    /// hook; `None` where it declared none.
+    pub fn low_rank(&self, site: usize) -> Result<Option<LowRank>> {
+        self.low_rank.get(&site).map(|declared| self.resolve(declared)).transpose()
     }
 
     /// The sites it attached to, with hooks.
